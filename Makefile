@@ -1,0 +1,38 @@
+# lowbit: `make train` and `make test` install what they need first (into .venv, once).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Rebuilt only when the dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+ARGS ?=
+
+.PHONY: install train test test-slow test-all clean help
+
+help:
+	@echo "make train [ARGS='quantizer=dorefa quant.wbits=4']  train (NIN on digits by default)"
+	@echo "make test                                           the test suite (slow tests excluded)"
+	@echo "make test-slow / test-all                           the slow accuracy tests / everything"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+train: install
+	$(PY) train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install
+	$(PY) -m pytest -m slow -q
+
+test-all: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf outputs multirun .pytest_cache .hypothesis

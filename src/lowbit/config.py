@@ -1,0 +1,36 @@
+"""Config plumbing shared by train.py, the scripts and the tests: where conf/ is, resolvers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def project_root() -> Path:
+    """The folder holding ``conf/``: the repository root for an editable (src-layout) install.
+
+    Found from the package's location, never from the working directory, so that runs land in
+    the same outputs/ wherever they are started. LOWBIT_ROOT overrides the search.
+    """
+    import os
+
+    if os.environ.get("LOWBIT_ROOT"):
+        return Path(os.environ["LOWBIT_ROOT"]).resolve()
+    for parent in PACKAGE_DIR.parents:
+        if (parent / "conf" / "train.yaml").is_file():
+            return parent
+    return Path.cwd()
+
+
+CONFIG_DIR = project_root() / "conf"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("lowbit_root"):
+        OmegaConf.register_new_resolver("lowbit_root", lambda: str(project_root()))
+
+
+register_resolvers()

@@ -1,0 +1,185 @@
+"""Model surgery: swap the Conv2d/Linear layers of any nn.Module for quantized ones.
+
+Policy (documented in the README):
+- Layers are ordered as ``model.named_modules()`` visits them (registration order); the first
+  and the last Conv2d/Linear are the "first" and "last" layers.
+- The first layer's input is never quantized (it is the image).
+- The first and last layers are never quantized more coarsely than ``first_layer_bits`` /
+  ``last_layer_bits``, in W, A and G: their bits are max(bits, first/last_layer_bits). PACT's
+  Table 2 shows that 8-bit first/last layers cost almost nothing, 2-bit ones a lot; 32 keeps
+  them in float as the DoReFa paper does.
+- ``overrides`` maps module-name patterns (fnmatch, e.g. ``"features.3*"``) to bits; they are
+  applied in order after the first/last rule, so a later pattern wins. A pattern that matches
+  no layer is an error.
+- A layer whose W, A and G all end up at 32 bits stays the original float layer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+from torch import nn
+
+from lowbit.errors import ConfigError
+from lowbit.quant.functional import FULL_PRECISION
+from lowbit.quant.modules import FullPrecision, QuantizedLayer, quantized_copy
+from lowbit.quant.schemes import SCHEMES, Scheme
+
+SUPPORTED_BITS = frozenset(range(1, 17)) | {FULL_PRECISION}
+BIT_KEYS = ("wbits", "abits", "gbits")
+QUANTIZABLE = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerBits:
+    wbits: int
+    abits: int
+    gbits: int
+    quantize_input: bool = True
+
+    @property
+    def is_full_precision(self) -> bool:
+        return all(getattr(self, key) >= FULL_PRECISION for key in BIT_KEYS)
+
+
+def check_bits(name: str, value: Any) -> int:
+    """``value`` as an int bit width, or ConfigError naming ``name`` and what is allowed."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"{name} must be an integer bit width (1-16, or 32 for full precision), "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if value not in SUPPORTED_BITS:
+        raise ConfigError(
+            f"{name}={value} is not supported: use 1-16, or 32 for full precision"
+        )
+    return value
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+
+
+def plan_bits(
+    layer_names: list[str],
+    wbits: int,
+    abits: int,
+    gbits: int,
+    first_layer_bits: int,
+    last_layer_bits: int,
+    overrides: Mapping[str, Mapping[str, int]] | None = None,
+) -> dict[str, LayerBits]:
+    """The bits of every layer under the policy in this module's docstring."""
+    base = LayerBits(
+        check_bits("quant.wbits", wbits),
+        check_bits("quant.abits", abits),
+        check_bits("quant.gbits", gbits),
+    )
+    check_bits("quant.first_layer_bits", first_layer_bits)
+    check_bits("quant.last_layer_bits", last_layer_bits)
+    if not layer_names:
+        raise ConfigError("the model has no Conv2d or Linear layer to quantize")
+
+    def at_least(bits: LayerBits, floor: int) -> LayerBits:
+        return replace(bits, **{k: max(getattr(bits, k), floor) for k in BIT_KEYS})
+
+    plan = {name: base for name in layer_names}
+    plan[layer_names[-1]] = at_least(base, last_layer_bits)
+    first = at_least(base, first_layer_bits)
+    plan[layer_names[0]] = replace(first, abits=FULL_PRECISION, quantize_input=False)
+
+    for pattern, bits in (overrides or {}).items():
+        matched = fnmatch.filter(layer_names, pattern)
+        if not matched:
+            shown = ", ".join(layer_names[:6]) + (", ..." if len(layer_names) > 6 else "")
+            raise ConfigError(
+                f"quant.overrides pattern {pattern!r} matches no Conv2d/Linear layer "
+                f"(layers: {shown})"
+            )
+        if not isinstance(bits, Mapping) or not bits:
+            raise ConfigError(
+                f"quant.overrides[{pattern!r}] must map some of {', '.join(BIT_KEYS)} to bits"
+            )
+        unknown = set(bits) - set(BIT_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"quant.overrides[{pattern!r}] has unknown key(s) {sorted(unknown)}: "
+                f"allowed are {', '.join(BIT_KEYS)}"
+            )
+        checked = {k: check_bits(f"quant.overrides[{pattern!r}].{k}", v) for k, v in bits.items()}
+        for name in matched:
+            plan[name] = replace(plan[name], **checked)
+            if not plan[name].quantize_input:  # the first layer's input stays the image
+                plan[name] = replace(plan[name], abits=FULL_PRECISION)
+    return plan
+
+
+def make_scheme(quantizer: str, options: Mapping[str, Any]) -> Scheme:
+    if quantizer not in SCHEMES:
+        raise ConfigError(
+            f"unknown quantizer {quantizer!r}: available are {', '.join(sorted(SCHEMES))}"
+        )
+    scheme_class = SCHEMES[quantizer]
+    accepted = [name for name in inspect.signature(scheme_class).parameters]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"quantizer={quantizer} has no option {', '.join(unknown)} "
+            f"(its options: {', '.join(accepted) or 'none'}; bits: {', '.join(BIT_KEYS)})"
+        )
+    return scheme_class(**options)
+
+
+def plan_quantization(
+    model: nn.Module,
+    quantizer: str = "dorefa",
+    wbits: int = FULL_PRECISION,
+    abits: int = FULL_PRECISION,
+    gbits: int = FULL_PRECISION,
+    first_layer_bits: int = 8,
+    last_layer_bits: int = 8,
+    overrides: Mapping[str, Mapping[str, int]] | None = None,
+    **options: Any,
+) -> tuple[Scheme, dict[str, LayerBits]]:
+    """Every check of a quantization request, without touching the model: (scheme, plan).
+
+    The arguments are those of ``quantize_model`` (the ``quant`` config node).
+    """
+    scheme = make_scheme(quantizer, options)
+    if any(isinstance(m, QuantizedLayer) for m in model.modules()):
+        raise ConfigError("the model is already quantized: call quantize_model on a float model")
+    names = [name for name, _ in quantizable_layers(model)]
+    if names and names[0] == "":
+        raise ConfigError("quantize_model needs a model that contains layers, not a bare layer")
+    plan = plan_bits(names, wbits, abits, gbits, first_layer_bits, last_layer_bits, overrides)
+    # The user's own numbers first, so that the message names what they typed.
+    scheme.check({"quant": LayerBits(wbits, abits, gbits), **plan})
+    return scheme, plan
+
+
+def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
+    """Quantize ``model`` in place and return it.
+
+    ``quant`` is the ``quant`` config node: ``quantizer`` (the method's name, e.g. "dorefa"),
+    ``wbits``/``abits``/``gbits`` (1-16, or 32 for full precision), ``first_layer_bits``,
+    ``last_layer_bits``, ``overrides``, and the method's own options (e.g. ``act_scale``).
+    Every check runs before the model is touched; the policy is in this module's docstring.
+    """
+    scheme, plan = plan_quantization(model, **quant)
+    for name, layer in quantizable_layers(model):
+        bits = plan[name]
+        if bits.is_full_precision:
+            continue
+        new = quantized_copy(
+            layer,
+            weight=scheme.weight(bits.wbits),
+            input=scheme.activation(bits.abits) if bits.quantize_input else FullPrecision(),
+            gradient=scheme.gradient(bits.gbits),
+        )
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, new)
+    return model

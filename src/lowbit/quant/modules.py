@@ -1,0 +1,160 @@
+"""Stateful quantizers and the quantized layers that hold them.
+
+A quantizer module owns its bit width (and, for learned methods, its parameters) and calls
+``lowbit.quant.functional``. ``QuantConv2d`` and ``QuantLinear`` are drop-in replacements for
+``nn.Conv2d`` and ``nn.Linear`` with three quantizers each: one for the weight, one for the
+layer's input activation and one for the gradient arriving at the layer's output.
+``print(model)`` shows every layer's bits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.quant import functional as Q
+
+
+def describe_bits(bits: int) -> str:
+    return "fp32" if bits >= Q.FULL_PRECISION else f"{bits}"
+
+
+class Quantizer(nn.Module):
+    """Base class: a tensor-to-tensor map at ``bits`` bits (32 = identity)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = int(bits)
+
+    @property
+    def is_active(self) -> bool:
+        return self.bits < Q.FULL_PRECISION
+
+    def extra_repr(self) -> str:
+        return f"bits={describe_bits(self.bits)}"
+
+
+class DoReFaWeight(Quantizer):
+    """DoReFa Eq. 9 (k > 1) or Eq. 7 (k = 1) on a layer's whole weight tensor."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return Q.dorefa_weight(w, self.bits)
+
+
+class DoReFaActivation(Quantizer):
+    """DoReFa Eq. 11: quantize_k(clip(scale * x, 0, 1))."""
+
+    def __init__(self, bits: int, scale: float = 1.0):
+        super().__init__(bits)
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Q.dorefa_activation(x, self.bits, self.scale)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
+
+
+class DoReFaGradient(Quantizer):
+    """DoReFa Eq. 12 on the gradient flowing back through this point; identity forward."""
+
+    def __init__(self, bits: int, generator: torch.Generator | None = None):
+        super().__init__(bits)
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.is_active and x.requires_grad):
+            return x
+        return Q.dorefa_gradient(x, self.bits, self.generator)
+
+
+class FullPrecision(Quantizer):
+    """Leaves the tensor as it is; stands where a policy keeps a tensor in float."""
+
+    def __init__(self):
+        super().__init__(Q.FULL_PRECISION)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class QuantizedLayer:
+    """Mixin for a Conv2d/Linear whose weight, input and output gradient are quantized."""
+
+    weight_quantizer: Quantizer
+    input_quantizer: Quantizer
+    gradient_quantizer: Quantizer
+
+    def attach_quantizers(
+        self, weight: Quantizer, input: Quantizer, gradient: Quantizer
+    ) -> None:
+        self.weight_quantizer = weight
+        self.input_quantizer = input
+        self.gradient_quantizer = gradient
+
+    @property
+    def wbits(self) -> int:
+        return self.weight_quantizer.bits
+
+    @property
+    def abits(self) -> int:
+        return self.input_quantizer.bits
+
+    @property
+    def gbits(self) -> int:
+        return self.gradient_quantizer.bits
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def bits_repr(self) -> str:
+        return (
+            f"wbits={describe_bits(self.wbits)}, abits={describe_bits(self.abits)}, "
+            f"gbits={describe_bits(self.gbits)}"
+        )
+
+
+class QuantConv2d(QuantizedLayer, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        return self.gradient_quantizer(y)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Conv2d.extra_repr(self)}, {self.bits_repr()}"
+
+
+class QuantLinear(QuantizedLayer, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        return self.gradient_quantizer(y)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Linear.extra_repr(self)}, {self.bits_repr()}"
+
+
+def quantized_copy(
+    layer: nn.Module, weight: Quantizer, input: Quantizer, gradient: Quantizer
+) -> QuantConv2d | QuantLinear:
+    """A QuantConv2d/QuantLinear with the same shape that shares ``layer``'s parameters.
+
+    Sharing (not copying) keeps any optimizer or checkpoint that refers to the float layer's
+    tensors valid.
+    """
+    if isinstance(layer, nn.Conv2d):
+        new = QuantConv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+            padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+            bias=layer.bias is not None, padding_mode=layer.padding_mode,
+            device="meta",  # no throwaway initialisation: the parameters come from ``layer``
+        )
+    elif isinstance(layer, nn.Linear):
+        new = QuantLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                          device="meta")
+    else:
+        raise TypeError(f"cannot quantize a {type(layer).__name__}: only Conv2d and Linear")
+    new.weight = layer.weight
+    new.bias = layer.bias
+    new.train(layer.training)
+    new.attach_quantizers(weight, input, gradient)
+    return new

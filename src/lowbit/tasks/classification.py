@@ -1,0 +1,95 @@
+"""Image classification as a LightningModule: cross-entropy, top-1/top-5 accuracy, best val acc."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; the run ends with status ``diverged``."""
+
+
+class ClassificationTask(pl.LightningModule):
+    """Trains ``model`` (any nn.Module returning logits, quantized or not) on labelled images.
+
+    ``optimizer`` and ``scheduler`` are factories that take the parameters / the optimizer
+    (Hydra ``_partial_: true`` nodes); the scheduler steps once per epoch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        top_k = (1, 5) if num_classes > 5 else (1,)
+        self.metric_names = {1: "acc", 5: "acc_top5"}
+        for split in ("train", "val", "test"):
+            for k in top_k if split != "train" else (1,):
+                metric = MulticlassAccuracy(num_classes=num_classes, top_k=k, average="micro")
+                setattr(self, f"{split}_{self.metric_names[k]}", metric)
+            setattr(self, f"{split}_loss", MeanMetric())
+        self.top_k = top_k
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation must not count towards the best accuracy.
+        self.val_acc_best.reset()
+
+    def _shared_step(self, batch, split: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        getattr(self, f"{split}_loss")(loss.detach())
+        self.log(f"{split}/loss", getattr(self, f"{split}_loss"), on_step=False, on_epoch=True,
+                 prog_bar=split != "test")
+        for k in self.top_k if split != "train" else (1,):
+            metric = getattr(self, f"{split}_{self.metric_names[k]}")
+            metric(logits.detach(), labels)
+            self.log(f"{split}/{self.metric_names[k]}", metric, on_step=False, on_epoch=True,
+                     prog_bar=k == 1)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise Diverged(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
+                           f"step {self.global_step}")
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

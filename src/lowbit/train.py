@@ -1,0 +1,212 @@
+"""One training run from a composed config: check, build, fit, test, measure, record.
+
+``run(cfg)`` is the one function the root ``train.py`` calls; tests and notebooks call it too
+with configs from Hydra's compose API. Every check of the user's input happens in
+``check_config`` before any data is loaded or any step is taken.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lowbit.data.base import ClassificationData
+from lowbit.errors import ConfigError
+from lowbit.measure import count_macs, measure_latency, model_size
+from lowbit.quant import quantize_model
+from lowbit.quant.convert import make_scheme, plan_quantization
+from lowbit.tasks.classification import ClassificationTask, Diverged
+from lowbit.tracking import write_json_atomically
+
+RESULTS_FILE = "results.json"
+STATUS_OK, STATUS_FAILED, STATUS_DIVERGED = "ok", "failed", "diverged"
+
+
+@dataclass
+class Components:
+    """Everything ``check_config`` built: reused by the run, so nothing is built twice."""
+
+    datamodule: ClassificationData
+    model: nn.Module
+
+
+def build_datamodule(cfg: DictConfig) -> ClassificationData:
+    try:
+        datamodule = instantiate(cfg.dataset)
+    except ConfigError:
+        raise
+    except Exception as error:  # a bad argument in the dataset node
+        raise ConfigError(f"dataset: cannot build {cfg.dataset.get('_target_')}: {error}") from None
+    return datamodule
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The float model, ``num_classes`` taken from the data (a conflicting setting is an error)."""
+    configured = cfg.model.get("num_classes")
+    if configured is not None and configured != num_classes:
+        raise ConfigError(
+            f"model.num_classes={configured} but the dataset has {num_classes} classes: "
+            f"drop model.num_classes (it follows the data) or pick the matching dataset"
+        )
+    try:
+        return instantiate(cfg.model, num_classes=num_classes)
+    except Exception as error:
+        raise ConfigError(f"model: cannot build {cfg.model.get('_target_')}: {error}") from None
+
+
+def check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".lowbit_write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write to the output dir {output_dir}: {error.strerror}") from None
+
+
+def check_seed(seed: Any) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer or null, got {seed!r}")
+
+
+def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
+    """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
+    quant = OmegaConf.to_container(cfg.quant, resolve=True)
+    if not quant.get("quantizer"):
+        raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
+    make_scheme(quant["quantizer"], {})  # an unknown name fails before anything is built
+    if output_dir is not None:
+        check_output_dir(output_dir)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule.num_classes)
+    plan_quantization(model, **quant)
+    datamodule.check()
+    return Components(datamodule=datamodule, model=model)
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+
+
+def make_callbacks(cfg: DictConfig) -> list:
+    return [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+
+
+def loggable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The whole composed config, resolved, with ``quantizer`` also at the top for W&B filters."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["quantizer"] = cfg.quant.quantizer
+    return config
+
+
+def measure_costs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
+                  cfg: DictConfig) -> dict[str, float]:
+    size = model_size(model)
+    macs = sum(count_macs(model, input_shape).values())
+    model = model.to(device)
+    latency = measure_latency(model, input_shape, **cfg.get("latency", {}))
+    return {
+        "model/params": size.params,
+        "model/size_bytes": size.size_bytes,
+        "model/size_fp32_bytes": size.size_fp32_bytes,
+        "model/compression": size.compression,
+        "model/macs": macs,
+        "latency/ms": latency["ms"],
+        "latency/threads": latency["threads"],
+    }
+
+
+def wandb_run_of(loggers: list):
+    for logger in loggers:
+        if isinstance(logger, pl.loggers.WandbLogger):
+            return logger.experiment
+    return None
+
+
+def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[str, Any] | None:
+    """Write the summary into the W&B run and finish it (a sweep runs many jobs in one process)."""
+    run = wandb_run_of(loggers)
+    if run is None:
+        return None
+    run.summary.update({**summary, "status": status})
+    if status != STATUS_OK:
+        run.tags = tuple(run.tags or ()) + (status,)
+    info = {"id": run.id, "mode": "offline" if run.offline else "online", "dir": run.dir,
+            "url": None if run.offline else run.url}
+    run.finish(exit_code=0 if status == STATUS_OK else 1)
+    return info
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train, test and measure one configuration; returns the results written to results.json.
+
+    Raises ConfigError for bad input (before any work), Diverged for a NaN loss; results.json
+    records every outcome with its ``status``.
+    """
+    output_dir = Path(output_dir or cfg.paths.output_dir)
+    started = time.time()
+    results: dict[str, Any] = {
+        "status": STATUS_FAILED,
+        "run_name": cfg.get("run_name"),
+        "quant": OmegaConf.to_container(cfg.quant, resolve=True),
+        "metrics": {},
+        "run_dir": str(output_dir),
+    }
+    loggers: list = []
+    try:
+        check_seed(cfg.get("seed"))
+        if cfg.get("seed") is not None:  # before the model is built: it seeds the init
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        components = check_config(cfg, output_dir)
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        datamodule, model = components.datamodule, components.model
+        quantize_model(model, **results["quant"])
+
+        task = ClassificationTask(
+            model,
+            num_classes=datamodule.num_classes,
+            optimizer=instantiate(cfg.optimizer),
+            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        )
+        loggers = make_loggers(cfg)
+        for logger in loggers:
+            logger.log_hyperparams(loggable_config(cfg))
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False,
+                                          callbacks=make_callbacks(cfg))
+        trainer.fit(task, datamodule=datamodule)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(("val/", "train/"))}
+        if cfg.get("test", True):
+            ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
+            tested = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            metrics.update({k: float(v) for k, v in tested[0].items()})
+        metrics.update(measure_costs(task.model, datamodule.image_shape,
+                                     trainer.strategy.root_device, cfg))
+        results["metrics"] = metrics
+        results["status"] = STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) \
+            else STATUS_OK
+    except Diverged as error:
+        results.update(status=STATUS_DIVERGED, error=str(error))
+        raise
+    except ConfigError as error:
+        results.update(status=STATUS_FAILED, error=str(error))
+        raise
+    except BaseException as error:
+        results.update(status=STATUS_FAILED, error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        results["duration_s"] = round(time.time() - started, 2)
+        results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
+        if output_dir.is_dir():
+            write_json_atomically(output_dir / RESULTS_FILE, results)
+    return results
