@@ -181,8 +181,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         loggers = make_loggers(cfg)
         for logger in loggers:
             logger.log_hyperparams(loggable_config(cfg))
+        callbacks = make_callbacks(cfg)
+        # Checkpoints are the callbacks group's business: none configured, none written.
+        saves_checkpoints = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                          callbacks=make_callbacks(cfg))
+                                          callbacks=callbacks,
+                                          enable_checkpointing=saves_checkpoints)
         trainer.fit(task, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(("val/", "train/"))}

@@ -1,0 +1,69 @@
+"""Shared fixtures: compose the real configs the way train.py does, into a temporary run dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from lowbit.config import CONFIG_DIR
+
+ROOT = CONFIG_DIR.parent
+
+# Small and quick: every test run trains on a handful of batches and never goes online.
+FAST = [
+    "trainer.max_epochs=1",
+    "dataset.batch_size=16",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "latency.warmup=1",
+    "latency.repeats=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(monkeypatch, tmp_path_factory):
+    """No credentials and no user netrc: W&B must choose offline by itself."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path_factory.mktemp("home") / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path_factory.mktemp("wandb-config")))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path_factory.mktemp("wandb-cache")))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The job config train.py would get, with ``${hydra:...}`` resolvable and runs in tmp."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(*overrides: str, fast: bool = True, name: str = "run") -> DictConfig:
+        output_dir = tmp_path / name
+        return compose_config([*(FAST if fast else []), *overrides], output_dir)
+
+    return make
+
+
+def run_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("WANDB_API_KEY", None)
+    return env

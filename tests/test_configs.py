@@ -1,0 +1,67 @@
+"""Every config group composes, and the daily command lines mean what they say."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from lowbit.cli import config_groups
+from lowbit.quant import SCHEMES
+
+GROUPS = {g: options for g, options in config_groups().items()}
+
+
+def all_group_options():
+    for group, options in GROUPS.items():
+        for option in options:
+            if group == "trainer" and option == "gpu":
+                continue  # composes below without instantiation: no GPU in CI
+            yield group, option
+
+
+@pytest.mark.parametrize("group, option", list(all_group_options()))
+def test_every_group_option_composes(make_cfg, group, option):
+    cfg = make_cfg(f"{group}={option}")
+    assert cfg is not None
+
+
+def test_required_groups_exist():
+    for group in ("model", "quantizer", "dataset", "trainer", "logger", "callbacks",
+                  "experiment", "paths"):
+        assert group in GROUPS, group
+
+
+def test_quantizer_choice_fills_the_quant_node(make_cfg):
+    cfg = make_cfg("quantizer=dorefa", "quant.wbits=4")
+    assert cfg.quant.quantizer == "dorefa" and cfg.quant.wbits == 4
+    assert cfg.quant.abits == 4 and cfg.quant.gbits == 32
+
+
+def test_every_quantizer_config_names_a_registered_scheme(make_cfg):
+    for option in GROUPS["quantizer"]:
+        assert make_cfg(f"quantizer={option}").quant.quantizer in SCHEMES
+
+
+def test_run_name_in_the_users_words(make_cfg):
+    cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "quant.abits=4")
+    assert cfg.run_name == "nin-dorefa-w4a4g32-digits"
+
+
+def test_seed_zero_is_kept(make_cfg):
+    assert make_cfg("seed=0").seed == 0
+
+
+def test_gpu_trainer_composes(make_cfg):
+    cfg = make_cfg("trainer=gpu")
+    assert cfg.trainer.accelerator == "gpu"
+
+
+def test_optimizer_and_scheduler_instantiate_as_factories(make_cfg):
+    import torch
+
+    cfg = make_cfg("optimizer=adam", "scheduler=multistep")
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = instantiate(cfg.optimizer)(params)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert isinstance(instantiate(cfg.scheduler)(optimizer),
+                      torch.optim.lr_scheduler.MultiStepLR)

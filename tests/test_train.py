@@ -1,0 +1,70 @@
+"""End to end: real configs through lowbit.train.run, results.json and W&B's offline files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wandb_offline import read_offline_run
+
+from lowbit.cli import config_groups
+from lowbit.train import RESULTS_FILE, run
+
+SUMMARY_KEYS = {"val/acc_best", "test/acc", "model/params", "model/size_bytes",
+                "model/size_fp32_bytes", "model/compression", "latency/ms"}
+QUANTIZERS = config_groups()["quantizer"]
+MODELS = config_groups()["model"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_fast_dev_run_every_model_and_quantizer(make_cfg, model, quantizer):
+    cfg = make_cfg(f"model={model}", f"quantizer={quantizer}", "logger=none",
+                   "callbacks=none", "+trainer.fast_dev_run=true", "dataset.batch_size=8")
+    results = run(cfg)
+    assert results["status"] == "ok"
+    assert SUMMARY_KEYS <= set(results["metrics"])
+    written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
+    assert written["status"] == "ok" and written["quant"]["quantizer"] == quantizer
+
+
+def test_quantized_model_is_smaller_and_reported(make_cfg):
+    fp32 = run(make_cfg("logger=none", "callbacks=none", "+trainer.fast_dev_run=true",
+                        name="fp32"))["metrics"]
+    w4 = run(make_cfg("quantizer=dorefa", "quant.wbits=4", "logger=none", "callbacks=none",
+                      "+trainer.fast_dev_run=true", name="w4"))["metrics"]
+    assert fp32["model/params"] == w4["model/params"] == 969_822
+    assert fp32["model/size_bytes"] == fp32["model/size_fp32_bytes"] == 969_822 * 4
+    assert w4["model/compression"] > 5  # 4-bit inner layers, 8-bit first/last, fp32 rest
+
+
+def test_wandb_runs_offline_by_itself_and_logs_summary_and_quant_config(make_cfg):
+    cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "quant.abits=4", "quant.gbits=8",
+                   "logger=wandb", "callbacks=none", "group=unit-test", "tags=[probe]")
+    results = run(cfg)
+    assert results["wandb"]["mode"] == "offline"
+    (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
+    logged = read_offline_run(run_dir)
+    assert logged.run_id == results["wandb"]["id"]
+    assert SUMMARY_KEYS <= set(logged.summary), sorted(logged.summary)
+    assert logged.summary["model/size_bytes"] == results["metrics"]["model/size_bytes"]
+    assert logged.summary["val/acc_best"] == pytest.approx(results["metrics"]["val/acc_best"])
+    assert logged.summary["status"] == "ok"
+    quant = logged.config["quant"]
+    assert quant["quantizer"] == "dorefa" and quant["wbits"] == 4 and quant["gbits"] == 8
+    assert logged.config["quantizer"] == "dorefa"
+    assert logged.group == "unit-test" and "probe" in logged.tags
+    assert any("train/loss" in step for step in logged.history)
+
+
+def test_same_seed_gives_the_same_metrics_and_seed_zero_counts(make_cfg):
+    def metrics(seed, name):
+        out = run(make_cfg(f"seed={seed}", "quantizer=dorefa", "quant.gbits=4", "logger=none",
+                           "callbacks=none", name=name))["metrics"]
+        return {k: v for k, v in out.items() if not k.startswith("latency/")}
+
+    first, again, other = metrics(0, "a"), metrics(0, "b"), metrics(1, "c")
+    assert first == again
+    assert first["train/loss"] != other["train/loss"]
