@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
+from torchvision.datasets.utils import calculate_md5
 
 from lowbit.data import (CIFAR10Data, CIFAR100Data, DigitsData, FashionMNISTData,
                          ImageFolderData, MNISTData, ShapesData, SVHNData)
@@ -473,6 +474,19 @@ def test_download_is_tried_in_check_and_then_validated(tmp_path, monkeypatch):
     data.check()
     data.check()  # files present now: no second download
     assert calls == [tv_datasets.CIFAR10.url]
+
+
+def test_official_cifar_files_are_trusted_by_md5_without_parsing(tmp_path, monkeypatch):
+    write_cifar10(tmp_path)
+    data = CIFAR10Data(data_dir=str(tmp_path), download=False)
+    data.official_md5 = {name: calculate_md5(tmp_path / name) for name in data.files}
+
+    def must_not_parse(*args, **kwargs):
+        raise AssertionError("an official file was parsed in check()")
+
+    monkeypatch.setattr("lowbit.data.vision.read_cifar_batch", must_not_parse)
+    monkeypatch.setattr("lowbit.data.vision.read_cifar_names", must_not_parse)
+    data.check()  # and val_size=5000 fits the official 50,000 train images
 
 
 def test_corrupt_cifar_batch(tmp_path):

@@ -140,7 +140,8 @@ def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[st
     run.summary.update({**summary, "status": status})
     if status != STATUS_OK:
         run.tags = tuple(run.tags or ()) + (status,)
-    info = {"id": run.id, "mode": "offline" if run.offline else "online", "dir": run.dir,
+    info = {"id": run.id, "mode": "offline" if run.offline else "online",
+            "dir": str(Path(run.dir).parent),  # the offline-run-* folder that `wandb sync` takes
             "url": None if run.offline else run.url}
     run.finish(exit_code=0 if status == STATUS_OK else 1)
     return info
