@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_env
+from wandb_offline import read_offline_run
 
 BAD_INPUTS = [
     (["model=resnet9000"], "unknown model 'resnet9000': available are nin"),
@@ -43,3 +46,43 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, message):
     assert "Traceback" not in result.stderr + result.stdout
     # Nothing ran: no run dir, so no results.json could claim anything.
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+FAST_ARGS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+             "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+             "dataset.batch_size=16", "latency.repeats=2", "trainer.enable_progress_bar=false"]
+
+
+def test_multirun_sweeps_bits_and_finishes_each_wandb_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "quantizer=dorefa", "quant.wbits=2,4",
+         *FAST_ARGS, f"hydra.sweep.dir={tmp_path}/sweep", "callbacks=none"],
+        capture_output=True, text=True, env=run_env(), timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2
+    loaded = [json.loads(path.read_text()) for path in results]
+    assert sorted(r["quant"]["wbits"] for r in loaded) == [2, 4]
+    assert all(r["status"] == "ok" for r in loaded)
+    # One W&B run per job, each finished with its own summary.
+    ids = {r["wandb"]["id"] for r in loaded}
+    assert len(ids) == 2
+    for r in loaded:
+        logged = read_offline_run(next(Path(r["run_dir"], "wandb").glob("offline-run-*")))
+        assert logged.config["quant"]["wbits"] == r["quant"]["wbits"]
+        assert logged.summary["model/size_bytes"] == r["metrics"]["model/size_bytes"]
+    assert "nin-dorefa-w2a4g32-digits" in result.stdout  # the end-of-run table names the run
+
+
+@pytest.mark.parametrize("logger, produced", [("csv", "csv/version_0/metrics.csv"),
+                                              ("tensorboard", "tensorboard/version_0")])
+def test_csv_and_tensorboard_loggers_write_their_files(tmp_path, logger, produced):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"logger={logger}", *FAST_ARGS,
+         f"hydra.run.dir={tmp_path}/run", "callbacks=none"],
+        capture_output=True, text=True, env=run_env(), timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / produced).exists()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "ok"

@@ -68,3 +68,24 @@ def test_same_seed_gives_the_same_metrics_and_seed_zero_counts(make_cfg):
     first, again, other = metrics(0, "a"), metrics(0, "b"), metrics(1, "c")
     assert first == again
     assert first["train/loss"] != other["train/loss"]
+
+
+def test_nan_loss_stops_the_run_as_diverged(make_cfg):
+    from lowbit.tasks.classification import Diverged
+
+    cfg = make_cfg("optimizer.lr=1e30", "optimizer.nesterov=false", "optimizer.momentum=0",
+                   "logger=none", "callbacks=none", "trainer.limit_train_batches=4")
+    with pytest.raises(Diverged):
+        run(cfg)
+    written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
+    assert written["status"] == "diverged" and "loss is nan" in written["error"].lower()
+
+
+def test_a_config_error_leaves_a_failed_results_json_not_a_success(make_cfg):
+    from lowbit.errors import ConfigError
+
+    cfg = make_cfg("quantizer=dorefa", "quant.wbits=99", "logger=none")
+    with pytest.raises(ConfigError):
+        run(cfg)
+    written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
+    assert written["status"] == "failed" and "quant.wbits=99" in written["error"]

@@ -80,6 +80,7 @@ def check_seed(seed: Any) -> None:
 
 def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
+    check_seed(cfg.get("seed"))
     quant = OmegaConf.to_container(cfg.quant, resolve=True)
     if not quant.get("quantizer"):
         raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
