@@ -24,6 +24,7 @@ from lowbit.errors import ConfigError
 from lowbit.measure import count_macs, measure_latency, model_size
 from lowbit.quant import quantize_model
 from lowbit.quant.convert import make_scheme, plan_quantization
+from lowbit.quant.optim import learned_clips
 from lowbit.tasks.classification import ClassificationTask, Diverged
 from lowbit.tracking import write_json_atomically
 
@@ -89,7 +90,7 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
         check_output_dir(output_dir)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.num_classes)
-    plan_quantization(model, **quant)
+    plan_quantization(model, input_shape=datamodule.image_shape, **quant)
     datamodule.check()
     return Components(datamodule=datamodule, model=model)
 
@@ -172,7 +173,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         datamodule, model = components.datamodule, components.model
-        quantize_model(model, **results["quant"])
+        quantize_model(model, input_shape=datamodule.image_shape, **results["quant"])
 
         task = ClassificationTask(
             model,
@@ -199,6 +200,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         metrics.update(measure_costs(task.model, datamodule.image_shape,
                                      trainer.strategy.root_device, cfg))
         results["metrics"] = metrics
+        results["alpha"] = {name: clip.alpha.item()
+                            for name, clip in learned_clips(task.model).items()}
         results["status"] = STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) \
             else STATUS_OK
     except Diverged as error:

@@ -12,6 +12,12 @@ Policy (documented in the README):
   applied in order after the first/last rule, so a later pattern wins. A pattern that matches
   no layer is an error.
 - A layer whose W, A and G all end up at 32 bits stays the original float layer.
+- Signed inputs: given ``input_shape``, a probe batch of random N(0, 1) images (fixed seed) runs
+  through the float model in eval mode, and every layer whose input took a negative value is
+  marked ``signed_input``; the method then quantizes that input on a signed grid (PACT switches
+  to its symmetric form, DoReFa to its signed variant). After ReLU (or max-pooling of a ReLU) an
+  input is never negative; after hard-swish, leaky ReLU, a residual sum or no activation it is.
+  Without ``input_shape`` no probe runs and every input is treated as unsigned.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import inspect
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
@@ -39,6 +46,7 @@ class LayerBits:
     abits: int
     gbits: int
     quantize_input: bool = True
+    signed_input: bool = False
 
     @property
     def is_full_precision(self) -> bool:
@@ -117,6 +125,37 @@ def plan_bits(
     return plan
 
 
+PROBE_BATCH = 4
+
+
+@torch.no_grad()
+def probe_signed_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> set[str]:
+    """Names of the Conv2d/Linear layers whose input is negative somewhere on a probe batch."""
+    signed: set[str] = set()
+
+    def record(name):
+        def hook(_module, inputs):
+            if inputs and torch.is_tensor(inputs[0]) and bool((inputs[0] < 0).any()):
+                signed.add(name)
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(record(name))
+             for name, layer in quantizable_layers(model)]
+    was_training = model.training
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)  # leaves the global RNG untouched
+    probe = torch.randn(PROBE_BATCH, *input_shape, generator=generator).to(device)
+    try:
+        model.eval()
+        model(probe)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return signed
+
+
 def make_scheme(quantizer: str, options: Mapping[str, Any]) -> Scheme:
     if quantizer not in SCHEMES:
         raise ConfigError(
@@ -142,6 +181,7 @@ def plan_quantization(
     first_layer_bits: int = 8,
     last_layer_bits: int = 8,
     overrides: Mapping[str, Mapping[str, int]] | None = None,
+    input_shape: tuple[int, ...] | None = None,
     **options: Any,
 ) -> tuple[Scheme, dict[str, LayerBits]]:
     """Every check of a quantization request, without touching the model: (scheme, plan).
@@ -155,6 +195,10 @@ def plan_quantization(
     if names and names[0] == "":
         raise ConfigError("quantize_model needs a model that contains layers, not a bare layer")
     plan = plan_bits(names, wbits, abits, gbits, first_layer_bits, last_layer_bits, overrides)
+    if input_shape is not None:
+        signed = probe_signed_inputs(model, tuple(input_shape))
+        plan = {name: replace(bits, signed_input=bits.quantize_input and name in signed)
+                for name, bits in plan.items()}
     # The user's own numbers first, so that the message names what they typed.
     scheme.check({"quant": LayerBits(wbits, abits, gbits), **plan})
     return scheme, plan
@@ -165,8 +209,9 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
 
     ``quant`` is the ``quant`` config node: ``quantizer`` (the method's name, e.g. "dorefa"),
     ``wbits``/``abits``/``gbits`` (1-16, or 32 for full precision), ``first_layer_bits``,
-    ``last_layer_bits``, ``overrides``, and the method's own options (e.g. ``act_scale``).
-    Every check runs before the model is touched; the policy is in this module's docstring.
+    ``last_layer_bits``, ``overrides``, and the method's own options (e.g. ``act_scale``);
+    ``input_shape`` (C, H, W) turns on the signed-input probe. Every check runs before the
+    model is touched; the policy is in this module's docstring.
     """
     scheme, plan = plan_quantization(model, **quant)
     for name, layer in quantizable_layers(model):
@@ -176,7 +221,8 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
         new = quantized_copy(
             layer,
             weight=scheme.weight(bits.wbits),
-            input=scheme.activation(bits.abits) if bits.quantize_input else FullPrecision(),
+            input=(scheme.activation(bits.abits, signed=bits.signed_input)
+                   if bits.quantize_input else FullPrecision()),
             gradient=scheme.gradient(bits.gbits),
         )
         parent_name, _, child_name = name.rpartition(".")

@@ -119,3 +119,105 @@ def dorefa_gradient(
     if bits >= FULL_PRECISION:
         return x
     return _QuantizeGradient.apply(x, bits, generator)
+
+
+def dorefa_activation_signed(x: torch.Tensor, bits: int, scale: float = 1.0) -> torch.Tensor:
+    """DoReFa's activation quantizer made symmetric for inputs that can be negative.
+
+    round(m * clip(scale * x, -1, 1)) / m with m = 2^(k-1) - 1 steps each side, so 0 stays
+    exactly representable (the unsigned Eq. 11 would clip every negative value to 0). k >= 2.
+    """
+    if bits >= FULL_PRECISION:
+        return x
+    if scale != 1.0:
+        x = x * scale
+    return _RoundToGrid.apply(torch.clamp(x, -1.0, 1.0), symmetric_levels(bits))
+
+
+def symmetric_levels(bits: int) -> int:
+    """2^(k-1) - 1: steps on each side of zero of a signed k-bit grid (k >= 2)."""
+    if bits < 2:
+        raise ValueError(f"a signed grid needs at least 2 bits, got {bits}")
+    return (1 << (bits - 1)) - 1
+
+
+class _PACT(torch.autograd.Function):
+    """PACT (Choi et al., arXiv 1805.06085) Eq. 1-3, with the straight-through gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+        ctx.save_for_backward(x, alpha)
+        y = torch.minimum(torch.clamp(x, min=0), alpha)
+        if bits >= FULL_PRECISION:
+            return y
+        n = levels(bits)
+        step = alpha / n
+        return torch.round(y / step) * step
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, alpha = ctx.saved_tensors
+        above = x >= alpha
+        inside = (x >= 0) & ~above
+        grad_x = grad_output * inside
+        # Eq. 3: d y_q / d alpha = 1 where x >= alpha, else 0, summed over the tensor.
+        grad_alpha = (grad_output * above).sum().reshape(alpha.shape)
+        return grad_x, grad_alpha, None
+
+
+def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """PACT: y = clip(x, 0, alpha), y_q = round(y n / alpha) alpha / n (Eq. 1-2).
+
+    Gradients (Eq. 3, straight-through): x gets the upstream gradient on [0, alpha), zero
+    elsewhere; alpha gets the sum of the upstream gradient where x >= alpha. ``alpha`` is a
+    scalar tensor (one per layer). At 32 bits only the clipping remains.
+    """
+    return _PACT.apply(x, alpha, bits)
+
+
+class _PACTSymmetric(torch.autograd.Function):
+    """Symmetric PACT (PaddleOCR): clip(x, -alpha, alpha) on a signed grid."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+        ctx.save_for_backward(x, alpha)
+        y = torch.maximum(torch.minimum(x, alpha), -alpha)
+        if bits >= FULL_PRECISION:
+            return y
+        step = alpha / symmetric_levels(bits)
+        return torch.round(y / step) * step
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, alpha = ctx.saved_tensors
+        above, below = x > alpha, x < -alpha
+        grad_x = grad_output * ~(above | below)
+        # d y / d alpha = [x > alpha] - [x < -alpha]
+        grad_alpha = ((grad_output * above).sum() - (grad_output * below).sum()).reshape(alpha.shape)
+        return grad_x, grad_alpha, None
+
+
+def pact_symmetric(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric PACT: y = clip(x, -alpha, alpha) = x - relu(x - alpha) + relu(-alpha - x).
+
+    Signed k-bit grid with 2^(k-1) - 1 steps each side: s = alpha / (2^(k-1) - 1),
+    y_q = round(y / s) s. Gradients: x straight-through on [-alpha, alpha], zero outside; alpha
+    gets +1 where x > alpha and -1 where x < -alpha (summed). k >= 2; 32 bits: clipping only.
+    """
+    if bits < FULL_PRECISION:
+        symmetric_levels(bits)  # refuse k = 1 before any work
+    return _PACTSymmetric.apply(x, alpha, bits)
+
+
+def channelwise_absmax_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric abs-max weights (PaddleSlim's ``channel_wise_abs_max``).
+
+    s_c = max|w_c| / (2^(k-1) - 1) for each output channel c (axis 0); w_q = round(w / s_c) s_c,
+    straight-through gradient. k >= 2.
+    """
+    if bits >= FULL_PRECISION:
+        return w
+    m = symmetric_levels(bits)
+    max_abs = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+    scale = (max_abs.clamp_min(torch.finfo(w.dtype).tiny) / m).reshape(-1, *[1] * (w.dim() - 1))
+    return _RoundToGrid.apply(w / scale, 1) * scale

@@ -56,6 +56,59 @@ class DoReFaActivation(Quantizer):
         return super().extra_repr() + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
 
 
+class DoReFaSignedActivation(DoReFaActivation):
+    """DoReFa's activation grid made symmetric, for inputs that can be negative (k >= 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Q.dorefa_activation_signed(x, self.bits, self.scale)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", signed"
+
+
+class ChannelAbsMaxWeight(Quantizer):
+    """Per-output-channel symmetric abs-max weights (PaddleSlim's channel_wise_abs_max)."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return Q.channelwise_absmax_weight(w, self.bits)
+
+
+class LearnedClip(Quantizer):
+    """Base of the PACT quantizers: one learned clipping level ``alpha`` per layer.
+
+    ``alpha_decay`` (L2 on alpha; None = the optimizer's weight decay, as in the PACT paper) and
+    ``alpha_lr_mult`` (alpha's learning rate over the base one) are applied by
+    ``lowbit.quant.optim.param_groups`` as optimizer parameter groups.
+    """
+
+    def __init__(self, bits: int, alpha_init: float, alpha_decay: float | None = None,
+                 alpha_lr_mult: float = 1.0):
+        super().__init__(bits)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        self.alpha_decay = alpha_decay
+        self.alpha_lr_mult = float(alpha_lr_mult)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha.item():.4g}"
+
+
+class PACTActivation(LearnedClip):
+    """PACT: clip(x, 0, alpha) on an unsigned k-bit grid (arXiv 1805.06085, Eq. 1-3)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Q.pact(x, self.alpha, self.bits)
+
+
+class PACTSymmetricActivation(LearnedClip):
+    """Symmetric PACT: clip(x, -alpha, alpha) on a signed k-bit grid (PaddleOCR)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Q.pact_symmetric(x, self.alpha, self.bits)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", signed"
+
+
 class DoReFaGradient(Quantizer):
     """DoReFa Eq. 12 on the gradient flowing back through this point; identity forward."""
 

@@ -12,16 +12,24 @@ from typing import Any, Callable, Mapping
 from lowbit.errors import ConfigError
 from lowbit.quant.functional import FULL_PRECISION
 from lowbit.quant.modules import (
+    ChannelAbsMaxWeight,
     DoReFaActivation,
     DoReFaGradient,
+    DoReFaSignedActivation,
     DoReFaWeight,
     FullPrecision,
+    PACTActivation,
+    PACTSymmetricActivation,
     Quantizer,
 )
 
 
 class Scheme:
-    """Base class. Subclasses take the method's options (``quant.*`` keys) as keyword arguments."""
+    """Base class. Subclasses take the method's options (``quant.*`` keys) as keyword arguments.
+
+    ``activation(bits, signed)`` is told whether the layer's input can be negative (found by
+    ``quantize_model``'s probe), so that no method clips half of a signed signal away.
+    """
 
     name: str = ""
     #: bit widths this method can produce below full precision (32 is always allowed)
@@ -38,6 +46,8 @@ class Scheme:
                 ("gbits", self.gradient_bits),
             ):
                 value = getattr(bits, key)
+                if key == "abits" and getattr(bits, "signed_input", False):
+                    allowed = allowed - {1}  # a signed grid needs a sign bit
                 if value != FULL_PRECISION and value not in allowed:
                     shown = (f"{min(allowed)}-{max(allowed)} or 32" if allowed
                              else "only 32; choose a quantizer such as quantizer=dorefa")
@@ -50,7 +60,7 @@ class Scheme:
     def weight(self, bits: int) -> Quantizer:
         raise NotImplementedError
 
-    def activation(self, bits: int) -> Quantizer:
+    def activation(self, bits: int, signed: bool = False) -> Quantizer:
         raise NotImplementedError
 
     def gradient(self, bits: int) -> Quantizer:
@@ -80,7 +90,11 @@ class FullPrecisionScheme(Scheme):
     def weight(self, bits: int) -> Quantizer:
         return FullPrecision()
 
-    activation = gradient = weight
+    def activation(self, bits: int, signed: bool = False) -> Quantizer:
+        return FullPrecision()
+
+    def gradient(self, bits: int) -> Quantizer:
+        return FullPrecision()
 
 
 @register_scheme("dorefa")
@@ -88,7 +102,8 @@ class DoReFa(Scheme):
     """DoReFa-Net (arXiv 1606.06160): Eq. 9/7 weights, Eq. 11 activations, Eq. 12 gradients.
 
     ``act_scale`` multiplies activations before the [0, 1] clip (1.0 in the paper; 0.1 in the
-    model-compression implementation).
+    model-compression implementation). Inputs that can be negative get the signed variant
+    (clip to [-1, 1], 2^(k-1) - 1 steps each side) instead of Eq. 11's [0, 1] clip.
     """
 
     def __init__(self, act_scale: float = 1.0):
@@ -99,8 +114,75 @@ class DoReFa(Scheme):
     def weight(self, bits: int) -> Quantizer:
         return DoReFaWeight(bits)
 
-    def activation(self, bits: int) -> Quantizer:
+    def activation(self, bits: int, signed: bool = False) -> Quantizer:
+        if signed:
+            return DoReFaSignedActivation(bits, self.act_scale)
         return DoReFaActivation(bits, self.act_scale)
 
     def gradient(self, bits: int) -> Quantizer:
         return DoReFaGradient(bits)
+
+
+WEIGHT_QUANTIZERS = {"dorefa": DoReFaWeight, "channel_wise_abs_max": ChannelAbsMaxWeight}
+
+
+@register_scheme("pact")
+class PACT(Scheme):
+    """PACT (Choi et al., arXiv 1805.06085): a learned clipping level alpha per layer.
+
+    Activations: clip(x, 0, alpha) on an unsigned grid; where a layer's input can be negative
+    (after hard-swish, leaky ReLU, or no activation), the symmetric form clip(x, -alpha, alpha)
+    is used instead, since the unsigned one would clip half the signal away.
+    Weights: DoReFa's quantizer, as in the paper, or ``channel_wise_abs_max`` (PaddleSlim).
+    Gradients: DoReFa Eq. 12 at ``gbits``.
+
+    Args:
+        alpha_init: initial alpha of every layer (the paper: 10 on CIFAR-10; PaddleOCR: 20).
+        alpha_decay: L2 coefficient on alpha; None uses the optimizer's weight decay (the paper).
+        alpha_lr_mult: alpha's learning rate over the base one (PaddleSlim's built-in PACT: 1000).
+        weight_quantizer: ``dorefa`` or ``channel_wise_abs_max``.
+    """
+
+    symmetric_everywhere = False
+
+    def __init__(self, alpha_init: float = 10.0, alpha_decay: float | None = None,
+                 alpha_lr_mult: float = 1.0, weight_quantizer: str = "dorefa"):
+        if not alpha_init > 0:
+            raise ConfigError(f"quant.alpha_init must be > 0, got {alpha_init}")
+        if alpha_decay is not None and alpha_decay < 0:
+            raise ConfigError(f"quant.alpha_decay must be >= 0 or null, got {alpha_decay}")
+        if not alpha_lr_mult > 0:
+            raise ConfigError(f"quant.alpha_lr_mult must be > 0, got {alpha_lr_mult}")
+        if weight_quantizer not in WEIGHT_QUANTIZERS:
+            raise ConfigError(
+                f"quant.weight_quantizer={weight_quantizer!r} is unknown: "
+                f"use {' or '.join(WEIGHT_QUANTIZERS)}"
+            )
+        self.alpha = {"alpha_init": float(alpha_init), "alpha_decay": alpha_decay,
+                      "alpha_lr_mult": float(alpha_lr_mult)}
+        self.weight_class = WEIGHT_QUANTIZERS[weight_quantizer]
+        if weight_quantizer == "channel_wise_abs_max":
+            self.weight_bits = frozenset(range(2, 17))  # a symmetric grid needs a sign bit
+
+    def weight(self, bits: int) -> Quantizer:
+        return self.weight_class(bits)
+
+    def activation(self, bits: int, signed: bool = False) -> Quantizer:
+        if signed or self.symmetric_everywhere:
+            return PACTSymmetricActivation(bits, **self.alpha)
+        return PACTActivation(bits, **self.alpha)
+
+    def gradient(self, bits: int) -> Quantizer:
+        return DoReFaGradient(bits)
+
+
+@register_scheme("pact_symmetric")
+class PACTSymmetric(PACT):
+    """Symmetric PACT on every quantized layer's input, as PaddleOCR quantizes MobileNetV3.
+
+    Same options as ``pact`` (PaddleOCR's values: alpha_init 20, alpha_decay 2e-5); on inputs
+    that are never negative (after ReLU) half of the signed grid stays unused.
+    """
+
+    symmetric_everywhere = True
+    activation_bits = frozenset(range(2, 17))  # a signed grid needs a sign bit

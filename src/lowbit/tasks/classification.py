@@ -11,6 +11,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lowbit.quant.optim import apply_lr_mult, learned_clips, param_groups
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -73,6 +75,10 @@ class ClassificationTask(pl.LightningModule):
         if not torch.isfinite(loss):
             raise Diverged(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
                            f"step {self.global_step}")
+        clips = learned_clips(self.model)
+        if clips:  # PACT: the dashboard shows each layer's clipping level being learned
+            self.log_dict({f"alpha/{name}": clip.alpha.detach() for name, clip in clips.items()},
+                          on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -88,7 +94,8 @@ class ClassificationTask(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(param_groups(self.model))
+        apply_lr_mult(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
