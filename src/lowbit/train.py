@@ -207,11 +207,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     except Diverged as error:
         results.update(status=STATUS_DIVERGED, error=str(error))
         raise
-    except ConfigError as error:
-        results.update(status=STATUS_FAILED, error=str(error))
-        raise
-    except BaseException as error:
-        results.update(status=STATUS_FAILED, error=f"{type(error).__name__}: {error}")
+    except BaseException as error:  # bad input, a bug, or Ctrl-C: recorded, then re-raised
+        results["error"] = (str(error) if isinstance(error, ConfigError)
+                            else f"{type(error).__name__}: {error}")
         raise
     finally:
         results["duration_s"] = round(time.time() - started, 2)
