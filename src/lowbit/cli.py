@@ -103,7 +103,13 @@ def check_group_choices(overrides: list[str], groups: dict[str, list[str]]) -> N
 
 
 def one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = str(error)
+    if text.startswith("Could not override '"):  # Hydra's hint to use + is rarely what is meant
+        key = text.split("'")[1]
+        return (f"unknown setting {key!r}: it is not in the composed config; check the spelling "
+                f"and the chosen groups (e.g. quant.alpha_init needs quantizer=pact), or "
+                f"prefix + to add a new key")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     lines = [line for line in lines if "HYDRA_FULL_ERROR" not in line]
     return " ".join(lines[:2]) or type(error).__name__
 
