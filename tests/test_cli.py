@@ -24,6 +24,7 @@ BAD_INPUTS = [
     (["dataset=cifar10", "dataset.download=false", "dataset.data_dir=/nonexistent/cifar"],
      "/nonexistent/cifar"),
     (["seed=-3"], "seed must be a non-negative integer"),
+    (["quant.wbits=2,4", "-m"], "-m must come before the overrides"),
     (["quant.wbitz=4"], "unknown setting 'quant.wbitz'"),
     (["quantizer=dorefa", "quant.alpha_init=3"], "unknown setting 'quant.alpha_init'"),
     (["quantizer=pact_symmetric", "quant.abits=1"], "cannot quantize to quant.abits=1"),

@@ -224,3 +224,16 @@ def test_alpha_moves_during_a_short_training_run_and_is_recorded(make_cfg):
     logged = read_offline_run(run_dir)
     series = [step["alpha/features.1.0"] for step in logged.history if "alpha/features.1.0" in step]
     assert len(series) >= 2
+
+
+@pytest.mark.parametrize("module", [PACTActivation, PACTSymmetricActivation])
+def test_alpha_never_goes_below_its_minimum(module):
+    clip = module(2, alpha_init=1.0)
+    optimizer = torch.optim.SGD(clip.parameters(), lr=100.0)
+    x = torch.full((4,), 5.0)  # everything clipped: d loss / d alpha = 4 > 0
+    clip(x).sum().backward()
+    optimizer.step()
+    assert clip.alpha.item() < 0  # the step alone would leave alpha negative...
+    y = clip(x)
+    assert clip.alpha.item() == pytest.approx(module.ALPHA_MIN)  # ...the next forward projects
+    assert torch.all(y > 0)

@@ -39,6 +39,9 @@ def split_argv(argv: list[str]) -> tuple[list[str], str, bool] | None:
         if flag in INFO_FLAGS:
             return None
         if flag in ("-m", "--multirun"):
+            if overrides:  # Hydra's argument parser would answer with its usage text
+                raise ConfigError(f"{arg} must come before the overrides: "
+                                  f"python train.py {arg} {' '.join(overrides)} ...")
             multirun = True
         elif flag in FLAGS_WITH_VALUE:
             value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
@@ -126,12 +129,12 @@ def preflight(argv: list[str]) -> None:
     """Check every job the command line describes; one line and exit 2 on the first problem."""
     from lowbit.train import check_config
 
-    split = split_argv(argv)
-    if split is None:
-        return
-    overrides, config_name, _ = split
-    groups = config_groups()
     try:
+        split = split_argv(argv)
+        if split is None:
+            return
+        overrides, config_name, _ = split
+        groups = config_groups()
         for variant in job_variants(overrides):
             check_group_choices(variant, groups)
             try:

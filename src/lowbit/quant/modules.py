@@ -79,7 +79,14 @@ class LearnedClip(Quantizer):
     ``alpha_decay`` (L2 on alpha; None = the optimizer's weight decay, as in the PACT paper) and
     ``alpha_lr_mult`` (alpha's learning rate over the base one) are applied by
     ``lowbit.quant.optim.param_groups`` as optimizer parameter groups.
+
+    alpha is kept >= ``ALPHA_MIN`` by projecting it before each forward pass: its gradient is a
+    sum over the whole tensor, and one large step could otherwise push it below zero, where
+    clip(x, 0, alpha) turns every activation into the same constant and no gradient recovers it
+    (seen with 2-bit symmetric PACT on NIN: alpha went to -1e10 and accuracy to chance).
     """
+
+    ALPHA_MIN = 1e-3
 
     def __init__(self, bits: int, alpha_init: float, alpha_decay: float | None = None,
                  alpha_lr_mult: float = 1.0):
@@ -87,6 +94,12 @@ class LearnedClip(Quantizer):
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.alpha_decay = alpha_decay
         self.alpha_lr_mult = float(alpha_lr_mult)
+
+    def clipping_level(self) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self.alpha.clamp_(min=self.ALPHA_MIN)  # projection after the optimizer's step
+        return self.alpha
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha.item():.4g}"
@@ -96,14 +109,14 @@ class PACTActivation(LearnedClip):
     """PACT: clip(x, 0, alpha) on an unsigned k-bit grid (arXiv 1805.06085, Eq. 1-3)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Q.pact(x, self.alpha, self.bits)
+        return Q.pact(x, self.clipping_level(), self.bits)
 
 
 class PACTSymmetricActivation(LearnedClip):
     """Symmetric PACT: clip(x, -alpha, alpha) on a signed k-bit grid (PaddleOCR)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Q.pact_symmetric(x, self.alpha, self.bits)
+        return Q.pact_symmetric(x, self.clipping_level(), self.bits)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", signed"
