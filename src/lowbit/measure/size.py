@@ -33,20 +33,26 @@ class ModelSize:
         return self.size_fp32_bytes / self.size_bytes
 
 
-def model_size(model: nn.Module) -> ModelSize:
-    quantized_weights = {}
-    for module in model.modules():
-        if isinstance(module, QuantizedLayer) and module.wbits < FULL_PRECISION:
-            quantized_weights[id(module.weight)] = module.wbits
-    params = size_bits = 0
-    extra_bytes = 0
-    for parameter in {id(p): p for p in model.parameters()}.values():
-        numel = parameter.numel()
-        params += numel
-        bits = quantized_weights.get(id(parameter))
+def quantized_weight_bits(model: nn.Module) -> dict[int, int]:
+    """Bit width of each quantized weight tensor, by the tensor's id."""
+    return {id(m.weight): m.wbits for m in model.modules()
+            if isinstance(m, QuantizedLayer) and m.wbits < FULL_PRECISION}
+
+
+def parameter_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes each parameter takes in a deployed model, by parameter name (shared ones once)."""
+    bits_of = quantized_weight_bits(model)
+    sizes = {}
+    for name, parameter in model.named_parameters():  # named_parameters skips duplicates
+        bits = bits_of.get(id(parameter))
         if bits is None:
-            size_bits += numel * parameter.element_size() * 8
+            sizes[name] = parameter.numel() * parameter.element_size()
         else:
-            extra_bytes += math.ceil(numel * bits / 8) + SCALE_BYTES
-    size_bytes = math.ceil(size_bits / 8) + extra_bytes
-    return ModelSize(params=params, size_bytes=size_bytes, size_fp32_bytes=params * 4)
+            sizes[name] = math.ceil(parameter.numel() * bits / 8) + SCALE_BYTES
+    return sizes
+
+
+def model_size(model: nn.Module) -> ModelSize:
+    params = sum(p.numel() for p in model.parameters())
+    return ModelSize(params=params, size_bytes=sum(parameter_bytes(model).values()),
+                     size_fp32_bytes=params * 4)

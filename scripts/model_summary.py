@@ -1,0 +1,48 @@
+"""Per-layer map of a model as a run would build it: kind, W/A/G bits, parameters, MACs, bytes.
+
+    python scripts/model_summary.py model=nin quantizer=dorefa quant.wbits=4
+    python scripts/model_summary.py model=nin dataset=cifar100      # num_classes from the data
+
+Composes the same configs as train.py (same groups, same overrides), builds the model for the
+chosen dataset's classes and image size without loading any data, quantizes it, and prints the
+table; the last line is one JSON object with ``params``, ``macs`` and ``size_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from omegaconf import OmegaConf
+
+import lowbit.config  # noqa: F401  (registers the config resolvers)
+from lowbit.cli import check_group_choices, compose, config_groups, fail, one_line
+from lowbit.errors import ConfigError
+from lowbit.measure.summary import format_table, summarize
+from lowbit.quant import quantize_model
+from lowbit.train import build_datamodule, build_model
+
+
+def main(argv: list[str]) -> None:
+    try:
+        check_group_choices(argv, config_groups())
+        try:
+            cfg = compose("train", argv)
+        except Exception as error:
+            raise ConfigError(one_line(error)) from None
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule.num_classes)
+        quant = OmegaConf.to_container(cfg.quant, resolve=True)
+        quantize_model(model, input_shape=datamodule.image_shape, **quant)
+    except ConfigError as error:
+        fail(str(error))
+    rows, totals = summarize(model, datamodule.image_shape)
+    print(f"{cfg.model._target_.rsplit('.', 1)[-1]} for {datamodule.name} "
+          f"{'x'.join(map(str, datamodule.image_shape))}, {datamodule.num_classes} classes, "
+          f"quantizer={quant['quantizer']}")
+    print("\n".join(format_table(rows, totals)))
+    print(json.dumps(totals))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

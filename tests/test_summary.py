@@ -1,0 +1,49 @@
+"""scripts/model_summary.py: the per-layer table adds up and its JSON matches what runs report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, run_env
+
+from lowbit.measure import model_size
+from lowbit.measure.summary import summarize
+from lowbit.models import NIN
+from lowbit.quant import quantize_model
+
+
+def test_rows_add_up_to_the_model_totals():
+    model = quantize_model(NIN(), quantizer="pact", wbits=2, abits=2, input_shape=(3, 32, 32))
+    rows, totals = summarize(model, (3, 32, 32))
+    assert len(rows) == 9
+    assert totals["size_bytes"] == model_size(model).size_bytes
+    assert totals["macs"] == sum(r.macs for r in rows) == 222_486_528
+    # the 8 alphas and BatchNorm are the only parameters outside the conv rows
+    assert totals["params"] - sum(r.params for r in rows) == 8 + 2 * sum(
+        m.num_features for m in model.modules() if hasattr(m, "num_features"))
+    assert rows[1].bits == "2/2/fp32" and rows[0].bits == "8/fp32/fp32"
+
+
+def test_script_prints_a_table_and_a_last_json_line():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "model_summary.py"), "model=nin",
+         "quantizer=dorefa", "quant.wbits=4", "dataset=cifar100"],
+        capture_output=True, text=True, env=run_env(), timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    last = json.loads(lines[-1])
+    assert set(last) >= {"params", "macs", "size_bytes"}
+    assert last["params"] == 969_822 + (100 - 10) * (192 + 1 + 2)  # 100-class head and its BN
+    assert any(line.startswith("features.4.0") and "4/4/fp32" in line for line in lines)
+
+
+def test_script_bad_input_is_one_line():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "model_summary.py"), "model=nope"],
+        capture_output=True, text=True, env=run_env(), timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown model 'nope'" in result.stderr
