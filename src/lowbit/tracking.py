@@ -65,6 +65,7 @@ def wandb_logger(
     group: str | None = None,
     job_type: str = "train",
     tags: Sequence[str] = (),
+    extra_tags: Sequence[str] = (),
     entity: str | None = None,
     mode: str | None = None,
     id: str | None = None,
@@ -78,7 +79,7 @@ def wandb_logger(
         id=id,
         group=group,
         job_type=job_type,
-        tags=list(tags),
+        tags=list(dict.fromkeys([*map(str, tags), *map(str, extra_tags)])),  # in order, once
         entity=entity,
         mode=choose_wandb_mode(mode),
         # wandb's console capture would duplicate what Lightning already prints.
