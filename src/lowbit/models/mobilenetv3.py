@@ -97,6 +97,7 @@ ARCHITECTURES: dict[str, tuple[tuple[Bottleneck, ...], int]] = {
 # stem -> stride of the first conv. "cifar" also runs the first stride-2 bottleneck at
 # stride 1 (see MobileNetV3's docstring).
 STEM_STRIDES: dict[str, int] = {"imagenet": 2, "cifar": 1}
+FINAL_MAP_SIZE_32 = 4  # side of the last feature map for a 32x32 input with the cifar stem
 
 NONLINEARITIES: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "HS": nn.Hardswish}
 
@@ -181,15 +182,18 @@ class MobileNetV3(nn.Module):
     Args:
         arch: "small" (Table 2) or "large" (Table 1).
         num_classes: number of logits.
-        width_mult: scales every width of the tables (stem, bottlenecks, last conv, classifier
-            hidden layer), each rounded by ``make_divisible``; 1.0 is the paper's model.
+        width_mult: scales every width of the tables (stem, bottlenecks, classifier hidden
+            layer), each rounded by ``make_divisible``; the last conv stays six times the last
+            bottleneck's width. 1.0 is the paper's model; every width gives torchvision's
+            parameter count (0.35 is PP-OCR's text-direction classifier).
         stem: "imagenet" keeps the paper's strides (total stride 32: 224x224 -> 7x7 before the
             pool). "cifar" is for 32x32 inputs and changes exactly two strides from 2 to 1:
             the first 3x3 conv, and the first bottleneck with stride 2 (Small: bneck 1,
             3x3 16->16 with SE; Large: bneck 2, 3x3 16->24). The total stride is then 8 and
-            a 32x32 input ends in a 4x4 map, the 56x56 of the paper's 224x224 at stride 4 and
-            7x7 at stride 32 scaled to CIFAR. In Small that first bneck keeps width 16 and
-            so gains a residual connection; the parameters are the same for both stems.
+            a 32x32 input ends in a 4x4 map (``FINAL_MAP_SIZE_32``), close to the paper's 7x7
+            at 224x224 without shrinking CIFAR's few pixels away in the first layers. In Small
+            that first bneck keeps width 16 at stride 1 and so gains a residual connection;
+            the parameters are the same for both stems.
         in_channels: channels of the input image.
         dropout: dropout probability before the last Linear (0.2 in torchvision's recipe).
     """
@@ -251,7 +255,9 @@ class MobileNetV3(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def stride_one_at_first_downsampling(bottlenecks: tuple[Bottleneck, ...]) -> tuple[Bottleneck, ...]:
+def stride_one_at_first_downsampling(
+    bottlenecks: tuple[Bottleneck, ...],
+) -> tuple[Bottleneck, ...]:
     """The table with its first stride-2 row run at stride 1 (the "cifar" stem)."""
     first = next(i for i, row in enumerate(bottlenecks) if row.stride == 2)
     return bottlenecks[:first] + (bottlenecks[first]._replace(stride=1),) + bottlenecks[first + 1:]
