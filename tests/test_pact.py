@@ -237,3 +237,34 @@ def test_alpha_never_goes_below_its_minimum(module):
     y = clip(x)
     assert clip.alpha.item() == pytest.approx(module.ALPHA_MIN)  # ...the next forward projects
     assert torch.all(y > 0)
+
+
+@pytest.mark.parametrize("module, magnitude", [
+    (PACTActivation, lambda x: x.clamp(min=0)),
+    (PACTSymmetricActivation, lambda x: x.abs()),
+])
+def test_alpha_calibration_takes_the_percentile_of_the_first_training_batch(module, magnitude):
+    clip = module(4, alpha_init=10.0, alpha_calibration=90.0)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)) * 3
+    clip.eval()
+    clip(x)
+    assert clip.alpha.item() == 10.0  # never in eval mode
+    clip.train()
+    clip(x)
+    assert clip.alpha.item() == pytest.approx(torch.quantile(magnitude(x).flatten(), 0.9).item())
+    calibrated = clip.alpha.item()
+    clip(x * 100)
+    assert clip.alpha.item() == calibrated  # only once
+    assert bool(clip.state_dict()["calibrated"])  # and the checkpoint remembers it
+    fresh = module(4, alpha_init=10.0, alpha_calibration=90.0)
+    fresh.load_state_dict(clip.state_dict())
+    fresh.train()
+    fresh(x * 100)
+    assert fresh.alpha.item() == calibrated
+
+
+def test_alpha_calibration_is_validated():
+    from lowbit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alpha_calibration must be a percentile"):
+        quantize_model(SignedNet(), quantizer="pact", wbits=4, abits=4, alpha_calibration=150)

@@ -80,43 +80,72 @@ class LearnedClip(Quantizer):
     ``alpha_lr_mult`` (alpha's learning rate over the base one) are applied by
     ``lowbit.quant.optim.param_groups`` as optimizer parameter groups.
 
-    alpha is kept >= ``ALPHA_MIN`` by projecting it before each forward pass: its gradient is a
-    sum over the whole tensor, and one large step could otherwise push it below zero, where
-    clip(x, 0, alpha) turns every activation into the same constant and no gradient recovers it
-    (seen with 2-bit symmetric PACT on NIN: alpha went to -1e10 and accuracy to chance).
+    ``alpha_calibration`` (a percentile p in (0, 100], or None): when set, the first training
+    batch sets alpha to the p-th percentile of what this quantizer clips (x for PACT, |x| for the
+    symmetric form) instead of ``alpha_init``. The paper's fixed init (10) sits far above
+    post-BatchNorm activations, where alpha gets no clipping gradient at all and a 2-bit grid
+    rounds nearly everything to zero; the ``calibrated`` buffer travels with checkpoints, so a
+    resumed run does not calibrate again.
+
+    alpha is kept >= ``ALPHA_MIN`` by projecting it before each training forward pass: its
+    gradient is a sum over the whole tensor, and one large step could otherwise push it below
+    zero, where the clip turns every activation into the same constant and no gradient recovers
+    it (seen with 2-bit symmetric PACT on NIN: alpha went to -1e10 and accuracy to chance).
     """
 
     ALPHA_MIN = 1e-3
+    CALIBRATION_SAMPLES = 1 << 20  # torch.quantile's input is bounded; a strided sample is plenty
 
     def __init__(self, bits: int, alpha_init: float, alpha_decay: float | None = None,
-                 alpha_lr_mult: float = 1.0):
+                 alpha_lr_mult: float = 1.0, alpha_calibration: float | None = None):
         super().__init__(bits)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.alpha_decay = alpha_decay
         self.alpha_lr_mult = float(alpha_lr_mult)
+        self.alpha_calibration = alpha_calibration
+        self.register_buffer("calibrated", torch.tensor(alpha_calibration is None))
 
-    def clipping_level(self) -> torch.Tensor:
+    def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """The values whose percentile calibrates alpha."""
+        raise NotImplementedError
+
+    def clipping_level(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             with torch.no_grad():
+                if not self.calibrated:
+                    values = self.clipped_magnitude(x.detach()).flatten().float()
+                    stride = -(-values.numel() // self.CALIBRATION_SAMPLES)
+                    level = torch.quantile(values[::stride], self.alpha_calibration / 100)
+                    self.alpha.copy_(level)
+                    self.calibrated.fill_(True)
                 self.alpha.clamp_(min=self.ALPHA_MIN)  # projection after the optimizer's step
         return self.alpha
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha.item():.4g}"
+        text = f"{super().extra_repr()}, alpha={self.alpha.item():.4g}"
+        if not self.calibrated:
+            text += f", calibrate=p{self.alpha_calibration:g}"
+        return text
 
 
 class PACTActivation(LearnedClip):
     """PACT: clip(x, 0, alpha) on an unsigned k-bit grid (arXiv 1805.06085, Eq. 1-3)."""
 
+    def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Q.pact(x, self.clipping_level(), self.bits)
+        return Q.pact(x, self.clipping_level(x), self.bits)
 
 
 class PACTSymmetricActivation(LearnedClip):
     """Symmetric PACT: clip(x, -alpha, alpha) on a signed k-bit grid (PaddleOCR)."""
 
+    def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Q.pact_symmetric(x, self.clipping_level(), self.bits)
+        return Q.pact_symmetric(x, self.clipping_level(x), self.bits)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", signed"

@@ -141,12 +141,15 @@ class PACT(Scheme):
         alpha_decay: L2 coefficient on alpha; None uses the optimizer's weight decay (the paper).
         alpha_lr_mult: alpha's learning rate over the base one (PaddleSlim's built-in PACT: 1000).
         weight_quantizer: ``dorefa`` or ``channel_wise_abs_max``.
+        alpha_calibration: None, or a percentile p in (0, 100]: the first training batch sets
+            each alpha to the p-th percentile of what it clips (lowbit's addition, see README).
     """
 
     symmetric_everywhere = False
 
     def __init__(self, alpha_init: float = 10.0, alpha_decay: float | None = None,
-                 alpha_lr_mult: float = 1.0, weight_quantizer: str = "dorefa"):
+                 alpha_lr_mult: float = 1.0, weight_quantizer: str = "dorefa",
+                 alpha_calibration: float | None = None):
         if not alpha_init > 0:
             raise ConfigError(f"quant.alpha_init must be > 0, got {alpha_init}")
         if alpha_decay is not None and alpha_decay < 0:
@@ -158,8 +161,14 @@ class PACT(Scheme):
                 f"quant.weight_quantizer={weight_quantizer!r} is unknown: "
                 f"use {' or '.join(WEIGHT_QUANTIZERS)}"
             )
+        if alpha_calibration is not None and not 0 < alpha_calibration <= 100:
+            raise ConfigError(
+                f"quant.alpha_calibration must be a percentile in (0, 100] or null, "
+                f"got {alpha_calibration}"
+            )
         self.alpha = {"alpha_init": float(alpha_init), "alpha_decay": alpha_decay,
-                      "alpha_lr_mult": float(alpha_lr_mult)}
+                      "alpha_lr_mult": float(alpha_lr_mult),
+                      "alpha_calibration": alpha_calibration}
         self.weight_class = WEIGHT_QUANTIZERS[weight_quantizer]
         if weight_quantizer == "channel_wise_abs_max":
             self.weight_bits = frozenset(range(2, 17))  # a symmetric grid needs a sign bit
