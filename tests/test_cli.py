@@ -12,7 +12,8 @@ from conftest import ROOT, run_env
 from wandb_offline import read_offline_run
 
 BAD_INPUTS = [
-    (["model=resnet9000"], "unknown model 'resnet9000': available are nin"),
+    (["model=resnet9000"], "unknown model 'resnet9000': available are mobilenetv3_large, "
+                            "mobilenetv3_small, nin"),
     (["quantizer=ternary"], "unknown quantizer 'ternary'"),
     (["dataset=imagenet22k"], "unknown dataset 'imagenet22k'"),
     (["quantizer=dorefa", "quant.wbits=0"], "quant.wbits=0 is not supported: use 1-16, or 32"),
@@ -25,6 +26,8 @@ BAD_INPUTS = [
      "/nonexistent/cifar"),
     (["seed=-3"], "seed must be a non-negative integer"),
     (["quant.wbits=2,4", "-m"], "-m must come before the overrides"),
+    (["-m", "quantizer=pact,pact_symmetric", "quant.alpha_lr_mult=10"],
+     "write ++key=value for a key that only some of the swept options have"),
     (["quant.wbitz=4"], "unknown setting 'quant.wbitz'"),
     (["quantizer=dorefa", "quant.alpha_init=3"], "unknown setting 'quant.alpha_init'"),
     (["quantizer=pact_symmetric", "quant.abits=1"], "cannot quantize to quant.abits=1"),

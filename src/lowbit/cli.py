@@ -63,10 +63,10 @@ def config_groups() -> dict[str, list[str]]:
     return groups
 
 
-def job_variants(overrides: list[str]) -> list[list[str]]:
-    """Override lists that together cover every value of every sweep, without the full product.
-
-    Each sweep's values are checked once, the other sweeps held at their first value.
+def job_variants(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Override lists that together cover every value of every sweep, without the full product
+    (each sweep's values are checked once, the other sweeps held at their first value), and the
+    overrides that are not sweeps.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -75,6 +75,7 @@ def job_variants(overrides: list[str]) -> list[list[str]]:
     except Exception as error:
         raise ConfigError(one_line(error)) from None
     choices: list[list[str]] = []
+    fixed: list[str] = []
     for override in parsed:
         if override.get_key_element().lstrip("+~").startswith("hydra"):
             continue  # launcher and sweeper settings: Hydra's own business
@@ -87,12 +88,13 @@ def job_variants(overrides: list[str]) -> list[list[str]]:
             choices.append([f"{key}={v}" for v in values])
         else:
             choices.append([override.input_line])
+            fixed.append(override.input_line)
     base = [options[0] for options in choices]
     variants = [base]
     for index, options in enumerate(choices):
         for option in options[1:]:
             variants.append(base[:index] + [option] + base[index + 1:])
-    return variants
+    return variants, fixed
 
 
 def check_group_choices(overrides: list[str], groups: dict[str, list[str]]) -> None:
@@ -133,9 +135,20 @@ def preflight(argv: list[str]) -> None:
         split = split_argv(argv)
         if split is None:
             return
-        overrides, config_name, _ = split
+        overrides, config_name, multirun = split
         groups = config_groups()
-        for variant in job_variants(overrides):
+        variants, fixed = job_variants(overrides)
+        if multirun and len(variants) > 1:
+            # Hydra composes the non-sweep overrides on the default groups before sweeping.
+            try:
+                compose(config_name, fixed)
+            except Exception as error:
+                raise ConfigError(
+                    f"{one_line(error)} (in a multirun Hydra first applies the non-sweep "
+                    f"overrides to the default groups: write ++key=value for a key that only "
+                    f"some of the swept options have)"
+                ) from None
+        for variant in variants:
             check_group_choices(variant, groups)
             try:
                 cfg = compose(config_name, variant)
