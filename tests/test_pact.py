@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from lowbit.errors import ConfigError
 from lowbit.quant import quantize_model
 from lowbit.quant.functional import (
     channelwise_absmax_weight,
@@ -17,6 +18,7 @@ from lowbit.quant.functional import (
 )
 from lowbit.quant.modules import (
     ChannelAbsMaxWeight,
+    DoReFaActivation,
     DoReFaSignedActivation,
     PACTActivation,
     PACTSymmetricActivation,
@@ -159,6 +161,27 @@ def test_signed_inputs_get_a_signed_grid(quantizer, after_relu, signed):
         assert type(model.after_relu.input_quantizer) is after_relu
     assert type(model.after_hardswish.input_quantizer) is signed
     assert type(model.head.input_quantizer) is signed
+
+
+@pytest.mark.parametrize("quantizer, unsigned", [
+    ("pact", PACTActivation),
+    ("dorefa", DoReFaActivation),
+])
+def test_signed_inputs_never_keeps_the_papers_unsigned_grid(quantizer, unsigned):
+    model = quantize_model(SignedNet(), quantizer=quantizer, wbits=4, abits=4,
+                           signed_inputs="never", input_shape=(3, 8, 8))
+    for layer in (model.after_relu, model.after_hardswish, model.head):
+        assert type(layer.input_quantizer) is unsigned
+
+
+@pytest.mark.parametrize("quantizer, signed_inputs, message", [
+    ("pact", "sometimes", "quant.signed_inputs='sometimes' is unknown"),
+    ("pact_symmetric", "never", "contradicts quantizer=pact_symmetric"),
+])
+def test_bad_signed_inputs_modes_are_refused(quantizer, signed_inputs, message):
+    with pytest.raises(ConfigError, match=message):
+        quantize_model(SignedNet(), quantizer=quantizer, wbits=4, abits=4,
+                       signed_inputs=signed_inputs, input_shape=(3, 8, 8))
 
 
 def test_pact_options_reach_the_modules_and_the_weight_quantizer():

@@ -18,6 +18,10 @@ Policy (documented in the README):
   to its symmetric form, DoReFa to its signed variant). After ReLU (or max-pooling of a ReLU) an
   input is never negative; after hard-swish, leaky ReLU, a residual sum or no activation it is.
   Without ``input_shape`` no probe runs and every input is treated as unsigned.
+  ``signed_inputs="never"`` turns the probe off on purpose: every input is quantized on the
+  method's unsigned grid, as the PACT and DoReFa papers do, which clips the negative half of
+  hard-swish outputs to zero (the failure PaddleOCR's symmetric PACT avoids); it exists to
+  measure that loss. ``pact_symmetric`` is signed everywhere and rejects it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from lowbit.quant.schemes import SCHEMES, Scheme
 SUPPORTED_BITS = frozenset(range(1, 17)) | {FULL_PRECISION}
 BIT_KEYS = ("wbits", "abits", "gbits")
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
+SIGNED_INPUT_MODES = ("auto", "never")
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ def plan_quantization(
     first_layer_bits: int = 8,
     last_layer_bits: int = 8,
     overrides: Mapping[str, Mapping[str, int]] | None = None,
+    signed_inputs: str = "auto",
     input_shape: tuple[int, ...] | None = None,
     **options: Any,
 ) -> tuple[Scheme, dict[str, LayerBits]]:
@@ -189,13 +195,23 @@ def plan_quantization(
     The arguments are those of ``quantize_model`` (the ``quant`` config node).
     """
     scheme = make_scheme(quantizer, options)
+    if signed_inputs not in SIGNED_INPUT_MODES:
+        raise ConfigError(
+            f"quant.signed_inputs={signed_inputs!r} is unknown: use "
+            f"{' or '.join(SIGNED_INPUT_MODES)}"
+        )
+    if signed_inputs == "never" and getattr(scheme, "symmetric_everywhere", False):
+        raise ConfigError(
+            f"quant.signed_inputs=never contradicts quantizer={quantizer}, which is signed "
+            f"everywhere: use quantizer=pact for unsigned PACT"
+        )
     if any(isinstance(m, QuantizedLayer) for m in model.modules()):
         raise ConfigError("the model is already quantized: call quantize_model on a float model")
     names = [name for name, _ in quantizable_layers(model)]
     if names and names[0] == "":
         raise ConfigError("quantize_model needs a model that contains layers, not a bare layer")
     plan = plan_bits(names, wbits, abits, gbits, first_layer_bits, last_layer_bits, overrides)
-    if input_shape is not None:
+    if input_shape is not None and signed_inputs == "auto":
         signed = probe_signed_inputs(model, tuple(input_shape))
         plan = {name: replace(bits, signed_input=bits.quantize_input and name in signed)
                 for name, bits in plan.items()}
@@ -210,7 +226,8 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
     ``quant`` is the ``quant`` config node: ``quantizer`` (the method's name, e.g. "dorefa"),
     ``wbits``/``abits``/``gbits`` (1-16, or 32 for full precision), ``first_layer_bits``,
     ``last_layer_bits``, ``overrides``, and the method's own options (e.g. ``act_scale``);
-    ``input_shape`` (C, H, W) turns on the signed-input probe. Every check runs before the
+    ``input_shape`` (C, H, W) turns on the signed-input probe (``signed_inputs="never"`` keeps
+    it off). Every check runs before the
     model is touched; the policy is in this module's docstring.
     """
     scheme, plan = plan_quantization(model, **quant)
