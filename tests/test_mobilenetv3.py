@@ -167,12 +167,21 @@ def test_signed_inputs_get_the_symmetric_pact():
     ({"num_classes": 0}, ">= 1"),
     ({"in_channels": 0}, ">= 1"),
     ({"dropout": 1.0}, "[0, 1)"),
+    ({"bn_momentum": 0}, "(0, 1]"),
+    ({"bn_momentum": 1.5}, "(0, 1]"),
 ])
 def test_bad_arguments_raise_config_error(kwargs, words):
     with pytest.raises(ConfigError) as error:
         MobileNetV3(**kwargs)
     message = str(error.value)
     assert words in message and "\n" not in message
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.01])
+def test_bn_momentum_reaches_every_batchnorm(momentum):
+    model = MobileNetV3("small", num_classes=10, bn_momentum=momentum)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) > 30 and {m.momentum for m in norms} == {momentum}
 
 
 @pytest.mark.parametrize("arch", ["small", "large"])
