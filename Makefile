@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: install train test test-slow test-all clean help
+.PHONY: install train test test-slow test-all report clean help
 
 help:
 	@echo "make train [ARGS='quantizer=dorefa quant.wbits=4']  train (NIN on digits by default)"
 	@echo "make test                                           the test suite (slow tests excluded)"
 	@echo "make test-slow / test-all                           the slow accuracy tests / everything"
+	@echo "make report [SWEEP=outputs/multiruns/<dir>]         HTML/PNG/Markdown comparison of a sweep (default: the latest)"
 
 install: $(STAMP)
 
@@ -33,6 +34,12 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q
+
+# The most recently written sweep folder unless SWEEP names one.
+SWEEP ?= $(shell ls -dt outputs/multiruns/*/ 2>/dev/null | head -n 1)
+report: install
+	@test -n "$(SWEEP)" || { echo "make report: no sweep under outputs/multiruns; run python train.py -m ... first, or give SWEEP=DIR"; exit 2; }
+	$(PY) scripts/report.py $(SWEEP)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .hypothesis

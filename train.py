@@ -1,7 +1,8 @@
 """lowbit's entry point: `python train.py [group=option ...] [key=value ...]` (Hydra).
 
 Every job of the command line is checked first (one line and exit 2 on bad input); then Hydra
-runs the job(s) and ``lowbit.train.run`` does the work.
+runs the job(s) and ``lowbit.train.run`` does the work. ``resume=RUN_DIR`` is expanded first
+into that run's own overrides and folder (``lowbit.resume``).
 """
 
 import sys
@@ -10,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 import lowbit.config  # noqa: F401  (registers the config resolvers before Hydra composes)
-from lowbit.cli import main_job, preflight
+from lowbit.cli import expand_resume, main_job, preflight
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -19,5 +20,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = expand_resume(sys.argv[1:])  # resume=RUN_DIR: that run's overrides and folder
     preflight(sys.argv[1:])
     main()

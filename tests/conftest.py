@@ -64,6 +64,12 @@ def make_cfg(tmp_path):
 
 
 def run_env() -> dict[str, str]:
+    """The environment of a training subprocess: no W&B credentials, and its own W&B service.
+
+    wandb.init in the test process exports WANDB_SERVICE; a child that inherits it shares this
+    process's W&B service, where a killed child's unfinished run would stay registered.
+    """
     env = dict(os.environ)
     env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_SERVICE", None)
     return env

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,8 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 def records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
     data = path.read_bytes()
+    if not data:
+        return  # created, nothing written yet
     assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
     position, pending = FILE_HEADER, b""
     while position + RECORD_HEADER <= len(data):
@@ -54,22 +57,36 @@ class OfflineRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     group: str = ""
+    job_type: str = ""
 
 
 def item_key(item) -> str:
     return "/".join(item.nested_key) if item.nested_key else item.key
 
 
-def read_offline_run(run_dir: Path) -> OfflineRun:
+def finished_records(log: Path, wait_s: float) -> list[wandb_internal_pb2.Record]:
+    """The log's records once its exit record is there: W&B's service process may still be
+    writing the file for a moment after ``run.finish()`` returned (seen on a loaded machine)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = list(records(log))
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or \
+                time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> OfflineRun:
     """Config, summary and history of the offline run in ``run_dir`` (an offline-run-* folder)."""
     (log,) = run_dir.glob("run-*.wandb")
     run = OfflineRun()
-    for record in records(log):
+    for record in finished_records(log, wait_s):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id = record.run.run_id
             run.tags = list(record.run.tags)
             run.group = record.run.run_group
+            run.job_type = record.run.job_type
             for item in record.run.config.update:
                 run.config[item_key(item)] = json.loads(item.value_json)
         elif kind == "config":

@@ -2,13 +2,22 @@
 
 Hydra reports a bad override with a multi-line message and a hint about stack traces, and a
 multirun would find a bad value only when its job comes up. ``preflight`` composes the config
-of every value that a (multi)run names, runs ``check_config`` on each, and answers the first
-problem with one line on stderr and exit status 2, before any data is loaded.
+of every value that a (multi)run names, on the command line or in a sweep preset's
+``hydra.sweeper.params``/``grids``, runs ``check_config`` on each, and answers the first problem
+with one line on stderr and exit status 2, before any data is loaded.
+
+Exit statuses: 2 bad input (nothing ran), 3 a single run diverged, 1 a multirun in which some
+jobs failed (``lowbit.sweep.outcome``; the other jobs ran to the end), 143 / 130 a run stopped
+by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 from lowbit.config import CONFIG_DIR
@@ -55,10 +64,13 @@ def split_argv(argv: list[str]) -> tuple[list[str], str, bool] | None:
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Option names of every config group folder under conf/ (``hydra`` groups excluded)."""
+    """Option names of every config group folder under conf/ (``hydra`` groups excluded: they
+    add to Hydra's own options, such as the launchers that plugins register)."""
     groups = {}
     for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
         group = folder.relative_to(CONFIG_DIR).as_posix()
+        if group.split("/")[0] == "hydra":
+            continue
         groups[group] = sorted(f.stem for f in folder.glob("*.yaml"))
     return groups
 
@@ -81,11 +93,7 @@ def job_variants(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
             continue  # launcher and sweeper settings: Hydra's own business
         key = override.get_key_element()
         if override.is_sweep_override():
-            if override.is_hydra_override() or not override.is_discrete_sweep():
-                raise ConfigError(f"{key}: only comma-separated sweeps are checked here; "
-                                  f"use explicit values like {key}=2,4,8")
-            values = list(override.sweep_string_iterator())
-            choices.append([f"{key}={v}" for v in values])
+            choices.append([f"{key}={v}" for v in sweep_values(override)])
         else:
             choices.append([override.input_line])
             fixed.append(override.input_line)
@@ -95,6 +103,53 @@ def job_variants(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
         for option in options[1:]:
             variants.append(base[:index] + [option] + base[index + 1:])
     return variants, fixed
+
+
+def sweep_values(override) -> list[str]:
+    """The values of a sweep to check: all of a list, choice() or range(); the two ends of an
+    interval() (an Optuna search draws from between them)."""
+    from hydra.core.override_parser.types import Glob
+
+    if override.is_discrete_sweep() and not isinstance(override.value(), Glob):
+        return [str(v) for v in override.sweep_string_iterator()]
+    if override.is_interval_sweep():
+        interval = override.value()
+        return [str(interval.start), str(interval.end)]
+    key = override.get_key_element()
+    raise ConfigError(f"{key}: only lists, choice(), range() and interval() sweeps are checked "
+                      f"here (not glob()); use explicit values like {key}=2,4,8")
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(*lists: list[str]) -> list[str]:
+    """Overrides in order, a later one replacing an earlier one of the same key, ``+``/``~``
+    prefix included (as Hydra's basic sweeper merges ``hydra.sweeper.params`` with the command
+    line: ``+trainer.x=1 trainer.x=2`` stays two overrides, adding then changing)."""
+    merged: dict[str, str] = {}
+    for overrides in lists:
+        for override in overrides:
+            key = override.split("=", 1)[0]
+            merged.pop(key, None)
+            merged[key] = override
+    return list(merged.values())
+
+
+def preset_sweeps(config_name: str, overrides: list[str]) -> list[list[str]]:
+    """The sweeps a sweep preset adds, one override list per grid (``hydra.sweeper.params``,
+    and ``hydra.sweeper.grids`` for lowbit's grids sweeper); [[]] when there is no preset."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from lowbit.sweep.grids import grid_override_lists
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweeper = compose(config_name, fixed, return_hydra_config=True).hydra.sweeper
+    settings = OmegaConf.to_container(sweeper, resolve=True)
+    return grid_override_lists(settings.get("params"), settings.get("grids"), [])
 
 
 def check_group_choices(overrides: list[str], groups: dict[str, list[str]]) -> None:
@@ -119,12 +174,55 @@ def one_line(error: BaseException) -> str:
     return " ".join(lines[:2]) or type(error).__name__
 
 
-def compose(config_name: str, overrides: list[str]) -> Any:
+def compose(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides,
+                             return_hydra_config=return_hydra_config)
+
+
+def probe_writable(folder: Path) -> None:
+    """ConfigError unless ``folder`` can be created and written into; leaves nothing behind."""
+    created: list[Path] = []
+    missing = folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)  # deepest first: removed in this order afterwards
+        missing = missing.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".lowbit_write_test.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write to the output dir {folder}: {error.strerror}; choose "
+                          f"another with hydra.run.dir=PATH (or paths.log_dir=PATH)") from None
+    finally:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+def check_run_dir(config_name: str, overrides: list[str], multirun: bool) -> None:
+    """The folder Hydra creates for the run (the sweep's, in a multirun) must be writable:
+    checked here, since Hydra would fail with a traceback before any job starts."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        cfg = compose(config_name, overrides, return_hydra_config=True)
+    except Exception as error:
+        raise ConfigError(one_line(error)) from None
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
+    hydra_config.set_config(cfg)  # ${hydra:...} in the folder name resolves as in the job
+    try:
+        folder = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
+    finally:
+        hydra_config.cfg = previous
+    probe_writable(folder)
 
 
 def preflight(argv: list[str]) -> None:
@@ -138,16 +236,24 @@ def preflight(argv: list[str]) -> None:
         overrides, config_name, multirun = split
         groups = config_groups()
         variants, fixed = job_variants(overrides)
-        if multirun and len(variants) > 1:
-            # Hydra composes the non-sweep overrides on the default groups before sweeping.
-            try:
-                compose(config_name, fixed)
+        check_group_choices(fixed, groups)
+        preset = [o for o in fixed if override_key(o) == "sweep" and not o.endswith("=null")]
+        if preset and not multirun:
+            raise ConfigError(f"{preset[0]} is a sweep preset and needs a multirun: "
+                              f"python train.py -m {' '.join(overrides)}")
+        if multirun:
+            try:  # Hydra composes the non-sweep overrides on the default groups before sweeping
+                sweeps = preset_sweeps(config_name, overrides)
             except Exception as error:
                 raise ConfigError(
                     f"{one_line(error)} (in a multirun Hydra first applies the non-sweep "
                     f"overrides to the default groups: write ++key=value for a key that only "
                     f"some of the swept options have)"
                 ) from None
+            if sweeps != [[]]:  # a preset's grids: each checked with the command line on top
+                variants = [variant for preset_overrides in sweeps
+                            for variant in job_variants(merge_overrides(preset_overrides,
+                                                                        overrides))[0]]
         for variant in variants:
             check_group_choices(variant, groups)
             try:
@@ -157,21 +263,75 @@ def preflight(argv: list[str]) -> None:
             except Exception as error:
                 raise ConfigError(one_line(error)) from None
             check_config(cfg)
+        # hydra.* settings and hydra/* groups (hydra/launcher=joblib hydra.launcher.n_jobs=2)
+        hydra_settings = [o for o in overrides if override_key(o).startswith("hydra")]
+        check_run_dir(config_name, [*variants[0], *hydra_settings], multirun)
     except ConfigError as error:
         fail(str(error))
 
 
-def main_job(cfg) -> float | None:
-    """The body of ``@hydra.main``: one run, bad input answered with one line."""
-    from lowbit.tasks.classification import Diverged
-    from lowbit.train import run
-    from lowbit.console import print_summary
+def objective_values(cfg, metrics: dict[str, float]) -> float | tuple[float, ...] | None:
+    """What a sweeper optimises: the ``objectives`` metrics, one float or a tuple of them (for a
+    multi-objective Optuna search); NaN for a metric the run has not got (a failed job)."""
+    names = list(cfg.get("objectives") or [])
+    if not names:
+        return None
+    values = tuple(float(metrics.get(name, math.nan)) for name in names)
+    return values[0] if len(values) == 1 else values
+
+
+def expand_resume(argv: list[str]) -> list[str]:
+    """``resume=RUN_DIR`` written out as that run's overrides and folder (``lowbit.resume``);
+    the flags first, then the overrides."""
+    from lowbit.resume import resume_overrides
 
     try:
-        results = run(cfg)
+        split = split_argv(argv)
+        expanded = None if split is None else resume_overrides(split[0], multirun=split[2])
     except ConfigError as error:
         fail(str(error))
-    except Diverged as error:
-        fail(f"run diverged: {error}", EXIT_DIVERGED)
+    if expanded is None:
+        return argv
+    flags = list(argv)
+    for override in split[0]:
+        flags.remove(override)
+    return [*flags, *expanded]
+
+
+def main_job(cfg) -> float | tuple[float, ...] | None:
+    """The body of ``@hydra.main``: one run. A single run answers bad input with one line and
+    exit status 2, a NaN loss with exit status 3. A job of a multirun never stops its sweep:
+    its failure is recorded (results.json, W&B tag), told on stderr, and the sweep goes on."""
+    from lowbit.checkpoints import Interrupted
+    from lowbit.console import print_summary
+    from lowbit.sweep import job
+    from lowbit.tasks.classification import Diverged
+    from lowbit.train import run
+
+    if not job.in_multirun():
+        try:
+            results = run(cfg)
+        except ConfigError as error:
+            fail(str(error))
+        except Diverged as error:
+            fail(f"run diverged: {error}", EXIT_DIVERGED)
+        except Interrupted as error:
+            fail(str(error), error.code)
+        print_summary(results)
+        return objective_values(cfg, results["metrics"])
+
+    job.settle_job_settings(cfg)
+    name = cfg.get("run_name") or "job"
+    try:
+        with job.job_device(cfg):
+            results = run(cfg)
+    except (ConfigError, Diverged) as error:
+        kind = "diverged" if isinstance(error, Diverged) else "failed"
+        print(f"lowbit: job {name} {kind}: {error}; the sweep goes on", file=sys.stderr)
+        return objective_values(cfg, {})
+    except Exception:  # a bug or a crash: its traceback, then the next job
+        traceback.print_exc()
+        print(f"lowbit: job {name} crashed; the sweep goes on", file=sys.stderr)
+        return objective_values(cfg, {})
     print_summary(results)
-    return results["metrics"].get("val/acc_best")
+    return objective_values(cfg, results["metrics"])

@@ -28,6 +28,19 @@ def project_root() -> Path:
 CONFIG_DIR = project_root() / "conf"
 
 
+def chosen_option(group: str) -> str | None:
+    """The option Hydra chose for a config group (``model`` -> ``nin``), None outside Hydra.
+
+    Recorded next to the results so that a report can name the model without importing it.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    choice = HydraConfig.get().runtime.choices.get(group)
+    return None if choice in (None, "null") else str(choice)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lowbit_root"):
         OmegaConf.register_new_resolver("lowbit_root", lambda: str(project_root()))

@@ -37,4 +37,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 
 def print_summary(results: dict[str, Any]) -> None:
+    from lowbit.distributed import is_global_zero
+
+    if not is_global_zero():  # DDP: once, from the process that wrote results.json
+        return
     print("\n" + "\n".join(summary_lines(results)), flush=True)

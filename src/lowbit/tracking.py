@@ -63,14 +63,17 @@ def wandb_logger(
     name: str,
     save_dir: str,
     group: str | None = None,
-    job_type: str = "train",
+    job_type: str | None = "train",
     tags: Sequence[str] = (),
     extra_tags: Sequence[str] = (),
     entity: str | None = None,
     mode: str | None = None,
     id: str | None = None,
 ) -> WandbLogger:
-    """A Lightning WandbLogger whose mode is settled up front (see the module docstring)."""
+    """A Lightning WandbLogger whose mode is settled up front (see the module docstring).
+
+    ``job_type`` None is a single run's "train" (a sweep's jobs say "sweep": lowbit.sweep.job).
+    """
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         project=project,
@@ -78,7 +81,7 @@ def wandb_logger(
         save_dir=save_dir,
         id=id,
         group=group,
-        job_type=job_type,
+        job_type=job_type or "train",
         tags=list(dict.fromkeys([*map(str, tags), *map(str, extra_tags)])),  # in order, once
         entity=entity,
         mode=choose_wandb_mode(mode),

@@ -7,7 +7,9 @@ with configs from Hydra's compose API. Every check of the user's input happens i
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +21,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lowbit.checkpoints import Interrupted, check_checkpoint
+from lowbit.config import chosen_option
 from lowbit.data.base import ClassificationData
+from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError
 from lowbit.measure import count_macs, measure_latency, model_size
 from lowbit.quant import quantize_model
 from lowbit.quant.convert import make_scheme, plan_quantization
 from lowbit.quant.optim import learned_clips
+from lowbit.randomness import RandomState
+from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
+from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.classification import ClassificationTask, Diverged
 from lowbit.tracking import write_json_atomically
 
-RESULTS_FILE = "results.json"
-STATUS_OK, STATUS_FAILED, STATUS_DIVERGED = "ok", "failed", "diverged"
+STATUS_INTERRUPTED = "interrupted"  # SIGTERM or Ctrl-C; last.ckpt saved, resume=RUN_DIR goes on
 
 
 @dataclass
@@ -67,7 +74,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
 def check_output_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".lowbit_write_test"
+        probe = output_dir / f".lowbit_write_test.{os.getpid()}"  # DDP ranks probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
@@ -91,6 +98,10 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.num_classes)
     plan_quantization(model, input_shape=datamodule.image_shape, **quant)
+    checkpoint = checkpoint_to_resume(cfg)
+    if checkpoint is not None:  # names and shapes against the quantized model, before any data
+        check_checkpoint(checkpoint, quantize_model(copy.deepcopy(model),
+                                                    input_shape=datamodule.image_shape, **quant))
     datamodule.check()
     return Components(datamodule=datamodule, model=model)
 
@@ -104,9 +115,11 @@ def make_callbacks(cfg: DictConfig) -> list:
 
 
 def loggable_config(cfg: DictConfig) -> dict[str, Any]:
-    """The whole composed config, resolved, with ``quantizer`` also at the top for W&B filters."""
+    """The whole composed config, resolved, with ``quantizer`` and the model's and data set's
+    option names (``model_name``, ``dataset_name``) also at the top for W&B filters."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config["quantizer"] = cfg.quant.quantizer
+    config["model_name"], config["dataset_name"] = chosen_option("model"), chosen_option("dataset")
     return config
 
 
@@ -152,14 +165,18 @@ def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[st
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Train, test and measure one configuration; returns the results written to results.json.
 
-    Raises ConfigError for bad input (before any work), Diverged for a NaN loss; results.json
-    records every outcome with its ``status``.
+    Raises ConfigError for bad input (before any work), Diverged for a NaN loss, Interrupted
+    when SIGTERM or Ctrl-C stopped training (after saving last.ckpt); results.json records every
+    outcome with its ``status``. With ``resume``/``ckpt_path`` training continues from that
+    checkpoint (``lowbit.resume``). Under DDP only global rank 0 measures and records.
     """
     output_dir = Path(output_dir or cfg.paths.output_dir)
     started = time.time()
     results: dict[str, Any] = {
         "status": STATUS_FAILED,
         "run_name": cfg.get("run_name"),
+        "model": chosen_option("model"),
+        "dataset": chosen_option("dataset"),
         "quant": OmegaConf.to_container(cfg.quant, resolve=True),
         "metrics": {},
         "run_dir": str(output_dir),
@@ -181,24 +198,37 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             optimizer=instantiate(cfg.optimizer),
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         )
+        pin_wandb_run_id(cfg, output_dir, write=is_global_zero())  # a resumed run keeps its id
         loggers = make_loggers(cfg)
         for logger in loggers:
             logger.log_hyperparams(loggable_config(cfg))
         callbacks = make_callbacks(cfg)
+        if not loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
+            callbacks = [c for c in callbacks
+                         if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+        replica_sync = ReplicaSync()
+        callbacks += [RandomState(cfg.get("seed")), replica_sync]
         # Checkpoints are the callbacks group's business: none configured, none written.
         saves_checkpoints = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False,
                                           callbacks=callbacks,
                                           enable_checkpointing=saves_checkpoints)
-        trainer.fit(task, datamodule=datamodule)
+        resume_from = checkpoint_to_resume(cfg)
+        if resume_from is not None:
+            results["resumed_from"] = str(resume_from)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(("val/", "train/"))}
         if cfg.get("test", True):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
-            tested = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            tested = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                                  weights_only=True)
             metrics.update({k: float(v) for k, v in tested[0].items()})
-        metrics.update(measure_costs(task.model, datamodule.image_shape,
-                                     trainer.strategy.root_device, cfg))
+        if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
+            metrics.update(measure_costs(task.model, datamodule.image_shape,
+                                         trainer.strategy.root_device, cfg))
+        if replica_sync.report is not None:
+            results["distributed"] = replica_sync.report
         results["metrics"] = metrics
         results["alpha"] = {name: clip.alpha.item()
                             for name, clip in learned_clips(task.model).items()}
@@ -207,13 +237,18 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     except Diverged as error:
         results.update(status=STATUS_DIVERGED, error=str(error))
         raise
-    except BaseException as error:  # bad input, a bug, or Ctrl-C: recorded, then re-raised
+    except (KeyboardInterrupt, SystemExit) as error:  # how Lightning ends fit on SIGTERM/Ctrl-C
+        stopped = Interrupted.from_exception(error, output_dir)
+        results.update(status=STATUS_INTERRUPTED, error=str(stopped))
+        raise stopped from None
+    except BaseException as error:  # bad input or a bug: recorded, then re-raised
         results["error"] = (str(error) if isinstance(error, ConfigError)
                             else f"{type(error).__name__}: {error}")
         raise
     finally:
         results["duration_s"] = round(time.time() - started, 2)
-        results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
-        if output_dir.is_dir():
-            write_json_atomically(output_dir / RESULTS_FILE, results)
+        if is_global_zero():  # one record and one W&B run per run, however many processes
+            results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
+            if output_dir.is_dir():
+                write_json_atomically(output_dir / RESULTS_FILE, results)
     return results

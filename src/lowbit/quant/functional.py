@@ -96,7 +96,11 @@ def quantize_gradient_tensor(
     batch axis), N(k) = s / n with s ~ U(-1/2, 1/2). The noise turns rounding into stochastic
     rounding, so E[f(g)] = g. Like the authors' code, the shifted value is clipped to [0, 1]
     before rounding; the clip never changes the rounded value, it only guards the range.
+    A float16/bfloat16 gradient (mixed precision) is quantized in float32 and handed back in
+    its own dtype: a 16-bit float cannot hold a fine grid plus noise of 1/(2n) exactly.
     """
+    if g.dtype in (torch.float16, torch.bfloat16):
+        return quantize_gradient_tensor(g.float(), bits, generator).to(g.dtype)
     n = levels(bits)
     flat = g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
     m = flat.abs().amax(dim=1, keepdim=True)

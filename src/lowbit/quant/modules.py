@@ -5,19 +5,46 @@ A quantizer module owns its bit width (and, for learned methods, its parameters)
 ``nn.Conv2d`` and ``nn.Linear`` with three quantizers each: one for the weight, one for the
 layer's input activation and one for the gradient arriving at the layer's output.
 ``print(model)`` shows every layer's bits.
+
+Under mixed precision (``trainer.precision=bf16-mixed``) the quantizers still compute in
+float32: a bf16 mantissa has 8 bits, too few to hold an 8-bit grid exactly, so every quantizer's
+maths runs with autocast off on a float32 copy of its input (``float32_math``).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant import functional as Q
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
 
 def describe_bits(bits: int) -> str:
     return "fp32" if bits >= Q.FULL_PRECISION else f"{bits}"
+
+
+def float32_math(forward: Callable) -> Callable:
+    """Run a quantizer's ``forward(self, x)`` in float32, with autocast off, whatever x's dtype.
+
+    float64 stays float64 (tests check the maths in double); float16/bfloat16 are upcast. The
+    result stays float32: the next layer's autocast casts it down for its own matmul.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in LOW_PRECISION:
+            x = x.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return forward(self, x)
+
+    return wrapper
 
 
 class Quantizer(nn.Module):
@@ -38,6 +65,7 @@ class Quantizer(nn.Module):
 class DoReFaWeight(Quantizer):
     """DoReFa Eq. 9 (k > 1) or Eq. 7 (k = 1) on a layer's whole weight tensor."""
 
+    @float32_math
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_weight(w, self.bits)
 
@@ -49,6 +77,7 @@ class DoReFaActivation(Quantizer):
         super().__init__(bits)
         self.scale = float(scale)
 
+    @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_activation(x, self.bits, self.scale)
 
@@ -59,6 +88,7 @@ class DoReFaActivation(Quantizer):
 class DoReFaSignedActivation(DoReFaActivation):
     """DoReFa's activation grid made symmetric, for inputs that can be negative (k >= 2)."""
 
+    @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_activation_signed(x, self.bits, self.scale)
 
@@ -69,6 +99,7 @@ class DoReFaSignedActivation(DoReFaActivation):
 class ChannelAbsMaxWeight(Quantizer):
     """Per-output-channel symmetric abs-max weights (PaddleSlim's channel_wise_abs_max)."""
 
+    @float32_math
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return Q.channelwise_absmax_weight(w, self.bits)
 
@@ -85,7 +116,9 @@ class LearnedClip(Quantizer):
     symmetric form) instead of ``alpha_init``. The paper's fixed init (10) sits far above
     post-BatchNorm activations, where alpha gets no clipping gradient at all and a 2-bit grid
     rounds nearly everything to zero; the ``calibrated`` buffer travels with checkpoints, so a
-    resumed run does not calibrate again.
+    resumed run does not calibrate again. Under data-parallel training every replica sees a
+    different first batch, so the replicas' levels are averaged (``mean_over_replicas``): alpha
+    is a parameter that DDP only keeps equal through equal gradients, not by broadcasting it.
 
     alpha is kept >= ``ALPHA_MIN`` by projecting it before each training forward pass: its
     gradient is a sum over the whole tensor, and one large step could otherwise push it below
@@ -116,7 +149,7 @@ class LearnedClip(Quantizer):
                     values = self.clipped_magnitude(x.detach()).flatten().float()
                     stride = -(-values.numel() // self.CALIBRATION_SAMPLES)
                     level = torch.quantile(values[::stride], self.alpha_calibration / 100)
-                    self.alpha.copy_(level)
+                    self.alpha.copy_(mean_over_replicas(level))
                     self.calibrated.fill_(True)
                 self.alpha.clamp_(min=self.ALPHA_MIN)  # projection after the optimizer's step
         return self.alpha
@@ -128,12 +161,26 @@ class LearnedClip(Quantizer):
         return text
 
 
+def mean_over_replicas(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the processes of torch.distributed's default group, if any.
+
+    Every process must call this at the same point (collective); single-process runs pass
+    ``value`` through. SUM then divide: gloo (CPU) has no AVG reduction.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
+
+
 class PACTActivation(LearnedClip):
     """PACT: clip(x, 0, alpha) on an unsigned k-bit grid (arXiv 1805.06085, Eq. 1-3)."""
 
     def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(min=0)
 
+    @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.pact(x, self.clipping_level(x), self.bits)
 
@@ -144,6 +191,7 @@ class PACTSymmetricActivation(LearnedClip):
     def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs()
 
+    @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.pact_symmetric(x, self.clipping_level(x), self.bits)
 
@@ -152,7 +200,13 @@ class PACTSymmetricActivation(LearnedClip):
 
 
 class DoReFaGradient(Quantizer):
-    """DoReFa Eq. 12 on the gradient flowing back through this point; identity forward."""
+    """DoReFa Eq. 12 on the gradient flowing back through this point; identity forward.
+
+    ``generator`` draws the rounding noise (None: torch's global generator). A training run
+    gives all of a model's gradient quantizers one seeded generator (``use_noise_generator``),
+    so the noise is reproducible and its state can be checkpointed apart from the global RNG.
+    The backward maths runs in float32 under mixed precision too (see ``functional``).
+    """
 
     def __init__(self, bits: int, generator: torch.Generator | None = None):
         super().__init__(bits)
@@ -162,6 +216,17 @@ class DoReFaGradient(Quantizer):
         if not (self.is_active and x.requires_grad):
             return x
         return Q.dorefa_gradient(x, self.bits, self.generator)
+
+
+def use_noise_generator(model: nn.Module, generator: torch.Generator | None) -> int:
+    """Make every DoReFa gradient quantizer of ``model`` draw from ``generator``; returns how many.
+
+    The generator must live on the device of the model's activations.
+    """
+    quantizers = [m for m in model.modules() if isinstance(m, DoReFaGradient)]
+    for quantizer in quantizers:
+        quantizer.generator = generator
+    return len(quantizers)
 
 
 class FullPrecision(Quantizer):

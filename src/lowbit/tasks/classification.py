@@ -47,14 +47,12 @@ class ClassificationTask(pl.LightningModule):
                 setattr(self, f"{split}_{self.metric_names[k]}", metric)
             setattr(self, f"{split}_loss", MeanMetric())
         self.top_k = top_k
+        # In the checkpoint, so that a resumed run still knows the best epoch before the stop.
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-    def on_train_start(self) -> None:
-        # The sanity-check validation must not count towards the best accuracy.
-        self.val_acc_best.reset()
 
     def _shared_step(self, batch, split: str) -> torch.Tensor:
         images, labels = batch
@@ -72,9 +70,12 @@ class ClassificationTask(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch, "train")
-        if not torch.isfinite(loss):
+        # Agreed by every DDP process, so that all stop at the same step and none is left
+        # waiting for the others' gradients (a no-op on one device).
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
             raise Diverged(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
-                           f"step {self.global_step}")
+                           f"step {self.global_step}: lower optimizer.lr or use more bits "
+                           f"(quant.wbits/abits/gbits) and start again")
         clips = learned_clips(self.model)
         if clips:  # PACT: the dashboard shows each layer's clipping level being learned
             self.log_dict({f"alpha/{name}": clip.alpha.detach() for name, clip in clips.items()},
@@ -85,10 +86,11 @@ class ClassificationTask(pl.LightningModule):
         self._shared_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:  # the sanity check must not count towards the best
             return
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        # The same value on every DDP process (val_acc syncs itself); sync_dist says so.
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")

@@ -1,0 +1,49 @@
+"""Compare the runs of a sweep: an HTML page, PNG figures and a Markdown table.
+
+    python scripts/report.py outputs/multiruns/2026-11-01_12-00-00_bits_grid   # or make report
+
+Reads every results.json under the given folders (sweep dirs, run dirs, or the files) and writes
+into ``--out`` (default: ``report/`` inside the first folder): ``index.html`` (self-contained:
+figures inline), ``pareto_size.png``, ``pareto_latency.png``, ``accuracy_vs_bits.png`` and
+``runs.md``. No training code is imported: the report is what the runs recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lowbit.report import load_runs, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="sweep dirs, run dirs or results.json files")
+    parser.add_argument("--out", type=Path, help="where to write (default: FIRST_PATH/report)")
+    parser.add_argument("--accuracy", default="val/acc_best",
+                        help="the accuracy metric of the figures (default: val/acc_best; "
+                             "test/acc is the held-out one)")
+    parser.add_argument("--title", help="the page's title (default: the first folder's name)")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.paths)
+    except FileNotFoundError as error:
+        print(f"report: error: {error}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"report: error: no results.json under {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    first = Path(args.paths[0])
+    out = args.out or (first if first.is_dir() else first.parent) / "report"
+    files = write_report(runs, out, title=args.title or f"lowbit report: {first.resolve().name}",
+                         accuracy=args.accuracy)
+    failed = sum(not run.ok for run in runs)
+    print(f"report: {len(runs)} runs ({failed} failed) -> {files.html}")
+    for path in [files.markdown, *files.figures]:
+        print(f"        {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

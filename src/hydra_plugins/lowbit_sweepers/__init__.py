@@ -1,0 +1,1 @@
+"""lowbit's Hydra sweeper plugin (Hydra discovers plugins in the ``hydra_plugins`` package)."""

@@ -1,0 +1,10 @@
+"""Comparing runs from what they recorded: results.json files (or the W&B API), never the code
+that trained them. runs.py reads runs and finds Pareto fronts, table.py makes the rows,
+figures.py the plots, page.py writes the HTML page, PNGs and Markdown; wandb_runs.py maps W&B
+runs onto the same records."""
+
+from lowbit.report.page import write_report
+from lowbit.report.runs import RunRecord, load_runs, pareto_front
+from lowbit.report.table import markdown_table
+
+__all__ = ["RunRecord", "load_runs", "markdown_table", "pareto_front", "write_report"]

@@ -1,0 +1,134 @@
+"""The report's figures: accuracy against a cost with its Pareto front, and accuracy against bits.
+
+Figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot, so making a
+report neither needs a display nor changes the backend of a notebook that calls it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import Sequence
+
+from matplotlib.figure import Figure
+
+from lowbit.report.runs import BIT_KINDS, RunRecord, pareto_front
+
+FULL_PRECISION = "fp32"
+# One colour per quantizer, the same in every figure; others take the next free colour.
+QUANTIZER_COLOURS = {"fp32": "#333333", "dorefa": "#1f77b4", "pact": "#ff7f0e",
+                     "pact_symmetric": "#2ca02c"}
+SPARE_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+BIT_NAMES = {"wbits": "W", "abits": "A", "gbits": "G"}
+
+
+def quantizer_colours(runs: Sequence[RunRecord]) -> dict[str, str]:
+    colours = dict(QUANTIZER_COLOURS)
+    spare = iter(SPARE_COLOURS * 4)
+    for run in runs:
+        name = run.quantizer or "?"
+        if name not in colours:
+            colours[name] = next(spare)
+    return colours
+
+
+def quantizer_order(names: set[str]) -> list[str]:
+    known = [q for q in QUANTIZER_COLOURS if q in names]
+    return known + sorted(names - set(known))
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def empty_note(axes, text: str) -> None:
+    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, color="#666")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def pareto_figure(runs: Sequence[RunRecord], cost: str, cost_label: str, accuracy: str,
+                  accuracy_label: str) -> Figure:
+    """Every finished run as a point (colour: quantizer, label: W/A/G); the front as a line."""
+    figure = Figure(figsize=(7.5, 4.8))
+    axes = figure.add_subplot()
+    colours = quantizer_colours(runs)
+    points = [r for r in runs if r.ok and r.metric(cost) is not None
+              and r.metric(accuracy) is not None]
+    if not points:
+        empty_note(axes, f"no finished run has both {accuracy} and {cost}")
+        return figure
+    for quantizer in quantizer_order({r.quantizer or "?" for r in points}):
+        mine = [r for r in points if (r.quantizer or "?") == quantizer]
+        axes.scatter([r.metric(cost) for r in mine], [r.metric(accuracy) for r in mine],
+                     s=46, color=colours[quantizer], label=quantizer, zorder=3)
+    for run in points:
+        axes.annotate(run.bits_label, (run.metric(cost), run.metric(accuracy)),
+                      textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444")
+    front = pareto_front(points, cost, accuracy)
+    axes.step([r.metric(cost) for r in front], [r.metric(accuracy) for r in front],
+              where="post", color="#d62728", linewidth=1.5, zorder=2, label="Pareto front")
+    if max(r.metric(cost) for r in points) > 8 * min(r.metric(cost) for r in points):
+        axes.set_xscale("log")  # sizes from 2-bit to FP32 span more than a decade
+    axes.set_xlabel(cost_label)
+    axes.set_ylabel(accuracy_label)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the points
+    return figure
+
+
+def varying_bit_kind(runs: Sequence[RunRecord]) -> str:
+    """The bit width that takes the most values across the runs (W before A before G)."""
+    counts = {kind: len({r.bits(kind) for r in runs}) for kind in BIT_KINDS}
+    return max(BIT_KINDS, key=lambda kind: counts[kind])
+
+
+def tied_bit_kinds(runs: Sequence[RunRecord], kind: str) -> list[str]:
+    """The other bit widths equal to ``kind`` in every run (a W = A study sweeps them together)."""
+    return [other for other in BIT_KINDS if other != kind
+            and all(r.bits(other) == r.bits(kind) for r in runs)]
+
+
+def bits_figure(runs: Sequence[RunRecord], accuracy: str, accuracy_label: str) -> Figure:
+    """Accuracy against the swept bit width, one panel per quantizer, one line per setting of
+    the other bit widths (those swept together with it share its axis: "W = A bits"); the best
+    FP32 run as a dashed reference line."""
+    finished = [r for r in runs if r.ok and r.metric(accuracy) is not None]
+    quantized = [r for r in finished if r.quantizer != FULL_PRECISION]
+    baseline = max((r.metric(accuracy) for r in finished if r.quantizer == FULL_PRECISION),
+                   default=None)
+    names = quantizer_order({r.quantizer or "?" for r in quantized})
+    figure = Figure(figsize=(max(4.0, 3.6 * max(1, len(names))), 4.2))
+    if not quantized:
+        empty_note(figure.add_subplot(), "no finished quantized run")
+        return figure
+    kind = varying_bit_kind(quantized)
+    tied = tied_bit_kinds(quantized, kind)
+    others = [k for k in BIT_KINDS if k != kind and k not in tied]
+    axis_name = " = ".join(BIT_NAMES[k] for k in BIT_KINDS if k == kind or k in tied)
+    panels = figure.subplots(1, len(names), sharey=True, squeeze=False)[0]
+    for axes, quantizer in zip(panels, names):
+        lines: dict[tuple, list[RunRecord]] = defaultdict(list)
+        for run in quantized:
+            if (run.quantizer or "?") == quantizer:
+                lines[tuple(run.bits(k) for k in others)].append(run)
+        for setting, members in sorted(lines.items(), key=lambda item: str(item[0])):
+            members.sort(key=lambda r: r.bits(kind) or 0)
+            label = " ".join(f"{BIT_NAMES[k]}{v}" for k, v in zip(others, setting)) or quantizer
+            axes.plot([r.bits(kind) for r in members], [r.metric(accuracy) for r in members],
+                      marker="o", label=label)
+        if baseline is not None:
+            axes.axhline(baseline, color=QUANTIZER_COLOURS[FULL_PRECISION], linestyle="--",
+                         linewidth=1, label="fp32")
+        values = sorted({r.bits(kind) for r in quantized if r.bits(kind) is not None})
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(values, [str(v) for v in values])
+        axes.minorticks_off()
+        axes.set_title(quantizer)
+        axes.set_xlabel(f"{axis_name} bits")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7, loc="lower right")
+    panels[0].set_ylabel(accuracy_label)
+    return figure

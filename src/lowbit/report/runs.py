@@ -1,0 +1,104 @@
+"""Runs as their results.json recorded them, and the Pareto front of accuracy against a cost.
+
+Nothing here imports training code: a report is made from what the runs wrote, on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from lowbit.results import STATUS_OK, find_results, read_results
+
+BIT_KINDS = ("wbits", "abits", "gbits")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run: what ran (model, quantizer, bits), how it ended, and its final metrics."""
+
+    name: str
+    status: str
+    model: str | None = None
+    dataset: str | None = None
+    quantizer: str | None = None
+    wbits: int | None = None
+    abits: int | None = None
+    gbits: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    run_dir: str = ""
+    error: str | None = None
+    duration_s: float | None = None  # wall time of the whole run, start-up to results.json
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def metric(self, key: str) -> float | None:
+        """The metric as a finite number, or None when the run has no such (finite) value."""
+        value = self.metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+    def bits(self, kind: str) -> int | None:
+        return getattr(self, kind)
+
+    @property
+    def bits_label(self) -> str:
+        """W/A/G as in the run names' wXaYgZ, e.g. 4/4/32 ("-" for bits not recorded)."""
+        return "/".join("-" if self.bits(k) is None else str(self.bits(k)) for k in BIT_KINDS)
+
+
+def as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def run_from_results(payload: Mapping[str, Any]) -> RunRecord:
+    """A RunRecord from a results.json payload (keys it lacks stay None: nothing is guessed)."""
+    quant = payload.get("quant") or {}
+    run_dir = str(payload.get("run_dir") or "")
+    return RunRecord(
+        name=Path(run_dir).name or str(payload.get("run_name") or "run"),
+        status=str(payload.get("status", "unknown")),
+        model=payload.get("model"),
+        dataset=payload.get("dataset"),
+        quantizer=quant.get("quantizer"),
+        wbits=as_int(quant.get("wbits")),
+        abits=as_int(quant.get("abits")),
+        gbits=as_int(quant.get("gbits")),
+        metrics=dict(payload.get("metrics") or {}),
+        run_dir=run_dir,
+        error=payload.get("error"),
+        duration_s=payload.get("duration_s"),
+    )
+
+
+def run_order(run: RunRecord) -> tuple[int, str]:
+    """Sweep jobs in Hydra's job order (``10_`` after ``9_``), other runs by name."""
+    number = run.name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else 1 << 30, run.name)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
+    """Every run under the given sweep dirs, run dirs or results.json files, in job order."""
+    runs = [run_from_results(read_results(path)) for path in find_results(paths)]
+    return sorted(runs, key=run_order)
+
+
+def pareto_front(runs: Iterable[RunRecord], cost: str, accuracy: str) -> list[RunRecord]:
+    """The finished runs that no other run beats on both: at most the cost and more accurate,
+    or cheaper and at least as accurate. Cheapest first; of equal points, one is kept.
+    """
+    points = [r for r in runs if r.ok and r.metric(cost) is not None
+              and r.metric(accuracy) is not None]
+    points.sort(key=lambda r: (r.metric(cost), -r.metric(accuracy)))
+    front: list[RunRecord] = []
+    best = -math.inf
+    for run in points:
+        if run.metric(accuracy) > best:  # more accurate than every cheaper (or equal) run
+            front.append(run)
+            best = run.metric(accuracy)
+    return front
