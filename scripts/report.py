@@ -11,10 +11,9 @@ figures inline), ``pareto_size.png``, ``pareto_latency.png``, ``accuracy_vs_bits
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from lowbit.report import load_runs, write_report
+from lowbit.report import load_runs_or_explain, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                              "test/acc is the held-out one)")
     parser.add_argument("--title", help="the page's title (default: the first folder's name)")
     args = parser.parse_args(argv)
-    try:
-        runs = load_runs(args.paths)
-    except FileNotFoundError as error:
-        print(f"report: error: {error}", file=sys.stderr)
-        return 2
-    if not runs:
-        print(f"report: error: no results.json under {' '.join(args.paths)}", file=sys.stderr)
+    runs = load_runs_or_explain(args.paths, "report")
+    if runs is None:
         return 2
     first = Path(args.paths[0])
     out = args.out or (first if first.is_dir() else first.parent) / "report"

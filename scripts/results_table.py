@@ -10,22 +10,16 @@ what the runs recorded. The same table is in scripts/report.py's runs.md and HTM
 from __future__ import annotations
 
 import argparse
-import sys
 
-from lowbit.report import load_runs, markdown_table
+from lowbit.report import load_runs_or_explain, markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or results.json files")
     args = parser.parse_args(argv)
-    try:
-        runs = load_runs(args.paths)
-    except FileNotFoundError as error:
-        print(f"results_table: error: {error}", file=sys.stderr)
-        return 2
-    if not runs:
-        print("results_table: error: no results.json under the given paths", file=sys.stderr)
+    runs = load_runs_or_explain(args.paths, "results_table")
+    if runs is None:
         return 2
     print(markdown_table(runs), end="")
     return 0

@@ -6,6 +6,7 @@ Nothing here imports training code: a report is made from what the runs wrote, o
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -86,6 +87,20 @@ def load_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     """Every run under the given sweep dirs, run dirs or results.json files, in job order."""
     runs = [run_from_results(read_results(path)) for path in find_results(paths)]
     return sorted(runs, key=run_order)
+
+
+def load_runs_or_explain(paths: list[str], program: str) -> list[RunRecord] | None:
+    """``load_runs`` for the command-line scripts: None after one line on stderr when a path is
+    missing or holds no results.json."""
+    try:
+        runs = load_runs(paths)
+    except FileNotFoundError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return None
+    if not runs:
+        print(f"{program}: error: no results.json under {' '.join(paths)}", file=sys.stderr)
+        return None
+    return runs
 
 
 def pareto_front(runs: Iterable[RunRecord], cost: str, accuracy: str) -> list[RunRecord]:
