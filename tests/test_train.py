@@ -13,7 +13,8 @@ from lowbit.cli import config_groups
 from lowbit.train import RESULTS_FILE, run
 
 SUMMARY_KEYS = {"val/acc_best", "test/acc", "model/params", "model/size_bytes",
-                "model/size_fp32_bytes", "model/compression", "latency/ms"}
+                "model/size_limit_bytes", "model/size_fp32_bytes", "model/compression",
+                "model/macs", "model/bops", "latency/ms"}
 QUANTIZERS = config_groups()["quantizer"]
 MODELS = config_groups()["model"]
 
@@ -33,11 +34,31 @@ def test_fast_dev_run_every_model_and_quantizer(make_cfg, model, quantizer):
 def test_quantized_model_is_smaller_and_reported(make_cfg):
     fp32 = run(make_cfg("logger=none", "callbacks=none", "+trainer.fast_dev_run=true",
                         name="fp32"))["metrics"]
-    w4 = run(make_cfg("quantizer=dorefa", "quant.wbits=4", "logger=none", "callbacks=none",
-                      "+trainer.fast_dev_run=true", name="w4"))["metrics"]
+    w4_cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "logger=none", "callbacks=none",
+                      "+trainer.fast_dev_run=true", name="w4")
+    w4 = run(w4_cfg)["metrics"]
     assert fp32["model/params"] == w4["model/params"] == 969_822
-    assert fp32["model/size_bytes"] == fp32["model/size_fp32_bytes"] == 969_822 * 4
+    assert fp32["model/size_limit_bytes"] == fp32["model/size_fp32_bytes"] == 969_822 * 4
+    # measured: the packed file, which also holds BatchNorm statistics and a header
+    packed = Path(w4_cfg.paths.output_dir) / "model_packed.safetensors"
+    assert w4["model/size_bytes"] == packed.stat().st_size
+    assert fp32["model/size_bytes"] > fp32["model/size_limit_bytes"]
     assert w4["model/compression"] > 5  # 4-bit inner layers, 8-bit first/last, fp32 rest
+    assert w4["model/macs"] == fp32["model/macs"] == 222_486_528
+    assert fp32["model/bops"] == 222_486_528 * 32 * 32
+    assert w4["model/bops"] < fp32["model/bops"] / 30  # the 8-bit stem on the image dominates
+
+
+def test_a_model_without_a_packed_form_still_finishes_without_a_measured_size(make_cfg):
+    """1-bit DoReFa weights (Eq. 7) have no exact packed form yet: the run is still ok, with
+    the computed limit but no measured size rather than a made-up one."""
+    cfg = make_cfg("quantizer=dorefa", "quant.wbits=1", "logger=none", "callbacks=none",
+                   "+trainer.fast_dev_run=true")
+    results = run(cfg)
+    assert results["status"] == "ok"
+    assert "model/size_bytes" not in results["metrics"]
+    assert results["metrics"]["model/size_limit_bytes"] < results["metrics"]["model/size_fp32_bytes"]
+    assert not (Path(cfg.paths.output_dir) / "model_packed.safetensors").exists()
 
 
 def test_wandb_runs_offline_by_itself_and_logs_summary_and_quant_config(make_cfg):

@@ -1,9 +1,12 @@
-"""Multiply-accumulates of one forward pass, counted on the real tensor shapes with hooks."""
+"""Multiply-accumulates and bit operations of one forward pass, counted with hooks on the real
+tensor shapes."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from lowbit.quant.functional import FULL_PRECISION
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -35,3 +38,15 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
         for hook in hooks:
             hook.remove()
     return counts
+
+
+def count_bops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Bit operations per layer name: MACs x wbits x abits, full precision counting as 32.
+
+    The BOPs measure of mixed-precision work (UNIQ, Baskin et al.); a float layer costs 32 x 32
+    per MAC, the first layer (its input, the image, is never quantized) wbits x 32.
+    """
+    bits = {name: (getattr(m, "wbits", FULL_PRECISION), getattr(m, "abits", FULL_PRECISION))
+            for name, m in model.named_modules()}
+    return {name: macs * bits[name][0] * bits[name][1]
+            for name, macs in count_macs(model, input_shape).items()}

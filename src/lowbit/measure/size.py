@@ -1,12 +1,15 @@
 """Bits-aware model size, computed from the quantized layers' own bit widths.
 
+These are computed figures. A run reports the measured one, the size of its packed checkpoint
+(``lowbit.export.save_packed``), as ``model/size_bytes``, next to ``size_limit_bytes`` from here.
+
 What is counted: every parameter (BatchNorm's running statistics are buffers that fold into the
 conv at export, so they are left out, as in the usual "parameters x bits" accounting).
 - A quantized layer's weight at its ``wbits``, packed: ceil(numel * wbits / 8) bytes, plus one
   float32 scale (4 bytes) per tensor, the same one-scale-per-tensor cost for every method.
 - Every other parameter (biases, BatchNorm affine, learned clipping levels) at 32 bits.
-The float32 size counts every parameter at 4 bytes. A packed checkpoint (export) measures the
-real file; this is the figure it is compared against.
+The float32 size counts every parameter at 4 bytes. ``size_limit_bytes`` is the floor no file
+can beat: sum over parameters of numel x bits / 8, with no scale, padding or BatchNorm statistics.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class ModelSize:
     params: int
     size_bytes: int
     size_fp32_bytes: int
+    size_limit_bytes: float = 0.0
 
     @property
     def compression(self) -> float:
@@ -52,7 +56,14 @@ def parameter_bytes(model: nn.Module) -> dict[str, int]:
     return sizes
 
 
+def size_limit_bytes(model: nn.Module) -> float:
+    """Sum over parameters of numel x bits / 8 (quantized weights at wbits, the rest at 32)."""
+    bits_of = quantized_weight_bits(model)
+    return sum(p.numel() * bits_of.get(id(p), FULL_PRECISION) / 8 for p in model.parameters())
+
+
 def model_size(model: nn.Module) -> ModelSize:
+    """Computed sizes: ``size_bytes`` packed weights plus one scale each, and the limit."""
     params = sum(p.numel() for p in model.parameters())
     return ModelSize(params=params, size_bytes=sum(parameter_bytes(model).values()),
-                     size_fp32_bytes=params * 4)
+                     size_fp32_bytes=params * 4, size_limit_bytes=size_limit_bytes(model))

@@ -221,7 +221,16 @@ def channelwise_absmax_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """
     if bits >= FULL_PRECISION:
         return w
-    m = symmetric_levels(bits)
-    max_abs = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
-    scale = (max_abs.clamp_min(torch.finfo(w.dtype).tiny) / m).reshape(-1, *[1] * (w.dim() - 1))
+    scale = channelwise_absmax_scale(w, bits).reshape(-1, *[1] * (w.dim() - 1))
     return _RoundToGrid.apply(w / scale, 1) * scale
+
+
+def channelwise_max_abs(w: torch.Tensor) -> torch.Tensor:
+    """max|w_c| of each output channel c (axis 0), detached: the abs-max quantizer's range."""
+    return w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+
+
+def channelwise_absmax_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """s_c = max|w_c| / (2^(k-1) - 1), one step size per output channel (a 1-D tensor)."""
+    m = symmetric_levels(bits)
+    return channelwise_max_abs(w).clamp_min(torch.finfo(w.dtype).tiny) / m

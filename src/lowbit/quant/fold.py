@@ -1,0 +1,90 @@
+"""BatchNorm folding: conv -> BatchNorm in eval mode becomes one conv, as deployed.
+
+In eval mode BatchNorm is the per-channel affine map y = s (x - mean) + beta with
+s = gamma / sqrt(var + eps), so conv(x, W) + b followed by it is conv(x, s W) + s (b - mean) + beta
+(Jacob et al., arXiv 1712.05877, Sec. 3.2, without its training-time simulation). The folded
+factors are computed in float64 and rounded once to float32, which keeps the folded model within
+float32 rounding of the original.
+
+A quantized conv is folded after its weight quantizer: the grid belongs to the trained weight, and
+s rescales that grid per output channel (s W_q = codes x step x s), which an integer runtime
+expresses as a per-channel weight scale. Its input quantizer stays in front of it.
+
+Only a BatchNorm2d that directly follows a Conv2d inside an ``nn.Sequential`` is folded: there the
+registration order is the execution order. Any other BatchNorm is left as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lowbit.quant.modules import QuantizedLayer, Quantizer
+
+
+class FoldedQuantConv2d(nn.Conv2d):
+    """A quantized conv with its BatchNorm folded in: fixed weight s W_q, input quantizer kept.
+
+    ``channel_scale`` is the BatchNorm factor s (per output channel) and ``wbits`` the weight's
+    bits, so an exporter can write the weight as integer codes with per-channel scales.
+    """
+
+    input_quantizer: Quantizer
+    source: QuantizedLayer  # the unfolded layer, kept for its weight codes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.weight, self.bias)
+
+    @property
+    def wbits(self) -> int:
+        return self.source.wbits
+
+    @property
+    def abits(self) -> int:
+        return self.input_quantizer.bits
+
+
+@torch.no_grad()
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One conv computing bn(conv(x)) in eval mode (a ``FoldedQuantConv2d`` if conv is quantized)."""
+    weight = conv.quantized_weight() if isinstance(conv, QuantizedLayer) else conv.weight
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    new_bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
+    folded_class = FoldedQuantConv2d if isinstance(conv, QuantizedLayer) else nn.Conv2d
+    folded = folded_class(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+        padding_mode=conv.padding_mode, device=conv.weight.device,
+    )
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    folded.weight.copy_((weight.double() * scale.reshape(shape)).to(weight.dtype))
+    folded.bias.copy_(new_bias.to(weight.dtype))
+    if isinstance(folded, FoldedQuantConv2d):
+        folded.input_quantizer = conv.input_quantizer
+        folded.register_buffer("channel_scale", scale.float())
+        object.__setattr__(folded, "source", conv)  # not a submodule: its weight is not state
+    return folded.eval()
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every Conv2d -> BatchNorm2d pair folded (see above).
+
+    The folded BatchNorm becomes ``nn.Identity``; ``model`` itself is left untouched.
+    """
+    folded_model = copy.deepcopy(model).eval()
+    for parent in list(folded_model.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d
+                    and bn.track_running_stats and bn.affine):
+                setattr(parent, conv_name, folded_conv(conv, bn))
+                setattr(parent, bn_name, nn.Identity())
+    return folded_model
+
+
+__all__ = ["FoldedQuantConv2d", "fold_bn", "folded_conv"]
