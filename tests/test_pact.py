@@ -262,6 +262,18 @@ def test_alpha_never_goes_below_its_minimum(module):
     assert torch.all(y > 0)
 
 
+@pytest.mark.parametrize("module", [PACTActivation, PACTSymmetricActivation])
+def test_an_eval_forward_after_the_last_step_sees_a_valid_alpha(module):
+    clip = module(2, alpha_init=1.0)
+    with torch.no_grad():
+        clip.alpha.fill_(-3.0)  # as a last optimizer step may leave it
+    clip.eval()
+    with torch.inference_mode():  # as Lightning validates and tests
+        y = clip(torch.full((4,), 5.0))
+    assert clip.alpha.item() == pytest.approx(module.ALPHA_MIN)
+    assert torch.all(y > 0)
+
+
 @pytest.mark.parametrize("module, magnitude", [
     (PACTActivation, lambda x: x.clamp(min=0)),
     (PACTSymmetricActivation, lambda x: x.abs()),

@@ -143,15 +143,17 @@ class LearnedClip(Quantizer):
         raise NotImplementedError
 
     def clipping_level(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                if not self.calibrated:
-                    values = self.clipped_magnitude(x.detach()).flatten().float()
-                    stride = -(-values.numel() // self.CALIBRATION_SAMPLES)
-                    level = torch.quantile(values[::stride], self.alpha_calibration / 100)
-                    self.alpha.copy_(mean_over_replicas(level))
-                    self.calibrated.fill_(True)
-                self.alpha.clamp_(min=self.ALPHA_MIN)  # projection after the optimizer's step
+        with torch.no_grad():
+            if self.training and not self.calibrated:
+                values = self.clipped_magnitude(x.detach()).flatten().float()
+                stride = -(-values.numel() // self.CALIBRATION_SAMPLES)
+                level = torch.quantile(values[::stride], self.alpha_calibration / 100)
+                self.alpha.copy_(mean_over_replicas(level))
+                self.calibrated.fill_(True)
+            # The projection after the optimizer's step, in eval too: the last training step
+            # can leave alpha below the minimum, and validation, test and results.json must see
+            # the alpha that training would use.
+            self.alpha.clamp_(min=self.ALPHA_MIN)
         return self.alpha
 
     def extra_repr(self) -> str:
