@@ -20,7 +20,7 @@ from lowbit.report.table import markdown_table, table_cells
 ACCURACY_LABELS = {"val/acc_best": "validation accuracy (best epoch)", "test/acc": "test accuracy"}
 # (file stem, title, cost metric, axis label); the fronts minimise cost and maximise accuracy.
 PARETO_PLOTS = [
-    ("pareto_size", "Accuracy vs model size", "model/size_bytes", "model size (bytes, bits-aware)"),
+    ("pareto_size", "Accuracy vs model size", "model/size_bytes", "model size (bytes, packed file)"),
     ("pareto_latency", "Accuracy vs latency", "latency/ms",
      "latency, batch 1 (ms, fake-quant graph in float32)"),
 ]
@@ -108,8 +108,8 @@ def html_page(title: str, runs: Sequence[RunRecord], figures: Sequence[ReportFig
 <body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(summary_line(runs))}. Accuracy: {html.escape(accuracy_label(accuracy))}.
-Sizes are bits-aware; latencies are of the fake-quant graph in PyTorch (float32), not of a
-deployed integer model.</p>
+Sizes are each run's packed checkpoint (bits-aware and computed in runs older than the packed
+file); latencies are of the fake-quant graph in PyTorch (float32), not of a deployed integer model.</p>
 {''.join(sections)}
 <h2>Runs</h2>
 {html_table(runs)}
