@@ -120,10 +120,10 @@ class LearnedClip(Quantizer):
     different first batch, so the replicas' levels are averaged (``mean_over_replicas``): alpha
     is a parameter that DDP only keeps equal through equal gradients, not by broadcasting it.
 
-    alpha is kept >= ``ALPHA_MIN`` by projecting it before each training forward pass: its
-    gradient is a sum over the whole tensor, and one large step could otherwise push it below
-    zero, where the clip turns every activation into the same constant and no gradient recovers
-    it (seen with 2-bit symmetric PACT on NIN: alpha went to -1e10 and accuracy to chance).
+    alpha is kept >= ``ALPHA_MIN`` by projecting it at the start of every forward pass (eval
+    included): its gradient is a sum over the whole tensor, and one large step could otherwise
+    push it below zero, where the clip turns every activation into the same constant and no
+    gradient recovers it (seen with 2-bit symmetric PACT on NIN: alpha went to -1e10).
     """
 
     ALPHA_MIN = 1e-3
