@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
         except Exception as error:
             raise ConfigError(one_line(error)) from None
         datamodule = build_datamodule(cfg)
-        model = build_model(cfg, datamodule.num_classes)
+        model = build_model(cfg, datamodule)
         quant = OmegaConf.to_container(cfg.quant, resolve=True)
         quantize_model(model, input_shape=datamodule.image_shape, **quant)
     except ConfigError as error:

@@ -16,22 +16,33 @@ from pathlib import Path
 from lowbit.report import load_runs_or_explain, write_report
 
 
+def default_accuracy(runs) -> str:
+    """val/map50_best when every run that has a metric is a detection run, else val/acc_best."""
+    measured = [run for run in runs if run.metric("val/map50_best") is not None
+                or run.metric("val/acc_best") is not None]
+    if measured and all(run.metric("val/map50_best") is not None for run in measured):
+        return "val/map50_best"
+    return "val/acc_best"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="sweep dirs, run dirs or results.json files")
     parser.add_argument("--out", type=Path, help="where to write (default: FIRST_PATH/report)")
-    parser.add_argument("--accuracy", default="val/acc_best",
-                        help="the accuracy metric of the figures (default: val/acc_best; "
-                             "test/acc is the held-out one)")
+    parser.add_argument("--accuracy", default=None,
+                        help="the accuracy metric of the figures (default: val/acc_best, or "
+                             "val/map50_best for detection runs; test/acc and test/map50 are "
+                             "the held-out ones)")
     parser.add_argument("--title", help="the page's title (default: the first folder's name)")
     args = parser.parse_args(argv)
     runs = load_runs_or_explain(args.paths, "report")
     if runs is None:
         return 2
+    accuracy = args.accuracy or default_accuracy(runs)
     first = Path(args.paths[0])
     out = args.out or (first if first.is_dir() else first.parent) / "report"
     files = write_report(runs, out, title=args.title or f"lowbit report: {first.resolve().name}",
-                         accuracy=args.accuracy)
+                         accuracy=accuracy)
     failed = sum(not run.ok for run in runs)
     print(f"report: {len(runs)} runs ({failed} failed) -> {files.html}")
     for path in [files.markdown, *files.figures]:

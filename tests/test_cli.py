@@ -14,7 +14,7 @@ from wandb_offline import read_offline_run
 
 BAD_INPUTS = [
     (["model=resnet9000"], "unknown model 'resnet9000': available are mobilenetv3_large, "
-                            "mobilenetv3_small, nin"),
+                            "mobilenetv3_small, nin, yolov3_tiny"),
     (["quantizer=ternary"], "unknown quantizer 'ternary'"),
     (["dataset=imagenet22k"], "unknown dataset 'imagenet22k'"),
     (["quantizer=dorefa", "quant.wbits=0"], "quant.wbits=0 is not supported: use 1-16, or 32"),
@@ -81,9 +81,10 @@ FILE_INPUTS = [
     (["-m", "resume={nin_run}"], "resume= continues one run: drop -m"),
     (["resume={nin_run}", "ckpt_path={nin_ckpt}"], "resume= and ckpt_path= both given"),
     (["resume={nin_run}", "model=mobilenetv3_small"], "is one of another model"),
-    pytest.param(["model=yolov3_tiny", "dataset=digits"], "is a detection model",
-                 marks=pytest.mark.skip(reason="no detection model exists yet: a detection "
-                                                "model on a classification set cannot be asked")),
+    (["model=yolov3_tiny", "dataset=digits"], "is a detection model but dataset=digits is a "
+                                              "classification data set"),
+    (["model=nin", "dataset=shapes_det"], "use a detection model such as model=yolov3_tiny"),
+    (["model=yolov3_tiny", "dataset=shapes_det", "dataset.image_size=100"], "multiple of 32"),
 ]
 
 

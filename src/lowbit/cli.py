@@ -273,10 +273,15 @@ def preflight(argv: list[str]) -> None:
 def objective_values(cfg, metrics: dict[str, float]) -> float | tuple[float, ...] | None:
     """What a sweeper optimises: the ``objectives`` metrics, one float or a tuple of them (for a
     multi-objective Optuna search); NaN for a metric the run has not got (a failed job)."""
+    from lowbit.train import task_metric
+
     names = list(cfg.get("objectives") or [])
     if not names:
         return None
-    values = tuple(float(metrics.get(name, math.nan)) for name in names)
+    # val/acc_best in a detection run is val/map50_best (lowbit.train.DETECTION_EQUIVALENT).
+    detection = "val/map50" in metrics or "val/map50_best" in metrics
+    values = tuple(float(metrics.get(task_metric(name, "detection" if detection else ""),
+                                     math.nan)) for name in names)
     return values[0] if len(values) == 1 else values
 
 

@@ -36,6 +36,7 @@ from lowbit.randomness import RandomState
 from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.classification import ClassificationTask, Diverged
+from lowbit.tasks.detection import DetectionTask
 from lowbit.tracking import write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -61,18 +62,42 @@ def build_datamodule(cfg: DictConfig) -> ClassificationData:
     return datamodule
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    """The float model, ``num_classes`` taken from the data (a conflicting setting is an error)."""
+def data_task(datamodule) -> str:
+    """"classification" or "detection": what the data set's batches hold."""
+    return getattr(datamodule, "task", "classification")
+
+
+def build_model(cfg: DictConfig, datamodule) -> nn.Module:
+    """The float model for ``datamodule``'s task, ``num_classes`` (and a detector's
+    ``input_size``) taken from the data; a conflicting setting or task is an error."""
+    num_classes = datamodule.num_classes
     configured = cfg.model.get("num_classes")
     if configured is not None and configured != num_classes:
         raise ConfigError(
             f"model.num_classes={configured} but the dataset has {num_classes} classes: "
             f"drop model.num_classes (it follows the data) or pick the matching dataset"
         )
+    from_data: dict[str, Any] = {"num_classes": num_classes}
+    if data_task(datamodule) == "detection":
+        size = datamodule.image_shape[-1]
+        configured = cfg.model.get("input_size")
+        if configured is not None and configured != size:
+            raise ConfigError(
+                f"model.input_size={configured} but the dataset's images are {size} pixels: "
+                f"drop model.input_size (it follows dataset.image_size)")
+        from_data["input_size"] = size
     try:
-        return instantiate(cfg.model, num_classes=num_classes)
+        model = instantiate(cfg.model, **from_data)
     except Exception as error:
         raise ConfigError(f"model: cannot build {cfg.model.get('_target_')}: {error}") from None
+    model_task = getattr(model, "task", "classification")
+    if model_task != data_task(datamodule):
+        raise ConfigError(
+            f"model={chosen_option('model')} is a {model_task} model but "
+            f"dataset={chosen_option('dataset')} is a {data_task(datamodule)} data set: "
+            + ("use a detection data set such as dataset=shapes_det" if model_task == "detection"
+               else "use a detection model such as model=yolov3_tiny"))
+    return model
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -100,7 +125,7 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     if output_dir is not None:
         check_output_dir(output_dir)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.num_classes)
+    model = build_model(cfg, datamodule)
     plan_quantization(model, input_shape=datamodule.image_shape, **quant)
     checkpoint = checkpoint_to_resume(cfg)
     if checkpoint is not None:  # names and shapes against the quantized model, before any data
@@ -108,6 +133,22 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
                                                     input_shape=datamodule.image_shape, **quant))
     datamodule.check()
     return Components(datamodule=datamodule, model=model)
+
+
+def build_task(cfg: DictConfig, datamodule, model: nn.Module,
+               output_dir: Path) -> pl.LightningModule:
+    """ClassificationTask or DetectionTask, as the data set's task says; ``cfg.detection``
+    holds the detection task's own settings (loss weights, decoding, drawings)."""
+    common = {
+        "num_classes": datamodule.num_classes,
+        "optimizer": instantiate(cfg.optimizer),
+        "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    }
+    if data_task(datamodule) == "detection":
+        settings = OmegaConf.to_container(cfg.get("detection") or {}, resolve=True)
+        return DetectionTask(model, class_names=list(datamodule.class_names),
+                             predictions_dir=output_dir / PREDICTIONS_DIR, **settings, **common)
+    return ClassificationTask(model, **common)
 
 
 def make_loggers(cfg: DictConfig) -> list:
@@ -128,6 +169,16 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 PACKED_FILE = "model_packed.safetensors"
+PREDICTIONS_DIR = "predictions"  # detection runs: drawn validation predictions, PNG
+# The classification metrics the default configs name (checkpoint monitor, sweep objective) and
+# what a detection run measures in their place, so that one config serves both tasks.
+DETECTION_EQUIVALENT = {"val/acc": "val/map50", "val/acc_best": "val/map50_best",
+                        "test/acc": "test/map50"}
+
+
+def task_metric(name: str, task: str) -> str:
+    """``name`` as ``task`` measures it: val/acc is val/map50 in a detection run."""
+    return DETECTION_EQUIVALENT.get(name, name) if task == "detection" else name
 
 
 def measure_costs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
@@ -206,17 +257,15 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         datamodule, model = components.datamodule, components.model
         quantize_model(model, input_shape=datamodule.image_shape, **results["quant"])
 
-        task = ClassificationTask(
-            model,
-            num_classes=datamodule.num_classes,
-            optimizer=instantiate(cfg.optimizer),
-            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        )
+        task = build_task(cfg, datamodule, model, output_dir)
         pin_wandb_run_id(cfg, output_dir, write=is_global_zero())  # a resumed run keeps its id
         loggers = make_loggers(cfg)
         for logger in loggers:
             logger.log_hyperparams(loggable_config(cfg))
         callbacks = make_callbacks(cfg)
+        for callback in callbacks:  # monitor: val/acc means val/map50 for a detector
+            if isinstance(callback, pl.callbacks.ModelCheckpoint) and callback.monitor:
+                callback.monitor = task_metric(callback.monitor, data_task(datamodule))
         if not loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
             callbacks = [c for c in callbacks
                          if not isinstance(c, pl.callbacks.LearningRateMonitor)]
@@ -244,6 +293,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if replica_sync.report is not None:
             results["distributed"] = replica_sync.report
         results["metrics"] = metrics
+        results["task"] = data_task(datamodule)
         results["alpha"] = {name: clip.alpha.item()
                             for name, clip in learned_clips(task.model).items()}
         results["status"] = STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) \

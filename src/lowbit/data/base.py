@@ -51,6 +51,7 @@ class ClassificationData(pl.LightningDataModule):
     """
 
     name: str = "base"
+    task: str = "classification"  # detection sets say "detection"; train.py picks the task by it
     num_classes: int = 0
     image_shape: tuple[int, int, int] = (3, 32, 32)
     class_names: list[str] = []

@@ -9,9 +9,18 @@ whatever its grid needs besides the codes:
 - ``channel_abs_max`` (PaddleSlim's per-channel abs-max): codes c + m with c in [-m, m],
   m = 2^(k-1) - 1, and max|w_c| of each output channel in float32; w_q = c max|w_c| / m.
 
-Every other entry of the state dict (biases, BatchNorm affine and statistics, PACT's alpha) is
-stored as it is, float32. The latent float weights are not: they are what training needs, not
-what the model computes with.
+BatchNorm layers are stored as the per-channel affine map they compute in eval mode,
+y = a x + b: two float32 numbers per channel, as many as their trainable gamma and beta, instead
+of gamma, beta and the running mean and variance. a and b are read from PyTorch's own CPU kernel
+(``kernel_affine``), not recomputed, and the restored layer gets mean 0 and a variance v with
+v + eps = 1 exactly, so the kernel computes the same a and b again and the restored model's
+eval outputs equal the saved model's bit for bit (checked on every layer when saving; a layer
+where they would not is stored with its statistics instead). What is lost is the running
+statistics' training state: a run continued from a packed file re-estimates them from its
+batches. ``save_packed(..., batchnorm="keep")`` stores them as they are.
+
+Every other entry of the state dict (biases, PACT's alpha) is stored as it is, float32. The
+latent float weights are not: they are what training needs, not what the model computes with.
 
 ``load_packed`` needs a model built and ``quantize_model``-ed with the same config. It does not
 swap the quantizers for frozen tensors; it writes into each quantized layer a float weight that
@@ -25,6 +34,7 @@ tensor, has none yet).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +140,64 @@ def encode_weight(layer: QuantizedLayer) -> PackedWeight:
     return packed
 
 
+BATCHNORM_MODES = ("affine", "keep")
+
+
+def batchnorm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """Name -> BatchNorm layer, for those with an affine map and running statistics."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+            and m.track_running_stats and m.running_mean is not None}
+
+
+def unit_variance(eps: float) -> torch.Tensor:
+    """The float32 v with v + eps == 1 exactly, so that the kernel's 1 / sqrt(v + eps) is 1."""
+    eps32 = torch.tensor(eps, dtype=torch.float32)
+    v = 1 - eps32
+    while (total := (v + eps32).item()) != 1.0:  # one ulp off at most, if ever
+        v = torch.nextafter(v, torch.tensor(2.0 if total < 1 else 0.0))
+    return v
+
+
+@torch.no_grad()
+def kernel_affine(layer: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) with y = a x + b, exactly as PyTorch's CPU eval kernel computes them.
+
+    b is the output at x = 0; a is the output at x = 1 of a copy whose mean and beta are 0
+    (a depends only on gamma, the variance and eps, and then the kernel adds exactly 0).
+    """
+    ones = (1, layer.num_features) + (1,) * (2 if isinstance(layer, nn.BatchNorm2d) else 0)
+    cpu = copy.deepcopy(layer).float().cpu().eval()
+    shift = cpu(torch.zeros(ones)).flatten()
+    cpu.bias.zero_()
+    cpu.running_mean.zero_()
+    scale = cpu(torch.ones(ones)).flatten()
+    return scale, shift
+
+
+@torch.no_grad()
+def affine_batchnorm(layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor,
+                     shift: torch.Tensor) -> nn.modules.batchnorm._BatchNorm:
+    """A copy of ``layer`` on the CPU that computes a x + b from mean 0 and unit variance."""
+    restored = copy.deepcopy(layer).float().cpu().eval()
+    restored.weight.copy_(scale)
+    restored.bias.copy_(shift)
+    restored.running_mean.zero_()
+    restored.running_var.fill_(float(unit_variance(layer.eps)))
+    return restored
+
+
+@torch.no_grad()
+def restores_exactly(layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor,
+                     shift: torch.Tensor) -> bool:
+    """Whether the affine form gives the layer's eval outputs bit for bit on a probe batch."""
+    spatial = (5, 7) if isinstance(layer, nn.BatchNorm2d) else ()
+    probe = torch.randn((3, layer.num_features, *spatial),
+                        generator=torch.Generator().manual_seed(0)) * 4
+    original = copy.deepcopy(layer).float().cpu().eval()
+    return torch.equal(original(probe), affine_batchnorm(layer, scale, shift)(probe))
+
+
 def quantized_weights(model: nn.Module) -> dict[str, QuantizedLayer]:
     """State-dict key of each quantized weight -> its layer (layers kept in float excluded)."""
     return {f"{name}.weight": module for name, module in model.named_modules()
@@ -138,17 +206,32 @@ def quantized_weights(model: nn.Module) -> dict[str, QuantizedLayer]:
 
 # -- files ------------------------------------------------------------------------------------
 
-def save_packed(model: nn.Module, path: str | Path) -> Path:
+def save_packed(model: nn.Module, path: str | Path, batchnorm: str = "affine") -> Path:
     """Write ``model`` as a packed safetensors file; returns the path.
 
     Tensors: ``packed/<key>/codes`` (uint8, bit-packed) and ``packed/<key>/max_abs`` for each
-    quantized weight, ``state/<key>`` for every other state-dict entry. The safetensors metadata
-    holds one JSON header (``lowbit``) with each packed weight's grid, bits and shape.
+    quantized weight, ``state/<key>`` for every other state-dict entry (with ``batchnorm=
+    "affine"``, a BatchNorm's weight and bias hold its eval affine map and its statistics are
+    left out; ``"keep"`` stores them as they are). The safetensors metadata holds one JSON
+    header (``lowbit``) with each packed weight's grid, bits and shape and the affine layers.
     """
+    if batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"batchnorm={batchnorm!r}: use one of {', '.join(BATCHNORM_MODES)}")
     path = Path(path)
     layers = quantized_weights(model)
     tensors: dict[str, torch.Tensor] = {}
     header: dict[str, dict] = {}
+    affine: dict[str, float] = {}  # BatchNorm stored as its affine map -> its eps
+    replaced: dict[str, torch.Tensor] = {}
+    if batchnorm == "affine":
+        for name, layer in batchnorm_layers(model).items():
+            scale, shift = kernel_affine(layer)
+            if not restores_exactly(layer, scale, shift):
+                continue  # kept with its statistics: exactness comes first
+            affine[name] = float(layer.eps)
+            replaced[f"{name}.weight"], replaced[f"{name}.bias"] = scale, shift
+    skipped = {f"{name}.{buffer}" for name in affine
+               for buffer in ("running_mean", "running_var", "num_batches_tracked")}
     for key, layer in layers.items():
         packed = encode_weight(layer)
         offset = Q.symmetric_levels(packed.bits) if packed.grid == "channel_abs_max" else 0
@@ -157,21 +240,26 @@ def save_packed(model: nn.Module, path: str | Path) -> Path:
             tensors[f"packed/{key}/{MAX_ABS}"] = packed.max_abs.contiguous()
         header[key] = {"grid": packed.grid, "bits": packed.bits, "shape": list(packed.shape)}
     for key, value in model.state_dict().items():
-        if key in layers:
+        if key in layers or key in skipped:
             continue
-        value = value.detach().cpu()
+        value = replaced.get(key, value).detach().cpu()
         if value.is_floating_point():
             value = value.to(torch.float32)
         tensors[f"state/{key}"] = value.clone().contiguous()  # safetensors refuses shared storage
     metadata = {"lowbit": json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
-                                      "weights": header}, sort_keys=True)}
+                                      "weights": header, "affine_batchnorm": affine},
+                                     sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
 
 
 def read_packed(path: str | Path) -> tuple[dict[str, PackedWeight], dict[str, torch.Tensor]]:
-    """(packed weights by state-dict key, every other state-dict entry) from a packed file."""
+    """(packed weights by state-dict key, every other state-dict entry) from a packed file.
+
+    BatchNorm layers stored as their affine map get mean 0, variance ``unit_variance(eps)`` and
+    ``num_batches_tracked`` 0 back (see the module docstring).
+    """
     with safe_open(str(path), framework="pt") as file:
         raw = (file.metadata() or {}).get("lowbit")
         info = json.loads(raw) if raw else {}
@@ -191,6 +279,11 @@ def read_packed(path: str | Path) -> tuple[dict[str, PackedWeight], dict[str, to
                                     tensors.get(f"packed/{key}/{MAX_ABS}"))
     state = {name.removeprefix("state/"): value for name, value in tensors.items()
              if name.startswith("state/")}
+    for name, eps in info.get("affine_batchnorm", {}).items():
+        channels = state[f"{name}.weight"].numel()
+        state[f"{name}.running_mean"] = torch.zeros(channels)
+        state[f"{name}.running_var"] = torch.full((channels,), float(unit_variance(eps)))
+        state[f"{name}.num_batches_tracked"] = torch.tensor(0)
     return weights, state
 
 

@@ -2,7 +2,9 @@
 
 Policy (documented in the README):
 - Layers are ordered as ``model.named_modules()`` visits them (registration order); the first
-  and the last Conv2d/Linear are the "first" and "last" layers.
+  and the last Conv2d/Linear are the "first" and "last" layers. A model with several outputs
+  names its output layers in a ``last_layers`` attribute (YOLOv3-tiny's two output convs); all
+  of them are then "last" layers.
 - The first layer's input is never quantized (it is the image).
 - The first and last layers are never quantized more coarsely than ``first_layer_bits`` /
   ``last_layer_bits``, in W, A and G: their bits are max(bits, first/last_layer_bits). PACT's
@@ -84,8 +86,12 @@ def plan_bits(
     first_layer_bits: int,
     last_layer_bits: int,
     overrides: Mapping[str, Mapping[str, int]] | None = None,
+    last_layers: tuple[str, ...] | None = None,
 ) -> dict[str, LayerBits]:
-    """The bits of every layer under the policy in this module's docstring."""
+    """The bits of every layer under the policy in this module's docstring.
+
+    ``last_layers``: the output layers' names (default: the last of ``layer_names``).
+    """
     base = LayerBits(
         check_bits("quant.wbits", wbits),
         check_bits("quant.abits", abits),
@@ -100,7 +106,10 @@ def plan_bits(
         return replace(bits, **{k: max(getattr(bits, k), floor) for k in BIT_KEYS})
 
     plan = {name: base for name in layer_names}
-    plan[layer_names[-1]] = at_least(base, last_layer_bits)
+    for name in last_layers or layer_names[-1:]:
+        if name not in plan:
+            raise ValueError(f"last_layers names {name!r}, which is not a Conv2d/Linear layer")
+        plan[name] = at_least(base, last_layer_bits)
     first = at_least(base, first_layer_bits)
     plan[layer_names[0]] = replace(first, abits=FULL_PRECISION, quantize_input=False)
 
@@ -210,7 +219,8 @@ def plan_quantization(
     names = [name for name, _ in quantizable_layers(model)]
     if names and names[0] == "":
         raise ConfigError("quantize_model needs a model that contains layers, not a bare layer")
-    plan = plan_bits(names, wbits, abits, gbits, first_layer_bits, last_layer_bits, overrides)
+    plan = plan_bits(names, wbits, abits, gbits, first_layer_bits, last_layer_bits, overrides,
+                     last_layers=getattr(model, "last_layers", None))
     if input_shape is not None and signed_inputs == "auto":
         signed = probe_signed_inputs(model, tuple(input_shape))
         plan = {name: replace(bits, signed_input=bits.quantize_input and name in signed)

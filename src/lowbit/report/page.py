@@ -17,7 +17,9 @@ from lowbit.report.figures import bits_figure, pareto_figure, png_bytes
 from lowbit.report.runs import RunRecord, pareto_front
 from lowbit.report.table import markdown_table, table_cells
 
-ACCURACY_LABELS = {"val/acc_best": "validation accuracy (best epoch)", "test/acc": "test accuracy"}
+ACCURACY_LABELS = {"val/acc_best": "validation accuracy (best epoch)", "test/acc": "test accuracy",
+                   "val/map50_best": "validation mAP@0.5 (best epoch)",
+                   "test/map50": "test mAP@0.5"}
 # (file stem, title, cost metric, axis label); the fronts minimise cost and maximise accuracy.
 PARETO_PLOTS = [
     ("pareto_size", "Accuracy vs model size", "model/size_bytes", "model size (bytes, packed file)"),

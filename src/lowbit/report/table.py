@@ -33,14 +33,28 @@ def latency_header(key: str) -> str:
     return f"latency {kind} (ms)" if kind else "latency (ms)"
 
 
+# The quality columns of each task; a report shows those of the tasks its runs have.
+QUALITY_COLUMNS = {
+    "classification": [("val acc (best)", "val/acc_best"), ("test acc", "test/acc")],
+    "detection": [("val mAP@0.5 (best)", "val/map50_best"), ("test mAP@0.5", "test/map50"),
+                  ("test mAP@0.5:0.95", "test/map")],
+}
+
+
+def quality_columns(runs: Sequence[RunRecord]) -> list[Column]:
+    shown = [(header, key) for headers in QUALITY_COLUMNS.values() for header, key in headers
+             if any(key in run.metrics for run in runs)]
+    return [metric_column(header, key, "{:.4f}")
+            for header, key in shown or QUALITY_COLUMNS["classification"]]
+
+
 def columns(runs: Sequence[RunRecord]) -> list[Column]:
     return [
         ("run", lambda r: r.name),
         ("model", lambda r: r.model or "-"),
         ("quantizer", lambda r: r.quantizer or "-"),
         ("W/A/G", lambda r: r.bits_label),
-        metric_column("val acc (best)", "val/acc_best", "{:.4f}"),
-        metric_column("test acc", "test/acc", "{:.4f}"),
+        *quality_columns(runs),
         metric_column("size (bytes)", "model/size_bytes", "{:,.0f}"),
         metric_column("compression", "model/compression", "{:.2f}x"),
         metric_column("BOPs", "model/bops", "{:,.0f}"),
