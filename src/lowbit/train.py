@@ -18,13 +18,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lowbit.checkpoints import Interrupted, check_checkpoint
 from lowbit.config import chosen_option
-from lowbit.data.base import ClassificationData
+from lowbit.data.base import ClassificationData, one_line
 from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError
 from lowbit.export import save_packed
@@ -58,7 +58,10 @@ def build_datamodule(cfg: DictConfig) -> ClassificationData:
     except ConfigError:
         raise
     except Exception as error:  # a bad argument in the dataset node
-        raise ConfigError(f"dataset: cannot build {cfg.dataset.get('_target_')}: {error}") from None
+        if isinstance(error.__cause__, ConfigError):  # the data set's own check, Hydra-wrapped
+            raise error.__cause__ from None
+        raise ConfigError(f"dataset: cannot build {cfg.dataset.get('_target_')}: "
+                          f"{one_line(error)}") from None
     return datamodule
 
 
@@ -77,8 +80,22 @@ def build_model(cfg: DictConfig, datamodule) -> nn.Module:
             f"model.num_classes={configured} but the dataset has {num_classes} classes: "
             f"drop model.num_classes (it follows the data) or pick the matching dataset"
         )
+    target = cfg.model.get("_target_")
+    try:
+        model_class = get_class(target)
+    except Exception as error:
+        raise ConfigError(f"model: cannot import {target}: {one_line(error)}") from None
+    model_task = getattr(model_class, "task", "classification")  # a class attribute
+    if model_task != data_task(datamodule):
+        model_name = chosen_option("model") or model_class.__name__  # None outside Hydra's run
+        dataset_name = chosen_option("dataset") or datamodule.name
+        raise ConfigError(
+            f"model={model_name} is a {model_task} model but "
+            f"dataset={dataset_name} is a {data_task(datamodule)} data set: "
+            + ("use a detection data set such as dataset=shapes_det" if model_task == "detection"
+               else "use a detection model such as model=yolov3_tiny"))
     from_data: dict[str, Any] = {"num_classes": num_classes}
-    if data_task(datamodule) == "detection":
+    if model_task == "detection":
         size = datamodule.image_shape[-1]
         configured = cfg.model.get("input_size")
         if configured is not None and configured != size:
@@ -87,17 +104,9 @@ def build_model(cfg: DictConfig, datamodule) -> nn.Module:
                 f"drop model.input_size (it follows dataset.image_size)")
         from_data["input_size"] = size
     try:
-        model = instantiate(cfg.model, **from_data)
+        return instantiate(cfg.model, **from_data)
     except Exception as error:
-        raise ConfigError(f"model: cannot build {cfg.model.get('_target_')}: {error}") from None
-    model_task = getattr(model, "task", "classification")
-    if model_task != data_task(datamodule):
-        raise ConfigError(
-            f"model={chosen_option('model')} is a {model_task} model but "
-            f"dataset={chosen_option('dataset')} is a {data_task(datamodule)} data set: "
-            + ("use a detection data set such as dataset=shapes_det" if model_task == "detection"
-               else "use a detection model such as model=yolov3_tiny"))
-    return model
+        raise ConfigError(f"model: cannot build {target}: {one_line(error)}") from None
 
 
 def check_output_dir(output_dir: Path) -> None:
