@@ -22,11 +22,39 @@ class _RoundToGrid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.round(x * n).div_(n)
+        return torch.mul(x, n).round_().div_(n)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         return grad_output, None
+
+
+class _ClipToGrid(torch.autograd.Function):
+    """round(n * clip(scale * x, low, 1)) / n with clip's gradient: DoReFa Eq. 11 (low = 0).
+
+    One Function instead of mul, clamp and round: one output buffer quantized in place, and a
+    backward of one fused op. The float ops run in the same order as the separate ops did, so
+    the values are unchanged; the gradient is scale * upstream where low < scale * x < 1 and 0
+    elsewhere, as torch.clamp's backward gives it (bounds excluded; round is straight-through).
+    One difference: where x is NaN, clamp's backward gives 0 and this passes the upstream.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float, low: float, n: int) -> torch.Tensor:
+        scaled = x * scale if scale != 1.0 else x
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(scaled)  # x itself (no copy) unless scaled
+        ctx.scale, ctx.low = scale, low
+        return torch.clamp(scaled, low, 1.0).mul_(n).round_().div_(n)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (scaled,) = ctx.saved_tensors
+        # upstream where low < scaled < 1, else 0, in one pass and one buffer
+        grad = torch.ops.aten.hardtanh_backward(grad_output, scaled, ctx.low, 1.0)
+        if ctx.scale != 1.0:
+            grad.mul_(ctx.scale)
+        return grad, None, None, None
 
 
 def quantize_k(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -68,9 +96,7 @@ def dorefa_activation(x: torch.Tensor, bits: int, scale: float = 1.0) -> torch.T
     """
     if bits >= FULL_PRECISION:
         return x
-    if scale != 1.0:
-        x = x * scale
-    return quantize_k(torch.clamp(x, 0.0, 1.0), bits)
+    return _ClipToGrid.apply(x, scale, 0.0, levels(bits))
 
 
 class _QuantizeGradient(torch.autograd.Function):
@@ -103,13 +129,20 @@ def quantize_gradient_tensor(
         return quantize_gradient_tensor(g.float(), bits, generator).to(g.dtype)
     n = levels(bits)
     flat = g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
-    m = flat.abs().amax(dim=1, keepdim=True)
-    safe_m = torch.where(m > 0, m, torch.ones_like(m))
-    noise = torch.rand(flat.shape, generator=generator, device=g.device, dtype=g.dtype)
-    noise = (noise - 0.5) / n
-    shifted = (flat / (2 * safe_m) + 0.5 + noise).clamp_(0.0, 1.0)
-    quantized = (torch.round(shifted * n) / n - 0.5) * (2 * m)
-    return quantized.reshape(g.shape)
+    # max|g| per row as max(max g, -min g): exact, and no |g| temporary of the gradient's size
+    low, high = torch.aminmax(flat, dim=1, keepdim=True)
+    m = torch.maximum(high, low.neg_())
+    two_m = 2 * m
+    two_safe_m = torch.where(m > 0, two_m, 2.0)
+    # Two buffers of the gradient's size, everything in place. The float ops and their order
+    # are those of (g / 2m + 1/2 + (s - 1/2) / n), so results are bit-identical to the plain
+    # formula; addcdiv(a, b, c) = a + b / c exactly. One draw of numel values, as before.
+    noise = torch.rand(flat.shape, generator=generator, device=g.device, dtype=g.dtype).sub_(0.5)
+    shifted = torch.addcdiv(flat.new_tensor(0.5), flat, two_safe_m)
+    shifted.addcdiv_(noise, flat.new_tensor(float(n)))
+    del noise
+    shifted.clamp_(0.0, 1.0).mul_(n).round_().div_(n).sub_(0.5).mul_(two_m)
+    return shifted.reshape(g.shape)
 
 
 def dorefa_gradient(
@@ -133,9 +166,7 @@ def dorefa_activation_signed(x: torch.Tensor, bits: int, scale: float = 1.0) -> 
     """
     if bits >= FULL_PRECISION:
         return x
-    if scale != 1.0:
-        x = x * scale
-    return _RoundToGrid.apply(torch.clamp(x, -1.0, 1.0), symmetric_levels(bits))
+    return _ClipToGrid.apply(x, scale, -1.0, symmetric_levels(bits))
 
 
 def symmetric_levels(bits: int) -> int:
@@ -151,21 +182,21 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
         ctx.save_for_backward(x, alpha)
-        y = torch.minimum(torch.clamp(x, min=0), alpha)
+        y = torch.clamp(x, min=0).clamp_max_(alpha)  # one buffer, quantized in place
         if bits >= FULL_PRECISION:
             return y
         n = levels(bits)
         step = alpha / n
-        return torch.round(y / step) * step
+        return y.div_(step).round_().mul_(step)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, alpha = ctx.saved_tensors
         above = x >= alpha
-        inside = (x >= 0) & ~above
-        grad_x = grad_output * inside
         # Eq. 3: d y_q / d alpha = 1 where x >= alpha, else 0, summed over the tensor.
         grad_alpha = (grad_output * above).sum().reshape(alpha.shape)
+        inside = torch.ge(x, 0).logical_and_(above.logical_not_())
+        grad_x = grad_output * inside
         return grad_x, grad_alpha, None
 
 
@@ -185,19 +216,19 @@ class _PACTSymmetric(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
         ctx.save_for_backward(x, alpha)
-        y = torch.maximum(torch.minimum(x, alpha), -alpha)
+        y = torch.minimum(x, alpha).clamp_min_(-alpha)  # one buffer, quantized in place
         if bits >= FULL_PRECISION:
             return y
         step = alpha / symmetric_levels(bits)
-        return torch.round(y / step) * step
+        return y.div_(step).round_().mul_(step)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, alpha = ctx.saved_tensors
         above, below = x > alpha, x < -alpha
-        grad_x = grad_output * ~(above | below)
         # d y / d alpha = [x > alpha] - [x < -alpha]
         grad_alpha = ((grad_output * above).sum() - (grad_output * below).sum()).reshape(alpha.shape)
+        grad_x = grad_output * above.logical_or_(below).logical_not_()
         return grad_x, grad_alpha, None
 
 

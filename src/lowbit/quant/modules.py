@@ -41,6 +41,8 @@ def float32_math(forward: Callable) -> Callable:
     def wrapper(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype in LOW_PRECISION:
             x = x.float()
+        if not torch.is_autocast_enabled(x.device.type):
+            return forward(self, x)  # nothing to switch off: skip the context's enter and exit
         with torch.autocast(device_type=x.device.type, enabled=False):
             return forward(self, x)
 
