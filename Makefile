@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: install train test test-slow test-all report clean help
+.PHONY: install train test test-slow test-all report export bench clean help
 
 help:
 	@echo "make train [ARGS='quantizer=dorefa quant.wbits=4']  train (NIN on digits by default)"
 	@echo "make test                                           the test suite (slow tests excluded)"
 	@echo "make test-slow / test-all                           the slow accuracy tests / everything"
 	@echo "make report [SWEEP=outputs/multiruns/<dir>]         HTML/PNG/Markdown comparison of a sweep (default: the latest)"
+	@echo "make export RUN=outputs/runs/<dir>                  integer ONNX export of a finished run, measured"
+	@echo "make bench                                          size, int8 latency and train-step ratios on NIN"
 
 install: $(STAMP)
 
@@ -40,6 +42,13 @@ SWEEP ?= $(shell ls -dt outputs/multiruns/*/ 2>/dev/null | head -n 1)
 report: install
 	@test -n "$(SWEEP)" || { echo "make report: no sweep under outputs/multiruns; run python train.py -m ... first, or give SWEEP=DIR"; exit 2; }
 	$(PY) scripts/report.py $(SWEEP)
+
+export: install
+	@test -n "$(RUN)" || { echo "make export: give the run folder, RUN=outputs/runs/<dir>"; exit 2; }
+	$(PY) scripts/export.py $(RUN)
+
+bench: install
+	$(PY) scripts/bench.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .hypothesis

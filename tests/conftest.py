@@ -25,6 +25,7 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "latency.warmup=1",
     "latency.repeats=2",
+    "export.onnx=false",  # tests/test_onnx_export.py and test_train's export test turn it on
 ]
 
 

@@ -56,6 +56,19 @@ def test_quantized_model_is_smaller_and_reported(make_cfg):
     assert w4["model/bops"] < fp32["model/bops"] / 30  # the 8-bit stem on the image dominates
 
 
+def test_a_run_exports_integer_onnx_and_records_its_latency_and_agreement(make_cfg):
+    cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "logger=none", "callbacks=none",
+                   "export.onnx=true", "export.threads=1")
+    metrics = run(cfg)["metrics"]
+    output_dir = Path(cfg.paths.output_dir)
+    assert (output_dir / "model_int8.onnx").stat().st_size == metrics["export/int8_onnx_bytes"]
+    assert (output_dir / "model_fp32.onnx").is_file()
+    assert metrics["latency/int8_ms"] > 0 and metrics["latency/fp32_ms"] > 0
+    assert metrics["latency/export_threads"] == 1
+    # digits' 270 val images; an untrained (2-batch) model still agrees on most of them
+    assert 0.9 <= metrics["export/top1_agreement"] <= 1.0
+
+
 def test_a_model_without_a_packed_form_still_finishes_without_a_measured_size(make_cfg):
     """1-bit DoReFa weights (Eq. 7) have no exact packed form yet: the run is still ok, with
     the computed limit but no measured size rather than a made-up one."""

@@ -214,6 +214,26 @@ def measure_costs(model: nn.Module, input_shape: tuple[int, ...], device: torch.
     return {**costs, "latency/ms": latency["ms"], "latency/threads": latency["threads"]}
 
 
+def export_costs(model: nn.Module, datamodule, cfg: DictConfig,
+                 output_dir: Path) -> dict[str, float]:
+    """The integer ONNX export and what it measures (``lowbit.export.onnx_run.export_model``):
+    ``latency/int8_ms`` (ONNX Runtime), ``latency/fp32_ms`` (PyTorch eager, float model),
+    ``export/top1_agreement``. A model with a layer that has no integer form yet (detection,
+    MobileNetV3's residuals) is logged and skipped: the run itself succeeded."""
+    settings = cfg.get("export") or {}
+    if not settings.get("onnx", True):
+        return {}
+    from lowbit.export.onnx_graph import UnsupportedModel
+    from lowbit.export.onnx_run import export_model
+
+    try:
+        return export_model(model.cpu(), datamodule, output_dir,
+                            threads=int(settings.get("threads", 2)))
+    except UnsupportedModel as error:
+        log.warning("no integer ONNX export: %s", error)
+        return {}
+
+
 def wandb_run_of(loggers: list):
     for logger in loggers:
         if isinstance(logger, pl.loggers.WandbLogger):
@@ -299,6 +319,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
             metrics.update(measure_costs(task.model, datamodule.image_shape,
                                          trainer.strategy.root_device, cfg, output_dir))
+            metrics.update(export_costs(task.model, datamodule, cfg, output_dir))
         if replica_sync.report is not None:
             results["distributed"] = replica_sync.report
         results["metrics"] = metrics

@@ -1,0 +1,240 @@
+"""What quantization buys and costs on NIN, measured side by side in one process.
+
+    python scripts/bench.py                     # all three sections, 2 threads
+    python scripts/bench.py --sections latency --threads 1
+    python scripts/bench.py --quick             # a smoke run: few repeats, small batch
+
+Sections (each a table; the last line of the output is one JSON object with every number, and
+the targets of issue 6 with whether they were met):
+
+- ``size``: the packed checkpoint (``lowbit.export.save_packed``) of DoReFa W2/W4/W8 NIN
+  against ``model/size_limit_bytes`` (sum of params x bits / 8). Target: payload within 2%.
+- ``latency``: ONNX Runtime on the CPU, batch 1, ``--threads`` intra-op threads, medians of
+  interleaved runs after warm-up: the FP32 NIN, ORT's own static QDQ quantization of it
+  (``ort_static_qdq``), and lowbit's integer export (``export_int8_onnx``) of DoReFa W8A8 and
+  W4A4 NIN, plus PyTorch eager FP32 for reference. Calibration images (for ORT's quantization
+  and for the inputs lowbit keeps in float) are the digits validation images. Targets: lowbit
+  W8A8 int8 <= 0.35x ORT FP32, and within 10% of ORT's static QDQ.
+- ``train_step``: SGD training step time (forward, loss, backward, step) of each quantizer over
+  FP32, batch 128, round-robin (``lowbit.measure.step_time``). Targets: DoReFa W4A4G32 <= 1.15x,
+  W4A4G8 <= 1.3x.
+
+Weights are freshly initialised: sizes and speeds do not depend on training. Timings on a shared
+machine move with its load; the ratios, measured interleaved, move much less. The exit status
+is 0 whether or not targets are met (a benchmark reports; ``--check`` exits 1 on a miss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowbit.data.digits import DigitsData
+from lowbit.export import save_packed
+from lowbit.export.packing import header_bytes, payload_bytes
+from lowbit.measure.size import size_limit_bytes
+from lowbit.measure.step_time import training_step_ratios
+from lowbit.models import NIN
+from lowbit.quant import quantize_model
+
+SHAPE = (3, 32, 32)
+SECTIONS = ("size", "latency", "train_step")
+BITS = dict(first_layer_bits=8, last_layer_bits=8)
+TARGETS = {  # name: (section value, comparison, bound) - issue 6's "done when"
+    "size_payload_over_limit_w2": ("<=", 1.02),
+    "size_payload_over_limit_w4": ("<=", 1.02),
+    "size_payload_over_limit_w8": ("<=", 1.02),
+    "int8_w8a8_over_fp32": ("<=", 0.35),
+    "int8_w8a8_over_ort_static_qdq": ("<=", 1.10),
+    "step_dorefa_w4a4g32_over_fp32": ("<=", 1.15),
+    "step_dorefa_w4a4g8_over_fp32": ("<=", 1.30),
+}
+
+
+def dorefa_nin(bits: int, gbits: int = 32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return quantize_model(NIN(num_classes=10), quantizer="dorefa", wbits=bits, abits=bits,
+                          gbits=gbits, input_shape=SHAPE, **BITS)
+
+
+def table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))  # noqa: E731
+    return "\n".join([title, line(headers), line(["-" * w for w in widths]),
+                      *map(line, cells), ""])
+
+
+def bench_size(folder: Path) -> tuple[dict, str]:
+    results, rows = {}, []
+    for bits in (2, 4, 8):
+        model = dorefa_nin(bits)
+        path = save_packed(model, folder / f"nin_w{bits}.safetensors")
+        limit = size_limit_bytes(model)
+        entry = {"file_bytes": path.stat().st_size, "header_bytes": header_bytes(path),
+                 "payload_bytes": payload_bytes(path), "limit_bytes": limit,
+                 "payload_over_limit": payload_bytes(path) / limit}
+        results[f"w{bits}"] = entry
+        rows.append([f"W{bits}A{bits}", f"{entry['file_bytes']:,}", f"{entry['header_bytes']:,}",
+                     f"{entry['payload_bytes']:,}", f"{limit:,}",
+                     f"{entry['payload_over_limit']:.4f}"])
+    text = table("Packed size, NIN DoReFa (first/last layer 8-bit), BatchNorm as its affine map",
+                 ["bits", "file", "header", "payload", "limit", "payload/limit"], rows)
+    return results, text
+
+
+def calibration_images(count: int) -> torch.Tensor:
+    data = DigitsData(batch_size=count)
+    data.setup()
+    return torch.stack([data.val_set[i][0] for i in range(min(count, len(data.val_set)))])
+
+
+@torch.no_grad()
+def torch_fp32_ms(threads: int, warmup: int, repeats: int) -> float:
+    torch.set_num_threads(threads)
+    model = NIN(num_classes=10).eval()
+    x = torch.randn(1, *SHAPE)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def bench_latency(folder: Path, threads: int, warmup: int, repeats: int,
+                  calibration_count: int) -> tuple[dict, str]:
+    from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, onnx_latency_table,
+                                    ort_static_qdq)
+
+    images = calibration_images(calibration_count)
+    torch.manual_seed(0)
+    fp32 = export_fp32_onnx(NIN(num_classes=10).eval(), SHAPE, folder / "nin_fp32.onnx")
+    paths = {
+        "ort_fp32": fp32,
+        "ort_static_qdq": ort_static_qdq(fp32, images, folder / "nin_ort_static_qdq.onnx"),
+        "lowbit_int8_w8a8": export_int8_onnx(dorefa_nin(8).eval(), SHAPE,
+                                             folder / "nin_w8a8.onnx", calibration=images),
+        "lowbit_int8_w4a4": export_int8_onnx(dorefa_nin(4).eval(), SHAPE,
+                                             folder / "nin_w4a4.onnx", calibration=images),
+    }
+    timings = onnx_latency_table(paths, SHAPE, threads=threads, warmup=warmup, repeats=repeats)
+    base = timings["ort_fp32"]["ms"]
+    results = {name: {**t, "over_ort_fp32": t["ms"] / base} for name, t in timings.items()}
+    results["torch_eager_fp32"] = {"ms": torch_fp32_ms(threads, warmup, repeats),
+                                   "threads": threads}
+    results["torch_eager_fp32"]["over_ort_fp32"] = results["torch_eager_fp32"]["ms"] / base
+    static = timings["ort_static_qdq"]["ms"]
+    rows = [[name, f"{r['ms']:.3f}", f"{r.get('min_ms', float('nan')):.3f}",
+             f"{r['over_ort_fp32']:.3f}", f"{r['ms'] / static:.3f}"]
+            for name, r in results.items()]
+    text = table(f"Latency, NIN batch 1, {threads} threads, median of {repeats} interleaved runs",
+                 ["model", "median ms", "min ms", "x ORT FP32", "x ORT static QDQ"], rows)
+    return results, text
+
+
+def bench_train_step(threads: int, batch_size: int, warmup: int,
+                     repeats: int) -> tuple[dict, str]:
+    configs = {
+        "fp32": None,
+        "dorefa_w4a4g32": dict(quantizer="dorefa", wbits=4, abits=4, gbits=32, **BITS),
+        "dorefa_w4a4g8": dict(quantizer="dorefa", wbits=4, abits=4, gbits=8, **BITS),
+        "pact_w4a4g32": dict(quantizer="pact", wbits=4, abits=4, gbits=32, **BITS),
+        "pact_symmetric_w4a4g32": dict(quantizer="pact_symmetric", wbits=4, abits=4, gbits=32,
+                                       **BITS),
+    }
+    measured = training_step_ratios(configs, batch_size=batch_size, threads=threads,
+                                    warmup=warmup, repeats=repeats)
+    results = {name: {k: v for k, v in entry.items() if k != "times_ms"}
+               for name, entry in measured.items()}
+    rows = [[name, f"{r['ms']:.1f}", f"{r['ratio']:.3f}",
+             f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else "-"]
+            for name, r in results.items()]
+    text = table(f"Training step, NIN batch {batch_size}, {threads} threads, median of {repeats} "
+                 f"round-robin steps", ["config", "median ms", "x FP32", "x FP32 (CPU time)"],
+                 rows)
+    return results, text
+
+
+def target_values(results: dict) -> dict[str, float]:
+    values = {}
+    if "size" in results:
+        for bits in (2, 4, 8):
+            values[f"size_payload_over_limit_w{bits}"] = \
+                results["size"][f"w{bits}"]["payload_over_limit"]
+    if "latency" in results:
+        latency = results["latency"]
+        values["int8_w8a8_over_fp32"] = latency["lowbit_int8_w8a8"]["over_ort_fp32"]
+        values["int8_w8a8_over_ort_static_qdq"] = (latency["lowbit_int8_w8a8"]["ms"]
+                                                   / latency["ort_static_qdq"]["ms"])
+    if "train_step" in results:
+        step = results["train_step"]
+        values["step_dorefa_w4a4g32_over_fp32"] = step["dorefa_w4a4g32"]["ratio"]
+        values["step_dorefa_w4a4g8_over_fp32"] = step["dorefa_w4a4g8"]["ratio"]
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats (default: 200 latency, 15 train step)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 5 repeats, train-step batch 16 (numbers not reportable)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        print(f"bench: unknown section(s) {', '.join(unknown) or '(none given)'}: choose from "
+              f"{', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    if args.threads < 1 or (args.repeats is not None and args.repeats < 1):
+        print("bench: --threads and --repeats must be at least 1", file=sys.stderr)
+        return 2
+
+    results: dict[str, Any] = {"threads": args.threads, "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as scratch:
+        folder = Path(scratch)
+        if "size" in sections:
+            results["size"], text = bench_size(folder)
+            print(text, flush=True)
+        if "latency" in sections:
+            repeats = args.repeats or (5 if args.quick else 200)
+            results["latency"], text = bench_latency(
+                folder, args.threads, warmup=2 if args.quick else 20, repeats=repeats,
+                calibration_count=32 if args.quick else 256)
+            print(text, flush=True)
+        if "train_step" in sections:
+            repeats = args.repeats or (2 if args.quick else 15)
+            results["train_step"], text = bench_train_step(
+                args.threads, batch_size=16 if args.quick else 128,
+                warmup=1 if args.quick else 3, repeats=repeats)
+            print(text, flush=True)
+
+    values = target_values(results)
+    results["targets"] = {name: {"value": value, "bound": TARGETS[name][1],
+                                 "met": value <= TARGETS[name][1]}
+                          for name, value in values.items()}
+    for name, target in results["targets"].items():
+        print(f"target {name}: {target['value']:.3f} <= {target['bound']}: "
+              f"{'met' if target['met'] else 'MISSED'}")
+    print(json.dumps(results, sort_keys=True))
+    missed = [name for name, target in results["targets"].items() if not target["met"]]
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

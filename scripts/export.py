@@ -1,0 +1,41 @@
+"""Export a finished run to integer and float ONNX, measure them, record the metrics.
+
+    python scripts/export.py outputs/runs/<date>_<time>_<name> [--threads 2]
+
+Writes RUN_DIR/model_int8.onnx and RUN_DIR/model_fp32.onnx, prints one line per metric
+(``latency/fp32_ms`` PyTorch eager FP32, ``latency/int8_ms`` ONNX Runtime int8, both batch 1
+with ``latency/export_threads`` threads; ``export/top1_agreement`` on the val set, ...) and merges
+them into RUN_DIR/results.json. Bad input (missing dir, unfinished run, no weights) is one line
+on stderr and exit status 2, before any work (``lowbit.export.onnx_run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lowbit.cli import fail
+from lowbit.errors import ConfigError
+from lowbit.export.onnx_graph import UnsupportedModel
+from lowbit.export.onnx_run import THREADS, check_run_dir, export_run
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished run's folder (holds results.json)")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help=f"torch and ONNX Runtime threads for the latencies (default {THREADS})")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        fail(f"--threads must be >= 1, got {args.threads}")
+    try:
+        check_run_dir(args.run_dir)
+        metrics = export_run(args.run_dir, threads=args.threads)
+    except (ConfigError, UnsupportedModel) as error:
+        fail(str(error))
+    for key, value in metrics.items():
+        print(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

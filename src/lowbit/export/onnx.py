@@ -1,0 +1,234 @@
+"""Integer ONNX export of a lowbit model, run in ONNX Runtime (ORT) on CPU, and its references.
+
+- ``export_int8_onnx``: the fake-quant model as an integer QDQ graph (``onnx_graph`` explains the
+  mapping); ORT fuses every quantized conv into QLinearConv and runs pooling on uint8.
+- ``export_fp32_onnx``: the same network in float32 (quantizers removed, BN folded), the
+  baseline; ``ort_static_qdq``: ORT's own post-training quantization of it, the reference an
+  integer export should match in speed.
+- ``onnx_latency_ms`` / ``onnx_latency_table`` (interleaved, for side-by-side ratios),
+  ``onnx_predict`` and ``top1_agreement`` measure what the exports do.
+
+``calibration`` in ``export_int8_onnx``: lowbit leaves the image in front of the first layer
+(and the inputs of layers the first/last policy keeps at 32 bits) unquantized, which keeps the
+first conv in float. Given a batch of real images, those inputs are quantized on uint8 with
+the min/max the images reach there, so the first conv runs on integers too (ORT's static
+quantization does the same); without it the export reproduces the fake-quant model exactly
+(up to int32 bias rounding and the 8-bit DoReFa weight re-rounding, see ``onnx_graph``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from lowbit.export.onnx_graph import INPUT, OUTPUT, UnsupportedModel, build_int8_graph
+from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
+from lowbit.quant.modules import QuantConv2d, QuantLinear
+
+DEFAULT_THREADS = 2
+INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger")
+
+
+# -- export -----------------------------------------------------------------------------------
+
+def export_int8_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path,
+                     calibration: torch.Tensor | None = None, opset: int = 17) -> Path:
+    """Write the integer QDQ ONNX model of ``model`` (a ``quantize_model``-ed network) to ``path``.
+
+    BatchNorm is folded, weights are int8 codes on each layer's grid with per-channel scales,
+    activations are quantized with the learned/derived steps (module docstring and
+    ``lowbit.export.onnx_graph``). Raises ``UnsupportedModel`` (a ValueError, one line) for a
+    layer or quantizer without an integer form. ``model`` itself is left untouched.
+    """
+    proto = build_int8_graph(model, tuple(input_shape), calibration, opset)
+    return save(proto, path)
+
+
+def float_model(model: nn.Module) -> nn.Module:
+    """A float copy of ``model`` in eval mode: BN folded, quantizers removed.
+
+    Quantized layers keep the weight they compute with (the quantized, folded one), so the
+    float network is the fake-quant one without activation quantization; any other model is
+    returned folded as it is.
+    """
+    folded = fold_bn(model)
+    for name, module in list(folded.named_modules()):
+        if isinstance(module, FoldedQuantConv2d):
+            plain = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                              module.stride, module.padding, module.dilation, module.groups,
+                              bias=True, padding_mode=module.padding_mode)
+            plain.weight, plain.bias = module.weight, module.bias
+        elif isinstance(module, QuantConv2d):
+            plain = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                              module.stride, module.padding, module.dilation, module.groups,
+                              bias=module.bias is not None, padding_mode=module.padding_mode)
+            plain.weight = nn.Parameter(module.quantized_weight().detach())
+            plain.bias = module.bias
+        elif isinstance(module, QuantLinear):
+            plain = nn.Linear(module.in_features, module.out_features,
+                              bias=module.bias is not None)
+            plain.weight = nn.Parameter(module.quantized_weight().detach())
+            plain.bias = module.bias
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(folded.get_submodule(parent_name) if parent_name else folded, child, plain)
+    return folded.eval()
+
+
+def export_fp32_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path,
+                     opset: int = 17) -> Path:
+    """Write the float32 ONNX model of ``model`` (``float_model``: BN folded, no quantizers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network = float_model(model).float().cpu()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        # dynamo=False: the torch.export-based exporter needs onnxscript, not a lowbit dependency.
+        torch.onnx.export(network, (torch.zeros(1, *input_shape),), str(path), dynamo=False,
+                          opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    return path
+
+
+class _Batches:
+    """onnxruntime.quantization's CalibrationDataReader over one tensor, in batches."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int = 32):
+        self.batches = iter([{INPUT: chunk.float().cpu().numpy()}
+                             for chunk in images.split(batch_size)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def ort_static_qdq(fp32_onnx_path: str | Path, calibration: torch.Tensor,
+                   path: str | Path) -> Path:
+    """ORT's own static quantization of a float ONNX model: QDQ, per-channel int8 weights,
+    uint8 activations (ORT's recommended u8s8 on x86), min/max calibration on ``calibration``."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(str(fp32_onnx_path), str(path), _Batches(calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return path
+
+
+def save(proto: onnx.ModelProto, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    return path
+
+
+# -- running ----------------------------------------------------------------------------------
+
+def session(path: str | Path, threads: int = DEFAULT_THREADS,
+            optimized_path: str | Path | None = None) -> ort.InferenceSession:
+    """A CPU InferenceSession with all graph optimizations and ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # no warning about hardware-specific optimized graphs
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def optimized_op_types(path: str | Path, scratch: str | Path) -> list[str]:
+    """The op types of the graph ORT actually runs (after its fusions), in order."""
+    session(path, optimized_path=scratch)
+    return [node.op_type for node in onnx.load(str(scratch)).graph.node]
+
+
+def onnx_predict(path: str | Path, images: torch.Tensor, threads: int = DEFAULT_THREADS,
+                 batch_size: int = 256) -> torch.Tensor:
+    """The model's outputs (logits) for ``images``, computed by ORT."""
+    runner = session(path, threads)
+    outputs = [runner.run(None, {INPUT: chunk.float().cpu().numpy()})[0]
+               for chunk in images.split(batch_size)]
+    return torch.from_numpy(np.concatenate(outputs))
+
+
+def _timed(runner: ort.InferenceSession, feed: dict) -> float:
+    start = time.perf_counter()
+    runner.run(None, feed)
+    return (time.perf_counter() - start) * 1000
+
+
+def _summary(times: list[float], threads: int) -> dict[str, float]:
+    return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "threads": threads}
+
+
+def onnx_latency_table(paths: Mapping[str, str | Path], input_shape: tuple[int, ...],
+                       threads: int = DEFAULT_THREADS, warmup: int = 10,
+                       repeats: int = 50) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of several ONNX models measured side by side: one run of each in turn,
+    ``repeats`` rounds after ``warmup``, so that load on a shared machine hits them alike.
+    Returns ``onnx_latency_ms``'s dict for each name."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError("latency needs repeats >= 1 and warmup >= 0")
+    runners = {name: session(path, threads) for name, path in paths.items()}
+    x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+    feed = {INPUT: x}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(warmup + repeats):
+        for name, runner in runners.items():
+            elapsed = _timed(runner, feed)
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return {name: _summary(values, threads) for name, values in times.items()}
+
+
+def onnx_latency_ms(path: str | Path, input_shape: tuple[int, ...],
+                    threads: int = DEFAULT_THREADS, warmup: int = 10,
+                    repeats: int = 50) -> dict[str, float]:
+    """{"ms": median, "min_ms", "max_ms", "threads"} of batch-1 runs of one ONNX model in ORT."""
+    return onnx_latency_table({"model": path}, input_shape, threads, warmup, repeats)["model"]
+
+
+@torch.no_grad()
+def top1_agreement(model: nn.Module, onnx_path: str | Path,
+                   images: torch.Tensor | Iterable, threads: int = DEFAULT_THREADS) -> float:
+    """Fraction of inputs whose ORT argmax equals the PyTorch model's (in eval mode).
+
+    ``images``: one tensor, or an iterable of (images, labels) batches (a DataLoader).
+    """
+    batches = [images] if torch.is_tensor(images) else (batch[0] for batch in images)
+    runner = session(onnx_path, threads)
+    was_training = model.training
+    model.eval()
+    agree = total = 0
+    try:
+        device = next(model.parameters()).device
+        for batch in batches:
+            expected = model(batch.to(device)).argmax(1).cpu()
+            actual = runner.run(None, {INPUT: batch.float().cpu().numpy()})[0].argmax(1)
+            agree += int((expected == torch.from_numpy(actual)).sum())
+            total += len(batch)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("top1_agreement got no images")
+    return agree / total
+
+
+__all__ = ["INTEGER_CONV_OPS", "UnsupportedModel", "export_fp32_onnx", "export_int8_onnx",
+           "float_model", "onnx_latency_ms", "onnx_latency_table", "onnx_predict",
+           "optimized_op_types", "ort_static_qdq", "top1_agreement"]

@@ -1,0 +1,552 @@
+"""A lowbit fake-quant model as an integer QDQ ONNX graph, written node by node.
+
+The model is BN-folded (``lowbit.quant.fold_bn``) and traced with torch.fx; every layer becomes
+the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes QLinearConv):
+
+- Weights: int8 initializers holding the layer's own integer codes, with a per-output-channel
+  DequantizeLinear scale (the grid's step times BatchNorm's factor s_c). DoReFa Eq. 9 codes are
+  the odd integers 2c - n in [-n, n] (step 1/n), abs-max codes lie in [-m, m] (step max|w_c|/m),
+  1-bit DoReFa (Eq. 7) codes are +-1 (step E|w|): int8 holds them exactly up to 7 bits
+  (abs-max: 8), and are stored multiplied by K = floor(127 / max|code|) (the same grid at step
+  / K, for a K times finer bias grid). Wider codes do not fit int8 and ORT has no 16-bit integer
+  conv, so in a layer that runs on integers a channel whose codes exceed 127 is re-rounded onto
+  127 steps of its own max|code| (8-bit DoReFa: at most half an int8 step, about a quarter of
+  the 1/255 grid step); channels that fit stay exact, and a layer with a float output (the
+  classifier) keeps such codes exact in int32. Biases: int32 on the scale input_scale *
+  weight_scale, as QLinearConv requires; their rounding (at most 1/2K of the accumulator step)
+  is the one inexact part of an exact layer.
+- Activations: a layer's input quantizer becomes QuantizeLinear with its own step (DoReFa:
+  1/(n act_scale), PACT: alpha/n; signed forms on int8) and DequantizeLinear with the step the
+  layer computes with (DoReFa: 1/n, no multiply-back, as in ``functional.dorefa_activation``).
+  A k < 8 bit grid clips at n (or +-m), tighter than uint8/int8 saturation, so a Clip on the
+  integers follows the Q: it keeps the export exact and stays out of the conv's fusion.
+- The Q is hoisted to the producing layer's output across ReLU and MaxPool (both monotone, so
+  Q(maxpool(relu(y))) = maxpool(Q(y)) once the clip's lower bound is at zero): the conv then ends
+  in a Q and fuses, ReLU disappears into the clip, and MaxPool runs on uint8.
+- Inputs lowbit leaves in float (the image in front of the first layer, layers the first/last
+  policy keeps at 32 bits) stay float unless ``calibration`` images are given; then they are
+  quantized on uint8 with the min/max those images reach there (not exact: a runtime choice).
+  A layer whose output no quantizer reads (the classifier) keeps a float output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+import torch.fx
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from lowbit.quant import functional as Q
+from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
+from lowbit.quant.modules import (
+    ChannelAbsMaxWeight,
+    DoReFaActivation,
+    DoReFaSignedActivation,
+    DoReFaWeight,
+    FullPrecision,
+    LearnedClip,
+    PACTActivation,
+    PACTSymmetricActivation,
+    Quantizer,
+)
+
+INPUT, OUTPUT = "input", "logits"
+INT8_MAX = 127
+LAYERS = (nn.Conv2d, nn.Linear)
+# Ops that commute with a monotone quantizer: the Q can move in front of them.
+PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
+
+
+class UnsupportedModel(ValueError):
+    """The model holds something the integer exporter cannot write (the message names it)."""
+
+
+# -- grids ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grid:
+    """How one float tensor becomes integers: q = clip(round(x / q_scale) + zero_point, lo, hi)
+    and back: value = (q - zero_point) * dq_scale (dq_scale != q_scale for DoReFa's act_scale)."""
+
+    signed: bool
+    q_scale: float
+    dq_scale: float
+    lo: int
+    hi: int
+    zero_point: int = 0
+    exact: bool = True
+
+    @property
+    def onnx_type(self) -> int:
+        return TensorProto.INT8 if self.signed else TensorProto.UINT8
+
+    @property
+    def numpy_type(self):
+        return np.int8 if self.signed else np.uint8
+
+    @property
+    def saturation(self) -> tuple[int, int]:
+        return (-128, 127) if self.signed else (0, 255)
+
+    def at_least(self, low: int) -> "Grid":
+        """The same grid with its lower clip raised to ``low`` (a ReLU absorbed: low = zp)."""
+        return Grid(self.signed, self.q_scale, self.dq_scale, max(self.lo, low), self.hi,
+                    self.zero_point, self.exact)
+
+
+def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
+    """The integer grid of an activation quantizer (None: it leaves the tensor in float)."""
+    if isinstance(quantizer, FullPrecision) or not quantizer.is_active:
+        return None
+    bits = quantizer.bits
+    if bits > 8:
+        raise UnsupportedModel(
+            f"{where}: {bits}-bit activations do not fit the 8-bit integer runtime "
+            f"(export needs abits <= 8)")
+    if isinstance(quantizer, DoReFaSignedActivation):  # before its parent class
+        m = Q.symmetric_levels(bits)
+        return Grid(True, 1.0 / (m * quantizer.scale), 1.0 / m, -m, m)
+    if isinstance(quantizer, DoReFaActivation):
+        n = Q.levels(bits)
+        return Grid(False, 1.0 / (n * quantizer.scale), 1.0 / n, 0, n)
+    if isinstance(quantizer, (PACTActivation, PACTSymmetricActivation)):
+        alpha = quantizer.alpha.detach().clamp(min=LearnedClip.ALPHA_MIN).float()
+        if isinstance(quantizer, PACTSymmetricActivation):
+            m = Q.symmetric_levels(bits)
+            step = float(alpha / m)  # float32 alpha / m, the step the module computes with
+            return Grid(True, step, step, -m, m)
+        n = Q.levels(bits)
+        step = float(alpha / n)
+        return Grid(False, step, step, 0, n)
+    raise UnsupportedModel(f"{where}: no integer form for activation quantizer "
+                           f"{type(quantizer).__name__}")
+
+
+def calibrated_grid(low: float, high: float) -> Grid:
+    """uint8 asymmetric min/max grid (zero exactly representable) for a tensor lowbit keeps float."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = (high - low) / 255 if high > low else 1.0
+    zero_point = int(np.clip(round(-low / scale), 0, 255))
+    return Grid(False, scale, scale, 0, 255, zero_point, exact=False)
+
+
+# -- weights ----------------------------------------------------------------------------------
+
+@dataclass
+class IntegerWeight:
+    codes: np.ndarray  # int8 (int32 where an unfused layer's exact codes exceed int8)
+    scale: np.ndarray  # float32, one per output channel
+    exact: bool
+
+
+def grid_codes(source: nn.Module, weight: torch.Tensor, where: str):
+    """(integer codes, per-channel step) of a layer's weight on its quantizer's grid, or None."""
+    quantizer = getattr(source, "weight_quantizer", None)
+    out_channels = weight.shape[0]
+    if isinstance(quantizer, DoReFaWeight) and quantizer.is_active:
+        w_q = quantizer(weight).double()
+        if quantizer.bits == 1:  # Eq. 7: sign(w) E|w|
+            return torch.sign(w_q), w_q.abs().max().expand(out_channels)
+        n = Q.levels(quantizer.bits)  # Eq. 9: (2c - n) / n
+        return torch.round(w_q * n), torch.full((out_channels,), 1.0 / n, dtype=torch.float64)
+    if isinstance(quantizer, ChannelAbsMaxWeight) and quantizer.is_active:
+        step = Q.channelwise_absmax_scale(weight, quantizer.bits)
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        return torch.round(weight / step.reshape(shape)).double(), step.double()
+    if quantizer is not None and quantizer.is_active:
+        raise UnsupportedModel(f"{where}: no integer form for weight quantizer "
+                               f"{type(quantizer).__name__}")
+    return None
+
+
+@torch.no_grad()
+def integer_weight(layer: nn.Module, where: str, fused: bool = True) -> IntegerWeight:
+    """The integer codes and per-channel scales of ``layer``'s (BN-folded) weight.
+
+    ``fused``: the layer runs as an integer kernel, so its codes must fit int8; channels whose
+    codes do not (8-bit DoReFa) are re-rounded onto 127 steps of their max|code|. An unfused
+    layer (float output) keeps such codes exact in int32. A float weight (no quantizer) gets
+    per-channel abs-max int8, as a post-training tool would.
+    """
+    folded = isinstance(layer, FoldedQuantConv2d)
+    source = layer.source if folded else layer
+    effective = layer.weight.detach().double()  # what the layer computes with (BN folded in)
+    shape = (-1,) + (1,) * (effective.dim() - 1)
+    found = grid_codes(source, source.weight.detach().float(), where)
+    if found is None:
+        codes, step, exact = effective, torch.ones(effective.shape[0], dtype=torch.float64), False
+    else:
+        codes, step = found
+        codes, exact = codes.double(), True
+        if folded:
+            step = step * layer.channel_scale.double()
+    max_code = codes.reshape(codes.shape[0], -1).abs().amax(dim=1)
+    reround = (max_code > 0) if not exact else (max_code > INT8_MAX) if fused else None
+    if reround is not None and bool(reround.any()):
+        factor = torch.where(reround, max_code / INT8_MAX, torch.ones_like(max_code))
+        codes = torch.round(codes / factor.reshape(shape))
+        step = step * factor
+        exact = exact and not fused
+    if exact:
+        # An integer multiple K of the codes is the same grid at step / K: exact, the same int8
+        # cost, and a K times finer int32 bias grid. The bias's rounding is the one inexact part
+        # of an exact layer: up to s_c / 2n of an output step at 4 bits, 1 / 2K of that here.
+        max_code = codes.reshape(codes.shape[0], -1).abs().amax(dim=1)
+        spread = torch.clamp(torch.floor(INT8_MAX / max_code.clamp_min(1)), min=1)
+        codes, step = codes * spread.reshape(shape), step / spread
+        if not torch.allclose(codes * step.reshape(shape), effective, rtol=1e-5, atol=1e-7):
+            raise AssertionError(f"{where}: the integer codes do not rebuild the layer's weight")
+    wide = bool(codes.abs().max() > INT8_MAX)
+    return IntegerWeight(codes.to(torch.int32 if wide else torch.int8).numpy(),
+                         step.float().numpy(), exact)
+
+
+# -- the graph ------------------------------------------------------------------------------
+
+@dataclass
+class Value:
+    """An fx node's ONNX tensor: float, or integers on ``grid``."""
+
+    name: str
+    grid: Grid | None = None
+
+
+class Builder:
+    """Collects nodes and initializers under unique names."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.names: set[str] = set()
+
+    def unique(self, name: str) -> str:
+        name = name.replace(".", "_") or "t"
+        candidate, i = name, 1
+        while candidate in self.names:
+            candidate, i = f"{name}_{i}", i + 1
+        self.names.add(candidate)
+        return candidate
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        name = self.unique(name)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, output: str | None = None,
+             **attributes) -> str:
+        output = output or self.unique(name)
+        self.nodes.append(helper.make_node(op, inputs, [output], name=self.unique(f"{name}_{op}"),
+                                           **attributes))
+        return output
+
+    def quantize(self, x: str, grid: Grid, name: str) -> Value:
+        """Q (and, where the grid clips tighter than the integer type saturates, an int Clip)."""
+        scale = self.constant(f"{name}_q_scale", np.float32(grid.q_scale))
+        zero = self.constant(f"{name}_zero_point", grid.numpy_type(grid.zero_point))
+        q = self.node("QuantizeLinear", [x, scale, zero], f"{name}_q")
+        if (grid.lo, grid.hi) != grid.saturation:
+            lo = self.constant(f"{name}_lo", grid.numpy_type(grid.lo))
+            hi = self.constant(f"{name}_hi", grid.numpy_type(grid.hi))
+            q = self.node("Clip", [q, lo, hi], f"{name}_clip")
+        return Value(q, grid)
+
+    def dequantize(self, value: Value, name: str) -> str:
+        if value.grid is None:
+            return value.name
+        grid = value.grid
+        scale = self.constant(f"{name}_dq_scale", np.float32(grid.dq_scale))
+        zero = self.constant(f"{name}_dq_zero_point", grid.numpy_type(grid.zero_point))
+        return self.node("DequantizeLinear", [value.name, scale, zero], f"{name}_dq")
+
+
+def pair(value) -> list[int]:
+    return list(value) if isinstance(value, (tuple, list)) else [value, value]
+
+
+class Tracer(torch.fx.Tracer):
+    """Keeps layers and quantizers whole: the exporter reads their state, not their maths."""
+
+    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+        return isinstance(module, (*LAYERS, Quantizer)) or super().is_leaf_module(module, name)
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    try:
+        graph = Tracer().trace(model)
+    except Exception as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UnsupportedModel(f"cannot trace {type(model).__name__} with torch.fx ({first})") \
+            from None
+    return torch.fx.GraphModule(model, graph)
+
+
+def is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return ((node.op == "call_module" and isinstance(modules[node.target], nn.ReLU))
+            or (node.op == "call_function" and node.target in (F.relu, torch.relu))
+            or (node.op == "call_method" and node.target == "relu"))
+
+
+def passes_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if is_relu(node, modules):
+        return True
+    if node.op != "call_module" or not isinstance(modules[node.target], PASS_THROUGH):
+        return False
+    pool = modules[node.target]
+    return not (isinstance(pool, nn.MaxPool2d) and pool.return_indices)
+
+
+def input_grid(layer: nn.Module, name: str, observed: dict[str, tuple[float, float]]) -> Grid | None:
+    quantizer = getattr(layer, "input_quantizer", None)
+    grid = quantizer_grid(quantizer, name) if quantizer is not None else None
+    if grid is None and name in observed:
+        grid = calibrated_grid(*observed[name])
+    return grid
+
+
+def plan_quantize_points(gm: torch.fx.GraphModule, grids: dict[str, Grid]):
+    """Where each layer's input Q goes: {fx node: grid} (see the module docstring on hoisting)."""
+    modules = dict(gm.named_modules())
+    points: dict[torch.fx.Node, Grid] = {}
+    direct: dict[torch.fx.Node, Grid] = {}  # layer node -> grid applied right at its input
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in grids:
+            continue
+        grid = grids[node.target]
+        source = node.args[0]
+        relu = False
+        while (passes_through(source, modules) and len(source.users) == 1
+               and source.op != "placeholder"):
+            relu |= is_relu(source, modules)
+            source = source.args[0]
+        if len(source.users) == 1 and source not in points:
+            points[source] = grid.at_least(grid.zero_point) if relu else grid
+        else:
+            direct[node] = grid
+    return points, direct
+
+
+@torch.no_grad()
+def observe_float_inputs(model: nn.Module, names: list[str], images: torch.Tensor):
+    """(min, max) of the input of each named layer over ``images``."""
+    ranges: dict[str, tuple[float, float]] = {}
+    hooks = []
+    for name in names:
+        def hook(_module, inputs, name=name):
+            x = inputs[0]
+            low, high = float(x.min()), float(x.max())
+            old = ranges.get(name, (low, high))
+            ranges[name] = (min(old[0], low), max(old[1], high))
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ranges
+
+
+def float_input_layers(model: nn.Module) -> list[str]:
+    """Layers whose input lowbit leaves in float (the image; layers kept at 32 bits)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, LAYERS):
+            quantizer = getattr(module, "input_quantizer", None)
+            if quantizer is None or not quantizer.is_active:
+                names.append(name)
+    return names
+
+
+def check_layers(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            raise UnsupportedModel(f"{name}: BatchNorm2d that does not directly follow a Conv2d "
+                                   f"in an nn.Sequential cannot be folded")
+        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros"
+                                              or isinstance(module.padding, str)):
+            raise UnsupportedModel(f"{name}: only zero padding given as numbers is supported")
+
+
+def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
+                     calibration: torch.Tensor | None = None, opset: int = 17) -> onnx.ModelProto:
+    """The integer QDQ ONNX model of ``model`` (module docstring); UnsupportedModel if it cannot."""
+    folded = fold_bn(model).float().cpu()
+    check_layers(folded)
+    observed = {}
+    if calibration is not None:
+        observed = observe_float_inputs(folded, float_input_layers(folded), calibration.float())
+    with torch.no_grad():
+        output = folded(torch.zeros(1, *input_shape))
+    if not torch.is_tensor(output):
+        raise UnsupportedModel(f"{type(model).__name__} returns {type(output).__name__} of "
+                               f"several outputs (a detector's heads): only single-output "
+                               f"models have an integer export yet")
+    output_shape = ["batch", *output.shape[1:]]
+    gm = trace(folded)
+    modules = dict(gm.named_modules())
+    grids = {}
+    for name, module in modules.items():
+        if isinstance(module, LAYERS):
+            grid = input_grid(module, name, observed)
+            if grid is not None:
+                grids[name] = grid
+    if not grids:
+        raise UnsupportedModel(f"{type(model).__name__} has no quantized layer input: quantize it "
+                               f"with lowbit.quant.quantize_model or pass calibration images")
+    points, direct = plan_quantize_points(gm, grids)
+    b = Builder()
+    b.names.update({INPUT, OUTPUT})
+    env: dict[torch.fx.Node, Value] = {}
+
+    def fetch(arg) -> Value:
+        return env[arg]
+
+    def as_float(arg, name: str) -> str:
+        return b.dequantize(fetch(arg), name)
+
+    for node in gm.graph.nodes:
+        name = node.name
+        if node.op == "placeholder":
+            if node is not next(iter(gm.graph.nodes)):
+                raise UnsupportedModel("the model takes more than one input")
+            value = Value(INPUT)
+        elif node.op == "output":
+            result = node.args[0]
+            if not isinstance(result, torch.fx.Node):
+                raise UnsupportedModel("the model must return one tensor")
+            b.node("Identity", [as_float(result, "output")], "output", output=OUTPUT)
+            continue
+        elif node.op == "call_module" and isinstance(modules[node.target], LAYERS):
+            value = emit_layer(b, node, modules[node.target], fetch(node.args[0]),
+                               direct.get(node), fused=node in points)
+        elif fetch_is_int(node, env) and passes_through(node, modules):
+            value = emit_integer_pass(b, node, modules, fetch(node.args[0]))
+        else:
+            value = emit_float_op(b, node, modules, as_float)
+        if node in points:
+            value = b.quantize(b.dequantize(value, name), points[node], name)
+        env[node] = value
+
+    graph = helper.make_graph(
+        b.nodes, type(model).__name__ + "_int8",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", *input_shape])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, output_shape)],
+        initializer=b.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    # The oldest IR version that carries the opset: runtimes older than the onnx package read it.
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="lowbit",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def fetch_is_int(node: torch.fx.Node, env: dict) -> bool:
+    arg = node.args[0] if node.args else None
+    return isinstance(arg, torch.fx.Node) and arg in env and env[arg].grid is not None
+
+
+def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
+               grid: Grid | None, fused: bool) -> Value:
+    """Conv2d/Linear: DQ(x) and DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, float output."""
+    name = node.target
+    if grid is not None:  # a Q that could not be hoisted: right at the layer's input
+        x = b.quantize(b.dequantize(x, f"{name}_in"), grid, f"{name}_in")
+    x_float = b.dequantize(x, f"{name}_x")
+    bias = layer.bias.detach().double().numpy() if layer.bias is not None else None
+    if x.grid is None:  # float input: a float layer (its weight as the layer computes it)
+        inputs = [x_float, b.constant(f"{name}_weight", layer.weight.detach().float().numpy())]
+        if bias is not None:
+            inputs.append(b.constant(f"{name}_bias", bias.astype(np.float32)))
+    else:
+        weight = integer_weight(layer, name, fused)
+        codes = b.constant(f"{name}_weight_codes", weight.codes)
+        w_scale = b.constant(f"{name}_weight_scale", weight.scale)
+        w_zero = b.constant(f"{name}_weight_zero_point", np.zeros_like(weight.codes,
+                                                                       shape=weight.scale.shape))
+        inputs = [x_float, b.node("DequantizeLinear", [codes, w_scale, w_zero],
+                                  f"{name}_weight_dq", axis=0)]
+        if bias is not None:
+            b_scale = (np.float32(x.grid.dq_scale) * weight.scale).astype(np.float32)
+            b_codes = np.round(bias / b_scale.astype(np.float64))
+            if np.abs(b_codes).max(initial=0) >= 2**31:
+                raise UnsupportedModel(f"{name}: the bias does not fit int32 at the scale "
+                                       f"input_scale * weight_scale")
+            inputs.append(b.node("DequantizeLinear", [
+                b.constant(f"{name}_bias_codes", b_codes.astype(np.int32)),
+                b.constant(f"{name}_bias_scale", b_scale),
+                b.constant(f"{name}_bias_zero_point", np.zeros(b_scale.shape, np.int32)),
+            ], f"{name}_bias_dq", axis=0))
+    if isinstance(layer, nn.Conv2d):
+        attributes = dict(kernel_shape=pair(layer.kernel_size), strides=pair(layer.stride),
+                          pads=pair(layer.padding) * 2, dilations=pair(layer.dilation),
+                          group=layer.groups)
+        return Value(b.node("Conv", inputs, name, **attributes))
+    return Value(b.node("Gemm", inputs, name, transB=1))
+
+
+def emit_integer_pass(b: Builder, node: torch.fx.Node, modules, x: Value) -> Value:
+    """ReLU/MaxPool/Identity on integers between a hoisted Q and its layer."""
+    if is_relu(node, modules):
+        if x.grid.lo < x.grid.zero_point:
+            raise AssertionError(f"{node.name}: ReLU on integers that were not clipped at zero")
+        return x
+    module = modules[node.target]
+    if isinstance(module, nn.MaxPool2d):
+        return Value(b.node("MaxPool", [x.name], node.name, **maxpool_attributes(module)), x.grid)
+    return x  # Identity, Dropout (eval)
+
+
+def maxpool_attributes(module: nn.MaxPool2d) -> dict:
+    stride = module.stride if module.stride is not None else module.kernel_size
+    return dict(kernel_shape=pair(module.kernel_size), strides=pair(stride),
+                pads=pair(module.padding) * 2, dilations=pair(module.dilation),
+                ceil_mode=int(module.ceil_mode))
+
+
+def emit_float_op(b: Builder, node: torch.fx.Node, modules, as_float) -> Value:
+    """The float ops between layers; anything else is UnsupportedModel."""
+    name = node.name
+    target = node.target
+    module = modules.get(target) if node.op == "call_module" else None
+    args = node.args
+    if node.op == "call_module" and isinstance(module, Quantizer):
+        raise UnsupportedModel(f"{target}: a quantizer outside a Conv2d/Linear layer")
+    if is_relu(node, modules):
+        return Value(b.node("Relu", [as_float(args[0], name)], name))
+    if isinstance(module, (nn.Identity, nn.Dropout)):
+        return Value(as_float(args[0], name))
+    if isinstance(module, nn.MaxPool2d) and not module.return_indices:
+        return Value(b.node("MaxPool", [as_float(args[0], name)], name,
+                            **maxpool_attributes(module)))
+    if isinstance(module, nn.AdaptiveAvgPool2d) and pair(module.output_size) == [1, 1]:
+        return Value(b.node("GlobalAveragePool", [as_float(args[0], name)], name))
+    if isinstance(module, nn.AvgPool2d) and module.divisor_override is None:
+        return Value(b.node("AveragePool", [as_float(args[0], name)], name,
+                            kernel_shape=pair(module.kernel_size),
+                            strides=pair(module.stride or module.kernel_size),
+                            pads=pair(module.padding) * 2, ceil_mode=int(module.ceil_mode),
+                            count_include_pad=int(module.count_include_pad)))
+    if isinstance(module, nn.Flatten) or (
+            (node.op == "call_method" and target == "flatten")
+            or (node.op == "call_function" and target is torch.flatten)):
+        start = module.start_dim if module is not None else (
+            args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0))
+        end = module.end_dim if module is not None else (
+            args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1))
+        if start == 1 and end == -1:
+            return Value(b.node("Flatten", [as_float(args[0], name)], name, axis=1))
+    if isinstance(module, nn.Hardswish):
+        return Value(b.node("HardSwish", [as_float(args[0], name)], name))
+    what = f"module {target} ({type(module).__name__})" if module is not None else \
+        f"{node.op} {getattr(target, '__name__', target)}"
+    raise UnsupportedModel(f"cannot export {what} to integer ONNX: supported are Conv2d, Linear, "
+                           f"ReLU, MaxPool2d, AvgPool2d, global average pooling, Flatten, "
+                           f"Hardswish, Identity and Dropout")
+
+
+__all__ = ["Grid", "IntegerWeight", "UnsupportedModel", "build_int8_graph", "integer_weight",
+           "quantizer_grid"]

@@ -1,0 +1,165 @@
+"""Export a finished run to ONNX and measure it: ``export_run(RUN_DIR)`` (scripts/export.py).
+
+Rebuilds the run's model from ``.hydra/config.yaml`` (data set, model, ``quant``), loads its
+weights (``model_packed.safetensors``, the weights the run measured; else its best checkpoint,
+else ``last.ckpt``), writes ``model_int8.onnx`` and ``model_fp32.onnx`` into the run dir,
+measures them and merges the metrics into ``results.json``:
+
+- ``latency/fp32_ms``: PyTorch eager, the float model (quantizers removed, BN folded), batch 1;
+- ``latency/int8_ms``: ONNX Runtime, the integer export, batch 1;
+- ``latency/fp32_onnx_ms``: ONNX Runtime, the float export, measured interleaved with int8;
+- ``latency/export_threads``: the thread count of all three (torch and ORT intra-op);
+- ``export/top1_agreement``: argmax of the integer export vs the fake-quant model on the val set;
+- ``export/int8_onnx_bytes``: the integer model's file size.
+
+The integer export quantizes the image input with the min/max of the first calibration images
+of the train split (``CALIBRATION_IMAGES``): it puts the first conv on integers too, which ORT's
+own static quantization also does (see ``lowbit.export.onnx``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from lowbit.errors import ConfigError
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+RESULTS_FILE = "results.json"
+PACKED_FILE = "model_packed.safetensors"
+INT8_FILE, FP32_FILE = "model_int8.onnx", "model_fp32.onnx"
+CALIBRATION_IMAGES = 64
+THREADS = 2
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """The run dir, resolved, if it holds a finished run with weights; else ConfigError (one line)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(f"no such run dir {run_dir}: give a run's folder "
+                          f"(outputs/runs/<date>_<time>_<name>)")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"{run_dir} is not a lowbit run dir: it has no {CONFIG_FILE}")
+    results = run_dir / RESULTS_FILE
+    if not results.is_file():
+        raise ConfigError(f"{run_dir} has no {RESULTS_FILE}: the run has not finished")
+    try:
+        status = json.loads(results.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError(f"{results} cannot be read as JSON") from None
+    if status != "ok":
+        raise ConfigError(f"{run_dir} ended with status {status!r}: export needs a run that "
+                          f"finished with status 'ok'")
+    if weights_file(run_dir) is None:
+        raise ConfigError(f"{run_dir} has neither {PACKED_FILE} nor a checkpoints/*.ckpt")
+    return run_dir
+
+
+def weights_file(run_dir: Path) -> Path | None:
+    """The packed weights, else the best checkpoint (epochNNN.ckpt), else last.ckpt."""
+    if (run_dir / PACKED_FILE).is_file():
+        return run_dir / PACKED_FILE
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    best = [path for path in checkpoints if path.name != "last.ckpt"]
+    return (best or checkpoints or [None])[-1]
+
+
+def load_run_model(run_dir: Path):
+    """(quantized model with the run's weights, eval mode; datamodule, set up; config)."""
+    import lowbit.config  # noqa: F401  (registers the resolvers the saved config uses)
+    from lowbit.checkpoints import MODEL_PREFIX, load_checkpoint
+    from lowbit.export.packing import load_packed
+    from lowbit.quant import quantize_model
+    from lowbit.train import build_datamodule, build_model
+
+    cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+    datamodule = build_datamodule(cfg)
+    if getattr(datamodule, "task", "classification") != "classification":
+        raise ConfigError(f"{run_dir} is a {datamodule.task} run: ONNX export measures "
+                          f"classifiers (top-1 agreement) only")
+    model = build_model(cfg, datamodule)
+    quant = OmegaConf.to_container(cfg.quant, resolve=True)
+    quantize_model(model, input_shape=datamodule.image_shape, **quant)
+    source = weights_file(run_dir)
+    if source.suffix == ".safetensors":
+        load_packed(source, model)
+    else:
+        state = load_checkpoint(source)["state_dict"]
+        model.load_state_dict({name[len(MODEL_PREFIX):]: tensor for name, tensor in state.items()
+                               if name.startswith(MODEL_PREFIX)})
+    datamodule.setup()
+    return model.eval(), datamodule, cfg
+
+
+def calibration_images(datamodule, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    dataset = datamodule.train_set
+    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+
+
+@torch.no_grad()
+def torch_latency_ms(model: nn.Module, input_shape, threads: int) -> float:
+    from lowbit.measure import measure_latency
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return measure_latency(model, input_shape, warmup=10, repeats=50)["ms"]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def export_model(model: nn.Module, datamodule, out_dir: str | Path,
+                 threads: int = THREADS) -> dict[str, Any]:
+    """Write model_int8.onnx and model_fp32.onnx of a trained (quantized) model into ``out_dir``
+    and measure them (module docstring); returns the metrics. ``datamodule`` must be set up.
+
+    What train.py calls after training (``task.model``, its datamodule, the run dir).
+    """
+    from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, float_model,
+                                    onnx_latency_table, top1_agreement)
+
+    out_dir = Path(out_dir)
+    model = model.eval()
+    shape = tuple(datamodule.image_shape)
+    int8 = export_int8_onnx(model, shape, out_dir / INT8_FILE,
+                            calibration=calibration_images(datamodule))
+    fp32 = export_fp32_onnx(model, shape, out_dir / FP32_FILE)
+    onnx_latency = onnx_latency_table({"int8": int8, "fp32": fp32}, shape, threads=threads)
+    return {
+        "latency/fp32_ms": torch_latency_ms(float_model(model), shape, threads),
+        "latency/int8_ms": onnx_latency["int8"]["ms"],
+        "latency/fp32_onnx_ms": onnx_latency["fp32"]["ms"],
+        "latency/export_threads": threads,
+        "export/top1_agreement": top1_agreement(model, int8, datamodule.val_dataloader(),
+                                                threads=threads),
+        "export/int8_onnx_bytes": int8.stat().st_size,
+    }
+
+
+def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) -> dict[str, Any]:
+    """Export and measure a finished run (module docstring); returns the metrics it merged.
+
+    ConfigError before any work when the run dir is not a finished run with weights;
+    ``UnsupportedModel`` when the model has a layer without an integer form.
+    """
+    from lowbit.tracking import write_json_atomically
+
+    run_dir = check_run_dir(run_dir)
+    model, datamodule, _ = load_run_model(run_dir)
+    metrics = export_model(model, datamodule, run_dir, threads)
+    if write:
+        path = run_dir / RESULTS_FILE
+        results = json.loads(path.read_text())
+        results.setdefault("metrics", {}).update(metrics)
+        results["exported_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomically(path, results)
+    return metrics
+
+
+__all__ = ["check_run_dir", "export_model", "export_run", "load_run_model"]
