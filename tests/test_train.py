@@ -113,7 +113,7 @@ def test_same_seed_gives_the_same_metrics_and_seed_zero_counts(make_cfg):
 
 
 def test_nan_loss_stops_the_run_as_diverged(make_cfg):
-    from lowbit.tasks.classification import Diverged
+    from lowbit.tasks.base import Diverged
 
     cfg = make_cfg("optimizer.lr=1e30", "optimizer.nesterov=false", "optimizer.momentum=0",
                    "logger=none", "callbacks=none", "trainer.limit_train_batches=4")

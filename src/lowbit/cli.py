@@ -310,7 +310,7 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
     from lowbit.checkpoints import Interrupted
     from lowbit.console import print_summary
     from lowbit.sweep import job
-    from lowbit.tasks.classification import Diverged
+    from lowbit.tasks.base import Diverged
     from lowbit.train import run
 
     if not job.in_multirun():

@@ -35,7 +35,8 @@ from lowbit.quant.optim import learned_clips
 from lowbit.randomness import RandomState
 from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
-from lowbit.tasks.classification import ClassificationTask, Diverged
+from lowbit.tasks.base import Diverged
+from lowbit.tasks.classification import ClassificationTask
 from lowbit.tasks.detection import DetectionTask
 from lowbit.tracking import write_json_atomically
 

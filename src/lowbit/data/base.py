@@ -34,7 +34,48 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-class ClassificationData(pl.LightningDataModule):
+class SplitLoaders:
+    """The train/val/test data loaders of a data module with ``train_set``/``val_set``/
+    ``test_set``, ``batch_size`` and ``num_workers``: every set, classification or detection,
+    batches, shuffles and spawns workers the same way. ``collate_fn`` is the DataLoader's
+    (None: torch's default)."""
+
+    collate_fn: Callable | None = None
+    train_set: Dataset | None
+    val_set: Dataset | None
+    test_set: Dataset | None
+    batch_size: int
+    num_workers: int
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool,
+                collate_fn: Callable | None = None) -> DataLoader:
+        """``collate_fn`` overrides the class's (digits' training split: random shifts)."""
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its data loaders")
+        # No explicit generator: the shuffling order (and the workers' seeds, hence random
+        # flips) follow torch's global RNG, which the run seed fixes (Lightning's
+        # seed_everything), so the run seed - not the data seed - decides the order of batches.
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_fn or type(self).collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class ClassificationData(SplitLoaders, pl.LightningDataModule):
     """Base class of all image classification sets: one train, one val and one test split.
 
     Subclasses set the class attributes ``name``/``num_classes``/``image_shape`` (or the
@@ -69,32 +110,6 @@ class ClassificationData(pl.LightningDataModule):
 
     def check(self) -> None:
         """Raise ConfigError when the data cannot be had; cheap, runs before training starts."""
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool,
-                collate_fn: Callable | None = None) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before its data loaders")
-        # No explicit generator: the shuffling order then follows torch's global RNG, which the
-        # run seed fixes (Lightning's seed_everything), so the run seed - not the data seed -
-        # decides the order of the batches.
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_fn,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "

@@ -26,9 +26,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lowbit.data.base import check_int
+from lowbit.data.base import SplitLoaders, check_int
 from lowbit.errors import ConfigError
 
 Target = dict[str, torch.Tensor]
@@ -154,7 +154,7 @@ def flatten(per_image: list[tuple[np.ndarray, np.ndarray]],
     return boxes.astype(np.float32), labels.astype(np.int64), offsets
 
 
-class DetectionData(pl.LightningDataModule):
+class DetectionData(SplitLoaders, pl.LightningDataModule):
     """Base class of all detection sets: one train, one val and one test split.
 
     Subclasses set ``name``, ``num_classes`` and ``class_names`` and fill ``train_set``,
@@ -175,6 +175,7 @@ class DetectionData(pl.LightningDataModule):
 
     name: str = "base"
     task: str = "detection"
+    collate_fn = staticmethod(collate_detection)  # targets stay a list: boxes per image differ
     num_classes: int = 0
     image_shape: tuple[int, int, int] = (3, 416, 416)  # set from image_size per instance
     class_names: list[str] = []
@@ -200,30 +201,6 @@ class DetectionData(pl.LightningDataModule):
 
     def check(self) -> None:
         """Raise ConfigError when the data cannot be had; runs before training starts."""
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before its data loaders")
-        # No explicit generator: shuffling (and the workers' seeds, hence the flips) follow
-        # torch's global RNG, which the run seed fixes.
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_detection,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lowbit.quant.optim import apply_lr_mult, learned_clips, param_groups
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+from lowbit.tasks.base import OptimizerFactory, QuantTrainingTask, SchedulerFactory
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite; the run ends with status ``diverged``."""
-
-
-class ClassificationTask(pl.LightningModule):
+class ClassificationTask(QuantTrainingTask):
     """Trains ``model`` (any nn.Module returning logits, quantized or not) on labelled images.
 
     ``optimizer`` and ``scheduler`` are factories that take the parameters / the optimizer
@@ -35,10 +25,7 @@ class ClassificationTask(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
     ):
-        super().__init__()
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(model, optimizer, scheduler)
         top_k = (1, 5) if num_classes > 5 else (1,)
         self.metric_names = {1: "acc", 5: "acc_top5"}
         for split in ("train", "val", "test"):
@@ -50,9 +37,6 @@ class ClassificationTask(pl.LightningModule):
         # In the checkpoint, so that a resumed run still knows the best epoch before the stop.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
     def _shared_step(self, batch, split: str) -> torch.Tensor:
         images, labels = batch
@@ -70,16 +54,8 @@ class ClassificationTask(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch, "train")
-        # Agreed by every DDP process, so that all stop at the same step and none is left
-        # waiting for the others' gradients (a no-op on one device).
-        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
-            raise Diverged(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
-                           f"step {self.global_step}: lower optimizer.lr or use more bits "
-                           f"(quant.wbits/abits/gbits) and start again")
-        clips = learned_clips(self.model)
-        if clips:  # PACT: the dashboard shows each layer's clipping level being learned
-            self.log_dict({f"alpha/{name}": clip.alpha.detach() for name, clip in clips.items()},
-                          on_step=True, on_epoch=False)
+        self.stop_if_diverged(loss)
+        self.log_alphas()
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -94,11 +70,3 @@ class ClassificationTask(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(param_groups(self.model))
-        apply_lr_mult(optimizer)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -25,13 +25,12 @@ from torchmetrics.detection import MeanAveragePrecision
 from lowbit.detection.decode import decode_heads, postprocess
 from lowbit.detection.draw import draw_detections, save_png
 from lowbit.detection.loss import YOLOLoss
-from lowbit.quant.optim import apply_lr_mult, learned_clips, param_groups
-from lowbit.tasks.classification import Diverged, OptimizerFactory, SchedulerFactory
+from lowbit.tasks.base import OptimizerFactory, QuantTrainingTask, SchedulerFactory
 
 LOSS_TERMS = ("box", "obj", "cls")
 
 
-class DetectionTask(pl.LightningModule):
+class DetectionTask(QuantTrainingTask):
     """Trains a YOLO-headed ``model`` (quantized or not) on ``(images, targets)`` batches.
 
     Args:
@@ -51,12 +50,9 @@ class DetectionTask(pl.LightningModule):
                  iou_threshold: float = 0.45, max_detections: int = 100,
                  draw_score_threshold: float = 0.25, num_drawn: int = 4,
                  predictions_dir: str | Path | None = None):
-        super().__init__()
-        self.model = model
+        super().__init__(model, optimizer, scheduler)
         self.num_classes = num_classes
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.loss = YOLOLoss(model.head_anchors(), model.strides, num_classes, **(loss or {}))
         self.decoding = {"score_threshold": score_threshold, "iou_threshold": iou_threshold,
                          "max_detections": max_detections}
@@ -72,9 +68,6 @@ class DetectionTask(pl.LightningModule):
         self.val_map50_best = MaxMetric()
         self.val_map50_best.persistent(True)  # a resumed run remembers its best epoch
         self._drawn: list[tuple[torch.Tensor, dict, dict]] = []
-
-    def forward(self, images: torch.Tensor):
-        return self.model(images)
 
     def detect(self, images: torch.Tensor, **decoding) -> list[dict[str, torch.Tensor]]:
         """Boxes, scores and labels per image (``postprocess``'s format)."""
@@ -98,14 +91,8 @@ class DetectionTask(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         loss = self._loss(self(images), targets, "train")
-        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
-            raise Diverged(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
-                           f"step {self.global_step}: lower optimizer.lr or use more bits "
-                           f"(quant.wbits/abits/gbits) and start again")
-        clips = learned_clips(self.model)
-        if clips:
-            self.log_dict({f"alpha/{name}": clip.alpha.detach() for name, clip in clips.items()},
-                          on_step=True, on_epoch=False)
+        self.stop_if_diverged(loss)
+        self.log_alphas()
         return loss
 
     def _evaluate(self, batch, split: str, batch_idx: int) -> None:
@@ -165,11 +152,3 @@ class DetectionTask(pl.LightningModule):
                 logger.log_image(key="val/predictions", images=list(pictures),
                                  caption=[f"epoch {self.current_epoch}, val image {i}"
                                           for i in range(len(pictures))])
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(param_groups(self.model))
-        apply_lr_mult(optimizer)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,57 @@
+"""What every lowbit LightningModule shares: optimizers with PACT's alpha groups, the NaN stop,
+the alpha logging. ``ClassificationTask`` and ``DetectionTask`` add their loss and metrics."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lowbit.quant.optim import apply_lr_mult, learned_clips, param_groups
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; the run ends with status ``diverged``."""
+
+
+class QuantTrainingTask(pl.LightningModule):
+    """Holds ``model`` and the optimizer/scheduler factories (Hydra ``_partial_: true`` nodes;
+    the scheduler steps once per epoch)."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory,
+                 scheduler: SchedulerFactory | None = None):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x)
+
+    def stop_if_diverged(self, loss: torch.Tensor) -> None:
+        """Raise ``Diverged`` on a NaN/inf loss. Agreed by every DDP process, so that all stop
+        at the same step and none is left waiting for the others' gradients."""
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
+            raise Diverged(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
+                           f"step {self.global_step}: lower optimizer.lr or use more bits "
+                           f"(quant.wbits/abits/gbits) and start again")
+
+    def log_alphas(self) -> None:
+        """PACT: the dashboard shows each layer's clipping level being learned."""
+        clips = learned_clips(self.model)
+        if clips:
+            self.log_dict({f"alpha/{name}": clip.alpha.detach() for name, clip in clips.items()},
+                          on_step=True, on_epoch=False)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(param_groups(self.model))
+        apply_lr_mult(optimizer)  # alpha's learning-rate multiplier (lowbit.quant.optim)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
