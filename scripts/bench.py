@@ -138,7 +138,8 @@ def bench_latency(folder: Path, threads: int, warmup: int, repeats: int,
     rows = [[name, f"{r['ms']:.3f}", f"{r.get('min_ms', float('nan')):.3f}",
              f"{r['over_ort_fp32']:.3f}", f"{r['ms'] / static:.3f}"]
             for name, r in results.items()]
-    text = table(f"Latency, NIN batch 1, {threads} threads, median of {repeats} interleaved runs",
+    text = table(f"Latency, NIN batch 1, {threads} threads, median of {repeats} runs taken in "
+                 f"interleaved blocks (onnx_latency_table)",
                  ["model", "median ms", "min ms", "x ORT FP32", "x ORT static QDQ"], rows)
     return results, text
 

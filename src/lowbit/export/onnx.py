@@ -178,21 +178,27 @@ def _summary(times: list[float], threads: int) -> dict[str, float]:
 
 def onnx_latency_table(paths: Mapping[str, str | Path], input_shape: tuple[int, ...],
                        threads: int = DEFAULT_THREADS, warmup: int = 10,
-                       repeats: int = 50) -> dict[str, dict[str, float]]:
-    """Batch-1 latency of several ONNX models measured side by side: one run of each in turn,
-    ``repeats`` rounds after ``warmup``, so that load on a shared machine hits them alike.
-    Returns ``onnx_latency_ms``'s dict for each name."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError("latency needs repeats >= 1 and warmup >= 0")
+                       repeats: int = 50, block: int = 25) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of several ONNX models measured side by side, in ORT's default settings.
+
+    The models take turns in blocks of ``block`` timed runs, each block after ``warmup`` untimed
+    ones, until each has ``repeats`` timed runs: load on a shared machine hits them alike, and
+    no block is timed while another session's threads still spin (ORT's workers spin for a
+    while after each run; run-by-run alternation measured that, not the models: it made NIN's
+    FP32 graph look 4x slower than it runs alone). Returns ``onnx_latency_ms``'s dict per name.
+    """
+    if repeats < 1 or warmup < 0 or block < 1:
+        raise ValueError("latency needs repeats >= 1, warmup >= 0 and block >= 1")
     runners = {name: session(path, threads) for name, path in paths.items()}
     x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
     feed = {INPUT: x}
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(warmup + repeats):
+    while any(len(values) < repeats for values in times.values()):
         for name, runner in runners.items():
-            elapsed = _timed(runner, feed)
-            if round_index >= warmup:
-                times[name].append(elapsed)
+            for _ in range(warmup):
+                runner.run(None, feed)
+            for _ in range(min(block, repeats - len(times[name]))):
+                times[name].append(_timed(runner, feed))
     return {name: _summary(values, threads) for name, values in times.items()}
 
 
