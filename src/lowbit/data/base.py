@@ -35,10 +35,10 @@ def check_int(name: str, value: object, minimum: int) -> int:
 
 
 class SplitLoaders:
-    """The train/val/test data loaders of a data module with ``train_set``/``val_set``/
-    ``test_set``, ``batch_size`` and ``num_workers``: every set, classification or detection,
-    batches, shuffles and spawns workers the same way. ``collate_fn`` is the DataLoader's
-    (None: torch's default)."""
+    """The train/val/test data loaders, the pre-flight ``check`` and the repr of a data module
+    with ``train_set``/``val_set``/``test_set``, ``batch_size`` and ``num_workers``: every set,
+    classification or detection, batches, shuffles and spawns workers the same way.
+    ``collate_fn`` is the DataLoader's (None: torch's default)."""
 
     collate_fn: Callable | None = None
     train_set: Dataset | None
@@ -74,6 +74,13 @@ class SplitLoaders:
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
 
+    def check(self) -> None:
+        """Raise ConfigError when the data cannot be had; cheap, runs before training starts."""
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
+                f"image_shape={self.image_shape}, batch_size={self.batch_size})")
+
 
 class ClassificationData(SplitLoaders, pl.LightningDataModule):
     """Base class of all image classification sets: one train, one val and one test split.
@@ -108,9 +115,3 @@ class ClassificationData(SplitLoaders, pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
-    def check(self) -> None:
-        """Raise ConfigError when the data cannot be had; cheap, runs before training starts."""
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
-                f"image_shape={self.image_shape}, batch_size={self.batch_size})")

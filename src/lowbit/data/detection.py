@@ -198,10 +198,3 @@ class DetectionData(SplitLoaders, pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
-
-    def check(self) -> None:
-        """Raise ConfigError when the data cannot be had; runs before training starts."""
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
-                f"image_shape={self.image_shape}, batch_size={self.batch_size})")
