@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,20 @@ def make_cfg(tmp_path):
         return compose_config([*(FAST if fast else []), *overrides], output_dir)
 
     return make
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Every network open fails at once, and counts the attempts (data sets' download tests)."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise urllib.error.URLError("network is unreachable\nsecond line of the reason")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
 
 
 def run_env() -> dict[str, str]:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import socket
 import struct
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -435,20 +432,6 @@ def test_missing_files_without_download(tmp_path, cls):
     assert_one_line_naming(error, tmp_path / "empty")
     with pytest.raises(ConfigError):
         data.setup()
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Every network open fails at once, and counts the attempts."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise urllib.error.URLError("network is unreachable\nsecond line of the reason")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return attempts
 
 
 @pytest.mark.parametrize("cls", REAL_SETS)

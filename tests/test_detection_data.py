@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -402,20 +399,6 @@ def test_voc_download_fetches_only_missing_splits(tmp_path, monkeypatch):
     data.check()
     data.check()  # all there now: nothing downloaded again
     assert calls == ["VOCtrainval_06-Nov-2007.tar"]
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Every network open fails at once, and counts the attempts."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise urllib.error.URLError("network is unreachable\nsecond line of the reason")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return attempts
 
 
 def test_voc_failed_download_is_a_quick_config_error(tmp_path, offline):
