@@ -41,19 +41,8 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from lowbit.quant import functional as Q
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
-from lowbit.quant.modules import (
-    ChannelAbsMaxWeight,
-    DoReFaActivation,
-    DoReFaSignedActivation,
-    DoReFaWeight,
-    FullPrecision,
-    LearnedClip,
-    PACTActivation,
-    PACTSymmetricActivation,
-    Quantizer,
-)
+from lowbit.quant.modules import QuantizedLayer, Quantizer
 
 INPUT, OUTPUT = "input", "logits"
 INT8_MAX = 127
@@ -82,10 +71,6 @@ class Grid:
     exact: bool = True
 
     @property
-    def onnx_type(self) -> int:
-        return TensorProto.INT8 if self.signed else TensorProto.UINT8
-
-    @property
     def numpy_type(self):
         return np.int8 if self.signed else np.uint8
 
@@ -100,31 +85,33 @@ class Grid:
 
 
 def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
-    """The integer grid of an activation quantizer (None: it leaves the tensor in float)."""
-    if isinstance(quantizer, FullPrecision) or not quantizer.is_active:
+    """The integer grid of an activation quantizer, read through its grid contract
+    (``Quantizer.grid``); None when it leaves the tensor in float."""
+    contract = stated_grid(quantizer, None, where)
+    if contract is None:
         return None
-    bits = quantizer.bits
-    if bits > 8:
+    if contract.bits > 8:
         raise UnsupportedModel(
-            f"{where}: {bits}-bit activations do not fit the 8-bit integer runtime "
+            f"{where}: {contract.bits}-bit activations do not fit the 8-bit integer runtime "
             f"(export needs abits <= 8)")
-    if isinstance(quantizer, DoReFaSignedActivation):  # before its parent class
-        m = Q.symmetric_levels(bits)
-        return Grid(True, 1.0 / (m * quantizer.scale), 1.0 / m, -m, m)
-    if isinstance(quantizer, DoReFaActivation):
-        n = Q.levels(bits)
-        return Grid(False, 1.0 / (n * quantizer.scale), 1.0 / n, 0, n)
-    if isinstance(quantizer, (PACTActivation, PACTSymmetricActivation)):
-        alpha = quantizer.alpha.detach().clamp(min=LearnedClip.ALPHA_MIN).float()
-        if isinstance(quantizer, PACTSymmetricActivation):
-            m = Q.symmetric_levels(bits)
-            step = float(alpha / m)  # float32 alpha / m, the step the module computes with
-            return Grid(True, step, step, -m, m)
-        n = Q.levels(bits)
-        step = float(alpha / n)
-        return Grid(False, step, step, 0, n)
-    raise UnsupportedModel(f"{where}: no integer form for activation quantizer "
-                           f"{type(quantizer).__name__}")
+    if contract.per_channel or contract.code_step != 1:
+        raise UnsupportedModel(f"{where}: the integer runtime quantizes activations per tensor "
+                               f"on consecutive codes; {type(quantizer).__name__}'s grid is not")
+    grid = Grid(contract.signed, float(contract.quantize_scale), float(contract.scale),
+                contract.qmin, contract.qmax, contract.zero_point)
+    low, high = grid.saturation
+    if not low <= grid.lo <= grid.zero_point <= grid.hi <= high:
+        raise UnsupportedModel(f"{where}: codes {grid.lo}..{grid.hi} (zero point "
+                               f"{grid.zero_point}) do not fit {'int8' if grid.signed else 'uint8'}")
+    return grid
+
+
+def stated_grid(quantizer: Quantizer, x: torch.Tensor | None, where: str):
+    """``quantizer.grid(x)``; UnsupportedModel (one line) for a quantizer that states none."""
+    try:
+        return quantizer.grid(x)
+    except NotImplementedError as error:
+        raise UnsupportedModel(f"{where}: {error}") from None
 
 
 def calibrated_grid(low: float, high: float) -> Grid:
@@ -145,23 +132,18 @@ class IntegerWeight:
 
 
 def grid_codes(source: nn.Module, weight: torch.Tensor, where: str):
-    """(integer codes, per-channel step) of a layer's weight on its quantizer's grid, or None."""
+    """(integer codes, per-output-channel step) of a layer's weight on its quantizer's grid, read
+    through the grid contract; None for a float weight."""
     quantizer = getattr(source, "weight_quantizer", None)
-    out_channels = weight.shape[0]
-    if isinstance(quantizer, DoReFaWeight) and quantizer.is_active:
-        w_q = quantizer(weight).double()
-        if quantizer.bits == 1:  # Eq. 7: sign(w) E|w|
-            return torch.sign(w_q), w_q.abs().max().expand(out_channels)
-        n = Q.levels(quantizer.bits)  # Eq. 9: (2c - n) / n
-        return torch.round(w_q * n), torch.full((out_channels,), 1.0 / n, dtype=torch.float64)
-    if isinstance(quantizer, ChannelAbsMaxWeight) and quantizer.is_active:
-        step = Q.channelwise_absmax_scale(weight, quantizer.bits)
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        return torch.round(weight / step.reshape(shape)).double(), step.double()
-    if quantizer is not None and quantizer.is_active:
-        raise UnsupportedModel(f"{where}: no integer form for weight quantizer "
-                               f"{type(quantizer).__name__}")
-    return None
+    grid = stated_grid(quantizer, weight, where) if quantizer is not None else None
+    if grid is None:
+        return None
+    if grid.zero_point != 0 or (grid.per_channel and grid.axis != 0):
+        raise UnsupportedModel(f"{where}: integer convolutions take weights with zero point 0 "
+                               f"and scales per output channel (axis 0)")
+    codes = quantizer.integer_codes(weight).double()
+    step = grid.scale.double()
+    return codes, (step if grid.per_channel else step.expand(weight.shape[0]))
 
 
 @torch.no_grad()
@@ -175,7 +157,10 @@ def integer_weight(layer: nn.Module, where: str, fused: bool = True) -> IntegerW
     """
     folded = isinstance(layer, FoldedQuantConv2d)
     source = layer.source if folded else layer
-    effective = layer.weight.detach().double()  # what the layer computes with (BN folded in)
+    # What the layer computes with: BN folded in, or the quantized weight of an unfolded layer
+    # (a conv with no BatchNorm after it: the squeeze-excite convs, a classifier).
+    effective = (layer.quantized_weight() if isinstance(layer, QuantizedLayer)
+                 else layer.weight).detach().double()
     shape = (-1,) + (1,) * (effective.dim() - 1)
     found = grid_codes(source, source.weight.detach().float(), where)
     if found is None:

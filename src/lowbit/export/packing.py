@@ -1,13 +1,12 @@
 """Packed checkpoints: every quantized weight stored at its own bit width, in safetensors.
 
-A k-bit weight tensor is stored as its integer codes on the quantizer's grid, k bits per value,
-packed little-end first into bytes (a 2-bit tensor of N values takes ceil(2N / 8) bytes), plus
-whatever its grid needs besides the codes:
-
-- ``dorefa`` (DoReFa Eq. 9, k > 1): codes c in [0, 2^k - 1], w_q = 2 c / (2^k - 1) - 1. The grid
-  is fixed in [-1, 1], so nothing else is stored.
-- ``channel_abs_max`` (PaddleSlim's per-channel abs-max): codes c + m with c in [-m, m],
-  m = 2^(k-1) - 1, and max|w_c| of each output channel in float32; w_q = c max|w_c| / m.
+A k-bit weight tensor is stored as its integer codes on its quantizer's grid, read through the
+grid contract (``Quantizer.grid``, ``integer_codes``, ``latent_weight``; ``lowbit.quant.grid``),
+so any quantizer that states its grid packs, a user's own included. Each code is stored as its
+level index (code - qmin) / code_step, k bits per value, packed little-end first into bytes (a
+2-bit tensor of N values takes ceil(2N / 8) bytes). The grid's description goes into the JSON
+header, a per-tensor scale with it (DoReFa Eq. 9's 1/n), and a per-channel scale into the payload
+as float32 (abs-max's max|w_c| / m: 4 bytes per output channel).
 
 BatchNorm layers are stored as the per-channel affine map they compute in eval mode,
 y = a x + b: two float32 numbers per channel, as many as their trainable gamma and beta, instead
@@ -24,8 +23,9 @@ latent float weights are not: they are what training needs, not what the model c
 
 ``load_packed`` needs a model built and ``quantize_model``-ed with the same config. It does not
 swap the quantizers for frozen tensors; it writes into each quantized layer a float weight that
-the layer's own quantizer maps back onto exactly the stored codes (for DoReFa, atanh(w_q / 2):
-tanh then undoes atanh and the per-tensor max normalises the 1/2 away), so the restored model is
+the layer's own quantizer maps back onto exactly the stored codes (its ``latent_weight``; for
+DoReFa, atanh(w_q / 2): tanh then undoes atanh and the per-tensor max normalises the 1/2 away),
+so the restored model is
 the same ordinary QAT model, whose outputs equal the saved model's bit for bit, and it can go on
 training. Both ``save_packed`` and ``load_packed`` check that equality on every weight and raise
 if a quantizer has no exact packed form (DoReFa's 1-bit Eq. 7, whose scale is a mean over the
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +45,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lowbit.quant import functional as Q
-from lowbit.quant.modules import ChannelAbsMaxWeight, DoReFaWeight, QuantizedLayer
+from lowbit.quant.functional import FULL_PRECISION
+from lowbit.quant.grid import IntegerGrid
+from lowbit.quant.modules import QuantizedLayer
 
 FORMAT = "lowbit-packed"
-FORMAT_VERSION = 1
-CODES, MAX_ABS = "codes", "max_abs"
+FORMAT_VERSION = 2  # 2: every grid described through the quantizers' grid contract
+CODES, SCALE = "codes", "scale"
 
 
 # -- bit packing ------------------------------------------------------------------------------
@@ -81,63 +83,56 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """One quantized weight in packed form: its grid's name, bits, shape, codes and extras."""
+    """One quantized weight in packed form: its quantizer's grid, shape and integer codes."""
 
-    grid: str
-    bits: int
+    grid: IntegerGrid
     shape: tuple[int, ...]
-    codes: torch.Tensor  # int64, the weight's shape
-    max_abs: torch.Tensor | None = None  # per output channel, channel_abs_max only
+    codes: torch.Tensor  # int64, the weight's shape, on the grid's levels
+
+    @property
+    def bits(self) -> int:
+        return self.grid.bits
 
     def dequantized(self) -> torch.Tensor:
-        """The float32 values the fake-quant layer computes with, with its exact arithmetic."""
-        if self.grid == "dorefa":
-            # functional.dorefa_weight: 2 * (round(n u) / n) - 1, the same float32 operations.
-            return 2 * self.codes.to(torch.float32).div_(Q.levels(self.bits)) - 1
-        scale = self.channel_scale()
-        return self.codes.to(torch.float32) * scale
-
-    def channel_scale(self) -> torch.Tensor:
-        m = Q.symmetric_levels(self.bits)
-        scale = self.max_abs.clamp_min(torch.finfo(torch.float32).tiny) / m
-        return scale.reshape(-1, *[1] * (len(self.shape) - 1))
-
-    def latent_weight(self) -> torch.Tensor:
-        """A float weight that the layer's own quantizer maps back onto these codes exactly."""
-        values = self.dequantized()
-        if self.grid == "dorefa":
-            # tanh(atanh(w_q / 2)) / (2 max|.|) + 1/2 = c / n up to a few ulps, far inside the
-            # rounding's half step; max|w_q| = 1 always (the largest |tanh| maps to 0 or n).
-            return torch.atanh(values / 2)
-        # Entries at +-m carry max|w_c| itself, so the quantizer recomputes the same scale.
-        m = Q.symmetric_levels(self.bits)
-        extreme = self.codes.abs() == m
-        max_abs = self.max_abs.reshape(self.channel_scale().shape).expand(self.shape)
-        return torch.where(extreme, self.codes.sign().to(torch.float32) * max_abs, values)
+        return self.grid.dequantize(self.codes)
 
 
 def encode_weight(layer: QuantizedLayer) -> PackedWeight:
-    """The packed form of ``layer``'s quantized weight; raises if it has none that is exact."""
-    quantizer, bits = layer.weight_quantizer, layer.wbits
+    """The packed form of ``layer``'s quantized weight, read through the grid contract.
+
+    NotImplementedError if the quantizer has no exact packed form: its grid is missing, or the
+    weight it restores (``latent_weight``) does not quantize back to the same values bit for bit.
+    """
+    quantizer = layer.weight_quantizer
     with torch.no_grad():
         weight = layer.weight.detach().to(torch.float32).cpu()
         fake_quant = quantizer(weight)
-    shape = tuple(weight.shape)
-    if isinstance(quantizer, DoReFaWeight) and bits > 1:
-        n = Q.levels(bits)
-        codes = torch.round((fake_quant + 1) * (n / 2)).to(torch.int64)
-        packed = PackedWeight("dorefa", bits, shape, codes)
-    elif isinstance(quantizer, ChannelAbsMaxWeight):
-        scale = Q.channelwise_absmax_scale(weight, bits).reshape(-1, *[1] * (weight.dim() - 1))
-        codes = torch.round(weight / scale).to(torch.int64)
-        packed = PackedWeight("channel_abs_max", bits, shape, codes, Q.channelwise_max_abs(weight))
-    else:
-        raise NotImplementedError(
-            f"no exact packed form for {type(quantizer).__name__} at {bits} bits"
-        )
-    if not torch.equal(packed.dequantized(), fake_quant):
-        raise AssertionError(f"packed {packed.grid} codes do not reproduce the fake-quant weight")
-    return packed
+        grid = quantizer.grid(weight)
+        codes = quantizer.integer_codes(weight)
+        grid.check_codes(codes, type(quantizer).__name__)
+        restored = quantizer(quantizer.latent_weight(codes, grid))
+    if not torch.equal(restored, fake_quant):
+        raise NotImplementedError(f"no exact packed form for {type(quantizer).__name__} at "
+                                  f"{grid.bits} bits: its latent_weight does not restore the "
+                                  f"fake-quant weight bit for bit")
+    return PackedWeight(grid, tuple(weight.shape), codes)
+
+
+def grid_header(grid: IntegerGrid) -> dict:
+    """The grid's description in the file's JSON header; a per-channel scale is a tensor."""
+    header = {"bits": grid.bits, "signed": grid.signed, "qmin": grid.qmin, "qmax": grid.qmax,
+              "zero_point": grid.zero_point, "code_step": grid.code_step, "axis": grid.axis}
+    if not grid.per_channel:  # float32 -> JSON double -> float32 is exact
+        header["scale"] = float(grid.scale)
+    return header
+
+
+def grid_from_header(entry: dict, channel_scale: torch.Tensor | None) -> IntegerGrid:
+    scale = channel_scale if entry["axis"] is not None else torch.tensor(entry["scale"],
+                                                                         dtype=torch.float32)
+    return IntegerGrid(int(entry["bits"]), bool(entry["signed"]), scale, int(entry["qmin"]),
+                       int(entry["qmax"]), int(entry["zero_point"]),
+                       entry["axis"], int(entry["code_step"]))
 
 
 BATCHNORM_MODES = ("affine", "keep")
@@ -201,7 +196,7 @@ def restores_exactly(layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor
 def quantized_weights(model: nn.Module) -> dict[str, QuantizedLayer]:
     """State-dict key of each quantized weight -> its layer (layers kept in float excluded)."""
     return {f"{name}.weight": module for name, module in model.named_modules()
-            if isinstance(module, QuantizedLayer) and module.wbits < Q.FULL_PRECISION}
+            if isinstance(module, QuantizedLayer) and module.wbits < FULL_PRECISION}
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -234,11 +229,11 @@ def save_packed(model: nn.Module, path: str | Path, batchnorm: str = "affine") -
                for buffer in ("running_mean", "running_var", "num_batches_tracked")}
     for key, layer in layers.items():
         packed = encode_weight(layer)
-        offset = Q.symmetric_levels(packed.bits) if packed.grid == "channel_abs_max" else 0
-        tensors[f"packed/{key}/{CODES}"] = pack_codes(packed.codes + offset, packed.bits)
-        if packed.max_abs is not None:
-            tensors[f"packed/{key}/{MAX_ABS}"] = packed.max_abs.contiguous()
-        header[key] = {"grid": packed.grid, "bits": packed.bits, "shape": list(packed.shape)}
+        tensors[f"packed/{key}/{CODES}"] = pack_codes(packed.grid.indices(packed.codes),
+                                                      packed.bits)
+        if packed.grid.per_channel:
+            tensors[f"packed/{key}/{SCALE}"] = packed.grid.scale.float().contiguous()
+        header[key] = {**grid_header(packed.grid), "shape": list(packed.shape)}
     for key, value in model.state_dict().items():
         if key in layers or key in skipped:
             continue
@@ -268,15 +263,11 @@ def read_packed(path: str | Path) -> tuple[dict[str, PackedWeight], dict[str, to
         tensors = {name: file.get_tensor(name) for name in file.keys()}
     weights = {}
     for key, entry in info["weights"].items():
-        bits, shape = int(entry["bits"]), tuple(entry["shape"])
-        count = 1
-        for size in shape:
-            count *= size
-        codes = unpack_codes(tensors[f"packed/{key}/{CODES}"], bits, count).reshape(shape)
-        if entry["grid"] == "channel_abs_max":
-            codes = codes - Q.symmetric_levels(bits)
-        weights[key] = PackedWeight(entry["grid"], bits, shape, codes,
-                                    tensors.get(f"packed/{key}/{MAX_ABS}"))
+        grid = grid_from_header(entry, tensors.get(f"packed/{key}/{SCALE}"))
+        shape = tuple(entry["shape"])
+        count = math.prod(shape)
+        indices = unpack_codes(tensors[f"packed/{key}/{CODES}"], grid.bits, count)
+        weights[key] = PackedWeight(grid, shape, grid.codes_of(indices).reshape(shape))
     state = {name.removeprefix("state/"): value for name, value in tensors.items()
              if name.startswith("state/")}
     for name, eps in info.get("affine_batchnorm", {}).items():
@@ -304,13 +295,14 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
         if packed.bits != layers[key].wbits:
             raise ValueError(f"{path}: {key} is packed at {packed.bits} bits, "
                              f"the model quantizes it to {layers[key].wbits}")
-        state[key] = packed.latent_weight()
+        state[key] = layers[key].weight_quantizer.latent_weight(packed.codes, packed.grid)
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         for key, packed in weights.items():
-            layer = layers[key]
-            restored = layer.weight_quantizer(layer.weight.detach().float().cpu())
-            if not torch.equal(restored, packed.dequantized()):
+            quantizer = layers[key].weight_quantizer
+            restored = layers[key].weight.detach().float().cpu()
+            if not (torch.equal(quantizer.integer_codes(restored), packed.codes)
+                    and torch.equal(quantizer.grid(restored).scale.float(), packed.grid.scale)):
                 raise AssertionError(f"{key}: the restored weight does not quantize back exactly")
     return model
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant import functional as Q
+from lowbit.quant.grid import IntegerGrid, symmetric_grid, unsigned_grid
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -50,7 +51,13 @@ def float32_math(forward: Callable) -> Callable:
 
 
 class Quantizer(nn.Module):
-    """Base class: a tensor-to-tensor map at ``bits`` bits (32 = identity)."""
+    """Base class: a tensor-to-tensor map at ``bits`` bits (32 = identity).
+
+    The grid contract (``lowbit.quant.grid``): a quantizer that packs and exports states its
+    integer grid with ``grid(x)``. A weight quantizer's grid may depend on the weight (pass it);
+    an activation quantizer's does not (x is ignored). ``integer_codes`` and ``latent_weight``
+    have defaults that serve any method whose outputs are exactly code x scale.
+    """
 
     def __init__(self, bits: int):
         super().__init__()
@@ -59,6 +66,27 @@ class Quantizer(nn.Module):
     @property
     def is_active(self) -> bool:
         return self.bits < Q.FULL_PRECISION
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        """The integer grid this quantizer maps onto; None when it leaves the tensor in float."""
+        if not self.is_active:
+            return None
+        raise NotImplementedError(f"{type(self).__name__} states no integer grid: implement "
+                                  f"grid() (lowbit.quant.grid) to pack and export it")
+
+    @torch.no_grad()
+    def integer_codes(self, w: torch.Tensor) -> torch.Tensor:
+        """The integer codes (int64) of this quantizer's output for ``w`` on ``grid(w)``."""
+        grid = self.grid(w)
+        values = self(w).double()
+        scale = grid.broadcast(grid.scale.double(), values)
+        return (torch.round(values / scale) + grid.zero_point).to(torch.int64)
+
+    def latent_weight(self, codes: torch.Tensor, grid: IntegerGrid) -> torch.Tensor:
+        """A float weight that this quantizer maps onto exactly ``codes``, so that a packed
+        checkpoint restores a model that trains on. The default, the grid's values, is right
+        for grids that do not depend on the weight (a fixed or learned step)."""
+        return grid.dequantize(codes)
 
     def extra_repr(self) -> str:
         return f"bits={describe_bits(self.bits)}"
@@ -70,6 +98,25 @@ class DoReFaWeight(Quantizer):
     @float32_math
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_weight(w, self.bits)
+
+    def grid(self, w: torch.Tensor | None = None) -> IntegerGrid | None:
+        """Eq. 9: (2c - n) / n, the odd codes -n..n at step 1/n; Eq. 7: +-1 at step E|w|."""
+        if not self.is_active:
+            return None
+        if self.bits == 1:
+            scale = w.detach().float().abs().mean()  # functional.dorefa_weight's E(|w|)
+            return IntegerGrid(1, True, scale, -1, 1, code_step=2)
+        n = Q.levels(self.bits)
+        return IntegerGrid(self.bits, True, torch.tensor(1.0 / n), -n, n, code_step=2)
+
+    def latent_weight(self, codes: torch.Tensor, grid: IntegerGrid) -> torch.Tensor:
+        if self.bits == 1:
+            return super().latent_weight(codes, grid)
+        # The float32 operations of functional.dorefa_weight, 2 (c / n) - 1, then atanh(w_q / 2):
+        # tanh undoes atanh and the per-tensor max normalises the 1/2 away (max|w_q| is always 1).
+        n = Q.levels(self.bits)
+        values = 2 * torch.div(codes + n, 2, rounding_mode="floor").to(torch.float32).div_(n) - 1
+        return torch.atanh(values / 2)
 
 
 class DoReFaActivation(Quantizer):
@@ -83,6 +130,14 @@ class DoReFaActivation(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_activation(x, self.bits, self.scale)
 
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        """Codes 0..n worth 1/n each; the input step is 1/(n act_scale) (no multiply-back)."""
+        if not self.is_active:
+            return None
+        n = Q.levels(self.bits)
+        return unsigned_grid(self.bits, torch.tensor(1.0 / n),
+                             input_scale=torch.tensor(1.0 / (n * self.scale)))
+
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
 
@@ -94,6 +149,13 @@ class DoReFaSignedActivation(DoReFaActivation):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_activation_signed(x, self.bits, self.scale)
 
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        if not self.is_active:
+            return None
+        m = Q.symmetric_levels(self.bits)
+        return symmetric_grid(self.bits, torch.tensor(1.0 / m),
+                              input_scale=torch.tensor(1.0 / (m * self.scale)))
+
     def extra_repr(self) -> str:
         return super().extra_repr() + ", signed"
 
@@ -104,6 +166,32 @@ class ChannelAbsMaxWeight(Quantizer):
     @float32_math
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return Q.channelwise_absmax_weight(w, self.bits)
+
+    def grid(self, w: torch.Tensor | None = None) -> IntegerGrid | None:
+        if not self.is_active:
+            return None
+        return symmetric_grid(self.bits, Q.channelwise_absmax_scale(w.detach().float(), self.bits),
+                              axis=0)
+
+    def latent_weight(self, codes: torch.Tensor, grid: IntegerGrid) -> torch.Tensor:
+        # The grid's values, except that the entries at +-m carry a max|w_c| whose float32
+        # quotient by m is the stored step again, so the quantizer recomputes the same scale.
+        m = grid.qmax
+        max_abs = grid.broadcast(float32_multiple(grid.scale.float(), m), codes).expand(codes.shape)
+        extreme = codes.abs() == m
+        return torch.where(extreme, codes.sign().to(torch.float32) * max_abs, grid.dequantize(codes))
+
+
+def float32_multiple(step: torch.Tensor, m: int) -> torch.Tensor:
+    """For each float32 ``step``, a float32 c with c / m == step exactly (step * m, or one of its
+    float32 neighbours when that product rounds the other way)."""
+    guess = step * m
+    infinity = torch.full_like(guess, float("inf"))
+    candidates = (guess, torch.nextafter(guess, infinity), torch.nextafter(guess, -infinity))
+    chosen = guess
+    for candidate in reversed(candidates):
+        chosen = torch.where(candidate / m == step, candidate, chosen)
+    return chosen
 
 
 class LearnedClip(Quantizer):
@@ -158,6 +246,10 @@ class LearnedClip(Quantizer):
             self.alpha.clamp_(min=self.ALPHA_MIN)
         return self.alpha
 
+    def projected_alpha(self) -> torch.Tensor:
+        """alpha as the next forward will use it (>= ALPHA_MIN), float32, detached."""
+        return self.alpha.detach().float().clamp(min=self.ALPHA_MIN)
+
     def extra_repr(self) -> str:
         text = f"{super().extra_repr()}, alpha={self.alpha.item():.4g}"
         if not self.calibrated:
@@ -188,6 +280,12 @@ class PACTActivation(LearnedClip):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.pact(x, self.clipping_level(x), self.bits)
 
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        """Codes 0..n at step alpha / n (float32, the step the forward computes with)."""
+        if not self.is_active:
+            return None
+        return unsigned_grid(self.bits, self.projected_alpha() / Q.levels(self.bits))
+
 
 class PACTSymmetricActivation(LearnedClip):
     """Symmetric PACT: clip(x, -alpha, alpha) on a signed k-bit grid (PaddleOCR)."""
@@ -198,6 +296,12 @@ class PACTSymmetricActivation(LearnedClip):
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.pact_symmetric(x, self.clipping_level(x), self.bits)
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        """Codes -m..m at step alpha / m."""
+        if not self.is_active:
+            return None
+        return symmetric_grid(self.bits, self.projected_alpha() / Q.symmetric_levels(self.bits))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", signed"
