@@ -6,9 +6,10 @@ of every value that a (multi)run names, on the command line or in a sweep preset
 ``hydra.sweeper.params``/``grids``, runs ``check_config`` on each, and answers the first problem
 with one line on stderr and exit status 2, before any data is loaded.
 
-Exit statuses: 2 bad input (nothing ran), 3 a single run diverged, 1 a multirun in which some
-jobs failed (``lowbit.sweep.outcome``; the other jobs ran to the end), 143 / 130 a run stopped
-by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it).
+Exit statuses: 2 bad input (nothing ran), 3 a single run diverged, 1 a single run trained and
+tested but a stage after that failed (``lowbit.train.StageFailed``; its metrics are kept), or a
+multirun in which some jobs failed (``lowbit.sweep.outcome``; the other jobs ran to the end),
+143 / 130 a run stopped by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Any
 
 from lowbit.config import CONFIG_DIR
 from lowbit.errors import ConfigError
+from lowbit.results import RESULTS_FILE
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_STAGE_FAILED = 1
 # Hydra flags that take a value, and flags that ask Hydra for information instead of a run.
 FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
                     "--package", "-p", "--experimental-rerun"}
@@ -305,13 +308,15 @@ def expand_resume(argv: list[str]) -> list[str]:
 
 def main_job(cfg) -> float | tuple[float, ...] | None:
     """The body of ``@hydra.main``: one run. A single run answers bad input with one line and
-    exit status 2, a NaN loss with exit status 3. A job of a multirun never stops its sweep:
-    its failure is recorded (results.json, W&B tag), told on stderr, and the sweep goes on."""
+    exit status 2, a NaN loss with exit status 3, a failed stage after testing with its metrics
+    table, one line and exit status 1. A job of a multirun never stops its sweep: its failure is
+    recorded (results.json, W&B tag), told on stderr, and the sweep goes on; a job whose stage
+    after testing failed still gives the sweeper the objectives it measured."""
     from lowbit.checkpoints import Interrupted
     from lowbit.console import print_summary
     from lowbit.sweep import job
     from lowbit.tasks.base import Diverged
-    from lowbit.train import run
+    from lowbit.train import StageFailed, run
 
     if not job.in_multirun():
         try:
@@ -322,6 +327,10 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
             fail(f"run diverged: {error}", EXIT_DIVERGED)
         except Interrupted as error:
             fail(str(error), error.code)
+        except StageFailed as error:  # the traceback is in the log
+            print_summary(error.results)
+            fail(f"{error}; the metrics measured are kept in "
+                 f"{Path(error.results['run_dir']) / RESULTS_FILE}", EXIT_STAGE_FAILED)
         print_summary(results)
         return objective_values(cfg, results["metrics"])
 
@@ -334,6 +343,9 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
         kind = "diverged" if isinstance(error, Diverged) else "failed"
         print(f"lowbit: job {name} {kind}: {error}; the sweep goes on", file=sys.stderr)
         return objective_values(cfg, {})
+    except StageFailed as error:
+        print(f"lowbit: job {name} failed: {error}; the sweep goes on", file=sys.stderr)
+        return objective_values(cfg, error.results["metrics"])
     except Exception:  # a bug or a crash: its traceback, then the next job
         traceback.print_exc()
         print(f"lowbit: job {name} crashed; the sweep goes on", file=sys.stderr)

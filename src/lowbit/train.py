@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -192,27 +192,34 @@ def task_metric(name: str, task: str) -> str:
 
 
 def measure_costs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
-                  cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
-    """Size (measured: the packed checkpoint written into ``output_dir``), MACs, BOPs, latency."""
+                  cfg: DictConfig) -> dict[str, float]:
+    """Parameters, size limit, MACs, BOPs and latency of the fake-quant model on ``device``."""
     size = model_size(model)
     macs = sum(count_macs(model, input_shape).values())
     bops = sum(count_bops(model, input_shape).values())
-    costs = {
+    latency = measure_latency(model.to(device), input_shape, **cfg.get("latency", {}))
+    return {
         "model/params": size.params,
         "model/size_limit_bytes": size.size_limit_bytes,
         "model/size_fp32_bytes": size.size_fp32_bytes,
         "model/macs": macs,
         "model/bops": bops,
+        "latency/ms": latency["ms"],
+        "latency/threads": latency["threads"],
     }
+
+
+def pack_costs(model: nn.Module, output_dir: Path) -> dict[str, float]:
+    """The measured size: the packed checkpoint written into ``output_dir``, and its ratio to
+    the fp32 size. A model without an exact packed form is logged and has no measured size."""
     try:
-        packed = save_packed(model, (output_dir or Path(cfg.paths.output_dir)) / PACKED_FILE)
+        packed = save_packed(model, output_dir / PACKED_FILE)
     except NotImplementedError as error:  # 1-bit DoReFa (Eq. 7): no exact packed form yet
         log.warning("no packed checkpoint, so no measured model/size_bytes: %s", error)
-    else:
-        costs["model/size_bytes"] = packed.stat().st_size
-        costs["model/compression"] = size.size_fp32_bytes / costs["model/size_bytes"]
-    latency = measure_latency(model.to(device), input_shape, **cfg.get("latency", {}))
-    return {**costs, "latency/ms": latency["ms"], "latency/threads": latency["threads"]}
+        return {}
+    size_bytes = packed.stat().st_size
+    return {"model/size_bytes": size_bytes,
+            "model/compression": model_size(model).size_fp32_bytes / size_bytes}
 
 
 def export_costs(model: nn.Module, datamodule, cfg: DictConfig,
@@ -233,6 +240,58 @@ def export_costs(model: nn.Module, datamodule, cfg: DictConfig,
     except UnsupportedModel as error:
         log.warning("no integer ONNX export: %s", error)
         return {}
+
+
+Stage = tuple[str, Callable[[], dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    """Which stage failed and how, as results.json records it."""
+
+    stage: str
+    error: str  # "<ExceptionType>: <message>", one line
+
+
+class StageFailed(RuntimeError):
+    """A stage after testing failed (``run_stages``). Training and testing succeeded, and
+    ``results`` (what results.json holds) keeps every metric measured before and besides it."""
+
+    def __init__(self, results: dict[str, Any]):
+        super().__init__(f"the {results['failed_stage']} stage failed: {results['error']}")
+        self.results = results
+
+
+def measuring_stages(model: nn.Module, datamodule, device: torch.device, cfg: DictConfig,
+                     output_dir: Path) -> list[Stage]:
+    """The work after testing, as named stages in the order they run. Each needs only the
+    trained model, never another stage's result, so a failed stage does not stop the next one:
+    the model is still packed when its latency could not be measured, and exported when it
+    could not be packed. The export comes last since it leaves the model on the CPU."""
+    return [
+        ("measure", lambda: measure_costs(model, datamodule.image_shape, device, cfg)),
+        ("pack", lambda: pack_costs(model, output_dir)),
+        ("export", lambda: export_costs(model, datamodule, cfg, output_dir)),
+    ]
+
+
+def describe(error: Exception) -> str:
+    """``Type: message`` on one line, as results.json's ``error`` holds it."""
+    message = one_line(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def run_stages(stages: list[Stage], metrics: dict[str, float]) -> StageFailure | None:
+    """Runs every stage, adding what each measures to ``metrics``, so that no failure loses the
+    metrics of the others; returns the first failure (each one's traceback goes to the log)."""
+    first_failure = None
+    for name, measure in stages:
+        try:
+            metrics.update(measure())
+        except Exception as error:
+            log.exception("the %s stage failed; the metrics measured so far are kept", name)
+            first_failure = first_failure or StageFailure(name, describe(error))
+    return first_failure
 
 
 def wandb_run_of(loggers: list):
@@ -261,9 +320,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     """Train, test and measure one configuration; returns the results written to results.json.
 
     Raises ConfigError for bad input (before any work), Diverged for a NaN loss, Interrupted
-    when SIGTERM or Ctrl-C stopped training (after saving last.ckpt); results.json records every
-    outcome with its ``status``. With ``resume``/``ckpt_path`` training continues from that
-    checkpoint (``lowbit.resume``). Under DDP only global rank 0 measures and records.
+    when SIGTERM or Ctrl-C stopped training (after saving last.ckpt), StageFailed when a stage
+    after testing failed (``measuring_stages``; every stage still ran, and results.json keeps
+    the metrics measured, with ``failed_stage`` and ``error`` naming the first failure).
+    results.json records every outcome with its ``status``. With ``resume``/``ckpt_path``
+    training continues from that checkpoint (``lowbit.resume``). Under DDP only global rank 0
+    measures and records.
     """
     output_dir = Path(output_dir or cfg.paths.output_dir)
     started = time.time()
@@ -310,25 +372,28 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if resume_from is not None:
             results["resumed_from"] = str(resume_from)
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith(("val/", "train/"))}
+        metrics = results["metrics"]  # filled in place: whatever fails later, these are kept
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
+                        if k.startswith(("val/", "train/"))})
         if cfg.get("test", True):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
                                   weights_only=True)
             metrics.update({k: float(v) for k, v in tested[0].items()})
-        if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
-            metrics.update(measure_costs(task.model, datamodule.image_shape,
-                                         trainer.strategy.root_device, cfg, output_dir))
-            metrics.update(export_costs(task.model, datamodule, cfg, output_dir))
         if replica_sync.report is not None:
             results["distributed"] = replica_sync.report
-        results["metrics"] = metrics
         results["task"] = data_task(datamodule)
         results["alpha"] = {name: clip.alpha.item()
                             for name, clip in learned_clips(task.model).items()}
+        failure = None
+        if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
+            failure = run_stages(measuring_stages(task.model, datamodule,
+                                                  trainer.strategy.root_device, cfg, output_dir),
+                                 metrics)
         results["status"] = STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) \
             else STATUS_OK
+        if failure is not None:
+            results.update(status=STATUS_FAILED, failed_stage=failure.stage, error=failure.error)
     except Diverged as error:
         results.update(status=STATUS_DIVERGED, error=str(error))
         raise
@@ -346,4 +411,6 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
             if output_dir.is_dir():
                 write_json_atomically(output_dir / RESULTS_FILE, results)
+    if "failed_stage" in results:
+        raise StageFailed(results)
     return results
