@@ -4,7 +4,8 @@
 
 Reads every results.json under the given folders (sweep dirs, run dirs, or the files) and writes
 into ``--out`` (default: ``report/`` inside the first folder): ``index.html`` (self-contained:
-figures inline), ``pareto_size.png``, ``pareto_latency.png``, ``accuracy_vs_bits.png`` and
+figures inline), ``pareto_size.png``, ``pareto_latency.png`` (int8 latency; fake-quant latency,
+marked, for runs without an int8 export), ``pareto_bops.png``, ``accuracy_vs_bits.png`` and
 ``runs.md``. No training code is imported: the report is what the runs recorded.
 """
 
@@ -13,16 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowbit.report import load_runs_or_explain, write_report
-
-
-def default_accuracy(runs) -> str:
-    """val/map50_best when every run that has a metric is a detection run, else val/acc_best."""
-    measured = [run for run in runs if run.metric("val/map50_best") is not None
-                or run.metric("val/acc_best") is not None]
-    if measured and all(run.metric("val/map50_best") is not None for run in measured):
-        return "val/map50_best"
-    return "val/acc_best"
+from lowbit.report import default_accuracy, load_runs_or_explain, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,18 @@ def test_notebook_compares_a_sweep_from_its_results_files(tmp_path, monkeypatch)
     assert "W&B group: 2026-11-01_12-00-00_bits_grid" in text  # the group a sweep's runs share
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs(notebook))
     assert markdown.count("| 4_nin-pact-w4a4g32-digits |") == 1
+    # The deployed latency and BOPs columns, and what a dagger in the int8 column means.
+    assert "| BOPs | latency int8 (ms) |" in markdown and "| 3.00† |" in markdown
+    assert "† fake-quant latency (no int8 export): latency/ms" in markdown
     images = [o for o in outputs(notebook) if "image/png" in o.get("data", {})]
-    assert len(images) == 3  # two Pareto fronts and accuracy vs bits
+    assert len(images) == 4  # Pareto fronts against size, latency and BOPs; accuracy vs bits
     assert "On the Pareto front (cheapest first): 1_nin-dorefa-w2a2g32-digits" in text
+    # The latency front by int8 latency (fake-quant for fp32, said so), then the BOPs front.
+    assert ("On the Pareto front (cheapest first): 3_nin-dorefa-w8a8g32-digits (0.9200), "
+            "4_nin-pact-w4a4g32-digits (0.9300), 0_nin-fp32-w32a32g32-digits (0.9500). "
+            "Hollow markers (2 of 5 runs): fake-quant latency (no int8 export).") in text
+    assert ("On the Pareto front (cheapest first): 1_nin-dorefa-w2a2g32-digits (0.8000), "
+            "4_nin-pact-w4a4g32-digits (0.9300), 0_nin-fp32-w32a32g32-digits (0.9500)\n") in text
 
 
 def test_wandb_runs_become_the_same_records_as_results_files():

@@ -4,7 +4,9 @@ figures.py the plots, page.py writes the HTML page, PNGs and Markdown; wandb_run
 runs onto the same records."""
 
 from lowbit.report.page import write_report
-from lowbit.report.runs import RunRecord, load_runs, load_runs_or_explain, pareto_front
+from lowbit.report.runs import (DEPLOYED_LATENCY, Cost, RunRecord, default_accuracy, load_runs,
+                                load_runs_or_explain, pareto_front)
 from lowbit.report.table import markdown_table
 
-__all__ = ["RunRecord", "load_runs", "load_runs_or_explain", "markdown_table", "pareto_front", "write_report"]
+__all__ = ["DEPLOYED_LATENCY", "Cost", "RunRecord", "default_accuracy", "load_runs",
+           "load_runs_or_explain", "markdown_table", "pareto_front", "write_report"]

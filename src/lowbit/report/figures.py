@@ -11,8 +11,9 @@ from collections import defaultdict
 from typing import Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from lowbit.report.runs import BIT_KINDS, RunRecord, pareto_front
+from lowbit.report.runs import BIT_KINDS, Cost, RunRecord, as_cost, measured_runs, pareto_front
 
 FULL_PRECISION = "fp32"
 # One colour per quantizer, the same in every figure; others take the next free colour.
@@ -49,33 +50,57 @@ def empty_note(axes, text: str) -> None:
     axes.set_yticks([])
 
 
-def pareto_figure(runs: Sequence[RunRecord], cost: str, cost_label: str, accuracy: str,
+def scatter_runs(axes, runs: Sequence[RunRecord], cost: Cost, accuracy: str,
+                 colour: str, stand_in: bool) -> None:
+    """Filled markers for a cost's own values, hollow ones for its stand-in's."""
+    if runs:
+        axes.scatter([cost.value(r) for r in runs], [r.metric(accuracy) for r in runs], s=46,
+                     facecolors="none" if stand_in else colour, edgecolors=colour,
+                     linewidths=1.5, zorder=3)
+
+
+def marker_handle(label: str, colour: str, hollow: bool = False) -> Line2D:
+    """A legend entry for points drawn by ``scatter_runs`` (scatter calls carry no labels)."""
+    return Line2D([], [], linestyle="none", marker="o", markersize=7, color=colour,
+                  markerfacecolor="none" if hollow else colour, markeredgewidth=1.5, label=label)
+
+
+def pareto_figure(runs: Sequence[RunRecord], cost: str | Cost, cost_label: str, accuracy: str,
                   accuracy_label: str) -> Figure:
-    """Every finished run as a point (colour: quantizer, label: W/A/G); the front as a line."""
+    """Every finished run as a point (colour: quantizer, label: W/A/G, hollow: the cost's
+    stand-in value, with its own legend entry); the front as a line."""
+    cost = as_cost(cost)
     figure = Figure(figsize=(7.5, 4.8))
     axes = figure.add_subplot()
     colours = quantizer_colours(runs)
-    points = [r for r in runs if r.ok and r.metric(cost) is not None
-              and r.metric(accuracy) is not None]
+    points = measured_runs(runs, cost, accuracy)
     if not points:
         empty_note(axes, f"no finished run has both {accuracy} and {cost}")
         return figure
-    for quantizer in quantizer_order({r.quantizer or "?" for r in points}):
+    quantizers = quantizer_order({r.quantizer or "?" for r in points})
+    for quantizer in quantizers:
         mine = [r for r in points if (r.quantizer or "?") == quantizer]
-        axes.scatter([r.metric(cost) for r in mine], [r.metric(accuracy) for r in mine],
-                     s=46, color=colours[quantizer], label=quantizer, zorder=3)
+        for stand_in in (False, True):
+            scatter_runs(axes, [r for r in mine if cost.falls_back(r) == stand_in], cost,
+                         accuracy, colours[quantizer], stand_in)
     for run in points:
-        axes.annotate(run.bits_label, (run.metric(cost), run.metric(accuracy)),
+        axes.annotate(run.bits_label, (cost.value(run), run.metric(accuracy)),
                       textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444")
     front = pareto_front(points, cost, accuracy)
-    axes.step([r.metric(cost) for r in front], [r.metric(accuracy) for r in front],
-              where="post", color="#d62728", linewidth=1.5, zorder=2, label="Pareto front")
-    if max(r.metric(cost) for r in points) > 8 * min(r.metric(cost) for r in points):
-        axes.set_xscale("log")  # sizes from 2-bit to FP32 span more than a decade
+    (front_line,) = axes.step([cost.value(r) for r in front], [r.metric(accuracy) for r in front],
+                              where="post", color="#d62728", linewidth=1.5, zorder=2,
+                              label="Pareto front")
+    handles = [marker_handle(q, colours[q]) for q in quantizers] + [front_line]
+    if any(cost.falls_back(r) for r in points):
+        handles.append(marker_handle(cost.fallback_label, "#444444", hollow=True))
+    values = [cost.value(r) for r in points]
+    if max(values) > 8 * min(values):
+        axes.set_xscale("log")  # sizes and BOPs from 2-bit to FP32 span over a decade
     axes.set_xlabel(cost_label)
     axes.set_ylabel(accuracy_label)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the points
+    axes.legend(handles=handles, fontsize=8, loc="upper left",
+                bbox_to_anchor=(1.01, 1.0))  # off the points
     return figure
 
 

@@ -14,17 +14,20 @@ from pathlib import Path
 from typing import Sequence
 
 from lowbit.report.figures import bits_figure, pareto_figure, png_bytes
-from lowbit.report.runs import RunRecord, pareto_front
-from lowbit.report.table import markdown_table, table_cells
+from lowbit.report.runs import (DEPLOYED_LATENCY, Cost, RunRecord, as_cost, measured_runs,
+                                pareto_front)
+from lowbit.report.table import markdown_table, stand_in_note, table_cells
 
 ACCURACY_LABELS = {"val/acc_best": "validation accuracy (best epoch)", "test/acc": "test accuracy",
                    "val/map50_best": "validation mAP@0.5 (best epoch)",
                    "test/map50": "test mAP@0.5"}
-# (file stem, title, cost metric, axis label); the fronts minimise cost and maximise accuracy.
-PARETO_PLOTS = [
+# (file stem, title, cost, axis label); the fronts minimise cost and maximise accuracy.
+PARETO_PLOTS: list[tuple[str, str, str | Cost, str]] = [
     ("pareto_size", "Accuracy vs model size", "model/size_bytes", "model size (bytes, packed file)"),
-    ("pareto_latency", "Accuracy vs latency", "latency/ms",
-     "latency, batch 1 (ms, fake-quant graph in float32)"),
+    ("pareto_latency", "Accuracy vs latency", DEPLOYED_LATENCY,
+     "latency, batch 1 (ms, ONNX Runtime int8 model unless marked)"),
+    ("pareto_bops", "Accuracy vs bit operations", "model/bops",
+     "bit operations (BOPs: MACs x weight bits x activation bits)"),
 ]
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -56,12 +59,22 @@ def accuracy_label(accuracy: str) -> str:
     return ACCURACY_LABELS.get(accuracy, accuracy)
 
 
-def front_caption(runs: Sequence[RunRecord], cost: str, accuracy: str) -> str:
+def stand_in_sentence(runs: Sequence[RunRecord], cost: Cost, accuracy: str) -> str:
+    """How many points are the cost's stand-in, so that the caption says it without the figure."""
+    points = measured_runs(runs, cost, accuracy)
+    marked = sum(cost.falls_back(r) for r in points)
+    return f"Hollow markers ({marked} of {len(points)} runs): {cost.fallback_label}." \
+        if marked else ""
+
+
+def front_caption(runs: Sequence[RunRecord], cost: str | Cost, accuracy: str) -> str:
+    cost = as_cost(cost)
     front = pareto_front(runs, cost, accuracy)
     if not front:
         return f"No finished run recorded {cost}."
-    return "On the Pareto front (cheapest first): " + ", ".join(
+    listed = "On the Pareto front (cheapest first): " + ", ".join(
         f"{r.name} ({r.metric(accuracy):.4f})" for r in front)
+    return ". ".join(filter(None, [listed, stand_in_sentence(runs, cost, accuracy)]))
 
 
 def make_figures(runs: Sequence[RunRecord], accuracy: str) -> list[ReportFigure]:
@@ -92,7 +105,9 @@ def html_table(runs: Sequence[RunRecord]) -> str:
         cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
         title = f' title="{html.escape(run.error)}"' if run.error else ""
         body.append(f'<tr class="{"ok" if run.ok else "failed"}"{title}>{cells}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    note = stand_in_note(runs)
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            + (f'<p class="note">{html.escape(note)}</p>' if note else ""))
 
 
 def html_page(title: str, runs: Sequence[RunRecord], figures: Sequence[ReportFigure],
@@ -111,7 +126,8 @@ def html_page(title: str, runs: Sequence[RunRecord], figures: Sequence[ReportFig
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(summary_line(runs))}. Accuracy: {html.escape(accuracy_label(accuracy))}.
 Sizes are each run's packed checkpoint (bits-aware and computed in runs older than the packed
-file); latencies are of the fake-quant graph in PyTorch (float32), not of a deployed integer model.</p>
+file); latency is the int8 model's in ONNX Runtime at batch 1, or, marked as such, the fake-quant
+graph's in PyTorch float32 for runs without an int8 export; BOPs weigh each MAC by its bits.</p>
 {''.join(sections)}
 <h2>Runs</h2>
 {html_table(runs)}
@@ -130,7 +146,8 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str,
         path.write_bytes(figure.png)
         pngs.append(path)
     markdown = out_dir / "runs.md"
-    markdown.write_text(f"# {title}\n\n{summary_line(runs)}.\n\n{markdown_table(runs)}")
+    markdown.write_text(f"# {title}\n\n{summary_line(runs)}.\n\n{markdown_table(runs)}",
+                        encoding="utf-8")  # the table may carry a dagger
     page = out_dir / "index.html"
-    page.write_text(html_page(title, runs, figures, accuracy))
+    page.write_text(html_page(title, runs, figures, accuracy), encoding="utf-8")
     return ReportFiles(html=page, markdown=markdown, figures=pngs)

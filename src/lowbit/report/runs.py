@@ -103,13 +103,69 @@ def load_runs_or_explain(paths: list[str], program: str) -> list[RunRecord] | No
     return runs
 
 
-def pareto_front(runs: Iterable[RunRecord], cost: str, accuracy: str) -> list[RunRecord]:
+def default_accuracy(runs: Iterable[RunRecord]) -> str:
+    """val/map50_best when every run that has a metric is a detection run, else val/acc_best:
+    the figures of a detection sweep then plot mAP without being told."""
+    measured = [run for run in runs if run.metric("val/map50_best") is not None
+                or run.metric("val/acc_best") is not None]
+    if measured and all(run.metric("val/map50_best") is not None for run in measured):
+        return "val/map50_best"
+    return "val/acc_best"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a Pareto front minimises: a metric, and for runs that lack it a stand-in metric.
+
+    The stand-in exists because old runs (and runs whose int8 export failed) have no deployed
+    latency; whoever draws or tables a cost asks ``falls_back`` so that stand-in values are
+    always marked as such, never mixed silently with the real ones.
+    """
+
+    key: str
+    fallback: str | None = None
+    fallback_label: str = ""
+
+    def __str__(self) -> str:
+        return self.key if self.fallback is None else f"{self.key} (or {self.fallback})"
+
+    def value(self, run: RunRecord) -> float | None:
+        measured = run.metric(self.key)
+        if measured is not None or self.fallback is None:
+            return measured
+        return run.metric(self.fallback)
+
+    def falls_back(self, run: RunRecord) -> bool:
+        """True when the run's value is the stand-in's, not the cost's own."""
+        return run.metric(self.key) is None and self.value(run) is not None
+
+
+# The latency a deployment sees (ONNX Runtime, int8 model, batch 1); without an int8 export, the
+# fake-quant graph's PyTorch float32 latency, which says little about deployment.
+DEPLOYED_LATENCY = Cost("latency/int8_ms", fallback="latency/ms",
+                        fallback_label="fake-quant latency (no int8 export)")
+
+
+def as_cost(cost: str | Cost) -> Cost:
+    """A metric name is the cost without a stand-in."""
+    return cost if isinstance(cost, Cost) else Cost(cost)
+
+
+def measured_runs(runs: Iterable[RunRecord], cost: str | Cost,
+                  accuracy: str) -> list[RunRecord]:
+    """The finished runs with both a cost and an accuracy: the points of a front's figure."""
+    cost = as_cost(cost)
+    return [r for r in runs if r.ok and cost.value(r) is not None
+            and r.metric(accuracy) is not None]
+
+
+def pareto_front(runs: Iterable[RunRecord], cost: str | Cost, accuracy: str) -> list[RunRecord]:
     """The finished runs that no other run beats on both: at most the cost and more accurate,
     or cheaper and at least as accurate. Cheapest first; of equal points, one is kept.
     """
-    points = [r for r in runs if r.ok and r.metric(cost) is not None
-              and r.metric(accuracy) is not None]
-    points.sort(key=lambda r: (r.metric(cost), -r.metric(accuracy)))
+    cost = as_cost(cost)
+    points = sorted(measured_runs(runs, cost, accuracy),
+                    key=lambda r: (cost.value(r), -r.metric(accuracy)))
     front: list[RunRecord] = []
     best = -math.inf
     for run in points:
