@@ -30,7 +30,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from lowbit.export.onnx_graph import INPUT, OUTPUT, UnsupportedModel, build_int8_graph
+from lowbit.export.onnx_graph import INPUT, UnsupportedModel, build_int8_graph, output_names
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
 from lowbit.quant.modules import QuantConv2d, QuantLinear
 
@@ -91,12 +91,15 @@ def export_fp32_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     network = float_model(model).float().cpu()
+    with torch.no_grad():
+        example = network(torch.zeros(1, *input_shape))
+    outputs = output_names(len(example) if isinstance(example, (tuple, list)) else 1)
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore")
         # dynamo=False: the torch.export-based exporter needs onnxscript, not a lowbit dependency.
         torch.onnx.export(network, (torch.zeros(1, *input_shape),), str(path), dynamo=False,
-                          opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+                          opset_version=opset, input_names=[INPUT], output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]})
     return path
 
 
@@ -156,13 +159,19 @@ def optimized_op_types(path: str | Path, scratch: str | Path) -> list[str]:
     return [node.op_type for node in onnx.load(str(scratch)).graph.node]
 
 
+def onnx_outputs(path: str | Path, images: torch.Tensor, threads: int = DEFAULT_THREADS,
+                 batch_size: int = 256) -> list[torch.Tensor]:
+    """Every output of the model for ``images``, computed by ORT (a detector has two)."""
+    runner = session(path, threads)
+    batches = [runner.run(None, {INPUT: chunk.float().cpu().numpy()})
+               for chunk in images.split(batch_size)]
+    return [torch.from_numpy(np.concatenate(parts)) for parts in zip(*batches)]
+
+
 def onnx_predict(path: str | Path, images: torch.Tensor, threads: int = DEFAULT_THREADS,
                  batch_size: int = 256) -> torch.Tensor:
-    """The model's outputs (logits) for ``images``, computed by ORT."""
-    runner = session(path, threads)
-    outputs = [runner.run(None, {INPUT: chunk.float().cpu().numpy()})[0]
-               for chunk in images.split(batch_size)]
-    return torch.from_numpy(np.concatenate(outputs))
+    """The model's first output (a classifier's logits) for ``images``, computed by ORT."""
+    return onnx_outputs(path, images, threads, batch_size)[0]
 
 
 def _timed(runner: ort.InferenceSession, feed: dict) -> float:
@@ -236,5 +245,5 @@ def top1_agreement(model: nn.Module, onnx_path: str | Path,
 
 
 __all__ = ["INTEGER_CONV_OPS", "UnsupportedModel", "export_fp32_onnx", "export_int8_onnx",
-           "float_model", "onnx_latency_ms", "onnx_latency_table", "onnx_predict",
+           "float_model", "onnx_latency_ms", "onnx_latency_table", "onnx_outputs", "onnx_predict",
            "optimized_op_types", "ort_static_qdq", "top1_agreement"]

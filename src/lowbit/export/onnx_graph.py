@@ -9,10 +9,10 @@ the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes Q
   1-bit DoReFa (Eq. 7) codes are +-1 (step E|w|): int8 holds them exactly up to 7 bits
   (abs-max: 8), and are stored multiplied by K = floor(127 / max|code|) (the same grid at step
   / K, for a K times finer bias grid). Wider codes do not fit int8 and ORT has no 16-bit integer
-  conv, so in a layer that runs on integers a channel whose codes exceed 127 is re-rounded onto
-  127 steps of its own max|code| (8-bit DoReFa: at most half an int8 step, about a quarter of
-  the 1/255 grid step); channels that fit stay exact, and a layer with a float output (the
-  classifier) keeps such codes exact in int32. Biases: int32 on the scale input_scale *
+  conv (and fuses even a float-output Gemm into an int8 QGemm), so a channel whose codes exceed
+  127 is re-rounded onto 127 steps of its own max|code| (8-bit DoReFa: at most half an int8
+  step, about a quarter of the 1/255 grid step); channels that fit stay exact. Biases: int32 on
+  the scale input_scale *
   weight_scale, as QLinearConv requires; their rounding (at most 1/2K of the accumulator step)
   is the one inexact part of an exact layer.
 - Activations: a layer's input quantizer becomes QuantizeLinear with its own step (DoReFa:
@@ -31,6 +31,8 @@ the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes Q
 
 from __future__ import annotations
 
+import json
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,10 +47,14 @@ from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
 from lowbit.quant.modules import QuantizedLayer, Quantizer
 
 INPUT, OUTPUT = "input", "logits"
+# Model metadata: the layers whose outputs the export adds a Q to, and each layer's input codes.
+REQUANTIZED_KEY, LAYER_INPUTS_KEY = "lowbit.requantized", "lowbit.layer_inputs"
 INT8_MAX = 127
+UINT8_SHIFT = 128
 LAYERS = (nn.Conv2d, nn.Linear)
 # Ops that commute with a monotone quantizer: the Q can move in front of them.
 PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
+PAD_MODES = {"constant": "constant", "replicate": "edge"}  # torch's names -> ONNX Pad's
 
 
 class UnsupportedModel(ValueError):
@@ -97,12 +103,14 @@ def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
     if contract.per_channel or contract.code_step != 1:
         raise UnsupportedModel(f"{where}: the integer runtime quantizes activations per tensor "
                                f"on consecutive codes; {type(quantizer).__name__}'s grid is not")
-    grid = Grid(contract.signed, float(contract.quantize_scale), float(contract.scale),
-                contract.qmin, contract.qmax, contract.zero_point)
-    low, high = grid.saturation
-    if not low <= grid.lo <= grid.zero_point <= grid.hi <= high:
-        raise UnsupportedModel(f"{where}: codes {grid.lo}..{grid.hi} (zero point "
-                               f"{grid.zero_point}) do not fit {'int8' if grid.signed else 'uint8'}")
+    # Signed codes travel as uint8 shifted by 128 (zero point 128): the same values, and ORT on
+    # x86 fuses QLinearConv only for uint8 activations (its int8-activation kernels are ARM's).
+    shift = UINT8_SHIFT if contract.signed else 0
+    grid = Grid(False, float(contract.quantize_scale), float(contract.scale),
+                contract.qmin + shift, contract.qmax + shift, contract.zero_point + shift)
+    if not 0 <= grid.lo <= grid.zero_point <= grid.hi <= 255:
+        raise UnsupportedModel(f"{where}: codes {contract.qmin}..{contract.qmax} (zero point "
+                               f"{contract.zero_point}) do not fit 8 bits")
     return grid
 
 
@@ -126,7 +134,7 @@ def calibrated_grid(low: float, high: float) -> Grid:
 
 @dataclass
 class IntegerWeight:
-    codes: np.ndarray  # int8 (int32 where an unfused layer's exact codes exceed int8)
+    codes: np.ndarray  # int8
     scale: np.ndarray  # float32, one per output channel
     exact: bool
 
@@ -147,13 +155,12 @@ def grid_codes(source: nn.Module, weight: torch.Tensor, where: str):
 
 
 @torch.no_grad()
-def integer_weight(layer: nn.Module, where: str, fused: bool = True) -> IntegerWeight:
+def integer_weight(layer: nn.Module, where: str) -> IntegerWeight:
     """The integer codes and per-channel scales of ``layer``'s (BN-folded) weight.
 
-    ``fused``: the layer runs as an integer kernel, so its codes must fit int8; channels whose
-    codes do not (8-bit DoReFa) are re-rounded onto 127 steps of their max|code|. An unfused
-    layer (float output) keeps such codes exact in int32. A float weight (no quantizer) gets
-    per-channel abs-max int8, as a post-training tool would.
+    The layer runs as an integer kernel, so its codes must fit int8; channels whose codes do
+    not (8-bit DoReFa) are re-rounded onto 127 steps of their max|code|. A float weight (no
+    quantizer) gets per-channel abs-max int8, as a post-training tool would.
     """
     folded = isinstance(layer, FoldedQuantConv2d)
     source = layer.source if folded else layer
@@ -171,12 +178,12 @@ def integer_weight(layer: nn.Module, where: str, fused: bool = True) -> IntegerW
         if folded:
             step = step * layer.channel_scale.double()
     max_code = codes.reshape(codes.shape[0], -1).abs().amax(dim=1)
-    reround = (max_code > 0) if not exact else (max_code > INT8_MAX) if fused else None
-    if reround is not None and bool(reround.any()):
+    reround = (max_code > 0) if not exact else (max_code > INT8_MAX)
+    if bool(reround.any()):
         factor = torch.where(reround, max_code / INT8_MAX, torch.ones_like(max_code))
         codes = torch.round(codes / factor.reshape(shape))
         step = step * factor
-        exact = exact and not fused
+        exact = False
     if exact:
         # An integer multiple K of the codes is the same grid at step / K: exact, the same int8
         # cost, and a K times finer int32 bias grid. The bias's rounding is the one inexact part
@@ -186,9 +193,7 @@ def integer_weight(layer: nn.Module, where: str, fused: bool = True) -> IntegerW
         codes, step = codes * spread.reshape(shape), step / spread
         if not torch.allclose(codes * step.reshape(shape), effective, rtol=1e-5, atol=1e-7):
             raise AssertionError(f"{where}: the integer codes do not rebuild the layer's weight")
-    wide = bool(codes.abs().max() > INT8_MAX)
-    return IntegerWeight(codes.to(torch.int32 if wide else torch.int8).numpy(),
-                         step.float().numpy(), exact)
+    return IntegerWeight(codes.to(torch.int8).numpy(), step.float().numpy(), exact)
 
 
 # -- the graph ------------------------------------------------------------------------------
@@ -208,6 +213,7 @@ class Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.names: set[str] = set()
+        self.layer_inputs: dict[str, str] = {}  # layer -> ONNX tensor of its integer input codes
 
     def unique(self, name: str) -> str:
         name = name.replace(".", "_") or "t"
@@ -277,12 +283,27 @@ def is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def passes_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Ops that commute with a per-tensor Q, so that it can move in front of them: ReLU (with
+    the clip's lower bound raised to zero), max pooling, nearest upsampling and replicate or
+    zero padding (they only copy or pick values), Identity and Dropout (eval)."""
     if is_relu(node, modules):
         return True
-    if node.op != "call_module" or not isinstance(modules[node.target], PASS_THROUGH):
+    if node.op == "call_function":
+        if node.target is F.max_pool2d:
+            return not node.kwargs.get("return_indices", False)
+        return node.target is F.pad and pad_mode(node) in PAD_MODES
+    if node.op != "call_module":
         return False
-    pool = modules[node.target]
-    return not (isinstance(pool, nn.MaxPool2d) and pool.return_indices)
+    module = modules[node.target]
+    if isinstance(module, nn.Upsample):
+        return module.mode == "nearest"
+    if isinstance(module, nn.MaxPool2d):
+        return not module.return_indices
+    return isinstance(module, PASS_THROUGH)
+
+
+def pad_mode(node: torch.fx.Node) -> str:
+    return node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
 
 
 def input_grid(layer: nn.Module, name: str, observed: dict[str, tuple[float, float]]) -> Grid | None:
@@ -316,23 +337,63 @@ def plan_quantize_points(gm: torch.fx.GraphModule, grids: dict[str, Grid]):
 
 
 @torch.no_grad()
-def observe_float_inputs(model: nn.Module, names: list[str], images: torch.Tensor):
-    """(min, max) of the input of each named layer over ``images``."""
-    ranges: dict[str, tuple[float, float]] = {}
+def observe_layers(model: nn.Module, inputs_of: list[str], outputs_of: list[str],
+                   images: torch.Tensor):
+    """(min, max) over ``images`` of the input of each layer in ``inputs_of`` and of the output
+    of each layer in ``outputs_of``: two dicts by layer name."""
+    seen = ({}, {})
     hooks = []
-    for name in names:
-        def hook(_module, inputs, name=name):
-            x = inputs[0]
-            low, high = float(x.min()), float(x.max())
-            old = ranges.get(name, (low, high))
-            ranges[name] = (min(old[0], low), max(old[1], high))
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
+
+    def record(ranges: dict, name: str, x: torch.Tensor) -> None:
+        low, high = float(x.min()), float(x.max())
+        old = ranges.get(name, (low, high))
+        ranges[name] = (min(old[0], low), max(old[1], high))
+
+    for name in inputs_of:
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, name=name: record(seen[0], name, args[0])))
+    for name in outputs_of:
+        hooks.append(model.get_submodule(name).register_forward_hook(
+            lambda _m, _args, out, name=name: record(seen[1], name, out)))
     try:
         model(images)
     finally:
         for hook in hooks:
             hook.remove()
-    return ranges
+    return seen
+
+
+def plan_requantization(gm: torch.fx.GraphModule, grids: dict[str, Grid], points: dict,
+                        observed_outputs: dict[str, tuple[float, float]]):
+    """{layer node: calibrated uint8 grid} for each integer-input layer whose output no lowbit
+    quantizer reads directly (a conv before hard-swish, leaky ReLU, a residual add or squeeze-
+    excite's product). The fake-quant model keeps those outputs in float; an integer runtime
+    fuses a conv into QLinearConv only when its output is quantized too, so the export adds an
+    8-bit Q there with the min/max that the calibration images reach: ORT's static
+    quantization's choice, and the one place where the export departs from the trained model
+    on purpose (named in the model's metadata, measured by ``scripts/export.py --parity``).
+    A layer whose output is the model's output (logits, a detector's heads) stays float."""
+    requantized = {}
+    for node in gm.graph.nodes:
+        if (node.op == "call_module" and node.target in grids and node not in points
+                and node.target in observed_outputs
+                and any(user.op != "output" for user in node.users)):
+            requantized[node] = calibrated_grid(*observed_outputs[node.target])
+    return requantized
+
+
+def graph_outputs(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """The fx nodes the model returns: one tensor, or a tuple/list of them (a detector)."""
+    result = next(node for node in gm.graph.nodes if node.op == "output").args[0]
+    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    if not all(isinstance(item, torch.fx.Node) for item in results):
+        raise UnsupportedModel("the model must return a tensor or a tuple of tensors")
+    return results
+
+
+def output_names(count: int) -> list[str]:
+    """ONNX output names: ``logits`` for one output, ``output_0``, ``output_1``, ... for more."""
+    return [OUTPUT] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
 def float_input_layers(model: nn.Module) -> list[str]:
@@ -358,40 +419,42 @@ def check_layers(model: nn.Module) -> None:
 
 def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
                      calibration: torch.Tensor | None = None, opset: int = 17) -> onnx.ModelProto:
-    """The integer QDQ ONNX model of ``model`` (module docstring); UnsupportedModel if it cannot."""
+    """The integer QDQ ONNX model of ``model`` (module docstring); UnsupportedModel if it cannot.
+
+    With ``calibration`` images, float inputs of layers are quantized (``calibrated_grid``) and
+    layer outputs that no quantizer reads are requantized (``plan_requantization``); the
+    model's metadata ``lowbit.requantized`` names those layers.
+    """
     folded = fold_bn(model).float().cpu()
     check_layers(folded)
-    observed = {}
-    if calibration is not None:
-        observed = observe_float_inputs(folded, float_input_layers(folded), calibration.float())
-    with torch.no_grad():
-        output = folded(torch.zeros(1, *input_shape))
-    if not torch.is_tensor(output):
-        raise UnsupportedModel(f"{type(model).__name__} returns {type(output).__name__} of "
-                               f"several outputs (a detector's heads): only single-output "
-                               f"models have an integer export yet")
-    output_shape = ["batch", *output.shape[1:]]
     gm = trace(folded)
     modules = dict(gm.named_modules())
+    layer_names = [name for name, module in modules.items() if isinstance(module, LAYERS)]
+    observed_inputs, observed_outputs = {}, {}
+    if calibration is not None:
+        observed_inputs, observed_outputs = observe_layers(
+            folded, float_input_layers(folded), layer_names, calibration.float())
+    with torch.no_grad():
+        example = folded(torch.zeros(1, *input_shape))
+    examples = list(example) if isinstance(example, (tuple, list)) else [example]
     grids = {}
-    for name, module in modules.items():
-        if isinstance(module, LAYERS):
-            grid = input_grid(module, name, observed)
-            if grid is not None:
-                grids[name] = grid
+    for name in layer_names:
+        grid = input_grid(modules[name], name, observed_inputs)
+        if grid is not None:
+            grids[name] = grid
     if not grids:
         raise UnsupportedModel(f"{type(model).__name__} has no quantized layer input: quantize it "
                                f"with lowbit.quant.quantize_model or pass calibration images")
+    results = graph_outputs(gm)
     points, direct = plan_quantize_points(gm, grids)
+    requantized = plan_requantization(gm, grids, points, observed_outputs)
+    names = output_names(len(results))
     b = Builder()
-    b.names.update({INPUT, OUTPUT})
+    b.names.update({INPUT, *names})
     env: dict[torch.fx.Node, Value] = {}
 
-    def fetch(arg) -> Value:
-        return env[arg]
-
     def as_float(arg, name: str) -> str:
-        return b.dequantize(fetch(arg), name)
+        return b.dequantize(env[arg], name)
 
     for node in gm.graph.nodes:
         name = node.name
@@ -400,31 +463,36 @@ def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
                 raise UnsupportedModel("the model takes more than one input")
             value = Value(INPUT)
         elif node.op == "output":
-            result = node.args[0]
-            if not isinstance(result, torch.fx.Node):
-                raise UnsupportedModel("the model must return one tensor")
-            b.node("Identity", [as_float(result, "output")], "output", output=OUTPUT)
+            for i, (result, output) in enumerate(zip(results, names)):
+                b.node("Identity", [as_float(result, f"output_{i}")], f"output_{i}", output=output)
             continue
         elif node.op == "call_module" and isinstance(modules[node.target], LAYERS):
-            value = emit_layer(b, node, modules[node.target], fetch(node.args[0]),
-                               direct.get(node), fused=node in points)
+            value = emit_layer(b, node, modules[node.target], env[node.args[0]],
+                               direct.get(node))
         elif fetch_is_int(node, env) and passes_through(node, modules):
-            value = emit_integer_pass(b, node, modules, fetch(node.args[0]))
+            value = emit_integer_pass(b, node, modules, env[node.args[0]])
         else:
             value = emit_float_op(b, node, modules, as_float)
         if node in points:
             value = b.quantize(b.dequantize(value, name), points[node], name)
+        elif node in requantized:
+            value = b.quantize(b.dequantize(value, name), requantized[node], f"{name}_requant")
         env[node] = value
 
     graph = helper.make_graph(
         b.nodes, type(model).__name__ + "_int8",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", *input_shape])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, output_shape)],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", *tensor.shape[1:]])
+         for output, tensor in zip(names, examples)],
         initializer=b.initializers)
     opsets = [helper.make_opsetid("", opset)]
     # The oldest IR version that carries the opset: runtimes older than the onnx package read it.
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="lowbit",
                               ir_version=helper.find_min_ir_version_for(opsets))
+    helper.set_model_props(proto, {
+        REQUANTIZED_KEY: ",".join(n.target for n in requantized),
+        LAYER_INPUTS_KEY: json.dumps(b.layer_inputs),
+    })
     onnx.checker.check_model(proto)
     return proto
 
@@ -435,11 +503,13 @@ def fetch_is_int(node: torch.fx.Node, env: dict) -> bool:
 
 
 def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
-               grid: Grid | None, fused: bool) -> Value:
+               grid: Grid | None) -> Value:
     """Conv2d/Linear: DQ(x) and DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, float output."""
     name = node.target
     if grid is not None:  # a Q that could not be hoisted: right at the layer's input
         x = b.quantize(b.dequantize(x, f"{name}_in"), grid, f"{name}_in")
+    if x.grid is not None:
+        b.layer_inputs[name] = x.name
     x_float = b.dequantize(x, f"{name}_x")
     bias = layer.bias.detach().double().numpy() if layer.bias is not None else None
     if x.grid is None:  # float input: a float layer (its weight as the layer computes it)
@@ -447,7 +517,7 @@ def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
         if bias is not None:
             inputs.append(b.constant(f"{name}_bias", bias.astype(np.float32)))
     else:
-        weight = integer_weight(layer, name, fused)
+        weight = integer_weight(layer, name)
         codes = b.constant(f"{name}_weight_codes", weight.codes)
         w_scale = b.constant(f"{name}_weight_scale", weight.scale)
         w_zero = b.constant(f"{name}_weight_zero_point", np.zeros_like(weight.codes,
@@ -474,15 +544,51 @@ def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
 
 
 def emit_integer_pass(b: Builder, node: torch.fx.Node, modules, x: Value) -> Value:
-    """ReLU/MaxPool/Identity on integers between a hoisted Q and its layer."""
+    """A pass-through op (``passes_through``) on integers between a hoisted Q and its layer."""
     if is_relu(node, modules):
-        if x.grid.lo < x.grid.zero_point:
-            raise AssertionError(f"{node.name}: ReLU on integers that were not clipped at zero")
-        return x
-    module = modules[node.target]
+        if x.grid.lo >= x.grid.zero_point:
+            return x  # the clip already holds the ReLU
+        grid = x.grid.at_least(x.grid.zero_point)  # a requantized output: ReLU as integer Clip
+        low = b.constant(f"{node.name}_lo", grid.numpy_type(grid.lo))
+        high = b.constant(f"{node.name}_hi", grid.numpy_type(grid.hi))
+        return Value(b.node("Clip", [x.name, low, high], node.name), grid)
+    if node.op == "call_function" and node.target is F.pad and pad_mode(node) == "constant" \
+            and float(node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0.0)):
+        raise UnsupportedModel(f"{node.name}: constant padding with a value other than 0")
+    emitted = emit_shape_op(b, node, modules, x.name, x.grid)
+    return x if emitted is None else Value(emitted, x.grid)
+
+
+def emit_shape_op(b: Builder, node: torch.fx.Node, modules, x: str, grid: Grid | None):
+    """MaxPool, nearest Resize or Pad of ``x`` (integers on ``grid``, or float); None for ops
+    that leave the tensor as it is (Identity, Dropout in eval)."""
+    name = node.name
+    module = modules.get(node.target) if node.op == "call_module" else None
     if isinstance(module, nn.MaxPool2d):
-        return Value(b.node("MaxPool", [x.name], node.name, **maxpool_attributes(module)), x.grid)
-    return x  # Identity, Dropout (eval)
+        return b.node("MaxPool", [x], name, **maxpool_attributes(module))
+    if node.op == "call_function" and node.target is F.max_pool2d:
+        pool = nn.MaxPool2d(*node.args[1:], **node.kwargs)
+        return b.node("MaxPool", [x], name, **maxpool_attributes(pool))
+    if isinstance(module, nn.Upsample):
+        factor = module.scale_factor
+        if factor is None or module.mode != "nearest":
+            raise UnsupportedModel(f"{name}: only nn.Upsample(scale_factor=..., mode='nearest')")
+        factors = [float(f) for f in pair(factor)]
+        scales = b.constant(f"{name}_scales", np.array([1.0, 1.0, *factors], np.float32))
+        # PyTorch's nearest: source index floor(i / factor), ONNX's asymmetric + floor.
+        return b.node("Resize", [x, "", scales], name, mode="nearest",
+                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    if node.op == "call_function" and node.target is F.pad:
+        amounts = list(node.args[1])
+        if len(amounts) != 4 or pad_mode(node) not in PAD_MODES:
+            raise UnsupportedModel(f"{name}: only 2-D zero or replicate padding")
+        left, right, top, bottom = amounts
+        zero = b.constant(f"{name}_zero", (grid.numpy_type if grid else np.float32)(
+            grid.zero_point if grid else 0))
+        pads = b.constant(f"{name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right],
+                                                   np.int64))
+        return b.node("Pad", [x, pads, zero], name, mode=PAD_MODES[pad_mode(node)])
+    return None
 
 
 def maxpool_attributes(module: nn.MaxPool2d) -> dict:
@@ -492,8 +598,26 @@ def maxpool_attributes(module: nn.MaxPool2d) -> dict:
                 ceil_mode=int(module.ceil_mode))
 
 
+ELEMENTWISE = {operator.add: "Add", torch.add: "Add", operator.mul: "Mul", torch.mul: "Mul",
+               operator.sub: "Sub", torch.sub: "Sub"}
+ACTIVATIONS = (nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.Sigmoid, nn.ReLU6)
+
+
+def emit_activation(b: Builder, module: nn.Module, x: str, name: str) -> str:
+    if isinstance(module, nn.Hardswish):
+        return b.node("HardSwish", [x], name)
+    if isinstance(module, nn.Hardsigmoid):  # relu6(x + 3) / 6
+        return b.node("HardSigmoid", [x], name, alpha=1.0 / 6, beta=0.5)
+    if isinstance(module, nn.LeakyReLU):
+        return b.node("LeakyRelu", [x], name, alpha=float(module.negative_slope))
+    if isinstance(module, nn.Sigmoid):
+        return b.node("Sigmoid", [x], name)
+    low, high = b.constant(f"{name}_low", np.float32(0)), b.constant(f"{name}_high", np.float32(6))
+    return b.node("Clip", [x, low, high], name)  # ReLU6
+
+
 def emit_float_op(b: Builder, node: torch.fx.Node, modules, as_float) -> Value:
-    """The float ops between layers; anything else is UnsupportedModel."""
+    """The float ops between layers; anything else is UnsupportedModel (one line)."""
     name = node.name
     target = node.target
     module = modules.get(target) if node.op == "call_module" else None
@@ -502,11 +626,23 @@ def emit_float_op(b: Builder, node: torch.fx.Node, modules, as_float) -> Value:
         raise UnsupportedModel(f"{target}: a quantizer outside a Conv2d/Linear layer")
     if is_relu(node, modules):
         return Value(b.node("Relu", [as_float(args[0], name)], name))
-    if isinstance(module, (nn.Identity, nn.Dropout)):
-        return Value(as_float(args[0], name))
-    if isinstance(module, nn.MaxPool2d) and not module.return_indices:
-        return Value(b.node("MaxPool", [as_float(args[0], name)], name,
-                            **maxpool_attributes(module)))
+    if isinstance(module, ACTIVATIONS):
+        return Value(emit_activation(b, module, as_float(args[0], name), name))
+    if node.op == "call_function" and target in ELEMENTWISE and len(args) == 2:
+        operands = [as_float(arg, f"{name}_{i}") if isinstance(arg, torch.fx.Node)
+                    else b.constant(f"{name}_const", np.float32(arg))
+                    for i, arg in enumerate(args)]
+        return Value(b.node(ELEMENTWISE[target], operands, name))
+    if node.op == "call_function" and target is torch.cat:
+        tensors = args[0]
+        axis = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
+        return Value(b.node("Concat", [as_float(t, f"{name}_{i}") for i, t in enumerate(tensors)],
+                            name, axis=int(axis)))
+    if passes_through(node, modules) or isinstance(module, (nn.Upsample, nn.MaxPool2d)) or (
+            node.op == "call_function" and target in (F.pad, F.max_pool2d)):
+        x = as_float(args[0], name)
+        emitted = emit_shape_op(b, node, modules, x, None)
+        return Value(x if emitted is None else emitted)
     if isinstance(module, nn.AdaptiveAvgPool2d) and pair(module.output_size) == [1, 1]:
         return Value(b.node("GlobalAveragePool", [as_float(args[0], name)], name))
     if isinstance(module, nn.AvgPool2d) and module.divisor_override is None:
@@ -524,13 +660,12 @@ def emit_float_op(b: Builder, node: torch.fx.Node, modules, as_float) -> Value:
             args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1))
         if start == 1 and end == -1:
             return Value(b.node("Flatten", [as_float(args[0], name)], name, axis=1))
-    if isinstance(module, nn.Hardswish):
-        return Value(b.node("HardSwish", [as_float(args[0], name)], name))
     what = f"module {target} ({type(module).__name__})" if module is not None else \
         f"{node.op} {getattr(target, '__name__', target)}"
     raise UnsupportedModel(f"cannot export {what} to integer ONNX: supported are Conv2d, Linear, "
-                           f"ReLU, MaxPool2d, AvgPool2d, global average pooling, Flatten, "
-                           f"Hardswish, Identity and Dropout")
+                           f"ReLU, ReLU6, LeakyReLU, Hardswish, Hardsigmoid, Sigmoid, add, mul, "
+                           f"cat, MaxPool2d, AvgPool2d, global average pooling, nearest "
+                           f"Upsample, zero/replicate padding, Flatten, Identity and Dropout")
 
 
 __all__ = ["Grid", "IntegerWeight", "UnsupportedModel", "build_int8_graph", "integer_weight",
