@@ -18,7 +18,8 @@ from lowbit.config import CONFIG_DIR
 
 ROOT = CONFIG_DIR.parent
 
-# Small and quick: every test run trains on a handful of batches and never goes online.
+# Small and quick: every test run trains on a handful of batches and never goes online. Every
+# stage a user's run has after training (measure, pack, integer export) stays on.
 FAST = [
     "trainer.max_epochs=1",
     "dataset.batch_size=16",
@@ -28,7 +29,6 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "latency.warmup=1",
     "latency.repeats=2",
-    "export.onnx=false",  # tests/test_onnx_export.py and test_train's export test turn it on
 ]
 
 

@@ -12,11 +12,15 @@ from wandb_offline import read_offline_run
 from lowbit.cli import config_groups
 from lowbit.train import RESULTS_FILE, run
 
+DEPLOYED_KEYS = {"latency/int8_ms", "latency/fp32_onnx_ms", "latency/fp32_ms",
+                 "export/int8_onnx_bytes"}
 SUMMARY_KEYS = {"val/acc_best", "test/acc", "model/params", "model/size_bytes",
                 "model/size_limit_bytes", "model/size_fp32_bytes", "model/compression",
-                "model/macs", "model/bops", "latency/ms"}
+                "model/macs", "model/bops", "latency/ms", "export/top1_agreement",
+                *DEPLOYED_KEYS}
 DETECTION_SUMMARY_KEYS = {"val/map50_best", "val/map50", "val/map", "test/map50", "test/map",
-                          *(SUMMARY_KEYS - {"val/acc_best", "test/acc"})}
+                          "export/map50_int8", "export/map50_fake_quant",
+                          *(SUMMARY_KEYS - {"val/acc_best", "test/acc", "export/top1_agreement"})}
 QUANTIZERS = config_groups()["quantizer"]
 MODELS = config_groups()["model"]
 # Detection models train on a detection set: small generated scenes keep the test quick.
@@ -27,14 +31,19 @@ MODEL_DATA = {"yolov3_tiny": ["dataset=shapes_det", "dataset.image_size=64",
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
 def test_fast_dev_run_every_model_and_quantizer(make_cfg, model, quantizer):
+    """The user's default pipeline, every stage on (measure, pack, integer export), for every
+    model and quantizer: each run ends ok with an integer ONNX model and its deployed costs."""
     cfg = make_cfg(f"model={model}", f"quantizer={quantizer}", "logger=none",
                    "callbacks=none", "+trainer.fast_dev_run=true", "dataset.batch_size=8",
                    *MODEL_DATA.get(model, []))
     results = run(cfg)
-    assert results["status"] == "ok"
+    assert results["status"] == "ok", results.get("error")
     expected = DETECTION_SUMMARY_KEYS if model in MODEL_DATA else SUMMARY_KEYS
     assert expected <= set(results["metrics"])
-    written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
+    run_dir = Path(cfg.paths.output_dir)
+    assert (run_dir / "model_int8.onnx").stat().st_size == \
+        results["metrics"]["export/int8_onnx_bytes"]
+    written = json.loads((run_dir / RESULTS_FILE).read_text())
     assert written["status"] == "ok" and written["quant"]["quantizer"] == quantizer
 
 

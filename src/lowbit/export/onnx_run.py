@@ -9,8 +9,13 @@ measures them and merges the metrics into ``results.json``:
 - ``latency/int8_ms``: ONNX Runtime, the integer export, batch 1;
 - ``latency/fp32_onnx_ms``: ONNX Runtime, the float export, measured interleaved with int8;
 - ``latency/export_threads``: the thread count of all three (torch and ORT intra-op);
-- ``export/top1_agreement``: argmax of the integer export vs the fake-quant model on the val set;
-- ``export/int8_onnx_bytes``: the integer model's file size.
+- classification: ``export/top1_agreement``, argmax of the integer export vs the fake-quant
+  model on the val set;
+- detection: ``export/map50_int8`` and ``export/map50_fake_quant``, mAP@0.5 on the val set of
+  the integer export's heads and of the fake-quant model's, decoded by the same
+  ``lowbit.detection`` functions as the training task's (``detection_agreement``);
+- ``export/int8_onnx_bytes``: the integer model's file size; ``export/requantized_layers``: how
+  many layer outputs the export quantizes where training does not (``onnx_graph``).
 
 The integer export quantizes the image input with the min/max of the first calibration images
 of the train split (``CALIBRATION_IMAGES``): it puts the first conv on integers too, which ORT's
@@ -80,9 +85,6 @@ def load_run_model(run_dir: Path):
 
     cfg = OmegaConf.load(run_dir / CONFIG_FILE)
     datamodule = build_datamodule(cfg)
-    if getattr(datamodule, "task", "classification") != "classification":
-        raise ConfigError(f"{run_dir} is a {datamodule.task} run: ONNX export measures "
-                          f"classifiers (top-1 agreement) only")
     model = build_model(cfg, datamodule)
     quant = OmegaConf.to_container(cfg.quant, resolve=True)
     quantize_model(model, input_shape=datamodule.image_shape, **quant)
@@ -103,26 +105,58 @@ def calibration_images(datamodule, count: int = CALIBRATION_IMAGES) -> torch.Ten
 
 
 @torch.no_grad()
-def torch_latency_ms(model: nn.Module, input_shape, threads: int) -> float:
+def torch_latency_ms(model: nn.Module, input_shape, threads: int, warmup: int = 10,
+                     repeats: int = 50) -> float:
     from lowbit.measure import measure_latency
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return measure_latency(model, input_shape, warmup=10, repeats=50)["ms"]
+        return measure_latency(model, input_shape, warmup=warmup, repeats=repeats)["ms"]
     finally:
         torch.set_num_threads(previous)
 
 
-def export_model(model: nn.Module, datamodule, out_dir: str | Path,
-                 threads: int = THREADS) -> dict[str, Any]:
+@torch.no_grad()
+def detection_agreement(model: nn.Module, int8_path: Path, dataloader, threads: int,
+                        decoding: dict[str, Any] | None = None) -> dict[str, float]:
+    """mAP@0.5 on ``dataloader`` of the integer export's heads and of the fake-quant model's,
+    both decoded by ``lowbit.detection`` (``decode_heads`` and ``postprocess`` with the run's
+    ``detection`` settings), as the training task decodes them."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from lowbit.detection.decode import decode_heads, postprocess
+    from lowbit.export.onnx import INPUT, session
+
+    runner = session(int8_path, threads)
+    settings = {key: value for key, value in (decoding or {}).items()
+                if key in ("score_threshold", "iou_threshold", "max_detections")}
+    metrics = {"int8": MeanAveragePrecision(box_format="xyxy", iou_type="bbox"),
+               "fake_quant": MeanAveragePrecision(box_format="xyxy", iou_type="bbox")}
+    anchors, strides = model.head_anchors(), model.strides
+    for images, targets in dataloader:
+        heads = {"fake_quant": model(images),
+                 "int8": [torch.from_numpy(out) for out in
+                          runner.run(None, {INPUT: images.float().numpy()})]}
+        for name, outputs in heads.items():
+            detections = postprocess(decode_heads(outputs, anchors, strides),
+                                     image_size=images.shape[-1], **settings)
+            metrics[name].update(detections, targets)
+    return {f"export/map50_{name}": max(float(metric.compute()["map_50"]), 0.0)
+            for name, metric in metrics.items()}
+
+
+def export_model(model: nn.Module, datamodule, out_dir: str | Path, threads: int = THREADS,
+                 warmup: int = 10, repeats: int = 50,
+                 decoding: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write model_int8.onnx and model_fp32.onnx of a trained (quantized) model into ``out_dir``
     and measure them (module docstring); returns the metrics. ``datamodule`` must be set up.
-
-    What train.py calls after training (``task.model``, its datamodule, the run dir).
+    ``warmup``/``repeats``: the batch-1 latency runs; ``decoding``: a detector's ``detection``
+    settings. What train.py calls after training (``task.model``, its datamodule, the run dir).
     """
     from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, float_model,
                                     onnx_latency_table, top1_agreement)
+    from lowbit.export.parity import requantized_layers
 
     out_dir = Path(out_dir)
     model = model.eval()
@@ -130,16 +164,25 @@ def export_model(model: nn.Module, datamodule, out_dir: str | Path,
     int8 = export_int8_onnx(model, shape, out_dir / INT8_FILE,
                             calibration=calibration_images(datamodule))
     fp32 = export_fp32_onnx(model, shape, out_dir / FP32_FILE)
-    onnx_latency = onnx_latency_table({"int8": int8, "fp32": fp32}, shape, threads=threads)
-    return {
-        "latency/fp32_ms": torch_latency_ms(float_model(model), shape, threads),
+    onnx_latency = onnx_latency_table({"int8": int8, "fp32": fp32}, shape, threads=threads,
+                                      warmup=warmup, repeats=repeats,
+                                      block=max(1, min(25, repeats)))
+    metrics = {
+        "latency/fp32_ms": torch_latency_ms(float_model(model), shape, threads, warmup, repeats),
         "latency/int8_ms": onnx_latency["int8"]["ms"],
         "latency/fp32_onnx_ms": onnx_latency["fp32"]["ms"],
         "latency/export_threads": threads,
-        "export/top1_agreement": top1_agreement(model, int8, datamodule.val_dataloader(),
-                                                threads=threads),
         "export/int8_onnx_bytes": int8.stat().st_size,
+        "export/requantized_layers": len(requantized_layers(int8)),
     }
+    if getattr(datamodule, "task", "classification") == "detection":
+        metrics.update(detection_agreement(model, int8, datamodule.val_dataloader(), threads,
+                                           decoding))
+    else:
+        metrics["export/top1_agreement"] = top1_agreement(model, int8,
+                                                          datamodule.val_dataloader(),
+                                                          threads=threads)
+    return metrics
 
 
 def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) -> dict[str, Any]:
@@ -151,8 +194,9 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
     from lowbit.tracking import write_json_atomically
 
     run_dir = check_run_dir(run_dir)
-    model, datamodule, _ = load_run_model(run_dir)
-    metrics = export_model(model, datamodule, run_dir, threads)
+    model, datamodule, cfg = load_run_model(run_dir)
+    metrics = export_model(model, datamodule, run_dir, threads,
+                           decoding=OmegaConf.to_container(cfg.get("detection") or {}, resolve=True))
     if write:
         path = run_dir / RESULTS_FILE
         results = json.loads(path.read_text())
