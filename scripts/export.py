@@ -1,23 +1,29 @@
 """Export a finished run to integer and float ONNX, measure them, record the metrics.
 
     python scripts/export.py outputs/runs/<date>_<time>_<name> [--threads 2]
+    python scripts/export.py --parity outputs/runs/<date>_<time>_<name>
 
 Writes RUN_DIR/model_int8.onnx and RUN_DIR/model_fp32.onnx, prints one line per metric
 (``latency/fp32_ms`` PyTorch eager FP32, ``latency/int8_ms`` ONNX Runtime int8, both batch 1
 with ``latency/export_threads`` threads; ``export/top1_agreement`` on the val set, ...) and merges
-them into RUN_DIR/results.json. Bad input (missing dir, unfinished run, no weights) is one line
-on stderr and exit status 2, before any work (``lowbit.export.onnx_run``).
+them into RUN_DIR/results.json. ``--parity`` instead prints, layer by layer, the share of
+activation codes where ONNX Runtime and the fake-quant PyTorch model differ and the largest
+difference in steps (``lowbit.export.parity``), on the first val images, then the rows as one
+JSON line. Bad input (missing dir, unfinished run, no weights) is one line on stderr and exit
+status 2, before any work (``lowbit.export.onnx_run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from lowbit.cli import fail
 from lowbit.errors import ConfigError
 from lowbit.export.onnx_graph import UnsupportedModel
-from lowbit.export.onnx_run import THREADS, check_run_dir, export_run
+from lowbit.export.onnx_run import PARITY_IMAGES, THREADS, check_run_dir, export_run, parity_run
+from lowbit.export.parity import parity_table
 
 
 def main(argv: list[str]) -> None:
@@ -25,11 +31,19 @@ def main(argv: list[str]) -> None:
     parser.add_argument("run_dir", help="a finished run's folder (holds results.json)")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help=f"torch and ONNX Runtime threads for the latencies (default {THREADS})")
+    parser.add_argument("--parity", action="store_true",
+                        help=f"print where the integer export and the fake-quant model differ, "
+                             f"layer by layer, on the first {PARITY_IMAGES} val images")
     args = parser.parse_args(argv)
     if args.threads < 1:
         fail(f"--threads must be >= 1, got {args.threads}")
     try:
         check_run_dir(args.run_dir)
+        if args.parity:
+            rows = parity_run(args.run_dir, threads=args.threads)
+            print(parity_table(rows))
+            print(json.dumps({"parity": rows}))
+            return
         metrics = export_run(args.run_dir, threads=args.threads)
     except (ConfigError, UnsupportedModel) as error:
         fail(str(error))

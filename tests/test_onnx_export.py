@@ -242,3 +242,25 @@ def test_script_refuses_bad_run_dirs_with_one_line(tmp_path, setup, words):
     assert done.returncode == 2
     assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert done.stdout == ""
+
+
+def test_parity_script_prints_each_layer_and_a_json_line(tmp_path):
+    torch.manual_seed(0)
+    model = quantize_model(NIN(num_classes=10), input_shape=(3, 32, 32), quantizer="pact",
+                           wbits=4, abits=4, gbits=32)
+    finished_run(tmp_path, model)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "export.py"), "--parity",
+                           "--threads", "1", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    rows = json.loads(lines[-1])["parity"]
+    quantized = [name for name, module in model.named_modules()
+                 if getattr(module, "abits", 32) < 32]
+    # Every layer the fake-quant model quantizes has a row with its measured codes; the image's
+    # layer (calibrated by the export) has a row without.
+    assert [row["layer"] for row in rows if row["differ"] is not None] == quantized
+    assert all(0 <= row["differ"] <= 1 and row["max_steps"] >= 0
+               for row in rows if row["differ"] is not None)
+    assert rows[0]["differ"] is None and "calibrated" in lines[1]
+    assert len(lines) == len(rows) + 2  # header, one line per layer, the JSON line

@@ -206,4 +206,27 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
     return metrics
 
 
-__all__ = ["check_run_dir", "export_model", "export_run", "load_run_model"]
+PARITY_IMAGES = 256
+
+
+def validation_images(datamodule, count: int = PARITY_IMAGES) -> torch.Tensor:
+    dataset = datamodule.val_set
+    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+
+
+def parity_run(run_dir: str | Path, threads: int = THREADS,
+               images: int = PARITY_IMAGES) -> list[dict[str, Any]]:
+    """Layer-by-layer parity (``lowbit.export.parity``) of a finished run's integer export
+    (written anew into the run dir) against its fake-quant model, on its first val images."""
+    from lowbit.export.onnx import export_int8_onnx
+    from lowbit.export.parity import layer_parity
+
+    run_dir = check_run_dir(run_dir)
+    model, datamodule, _ = load_run_model(run_dir)
+    shape = tuple(datamodule.image_shape)
+    path = export_int8_onnx(model, shape, run_dir / INT8_FILE,
+                            calibration=calibration_images(datamodule))
+    return layer_parity(model, path, validation_images(datamodule, images), threads)
+
+
+__all__ = ["check_run_dir", "export_model", "export_run", "load_run_model", "parity_run"]

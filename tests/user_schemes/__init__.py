@@ -1,0 +1,1 @@
+"""A researcher's own quantization method, written outside lowbit with its public API only."""
