@@ -15,6 +15,11 @@ the targets of issue 6 with whether they were met):
   W4A4 NIN, plus PyTorch eager FP32 for reference. Calibration images (for ORT's quantization
   and for the inputs lowbit keeps in float) are the digits validation images. Targets: lowbit
   W8A8 int8 <= 0.35x ORT FP32, and within 10% of ORT's static QDQ.
+- ``deployed``: the same three ONNX Runtime models (FP32, ORT's static QDQ of it, lowbit's
+  integer export) for MobileNetV3-Small (224x224, 1000 classes, symmetric PACT W8A8 with
+  per-channel abs-max weights, PaddleOCR's recipe) and YOLOv3-tiny (416x416, 80 classes, the
+  same quantizer), batch 1. Both quantizations calibrate on the same random images (latency
+  does not depend on them). Targets: lowbit int8 <= 1.10x ORT's static QDQ for each.
 - ``train_step``: SGD training step time (forward, loss, backward, step) of each quantizer over
   FP32, batch 128, round-robin (``lowbit.measure.step_time``). Targets: DoReFa W4A4G32 <= 1.15x,
   W4A4G8 <= 1.3x.
@@ -42,11 +47,11 @@ from lowbit.export import save_packed
 from lowbit.export.packing import header_bytes, payload_bytes
 from lowbit.measure.size import size_limit_bytes
 from lowbit.measure.step_time import training_step_ratios
-from lowbit.models import NIN
+from lowbit.models import NIN, MobileNetV3, YOLOv3Tiny
 from lowbit.quant import quantize_model
 
 SHAPE = (3, 32, 32)
-SECTIONS = ("size", "latency", "train_step")
+SECTIONS = ("size", "latency", "deployed", "train_step")
 BITS = dict(first_layer_bits=8, last_layer_bits=8)
 TARGETS = {  # name: (section value, comparison, bound) - issue 6's "done when"
     "size_payload_over_limit_w2": ("<=", 1.02),
@@ -54,6 +59,8 @@ TARGETS = {  # name: (section value, comparison, bound) - issue 6's "done when"
     "size_payload_over_limit_w8": ("<=", 1.02),
     "int8_w8a8_over_fp32": ("<=", 0.35),
     "int8_w8a8_over_ort_static_qdq": ("<=", 1.10),
+    "int8_mobilenetv3_small_over_ort_static_qdq": ("<=", 1.10),
+    "int8_yolov3_tiny_over_ort_static_qdq": ("<=", 1.10),
     "step_dorefa_w4a4g32_over_fp32": ("<=", 1.15),
     "step_dorefa_w4a4g8_over_fp32": ("<=", 1.30),
 }
@@ -144,6 +151,48 @@ def bench_latency(folder: Path, threads: int, warmup: int, repeats: int,
     return results, text
 
 
+def deployed_models() -> dict[str, tuple[torch.nn.Module, tuple[int, int, int]]]:
+    """The deployed section's networks, quantized W8A8 as their presets train them."""
+    quant = dict(quantizer="pact_symmetric", wbits=8, abits=8, gbits=32, **BITS,
+                 weight_quantizer="channel_wise_abs_max", alpha_init=6.0)
+    torch.manual_seed(0)
+    mobilenet, mobilenet_shape = MobileNetV3("small", num_classes=1000), (3, 224, 224)
+    yolo, yolo_shape = YOLOv3Tiny(num_classes=80, input_size=416), (3, 416, 416)
+    return {
+        "mobilenetv3_small": (quantize_model(mobilenet, input_shape=mobilenet_shape, **quant),
+                              mobilenet_shape),
+        "yolov3_tiny": (quantize_model(yolo, input_shape=yolo_shape, **quant), yolo_shape),
+    }
+
+
+def bench_deployed(folder: Path, threads: int, warmup: int, repeats: int,
+                   calibration_count: int) -> tuple[dict, str]:
+    from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, onnx_latency_table,
+                                    ort_static_qdq)
+
+    results, rows = {}, []
+    for name, (model, shape) in deployed_models().items():
+        model.eval()
+        images = torch.randn(calibration_count, *shape, generator=torch.Generator().manual_seed(0))
+        fp32 = export_fp32_onnx(model, shape, folder / f"{name}_fp32.onnx")
+        paths = {"ort_fp32": fp32,
+                 "ort_static_qdq": ort_static_qdq(fp32, images, folder / f"{name}_ort_qdq.onnx"),
+                 "lowbit_int8": export_int8_onnx(model, shape, folder / f"{name}_int8.onnx",
+                                                 calibration=images)}
+        timings = onnx_latency_table(paths, shape, threads=threads, warmup=warmup,
+                                     repeats=repeats)
+        static, base = timings["ort_static_qdq"]["ms"], timings["ort_fp32"]["ms"]
+        results[name] = {key: {**t, "over_ort_fp32": t["ms"] / base,
+                               "over_ort_static_qdq": t["ms"] / static}
+                         for key, t in timings.items()}
+        rows += [[name, key, f"{t['ms']:.3f}", f"{t['ms'] / base:.3f}", f"{t['ms'] / static:.3f}"]
+                 for key, t in timings.items()]
+    text = table(f"Deployed latency, batch 1, {threads} threads, median of {repeats} runs in "
+                 f"interleaved blocks", ["model", "runtime", "median ms", "x ORT FP32",
+                                         "x ORT static QDQ"], rows)
+    return results, text
+
+
 def bench_train_step(threads: int, batch_size: int, warmup: int,
                      repeats: int) -> tuple[dict, str]:
     configs = {
@@ -178,6 +227,9 @@ def target_values(results: dict) -> dict[str, float]:
         values["int8_w8a8_over_fp32"] = latency["lowbit_int8_w8a8"]["over_ort_fp32"]
         values["int8_w8a8_over_ort_static_qdq"] = (latency["lowbit_int8_w8a8"]["ms"]
                                                    / latency["ort_static_qdq"]["ms"])
+    for name in results.get("deployed", {}):
+        values[f"int8_{name}_over_ort_static_qdq"] = \
+            results["deployed"][name]["lowbit_int8"]["over_ort_static_qdq"]
     if "train_step" in results:
         step = results["train_step"]
         values["step_dorefa_w4a4g32_over_fp32"] = step["dorefa_w4a4g32"]["ratio"]
@@ -217,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             results["latency"], text = bench_latency(
                 folder, args.threads, warmup=2 if args.quick else 20, repeats=repeats,
                 calibration_count=32 if args.quick else 256)
+            print(text, flush=True)
+        if "deployed" in sections:
+            repeats = args.repeats or (3 if args.quick else 50)
+            results["deployed"], text = bench_deployed(
+                folder, args.threads, warmup=1 if args.quick else 10, repeats=repeats,
+                calibration_count=2 if args.quick else 16)
             print(text, flush=True)
         if "train_step" in sections:
             repeats = args.repeats or (2 if args.quick else 15)

@@ -19,8 +19,7 @@ TINY_SCENES = ["experiment=yolov3_tiny_shapes", "dataset.image_size=64", "datase
 
 def test_detection_run_logs_map_costs_and_drawn_predictions(make_cfg):
     cfg = make_cfg(*TINY_SCENES, "quantizer=dorefa", "quant.wbits=4", "quant.abits=4",
-                   "detection.num_drawn=3", "detection.draw_score_threshold=0.0",
-                   "export.onnx=true")  # no integer form for the detector yet: skipped, run ok
+                   "detection.num_drawn=3", "detection.draw_score_threshold=0.0")
     results = run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     assert results["status"] == "ok" and results["task"] == "detection"
@@ -29,7 +28,10 @@ def test_detection_run_logs_map_costs_and_drawn_predictions(make_cfg):
                 "val/box_loss", "val/obj_loss", "val/cls_loss", "model/size_bytes",
                 "model/bops", "latency/ms"):
         assert key in metrics, key
-    assert "latency/int8_ms" not in metrics and not (output_dir / "model_int8.onnx").exists()
+    # The detector is deployed too: its int8 heads decoded as the task decodes them.
+    assert (output_dir / "model_int8.onnx").is_file() and metrics["latency/int8_ms"] > 0
+    assert 0.0 <= metrics["export/map50_int8"] <= 1.0
+    assert metrics["export/map50_fake_quant"] == pytest.approx(metrics["val/map50"], abs=1e-6)
     assert 0.0 <= metrics["val/map"] <= metrics["val/map50"] <= 1.0
     written = json.loads((output_dir / RESULTS_FILE).read_text())
     assert written["metrics"]["val/map50_best"] == metrics["val/map50_best"]
