@@ -31,7 +31,7 @@ from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
 from lowbit.quant import quantize_model
 from lowbit.quant.convert import make_scheme, plan_quantization
-from lowbit.quant.optim import learned_clips
+from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
 from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
@@ -389,8 +389,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if replica_sync.report is not None:
             results["distributed"] = replica_sync.report
         results["task"] = data_task(datamodule)
-        results["alpha"] = {name: clip.alpha.item()
-                            for name, clip in learned_clips(task.model).items()}
+        # PACT's alphas, LSQ's steps, LSQ+'s offsets by layer: {"alpha": {...}, "step": {...}}
+        results.update({"alpha": {}, **learned_values(task.model)})
         failure = None
         if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
             failure = run_stages(measuring_stages(task.model, datamodule,

@@ -108,7 +108,7 @@ def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
     shift = UINT8_SHIFT if contract.signed else 0
     grid = Grid(False, float(contract.quantize_scale), float(contract.scale),
                 contract.qmin + shift, contract.qmax + shift, contract.zero_point + shift)
-    if not 0 <= grid.lo <= grid.zero_point <= grid.hi <= 255:
+    if not (0 <= grid.lo <= grid.hi <= 255 and 0 <= grid.zero_point <= 255):
         raise UnsupportedModel(f"{where}: codes {contract.qmin}..{contract.qmax} (zero point "
                                f"{contract.zero_point}) do not fit 8 bits")
     return grid

@@ -2,10 +2,13 @@
 
 Every function takes a bit width ``bits``; ``FULL_PRECISION`` (32) means "leave the tensor
 alone", so a quantizer can be switched off per layer without changing the graph's shape.
-Equations cite DoReFa-Net (Zhou et al., arXiv 1606.06160). With k bits, ``n = 2**k - 1``.
+Equations cite DoReFa-Net (Zhou et al., arXiv 1606.06160) unless they name PACT or LSQ. With
+k bits, ``n = 2**k - 1``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -265,3 +268,90 @@ def channelwise_absmax_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
     """s_c = max|w_c| / (2^(k-1) - 1), one step size per output channel (a 1-D tensor)."""
     m = symmetric_levels(bits)
     return channelwise_max_abs(w).clamp_min(torch.finfo(w.dtype).tiny) / m
+
+
+# -- LSQ (Esser et al., arXiv 1902.08153) and LSQ+ (Bhalgat et al., arXiv 2004.09576) --------
+
+def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
+    """(Qn, Qp): unsigned 0 and 2^k - 1; signed 2^(k-1) and 2^(k-1) - 1 (LSQ Sec. 2)."""
+    if signed:
+        if bits < 2:
+            raise ValueError(f"a signed grid needs at least 2 bits, got {bits}")
+        return 1 << (bits - 1), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def lsq_grad_scale(count: int, bits: int, signed: bool) -> float:
+    """g = 1 / sqrt(N Qp) (LSQ Sec. 2.2): N weights of the layer, or features per example."""
+    return 1.0 / math.sqrt(count * lsq_range(bits, signed)[1])
+
+
+def lsq_initial_step(x: torch.Tensor, bits: int, signed: bool,
+                     dim: tuple[int, ...] | None = None) -> torch.Tensor:
+    """2 mean|x| / sqrt(Qp) (LSQ Sec. 2.1), over ``dim`` (None: the whole tensor)."""
+    mean = x.detach().abs().mean() if dim is None else x.detach().abs().mean(dim=dim)
+    return (2 * mean / math.sqrt(lsq_range(bits, signed)[1])).clamp_min(LSQ_STEP_MIN)
+
+
+LSQ_STEP_MIN = 1e-8  # a step of exactly 0 would divide by zero; no trained step gets this small
+
+
+class _LSQ(torch.autograd.Function):
+    """round(clip(x / s, -Qn, Qp)) s with LSQ's gradients (Eq. 3 for s, straight-through for x)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
+                grad_scale: float) -> torch.Tensor:
+        v = x / step
+        ctx.save_for_backward(v, step)
+        ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
+        return torch.clamp(v, -qn, qp).round_().mul_(step)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        v, step = ctx.saved_tensors
+        below, above = v <= -ctx.qn, v >= ctx.qp
+        # x: straight-through inside [-Qn, Qp] (in steps), 0 outside.
+        grad_x = grad_output * ((v >= -ctx.qn) & (v <= ctx.qp))
+        # s, Eq. 3: -v + round(v) inside, -Qn below, Qp above; times g.
+        local = torch.where(below, -float(ctx.qn), torch.where(above, float(ctx.qp),
+                                                               torch.round(v) - v))
+        grad_step = (grad_output * local).sum_to_size(step.shape) * ctx.grad_scale
+        return grad_x, grad_step, None, None, None
+
+
+def lsq(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool = False,
+        grad_scale: float = 1.0) -> torch.Tensor:
+    """LSQ: round(clip(x / step, -Qn, Qp)) * step (Esser et al. 2019, Eq. 1-2).
+
+    ``step`` is 0-d (per tensor) or broadcasts against x (per output channel: shape (C, 1, ...)).
+    Gradients: x straight-through inside [-Qn, Qp] in units of step, 0 outside; step Eq. 3,
+    -x/step + round(x/step) inside, -Qn below, Qp above, multiplied by ``grad_scale``
+    (``lsq_grad_scale``). 32 bits: x unchanged.
+    """
+    if bits >= FULL_PRECISION:
+        return x
+    qn, qp = lsq_range(bits, signed)
+    return _LSQ.apply(x, step, qn, qp, grad_scale)
+
+
+def snap_offset(offset: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """step * round(offset / step) forward, the identity for offset's gradient: LSQ+'s offset on
+    a whole number of steps, so that its grid has an integer zero point (exact in an integer
+    runtime); the step gets no gradient through it."""
+    snapped = step.detach() * torch.round(offset.detach() / step.detach())
+    return offset + (snapped - offset).detach()
+
+
+def lsq_plus(x: torch.Tensor, step: torch.Tensor, offset: torch.Tensor, bits: int,
+             grad_scale: float = 1.0) -> torch.Tensor:
+    """LSQ+ (Bhalgat et al. 2020): round(clip((x - b) / s, 0, 2^k - 1)) s + b, a learned offset b.
+
+    The offset is snapped to a whole number of steps (``snap_offset``; torch.ao's integer zero
+    point, lowbit's choice so that the export is exact). Gradients: x and s as in ``lsq`` at
+    (x - b) / s; b gets 0 inside the range and 1 outside (the paper's).
+    """
+    if bits >= FULL_PRECISION:
+        return x
+    base = snap_offset(offset, step)
+    return lsq(x - base, step, bits, signed=False, grad_scale=grad_scale) + base

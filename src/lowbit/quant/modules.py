@@ -88,6 +88,20 @@ class Quantizer(nn.Module):
         for grids that do not depend on the weight (a fixed or learned step)."""
         return grid.dequantize(codes)
 
+    def bind_weight(self, weight: torch.Tensor) -> None:
+        """Called once when this quantizer is put on a layer's weight (``quantize_model``): a
+        learned weight grid takes its shape and initial value here, before any optimizer."""
+
+    def learned_parameters(self) -> dict[str, nn.Parameter]:
+        """The quantizer's own learned parameters by the name they are logged under
+        (``alpha/<layer>``, ``step/<layer>``): none by default."""
+        return {}
+
+    def optimizer_settings(self) -> dict[str, float | None]:
+        """Optimizer settings of ``learned_parameters`` (``lowbit.quant.optim.param_groups``):
+        ``weight_decay`` (None: the optimizer's) and ``lr_mult`` (over the base rate)."""
+        return {"weight_decay": None, "lr_mult": 1.0}
+
     def extra_repr(self) -> str:
         return f"bits={describe_bits(self.bits)}"
 
@@ -246,6 +260,12 @@ class LearnedClip(Quantizer):
             self.alpha.clamp_(min=self.ALPHA_MIN)
         return self.alpha
 
+    def learned_parameters(self) -> dict[str, nn.Parameter]:
+        return {"alpha": self.alpha}
+
+    def optimizer_settings(self) -> dict[str, float | None]:
+        return {"weight_decay": self.alpha_decay, "lr_mult": self.alpha_lr_mult}
+
     def projected_alpha(self) -> torch.Tensor:
         """alpha as the next forward will use it (>= ALPHA_MIN), float32, detached."""
         return self.alpha.detach().float().clamp(min=self.ALPHA_MIN)
@@ -305,6 +325,123 @@ class PACTSymmetricActivation(LearnedClip):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", signed"
+
+
+class LearnedStep(Quantizer):
+    """LSQ (Esser et al., arXiv 1902.08153): round(clip(x / s, -Qn, Qp)) s with a learned step s.
+
+    Activations: one step per layer, initialised from the first training batch as
+    2 mean|x| / sqrt(Qp) (averaged over data-parallel replicas, like PACT's calibration); its
+    gradient is scaled by 1 / sqrt(N Qp), N the features per example. Weights (``bind_weight``):
+    a step per tensor (the paper) or per output channel, initialised from the weight when the
+    layer is quantized, gradient scale with N the weights per step. Steps get no weight decay
+    (a decay pulls the step down and clips more) and are kept >= ``functional.LSQ_STEP_MIN``.
+    """
+
+    def __init__(self, bits: int, signed: bool, per_channel: bool = False):
+        super().__init__(bits)
+        self.signed = bool(signed)
+        self.per_channel = bool(per_channel)
+        self.qn, self.qp = Q.lsq_range(self.bits, self.signed) if self.is_active else (0, 0)
+        self.step = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.features = 0  # N of the gradient scale, known at the first forward (activations)
+
+    def bind_weight(self, weight: torch.Tensor) -> None:
+        if not self.is_active:
+            return
+        dims = tuple(range(1, weight.dim())) if self.per_channel else None
+        step = Q.lsq_initial_step(weight.float(), self.bits, self.signed, dims)
+        if self.per_channel:
+            step = step.reshape(-1, *[1] * (weight.dim() - 1))
+        self.step = nn.Parameter(step.to(weight.device))
+        self.features = weight[0].numel() if self.per_channel else weight.numel()
+        self.initialized.fill_(True)
+
+    def initialize(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.step.copy_(mean_over_replicas(Q.lsq_initial_step(x, self.bits, self.signed)))
+            self.initialized.fill_(True)
+
+    def projected_step(self) -> torch.Tensor:
+        with torch.no_grad():
+            self.step.clamp_(min=Q.LSQ_STEP_MIN)
+        return self.step
+
+    @float32_math
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_active:
+            return x
+        if self.training and not self.initialized:
+            self.initialize(x)
+        features = self.features or x[0].numel()
+        return Q.lsq(x, self.projected_step(), self.bits, self.signed,
+                     Q.lsq_grad_scale(features, self.bits, self.signed))
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        if not self.is_active:
+            return None
+        step = self.step.detach().float().clamp(min=Q.LSQ_STEP_MIN)
+        axis = 0 if step.dim() > 0 else None
+        return IntegerGrid(self.bits, self.signed, step.reshape(-1) if axis == 0 else step,
+                           -self.qn, self.qp, axis=axis)
+
+    def learned_parameters(self) -> dict[str, nn.Parameter]:
+        return {"step": self.step}
+
+    def optimizer_settings(self) -> dict[str, float | None]:
+        return {"weight_decay": 0.0, "lr_mult": 1.0}
+
+    def extra_repr(self) -> str:
+        shown = (f"{self.step.item():.4g}" if self.step.dim() == 0
+                 else f"per-channel x{self.step.numel()}")
+        return (f"{super().extra_repr()}, step={shown}" + (", signed" if self.signed else "")
+                + ("" if self.initialized else ", init from first batch"))
+
+
+class LearnedStepOffset(LearnedStep):
+    """LSQ+ (Bhalgat et al., arXiv 2004.09576) for activations: a learned offset b, so that an
+    asymmetric range (hard-swish's minimum is -0.375) uses every level of an unsigned grid:
+    round(clip((x - b) / s, 0, 2^k - 1)) s + b, with b snapped to whole steps
+    (``functional.snap_offset``: an integer zero point, exact in an integer runtime).
+
+    Initialisation from the first training batch, the paper's min/max choice: b = min(x),
+    s = (max(x) - min(x)) / (2^k - 1).
+    """
+
+    def __init__(self, bits: int):
+        super().__init__(bits, signed=False)
+        self.offset = nn.Parameter(torch.tensor(0.0))
+
+    def initialize(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            low = mean_over_replicas(x.detach().min().clamp(max=0.0))
+            high = mean_over_replicas(x.detach().max())
+            self.offset.copy_(low)
+            self.step.copy_(((high - low) / self.qp).clamp(min=Q.LSQ_STEP_MIN))
+            self.initialized.fill_(True)
+
+    @float32_math
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_active:
+            return x
+        if self.training and not self.initialized:
+            self.initialize(x)
+        return Q.lsq_plus(x, self.projected_step(), self.offset, self.bits,
+                          Q.lsq_grad_scale(x[0].numel(), self.bits, False))
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        if not self.is_active:
+            return None
+        step = self.step.detach().float().clamp(min=Q.LSQ_STEP_MIN)
+        zero_point = -int(torch.round(self.offset.detach().float() / step))
+        return IntegerGrid(self.bits, False, step, 0, self.qp, zero_point=zero_point)
+
+    def learned_parameters(self) -> dict[str, nn.Parameter]:
+        return {"step": self.step, "offset": self.offset}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", offset={self.offset.item():.4g}"
 
 
 class DoReFaGradient(Quantizer):
@@ -425,4 +562,5 @@ def quantized_copy(
     new.bias = layer.bias
     new.train(layer.training)
     new.attach_quantizers(weight, input, gradient)
+    weight.bind_weight(layer.weight.detach())
     return new

@@ -18,6 +18,8 @@ from lowbit.quant.modules import (
     DoReFaSignedActivation,
     DoReFaWeight,
     FullPrecision,
+    LearnedStep,
+    LearnedStepOffset,
     PACTActivation,
     PACTSymmetricActivation,
     Quantizer,
@@ -195,3 +197,42 @@ class PACTSymmetric(PACT):
 
     symmetric_everywhere = True
     activation_bits = frozenset(range(2, 17))  # a signed grid needs a sign bit
+
+
+@register_scheme("lsq")
+class LSQ(Scheme):
+    """LSQ (Esser et al., arXiv 1902.08153): a learned step size for weights and activations.
+
+    Weights on a signed grid (Qn = 2^(k-1), Qp = 2^(k-1) - 1), one step per tensor as in the
+    paper or, with ``per_channel_weights``, per output channel. Activations on the unsigned grid
+    (Qn = 0, Qp = 2^k - 1), or the signed one where the probe finds negative inputs. Gradients:
+    DoReFa Eq. 12 at ``gbits``, as for the other methods.
+    """
+
+    weight_bits = frozenset(range(2, 17))  # a signed weight grid needs a sign bit
+
+    def __init__(self, per_channel_weights: bool = False):
+        self.per_channel_weights = bool(per_channel_weights)
+
+    def weight(self, bits: int) -> Quantizer:
+        return LearnedStep(bits, signed=True, per_channel=self.per_channel_weights)
+
+    def activation(self, bits: int, signed: bool = False) -> Quantizer:
+        return LearnedStep(bits, signed=signed)
+
+    def gradient(self, bits: int) -> Quantizer:
+        return DoReFaGradient(bits)
+
+
+@register_scheme("lsq_plus")
+class LSQPlus(LSQ):
+    """LSQ+ (Bhalgat et al., arXiv 2004.09576): LSQ with a learned offset for activations.
+
+    Every activation gets an unsigned grid with a learned offset (``LearnedStepOffset``), which
+    covers a signed or asymmetric range by itself, so the signed-input probe has nothing to
+    choose. Weights as in ``lsq``, their step initialised as LSQ's (the paper's 3-sigma weight
+    initialisation is not used).
+    """
+
+    def activation(self, bits: int, signed: bool = False) -> Quantizer:
+        return LearnedStepOffset(bits)

@@ -1,5 +1,6 @@
-"""What every lowbit LightningModule shares: optimizers with PACT's alpha groups, the NaN stop,
-the alpha logging. ``ClassificationTask`` and ``DetectionTask`` add their loss and metrics."""
+"""What every lowbit LightningModule shares: optimizers with the quantizers' parameter groups
+(PACT's alpha, LSQ's step), the NaN stop, the logging of those parameters.
+``ClassificationTask`` and ``DetectionTask`` add their loss and metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lowbit.quant.optim import apply_lr_mult, learned_clips, param_groups
+from lowbit.quant.optim import apply_lr_mult, logged_values, param_groups
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -41,12 +42,13 @@ class QuantTrainingTask(pl.LightningModule):
                            f"step {self.global_step}: lower optimizer.lr or use more bits "
                            f"(quant.wbits/abits/gbits) and start again")
 
-    def log_alphas(self) -> None:
-        """PACT: the dashboard shows each layer's clipping level being learned."""
-        clips = learned_clips(self.model)
-        if clips:
-            self.log_dict({f"alpha/{name}": clip.alpha.detach() for name, clip in clips.items()},
-                          on_step=True, on_epoch=False)
+    def log_learned(self) -> None:
+        """The dashboard shows each layer's learned quantizer parameters as they train: PACT's
+        ``alpha/<layer>``, LSQ's ``step/<layer>`` (``step/<layer>.weight`` for a weight's),
+        LSQ+'s ``offset/<layer>``."""
+        values = logged_values(self.model)
+        if values:
+            self.log_dict(values, on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(param_groups(self.model))

@@ -55,7 +55,7 @@ class ClassificationTask(QuantTrainingTask):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch, "train")
         self.stop_if_diverged(loss)
-        self.log_alphas()
+        self.log_learned()
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

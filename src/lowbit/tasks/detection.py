@@ -92,7 +92,7 @@ class DetectionTask(QuantTrainingTask):
         images, targets = batch
         loss = self._loss(self(images), targets, "train")
         self.stop_if_diverged(loss)
-        self.log_alphas()
+        self.log_learned()
         return loss
 
     def _evaluate(self, batch, split: str, batch_idx: int) -> None:
