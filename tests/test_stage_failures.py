@@ -34,7 +34,7 @@ ERRORS = {"measure": "RuntimeError: CUDA error: illegal access",
 STAGE_METRICS = {"measure": MEASURED, "pack": PACKED, "export": EXPORTED}
 
 
-def fake_export(model, datamodule, output_dir, threads):
+def fake_export(model, datamodule, output_dir, threads, **settings):
     """The integer export's metric without the minutes an ONNX Runtime measurement takes."""
     return {"export/top1_agreement": 1.0}
 

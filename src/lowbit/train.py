@@ -241,8 +241,8 @@ def export_costs(model: nn.Module, datamodule, cfg: DictConfig,
                             threads=int(settings.get("threads", 2)),
                             warmup=int(latency.get("warmup", 10)),
                             repeats=int(latency.get("repeats", 50)),
-                            decoding=OmegaConf.to_container(cfg.get("detection") or {},
-                                                            resolve=True))
+                            decoding=OmegaConf.to_container(cfg.detection, resolve=True)
+                            if cfg.get("detection") else None)
     except UnsupportedModel as error:
         log.warning("no integer ONNX export: %s", error)
         return {}

@@ -154,6 +154,22 @@ def grid_codes(source: nn.Module, weight: torch.Tensor, where: str):
     return codes, (step if grid.per_channel else step.expand(weight.shape[0]))
 
 
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """What the layer computes with: BN folded in, or the quantized weight of an unfolded layer
+    (a conv with no BatchNorm after it: the squeeze-excite convs, a classifier)."""
+    with torch.no_grad():
+        return (layer.quantized_weight() if isinstance(layer, QuantizedLayer)
+                else layer.weight).detach()
+
+
+def exceeds_int8(layer: nn.Module, where: str) -> bool:
+    """Whether the layer's exact integer codes need more than int8 (8-bit DoReFa: 255 odd
+    levels); such a layer with a float output keeps its exact weight in float."""
+    source = layer.source if isinstance(layer, FoldedQuantConv2d) else layer
+    found = grid_codes(source, source.weight.detach().float(), where)
+    return found is not None and bool(found[0].abs().max() > INT8_MAX)
+
+
 @torch.no_grad()
 def integer_weight(layer: nn.Module, where: str) -> IntegerWeight:
     """The integer codes and per-channel scales of ``layer``'s (BN-folded) weight.
@@ -164,10 +180,7 @@ def integer_weight(layer: nn.Module, where: str) -> IntegerWeight:
     """
     folded = isinstance(layer, FoldedQuantConv2d)
     source = layer.source if folded else layer
-    # What the layer computes with: BN folded in, or the quantized weight of an unfolded layer
-    # (a conv with no BatchNorm after it: the squeeze-excite convs, a classifier).
-    effective = (layer.quantized_weight() if isinstance(layer, QuantizedLayer)
-                 else layer.weight).detach().double()
+    effective = effective_weight(layer).double()
     shape = (-1,) + (1,) * (effective.dim() - 1)
     found = grid_codes(source, source.weight.detach().float(), where)
     if found is None:
@@ -372,12 +385,18 @@ def plan_requantization(gm: torch.fx.GraphModule, grids: dict[str, Grid], points
     8-bit Q there with the min/max that the calibration images reach: ORT's static
     quantization's choice, and the one place where the export departs from the trained model
     on purpose (named in the model's metadata, measured by ``scripts/export.py --parity``).
-    A layer whose output is the model's output (logits, a detector's heads) stays float."""
+    A layer whose output reaches no other layer (a classifier, a detector's heads, NIN's last
+    conv before its pooling) stays float: nothing integer would follow it."""
+    modules = dict(gm.named_modules())
+    feeds_layer: dict[torch.fx.Node, bool] = {}
+    for node in reversed(gm.graph.nodes):
+        feeds_layer[node] = any(
+            (user.op == "call_module" and isinstance(modules[user.target], LAYERS))
+            or feeds_layer.get(user, False) for user in node.users)
     requantized = {}
     for node in gm.graph.nodes:
         if (node.op == "call_module" and node.target in grids and node not in points
-                and node.target in observed_outputs
-                and any(user.op != "output" for user in node.users)):
+                and node.target in observed_outputs and feeds_layer[node]):
             requantized[node] = calibrated_grid(*observed_outputs[node.target])
     return requantized
 
@@ -468,7 +487,7 @@ def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
             continue
         elif node.op == "call_module" and isinstance(modules[node.target], LAYERS):
             value = emit_layer(b, node, modules[node.target], env[node.args[0]],
-                               direct.get(node))
+                               direct.get(node), fused=node in points or node in requantized)
         elif fetch_is_int(node, env) and passes_through(node, modules):
             value = emit_integer_pass(b, node, modules, env[node.args[0]])
         else:
@@ -503,8 +522,13 @@ def fetch_is_int(node: torch.fx.Node, env: dict) -> bool:
 
 
 def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
-               grid: Grid | None) -> Value:
-    """Conv2d/Linear: DQ(x) and DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, float output."""
+               grid: Grid | None, fused: bool) -> Value:
+    """Conv2d/Linear: DQ(x) and DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, float output.
+
+    ``fused``: a Q follows (the layer runs as an integer kernel). A layer with a float output
+    whose exact codes exceed int8 (an 8-bit DoReFa classifier) keeps its exact float weight:
+    ORT would fuse a DQ -> Gemm into an int8 QGemm, and a float output gains nothing from it.
+    """
     name = node.target
     if grid is not None:  # a Q that could not be hoisted: right at the layer's input
         x = b.quantize(b.dequantize(x, f"{name}_in"), grid, f"{name}_in")
@@ -512,8 +536,10 @@ def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
         b.layer_inputs[name] = x.name
     x_float = b.dequantize(x, f"{name}_x")
     bias = layer.bias.detach().double().numpy() if layer.bias is not None else None
-    if x.grid is None:  # float input: a float layer (its weight as the layer computes it)
-        inputs = [x_float, b.constant(f"{name}_weight", layer.weight.detach().float().numpy())]
+    if x.grid is None or (not fused and exceeds_int8(layer, name)):
+        # a float layer, with the weight the layer computes with
+        inputs = [x_float, b.constant(f"{name}_weight",
+                                      effective_weight(layer).float().numpy())]
         if bias is not None:
             inputs.append(b.constant(f"{name}_bias", bias.astype(np.float32)))
     else:

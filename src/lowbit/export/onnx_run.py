@@ -195,8 +195,9 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
 
     run_dir = check_run_dir(run_dir)
     model, datamodule, cfg = load_run_model(run_dir)
-    metrics = export_model(model, datamodule, run_dir, threads,
-                           decoding=OmegaConf.to_container(cfg.get("detection") or {}, resolve=True))
+    detection = cfg.get("detection")
+    decoding = OmegaConf.to_container(detection, resolve=True) if detection else None
+    metrics = export_model(model, datamodule, run_dir, threads, decoding=decoding)
     if write:
         path = run_dir / RESULTS_FILE
         results = json.loads(path.read_text())
