@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import FAST, ROOT, run_env
 
 from user_schemes import fixed_point  # noqa: F401  (registers quantizer=fixed_point)
 
@@ -66,3 +72,40 @@ def test_a_quantizer_without_a_grid_is_refused_with_one_line(tmp_path):
     from lowbit.export.onnx_graph import UnsupportedModel
     with pytest.raises(UnsupportedModel, match="Opaque states no integer grid"):
         export_int8_onnx(model, SHAPE, tmp_path / "model_int8.onnx")
+
+
+USER_DIR = Path(__file__).parent  # holds user_schemes/, the researcher's own package
+
+
+def test_user_quantizer_runs_the_whole_pipeline_from_the_command_line(tmp_path):
+    """``quantizer=fixed_point`` from the user's config folder on Hydra's search path: trains,
+    packs and exports with no change to lowbit (the README's "Write your own quantizer")."""
+    env = {**run_env(), "PYTHONPATH": str(USER_DIR)}
+    conf = USER_DIR / "user_schemes" / "conf"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"hydra.searchpath=[file://{conf}]",
+         "quantizer=fixed_point", "quant.wbits=3", *FAST, "logger=none", "callbacks=none",
+         f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "ok" and results["quant"]["quantizer"] == "fixed_point"
+    metrics = results["metrics"]
+    assert metrics["model/size_bytes"] == (tmp_path / "run" / "model_packed.safetensors").stat().st_size
+    assert metrics["latency/int8_ms"] > 0 and 0 <= metrics["export/top1_agreement"] <= 1
+    assert (tmp_path / "run" / "model_int8.onnx").is_file()
+
+
+def test_user_quantizer_options_are_checked_before_any_work(tmp_path):
+    conf = USER_DIR / "user_schemes" / "conf"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"hydra.searchpath=[file://{conf}]",
+         "quantizer=fixed_point", "quant.wbits=12", "logger=none",
+         f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, env={**run_env(), "PYTHONPATH": str(USER_DIR)},
+        timeout=300, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lowbit: error: quantizer=fixed_point cannot quantize to quant.wbits=12 "
+        "(allowed: 2-8 or 32)"]
+    assert not (tmp_path / "run").exists()

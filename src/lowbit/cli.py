@@ -66,16 +66,45 @@ def split_argv(argv: list[str]) -> tuple[list[str], str, bool] | None:
     return overrides, config_name, multirun
 
 
-def config_groups() -> dict[str, list[str]]:
-    """Option names of every config group folder under conf/ (``hydra`` groups excluded: they
-    add to Hydra's own options, such as the launchers that plugins register)."""
-    groups = {}
-    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
-        group = folder.relative_to(CONFIG_DIR).as_posix()
-        if group.split("/")[0] == "hydra":
-            continue
-        groups[group] = sorted(f.stem for f in folder.glob("*.yaml"))
-    return groups
+def config_groups(extra_dirs: tuple[Path, ...] = ()) -> dict[str, list[str]]:
+    """Option names of every config group folder under conf/ and under the user's config
+    folders on Hydra's search path (``hydra`` groups excluded: they add to Hydra's own options,
+    such as the launchers that plugins register)."""
+    groups: dict[str, set[str]] = {}
+    for root in (CONFIG_DIR, *extra_dirs):
+        for folder in sorted(p for p in Path(root).rglob("*") if p.is_dir()):
+            group = folder.relative_to(root).as_posix()
+            if group.split("/")[0] == "hydra":
+                continue
+            groups.setdefault(group, set()).update(f.stem for f in folder.glob("*.yaml"))
+    return {group: sorted(names) for group, names in groups.items()}
+
+
+SEARCHPATH_KEY = "hydra.searchpath"
+
+
+def searchpath_overrides(overrides: list[str]) -> list[str]:
+    """The ``hydra.searchpath=[file://DIR,...]`` override, if any: a user's config folders
+    (their own quantizer, model or data set options), which every compose here must see too."""
+    return [o for o in overrides if override_key(o) == SEARCHPATH_KEY]
+
+
+def searchpath_dirs(overrides: list[str]) -> tuple[Path, ...]:
+    """The folders a ``hydra.searchpath`` override names with ``file://`` (relative ones from
+    the working directory, as Hydra reads them); ConfigError for one that is not a folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    dirs = []
+    for override in OverridesParser.create().parse_overrides(searchpath_overrides(overrides)):
+        entries = override.value() if isinstance(override.value(), list) else [override.value()]
+        for entry in map(str, entries):
+            if not entry.startswith("file://"):
+                continue  # pkg:// entries: Hydra resolves them; their groups are not listed here
+            folder = Path(entry.removeprefix("file://"))
+            if not folder.is_dir():
+                raise ConfigError(f"{SEARCHPATH_KEY}: {entry} is not a folder")
+            dirs.append(folder)
+    return tuple(dirs)
 
 
 def job_variants(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
@@ -237,7 +266,8 @@ def preflight(argv: list[str]) -> None:
         if split is None:
             return
         overrides, config_name, multirun = split
-        groups = config_groups()
+        searchpath = searchpath_overrides(overrides)
+        groups = config_groups(searchpath_dirs(overrides))
         variants, fixed = job_variants(overrides)
         check_group_choices(fixed, groups)
         preset = [o for o in fixed if override_key(o) == "sweep" and not o.endswith("=null")]
@@ -260,7 +290,7 @@ def preflight(argv: list[str]) -> None:
         for variant in variants:
             check_group_choices(variant, groups)
             try:
-                cfg = compose(config_name, variant)
+                cfg = compose(config_name, [*searchpath, *variant])
             except ConfigError:
                 raise
             except Exception as error:

@@ -30,7 +30,7 @@ from lowbit.errors import ConfigError
 from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
 from lowbit.quant import quantize_model
-from lowbit.quant.convert import make_scheme, plan_quantization
+from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
 from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
 from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
@@ -131,7 +131,8 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     quant = OmegaConf.to_container(cfg.quant, resolve=True)
     if not quant.get("quantizer"):
         raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
-    make_scheme(quant["quantizer"], {})  # an unknown name fails before anything is built
+    # an unknown name or _target_ fails before anything is built
+    scheme_class(quant["quantizer"], quant.get(TARGET_KEY))
     if output_dir is not None:
         check_output_dir(output_dir)
     datamodule = build_datamodule(cfg)

@@ -170,20 +170,44 @@ def probe_signed_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> set[s
     return signed
 
 
+TARGET_KEY = "_target_"
+
+
+def scheme_class(quantizer: str, target: str | None = None) -> type[Scheme]:
+    """The Scheme class of a quantizer config: its ``_target_`` (a dotted class path, one hop
+    from config to code, a user's own module included) or, without one, the name registered
+    with ``register_scheme``."""
+    if target is None:
+        if quantizer not in SCHEMES:
+            raise ConfigError(
+                f"unknown quantizer {quantizer!r}: available are {', '.join(sorted(SCHEMES))}"
+            )
+        return SCHEMES[quantizer]
+    from hydra.utils import get_class
+
+    try:
+        found = get_class(target)
+    except Exception as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"quantizer={quantizer}: cannot import its _target_ {target} "
+                          f"({first}); is its module on PYTHONPATH?") from None
+    if not (isinstance(found, type) and issubclass(found, Scheme)):
+        raise ConfigError(f"quantizer={quantizer}: _target_ {target} is not a "
+                          f"lowbit.quant.Scheme subclass")
+    return found
+
+
 def make_scheme(quantizer: str, options: Mapping[str, Any]) -> Scheme:
-    if quantizer not in SCHEMES:
-        raise ConfigError(
-            f"unknown quantizer {quantizer!r}: available are {', '.join(sorted(SCHEMES))}"
-        )
-    scheme_class = SCHEMES[quantizer]
-    accepted = [name for name in inspect.signature(scheme_class).parameters]
+    options = dict(options)
+    found = scheme_class(quantizer, options.pop(TARGET_KEY, None))
+    accepted = [name for name in inspect.signature(found).parameters]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
             f"quantizer={quantizer} has no option {', '.join(unknown)} "
             f"(its options: {', '.join(accepted) or 'none'}; bits: {', '.join(BIT_KEYS)})"
         )
-    return scheme_class(**options)
+    return found(**options)
 
 
 def plan_quantization(
