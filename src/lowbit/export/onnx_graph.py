@@ -11,22 +11,30 @@ the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes Q
   / K, for a K times finer bias grid). Wider codes do not fit int8 and ORT has no 16-bit integer
   conv (and fuses even a float-output Gemm into an int8 QGemm), so a channel whose codes exceed
   127 is re-rounded onto 127 steps of its own max|code| (8-bit DoReFa: at most half an int8
-  step, about a quarter of the 1/255 grid step); channels that fit stay exact. Biases: int32 on
-  the scale input_scale *
-  weight_scale, as QLinearConv requires; their rounding (at most 1/2K of the accumulator step)
-  is the one inexact part of an exact layer.
-- Activations: a layer's input quantizer becomes QuantizeLinear with its own step (DoReFa:
-  1/(n act_scale), PACT: alpha/n; signed forms on int8) and DequantizeLinear with the step the
-  layer computes with (DoReFa: 1/n, no multiply-back, as in ``functional.dorefa_activation``).
-  A k < 8 bit grid clips at n (or +-m), tighter than uint8/int8 saturation, so a Clip on the
-  integers follows the Q: it keeps the export exact and stays out of the conv's fusion.
-- The Q is hoisted to the producing layer's output across ReLU and MaxPool (both monotone, so
-  Q(maxpool(relu(y))) = maxpool(Q(y)) once the clip's lower bound is at zero): the conv then ends
-  in a Q and fuses, ReLU disappears into the clip, and MaxPool runs on uint8.
+  step, about a quarter of the 1/255 grid step); channels that fit stay exact, and a layer
+  with a float output keeps such codes exact as a float weight. Biases: int32 on the scale
+  input_scale * weight_scale, as QLinearConv requires; their rounding (at most 1/2K of the
+  accumulator step) is the one inexact part of an exact layer.
+- Activations: a layer's input quantizer, read through its grid contract
+  (``Quantizer.grid``), becomes QuantizeLinear with its input step (DoReFa: 1/(n act_scale),
+  PACT: alpha/n, LSQ: s) and DequantizeLinear with the step the layer computes with (DoReFa: 1/n,
+  no multiply-back, as in ``functional.dorefa_activation``). Codes are uint8; a signed grid is
+  shifted by 128 (zero point 128), since ORT on x86 fuses QLinearConv for uint8 activations
+  only. A k < 8 bit grid clips tighter than uint8 saturation, so a Clip on the integers
+  follows the Q: it keeps the export exact and stays out of the conv's fusion.
+- The Q is hoisted to the producing layer's output across ReLU, max pooling, nearest upsampling
+  and padding (``passes_through``: Q(maxpool(relu(y))) = maxpool(Q(y)) once the clip's lower
+  bound is at zero): the conv then ends in a Q and fuses, ReLU disappears into the clip, and
+  the others run on uint8.
+- Between layers: add, mul, concat, hard-swish, hard-sigmoid, leaky ReLU, sigmoid, pooling,
+  flatten (``emit_float_op``), and a model may return several tensors (a detector's heads).
 - Inputs lowbit leaves in float (the image in front of the first layer, layers the first/last
   policy keeps at 32 bits) stay float unless ``calibration`` images are given; then they are
   quantized on uint8 with the min/max those images reach there (not exact: a runtime choice).
-  A layer whose output no quantizer reads (the classifier) keeps a float output.
+  With calibration images, a layer output that no quantizer reads but that reaches another
+  layer (a conv before hard-swish or a residual sum) is requantized on 8 bits so that its conv
+  runs on integers (``plan_requantization``); a layer whose output reaches no other layer (the
+  classifier, a detector's heads) keeps a float output.
 """
 
 from __future__ import annotations
@@ -65,10 +73,10 @@ class UnsupportedModel(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
-    """How one float tensor becomes integers: q = clip(round(x / q_scale) + zero_point, lo, hi)
-    and back: value = (q - zero_point) * dq_scale (dq_scale != q_scale for DoReFa's act_scale)."""
+    """How one float tensor becomes uint8 codes at runtime: q = clip(round(x / q_scale) +
+    zero_point, lo, hi), and back: value = (q - zero_point) * dq_scale (dq_scale != q_scale for
+    DoReFa's act_scale). Signed grids arrive shifted by 128 (``quantizer_grid``)."""
 
-    signed: bool
     q_scale: float
     dq_scale: float
     lo: int
@@ -76,18 +84,13 @@ class Grid:
     zero_point: int = 0
     exact: bool = True
 
-    @property
-    def numpy_type(self):
-        return np.int8 if self.signed else np.uint8
-
-    @property
-    def saturation(self) -> tuple[int, int]:
-        return (-128, 127) if self.signed else (0, 255)
+    numpy_type = np.uint8
+    saturation = (0, 255)
 
     def at_least(self, low: int) -> "Grid":
         """The same grid with its lower clip raised to ``low`` (a ReLU absorbed: low = zp)."""
-        return Grid(self.signed, self.q_scale, self.dq_scale, max(self.lo, low), self.hi,
-                    self.zero_point, self.exact)
+        return Grid(self.q_scale, self.dq_scale, max(self.lo, low), self.hi, self.zero_point,
+                    self.exact)
 
 
 def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
@@ -106,7 +109,7 @@ def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
     # Signed codes travel as uint8 shifted by 128 (zero point 128): the same values, and ORT on
     # x86 fuses QLinearConv only for uint8 activations (its int8-activation kernels are ARM's).
     shift = UINT8_SHIFT if contract.signed else 0
-    grid = Grid(False, float(contract.quantize_scale), float(contract.scale),
+    grid = Grid(float(contract.quantize_scale), float(contract.scale),
                 contract.qmin + shift, contract.qmax + shift, contract.zero_point + shift)
     if not (0 <= grid.lo <= grid.hi <= 255 and 0 <= grid.zero_point <= 255):
         raise UnsupportedModel(f"{where}: codes {contract.qmin}..{contract.qmax} (zero point "
@@ -127,7 +130,7 @@ def calibrated_grid(low: float, high: float) -> Grid:
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / 255 if high > low else 1.0
     zero_point = int(np.clip(round(-low / scale), 0, 255))
-    return Grid(False, scale, scale, 0, 255, zero_point, exact=False)
+    return Grid(scale, scale, 0, 255, zero_point, exact=False)
 
 
 # -- weights ----------------------------------------------------------------------------------
