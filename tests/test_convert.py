@@ -10,6 +10,7 @@ from lowbit.errors import ConfigError
 from lowbit.measure import count_macs, model_size
 from lowbit.models import NIN
 from lowbit.quant import QuantConv2d, QuantLinear, QuantizedLayer, quantize_model
+from lowbit.quant.modules import ImageQuantizer
 
 
 class UsersNet(nn.Module):
@@ -149,3 +150,36 @@ def test_bits_aware_size():
     other = params - w8 - w2
     assert size.size_bytes == w8 + 2 * 4 + (w2 // 4) + 3 * 4 + other * 4
     assert size.compression == pytest.approx(params * 4 / size.size_bytes)
+
+
+def test_the_image_is_quantized_at_input_bits_on_the_training_batches_range():
+    model = quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4, input_bits=8)
+    image = model.stem.input_quantizer
+    assert isinstance(image, ImageQuantizer) and model.stem.abits == 8
+    assert image.grid() is None  # no range before a training batch: the image passes unchanged
+    x = torch.tensor([-1.0, 0.0, 0.3, 3.0]).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
+    assert torch.equal(image.eval()(x), x)
+    image.train()(x)
+    image(x * 0.5)  # a later batch inside the range leaves it
+    grid = image.grid()
+    scale = 4.0 / 255
+    assert grid.scale.item() == pytest.approx(scale) and grid.zero_point == round(1.0 / scale)
+    image.eval()
+    y = image(torch.tensor([5.0, -2.0, 0.3]))
+    # clipped to the range, on the grid whose zero point is an integer
+    low, high = -grid.zero_point * scale, (255 - grid.zero_point) * scale
+    assert y[0].item() == pytest.approx(high) and y[1].item() == pytest.approx(low)
+    assert y[2].item() == pytest.approx(round(0.3 / scale) * scale)
+
+
+@pytest.mark.parametrize("input_bits, message", [
+    (1, "quant.input_bits=1"), (12, "quant.input_bits=12"), (3.5, "quant.input_bits must be")])
+def test_input_bits_outside_2_to_8_or_32_are_refused(input_bits, message):
+    with pytest.raises(ConfigError, match=message):
+        quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4, input_bits=input_bits)
+
+
+def test_a_float_first_layer_keeps_a_float_image():
+    model = quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4, input_bits=8,
+                           first_layer_bits=32)
+    assert type(model.stem) is nn.Conv2d  # W, A, G all 32: the plain layer, the image float

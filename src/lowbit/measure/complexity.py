@@ -44,7 +44,7 @@ def count_bops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     """Bit operations per layer name: MACs x wbits x abits, full precision counting as 32.
 
     The BOPs measure of mixed-precision work (UNIQ, Baskin et al.); a float layer costs 32 x 32
-    per MAC, the first layer (its input, the image, is never quantized) wbits x 32.
+    per MAC, the first layer wbits x ``input_bits`` (the image's bits; 32 when kept float).
     """
     bits = {name: (getattr(m, "wbits", FULL_PRECISION), getattr(m, "abits", FULL_PRECISION))
             for name, m in model.named_modules()}

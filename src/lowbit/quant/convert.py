@@ -5,7 +5,11 @@ Policy (documented in the README):
   and the last Conv2d/Linear are the "first" and "last" layers. A model with several outputs
   names its output layers in a ``last_layers`` attribute (YOLOv3-tiny's two output convs); all
   of them are then "last" layers.
-- The first layer's input is never quantized (it is the image).
+- The first layer's input, the image, is quantized at ``input_bits`` (default 8; 32 keeps it
+  float) by ``ImageQuantizer``, whatever the method: an asymmetric grid over the range the
+  training batches reach, the grid an integer runtime feeds the first conv on. Training then
+  sees the image the deployed model sees (before, lowbit kept it float and the export quantized
+  it on its own, a difference that one-step flips at 2 bits made visible).
 - The first and last layers are never quantized more coarsely than ``first_layer_bits`` /
   ``last_layer_bits``, in W, A and G: their bits are max(bits, first/last_layer_bits). PACT's
   Table 2 shows that 8-bit first/last layers cost almost nothing, 2-bit ones a lot; 32 keeps
@@ -38,13 +42,20 @@ from torch import nn
 
 from lowbit.errors import ConfigError
 from lowbit.quant.functional import FULL_PRECISION
-from lowbit.quant.modules import FullPrecision, QuantizedLayer, quantized_copy
+from lowbit.quant.modules import (
+    FullPrecision,
+    ImageQuantizer,
+    QuantizedLayer,
+    Quantizer,
+    quantized_copy,
+)
 from lowbit.quant.schemes import SCHEMES, Scheme
 
 SUPPORTED_BITS = frozenset(range(1, 17)) | {FULL_PRECISION}
 BIT_KEYS = ("wbits", "abits", "gbits")
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 SIGNED_INPUT_MODES = ("auto", "never")
+INPUT_BITS = frozenset(range(2, 9)) | {FULL_PRECISION}
 
 
 @dataclass(frozen=True)
@@ -87,10 +98,12 @@ def plan_bits(
     last_layer_bits: int,
     overrides: Mapping[str, Mapping[str, int]] | None = None,
     last_layers: tuple[str, ...] | None = None,
+    input_bits: int = FULL_PRECISION,
 ) -> dict[str, LayerBits]:
     """The bits of every layer under the policy in this module's docstring.
 
-    ``last_layers``: the output layers' names (default: the last of ``layer_names``).
+    ``last_layers``: the output layers' names (default: the last of ``layer_names``);
+    ``input_bits``: the image's bits (the first layer's ``abits``).
     """
     base = LayerBits(
         check_bits("quant.wbits", wbits),
@@ -99,6 +112,9 @@ def plan_bits(
     )
     check_bits("quant.first_layer_bits", first_layer_bits)
     check_bits("quant.last_layer_bits", last_layer_bits)
+    if check_bits("quant.input_bits", input_bits) not in INPUT_BITS:
+        raise ConfigError(f"quant.input_bits={input_bits}: the image is quantized to 2-8 bits "
+                          f"(an integer runtime's uint8 input), or 32 to keep it float")
     if not layer_names:
         raise ConfigError("the model has no Conv2d or Linear layer to quantize")
 
@@ -111,7 +127,8 @@ def plan_bits(
             raise ValueError(f"last_layers names {name!r}, which is not a Conv2d/Linear layer")
         plan[name] = at_least(base, last_layer_bits)
     first = at_least(base, first_layer_bits)
-    plan[layer_names[0]] = replace(first, abits=FULL_PRECISION, quantize_input=False)
+    image_bits = FULL_PRECISION if first.is_full_precision else input_bits
+    plan[layer_names[0]] = replace(first, abits=image_bits, quantize_input=False)
 
     for pattern, bits in (overrides or {}).items():
         matched = fnmatch.filter(layer_names, pattern)
@@ -134,8 +151,8 @@ def plan_bits(
         checked = {k: check_bits(f"quant.overrides[{pattern!r}].{k}", v) for k, v in bits.items()}
         for name in matched:
             plan[name] = replace(plan[name], **checked)
-            if not plan[name].quantize_input:  # the first layer's input stays the image
-                plan[name] = replace(plan[name], abits=FULL_PRECISION)
+            if not plan[name].quantize_input:  # the first layer's input stays the image's grid
+                plan[name] = replace(plan[name], abits=image_bits)
     return plan
 
 
@@ -221,6 +238,7 @@ def plan_quantization(
     overrides: Mapping[str, Mapping[str, int]] | None = None,
     signed_inputs: str = "auto",
     input_shape: tuple[int, ...] | None = None,
+    input_bits: int = FULL_PRECISION,
     **options: Any,
 ) -> tuple[Scheme, dict[str, LayerBits]]:
     """Every check of a quantization request, without touching the model: (scheme, plan).
@@ -244,14 +262,21 @@ def plan_quantization(
     if names and names[0] == "":
         raise ConfigError("quantize_model needs a model that contains layers, not a bare layer")
     plan = plan_bits(names, wbits, abits, gbits, first_layer_bits, last_layer_bits, overrides,
-                     last_layers=getattr(model, "last_layers", None))
+                     last_layers=getattr(model, "last_layers", None), input_bits=input_bits)
     if input_shape is not None and signed_inputs == "auto":
         signed = probe_signed_inputs(model, tuple(input_shape))
         plan = {name: replace(bits, signed_input=bits.quantize_input and name in signed)
                 for name, bits in plan.items()}
-    # The user's own numbers first, so that the message names what they typed.
-    scheme.check({"quant": LayerBits(wbits, abits, gbits), **plan})
+    # The user's own numbers first, so that the message names what they typed. The image's
+    # bits are lowbit's (ImageQuantizer), not the method's: not the scheme's to check.
+    scheme.check({"quant": LayerBits(wbits, abits, gbits),
+                  **{name: bits if bits.quantize_input else replace(bits, abits=FULL_PRECISION)
+                     for name, bits in plan.items()}})
     return scheme, plan
+
+
+def image_quantizer(bits: int) -> Quantizer:
+    return FullPrecision() if bits >= FULL_PRECISION else ImageQuantizer(bits)
 
 
 def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
@@ -259,7 +284,8 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
 
     ``quant`` is the ``quant`` config node: ``quantizer`` (the method's name, e.g. "dorefa"),
     ``wbits``/``abits``/``gbits`` (1-16, or 32 for full precision), ``first_layer_bits``,
-    ``last_layer_bits``, ``overrides``, and the method's own options (e.g. ``act_scale``);
+    ``last_layer_bits``, ``input_bits`` (the image's, default 32 here and 8 in the configs),
+    ``overrides``, and the method's own options (e.g. ``act_scale``);
     ``input_shape`` (C, H, W) turns on the signed-input probe (``signed_inputs="never"`` keeps
     it off). Every check runs before the
     model is touched; the policy is in this module's docstring.
@@ -273,7 +299,7 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
             layer,
             weight=scheme.weight(bits.wbits),
             input=(scheme.activation(bits.abits, signed=bits.signed_input)
-                   if bits.quantize_input else FullPrecision()),
+                   if bits.quantize_input else image_quantizer(bits.abits)),
             gradient=scheme.gradient(bits.gbits),
         )
         parent_name, _, child_name = name.rpartition(".")

@@ -444,6 +444,66 @@ class LearnedStepOffset(LearnedStep):
         return super().extra_repr() + f", offset={self.offset.item():.4g}"
 
 
+class ImageQuantizer(Quantizer):
+    """The first layer's input, the image, on the unsigned k-bit grid an integer runtime feeds
+    it on: asymmetric, scale (max - min) / (2^k - 1), an integer zero point (ORT's and torch.ao's
+    convention), so that the deployed first conv computes what training did.
+
+    The range is the running min and max of every training batch (torch.ao's MinMaxObserver),
+    averaged over data-parallel replicas' extremes; evaluation uses it frozen. Until a training
+    batch has been seen the image passes through unchanged and ``grid()`` is None (an export then
+    calibrates the image on its own). Gradient: straight-through inside the range.
+    """
+
+    def __init__(self, bits: int):
+        super().__init__(bits)
+        self.register_buffer("low", torch.tensor(0.0))
+        self.register_buffer("high", torch.tensor(0.0))
+        self.register_buffer("observed", torch.tensor(False))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        low = mean_over_replicas(x.detach().min().float().clamp(max=0.0))
+        high = mean_over_replicas(x.detach().max().float().clamp(min=0.0))
+        if bool(self.observed):
+            low, high = torch.minimum(low, self.low), torch.maximum(high, self.high)
+        self.low.copy_(low)
+        self.high.copy_(high)
+        self.observed.fill_(True)
+
+    def scale_and_zero_point(self) -> tuple[torch.Tensor, int]:
+        n = Q.levels(self.bits)
+        scale = ((self.high - self.low) / n).clamp(min=torch.finfo(torch.float32).tiny)
+        return scale, int(torch.clamp(torch.round(-self.low / scale), 0, n))
+
+    @float32_math
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_active:
+            return x
+        if self.training:
+            self.observe(x)
+        if not bool(self.observed):
+            return x
+        scale, zero_point = self.scale_and_zero_point()
+        n = Q.levels(self.bits)
+        low, high = (0 - zero_point) * scale, (n - zero_point) * scale
+        clipped = torch.minimum(torch.maximum(x, low), high)
+        quantized = torch.round(clipped / scale) * scale
+        return clipped + (quantized - clipped).detach()
+
+    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
+        if not (self.is_active and bool(self.observed)):
+            return None
+        scale, zero_point = self.scale_and_zero_point()
+        return IntegerGrid(self.bits, False, scale.float(), 0, Q.levels(self.bits),
+                           zero_point=zero_point)
+
+    def extra_repr(self) -> str:
+        shown = (f", range=[{self.low.item():.4g}, {self.high.item():.4g}]"
+                 if bool(self.observed) else ", range from training batches")
+        return super().extra_repr() + shown
+
+
 class DoReFaGradient(Quantizer):
     """DoReFa Eq. 12 on the gradient flowing back through this point; identity forward.
 
