@@ -144,13 +144,17 @@ class DoReFaActivation(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_activation(x, self.bits, self.scale)
 
+    signed = False
+
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
-        """Codes 0..n worth 1/n each; the input step is 1/(n act_scale) (no multiply-back)."""
+        """Codes 0..n (signed: -m..m) worth 1/n (1/m) each; the input step is 1/(n act_scale)
+        (no multiply-back)."""
         if not self.is_active:
             return None
-        n = Q.levels(self.bits)
-        return unsigned_grid(self.bits, torch.tensor(1.0 / n),
-                             input_scale=torch.tensor(1.0 / (n * self.scale)))
+        steps = Q.symmetric_levels(self.bits) if self.signed else Q.levels(self.bits)
+        make = symmetric_grid if self.signed else unsigned_grid
+        return make(self.bits, torch.tensor(1.0 / steps),
+                    input_scale=torch.tensor(1.0 / (steps * self.scale)))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
@@ -159,16 +163,11 @@ class DoReFaActivation(Quantizer):
 class DoReFaSignedActivation(DoReFaActivation):
     """DoReFa's activation grid made symmetric, for inputs that can be negative (k >= 2)."""
 
+    signed = True
+
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.dorefa_activation_signed(x, self.bits, self.scale)
-
-    def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
-        if not self.is_active:
-            return None
-        m = Q.symmetric_levels(self.bits)
-        return symmetric_grid(self.bits, torch.tensor(1.0 / m),
-                              input_scale=torch.tensor(1.0 / (m * self.scale)))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", signed"
