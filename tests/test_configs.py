@@ -65,3 +65,28 @@ def test_optimizer_and_scheduler_instantiate_as_factories(make_cfg):
     assert isinstance(optimizer, torch.optim.Adam)
     assert isinstance(instantiate(cfg.scheduler)(optimizer),
                       torch.optim.lr_scheduler.MultiStepLR)
+
+
+def leaves(node, prefix=""):
+    """(dotted key, value) of every leaf of a plain config dict."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("preset", GROUPS["experiment"])
+def test_every_value_a_preset_sets_survives_composition(make_cfg, preset):
+    """What a preset says is what runs: main-config keys (objectives) do not win over it."""
+    from omegaconf import OmegaConf
+
+    from lowbit.config import CONFIG_DIR
+
+    stated = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "experiment" / f"{preset}.yaml"))
+    stated.pop("defaults", None)
+    cfg = make_cfg(f"experiment={preset}", fast=False)
+    for key, value in leaves(stated):
+        assert OmegaConf.select(cfg, key) == value, f"{preset}: {key}"
+    if preset == "yolov3_tiny_shapes":
+        assert list(cfg.objectives) == ["val/map50_best"]
