@@ -74,8 +74,9 @@ FILE_INPUTS = [
     (["ckpt_path={code_ckpt}"], "holds more than tensors and plain containers"),
     (["ckpt_path={other_model_ckpt}"], "is one of another model"),
     (["ckpt_path={five_class_ckpt}"], "has shape [5, 192, 1, 1] there and [10, 192, 1, 1] here"),
-    (["quantizer=pact", "ckpt_path={nin_ckpt}"],  # a float checkpoint has no alphas
-     "16 of this model's weights are not in it (features.1.0.input_quantizer.alpha"),
+    # a float checkpoint has no image range and no alphas (16 alpha and calibration entries)
+    (["quantizer=pact", "ckpt_path={nin_ckpt}"],
+     "19 of this model's weights are not in it (features.0.0.input_quantizer.low"),
     (["resume={missing_dir}"], "no such run dir"),
     (["resume={run_without_ckpt}"], "has no checkpoints/last.ckpt to continue from"),
     (["-m", "resume={nin_run}"], "resume= continues one run: drop -m"),
