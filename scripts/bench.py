@@ -151,13 +151,17 @@ def bench_latency(folder: Path, threads: int, warmup: int, repeats: int,
     return results, text
 
 
-def deployed_models() -> dict[str, tuple[torch.nn.Module, tuple[int, int, int]]]:
-    """The deployed section's networks, quantized W8A8 as their presets train them."""
+def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
+    """The deployed section's networks, quantized W8A8 as their presets train them (a quick
+    smoke run uses smaller images)."""
     quant = dict(quantizer="pact_symmetric", wbits=8, abits=8, gbits=32, **BITS,
                  weight_quantizer="channel_wise_abs_max", alpha_init=6.0)
+    mobilenet_side, yolo_side = (64, 128) if quick else (224, 416)
     torch.manual_seed(0)
-    mobilenet, mobilenet_shape = MobileNetV3("small", num_classes=1000), (3, 224, 224)
-    yolo, yolo_shape = YOLOv3Tiny(num_classes=80, input_size=416), (3, 416, 416)
+    mobilenet = MobileNetV3("small", num_classes=1000)
+    mobilenet_shape = (3, mobilenet_side, mobilenet_side)
+    yolo = YOLOv3Tiny(num_classes=80, input_size=yolo_side)
+    yolo_shape = (3, yolo_side, yolo_side)
     return {
         "mobilenetv3_small": (quantize_model(mobilenet, input_shape=mobilenet_shape, **quant),
                               mobilenet_shape),
@@ -166,12 +170,12 @@ def deployed_models() -> dict[str, tuple[torch.nn.Module, tuple[int, int, int]]]
 
 
 def bench_deployed(folder: Path, threads: int, warmup: int, repeats: int,
-                   calibration_count: int) -> tuple[dict, str]:
+                   calibration_count: int, quick: bool = False) -> tuple[dict, str]:
     from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, onnx_latency_table,
                                     ort_static_qdq)
 
     results, rows = {}, []
-    for name, (model, shape) in deployed_models().items():
+    for name, (model, shape) in deployed_models(quick).items():
         model.eval()
         images = torch.randn(calibration_count, *shape, generator=torch.Generator().manual_seed(0))
         fp32 = export_fp32_onnx(model, shape, folder / f"{name}_fp32.onnx")
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats = args.repeats or (3 if args.quick else 50)
             results["deployed"], text = bench_deployed(
                 folder, args.threads, warmup=1 if args.quick else 10, repeats=repeats,
-                calibration_count=2 if args.quick else 16)
+                calibration_count=2 if args.quick else 16, quick=args.quick)
             print(text, flush=True)
         if "train_step" in sections:
             repeats = args.repeats or (2 if args.quick else 15)
