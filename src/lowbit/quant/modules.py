@@ -373,9 +373,12 @@ class LearnedStep(Quantizer):
             return x
         if self.training and not self.initialized:
             self.initialize(x)
-        features = self.features or x[0].numel()
-        return Q.lsq(x, self.projected_step(), self.bits, self.signed,
-                     Q.lsq_grad_scale(features, self.bits, self.signed))
+        features = self.features or x[0].numel()  # per example, for an activation
+        return self.quantize(x, self.projected_step(),
+                             Q.lsq_grad_scale(features, self.bits, self.signed))
+
+    def quantize(self, x: torch.Tensor, step: torch.Tensor, grad_scale: float) -> torch.Tensor:
+        return Q.lsq(x, step, self.bits, self.signed, grad_scale)
 
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
         if not self.is_active:
@@ -420,14 +423,8 @@ class LearnedStepOffset(LearnedStep):
             self.step.copy_(((high - low) / self.qp).clamp(min=Q.LSQ_STEP_MIN))
             self.initialized.fill_(True)
 
-    @float32_math
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.is_active:
-            return x
-        if self.training and not self.initialized:
-            self.initialize(x)
-        return Q.lsq_plus(x, self.projected_step(), self.offset, self.bits,
-                          Q.lsq_grad_scale(x[0].numel(), self.bits, False))
+    def quantize(self, x: torch.Tensor, step: torch.Tensor, grad_scale: float) -> torch.Tensor:
+        return Q.lsq_plus(x, step, self.offset, self.bits, grad_scale)
 
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
         if not self.is_active:
