@@ -380,10 +380,14 @@ class LearnedStep(Quantizer):
     def quantize(self, x: torch.Tensor, step: torch.Tensor, grad_scale: float) -> torch.Tensor:
         return Q.lsq(x, step, self.bits, self.signed, grad_scale)
 
+    def stated_step(self) -> torch.Tensor:
+        """The step as the next forward uses it (>= LSQ_STEP_MIN), float32, detached."""
+        return self.step.detach().float().clamp(min=Q.LSQ_STEP_MIN)
+
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
         if not self.is_active:
             return None
-        step = self.step.detach().float().clamp(min=Q.LSQ_STEP_MIN)
+        step = self.stated_step()
         axis = 0 if step.dim() > 0 else None
         return IntegerGrid(self.bits, self.signed, step.reshape(-1) if axis == 0 else step,
                            -self.qn, self.qp, axis=axis)
@@ -429,7 +433,7 @@ class LearnedStepOffset(LearnedStep):
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
         if not self.is_active:
             return None
-        step = self.step.detach().float().clamp(min=Q.LSQ_STEP_MIN)
+        step = self.stated_step()
         zero_point = -int(torch.round(self.offset.detach().float() / step))
         return IntegerGrid(self.bits, False, step, 0, self.qp, zero_point=zero_point)
 
