@@ -3,8 +3,9 @@
 ``lowbit.quant.functional`` computes each quantizer in few in-place ops for speed; these
 references are the formulas spelled out one op at a time (DoReFa Eq. 9/11/12, PACT Eq. 1-3,
 symmetric PACT), with gradients written out by hand. Forward values must be identical (not
-close), gradients equal, and the gradient quantizer must draw the same noise from the same
-generator state, so a seed reproduces the runs made before the fused code.
+close), gradients equal. The gradient quantizer computes Eq. 12 in another float order than the
+formula, so with the same noise it may round differently only where the two land within float
+rounding of a rounding boundary: a vanishing share of elements, one step apart.
 """
 
 from __future__ import annotations
@@ -49,15 +50,29 @@ def reference_activation(x, bits, scale, signed):
     return STERound.apply(torch.clamp(x * scale, -1.0 if signed else 0.0, 1.0), n)
 
 
-def reference_gradient(g, bits, generator):
+def reference_gradient(g, bits, key):
     """Eq. 12: 2m [quantize_k(g / 2m + 1/2 + N(k)) - 1/2], m = max|g| per sample."""
     n = 2**bits - 1
     flat = g.reshape(g.shape[0], -1)
     m = flat.abs().amax(dim=1, keepdim=True)
     safe_m = torch.where(m > 0, m, torch.ones_like(m))
-    noise = (torch.rand(flat.shape, generator=generator, dtype=g.dtype) - 0.5) / n
+    noise = Q.uniform_noise(key, flat.shape, g.device).to(g.dtype) / n
     shifted = torch.clamp(flat / (2 * safe_m) + 0.5 + noise, 0.0, 1.0)
     return ((torch.round(shifted * n) / n - 0.5) * (2 * m)).reshape(g.shape)
+
+
+def assert_same_up_to_float_ties(actual, expected, g, bits):
+    """Equal values up to float rounding, but for at most 0.1% of elements one grid step
+    (2m / n) apart."""
+    n = 2**bits - 1
+    flat = g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
+    m = flat.abs().amax(dim=1, keepdim=True).expand_as(flat).reshape(g.shape)
+    step, rounding = 2 * m / n, 8 * torch.finfo(g.dtype).eps * m  # float error of either form
+    off = (actual - expected).abs()
+    close = off <= rounding
+    one_step = (off - step).abs() <= rounding
+    assert bool((close | one_step).all())
+    assert (~close).float().mean().item() <= 1e-3
 
 
 def reference_pact(x, alpha, bits):
@@ -127,31 +142,32 @@ def test_activation_leaves_its_input_alone():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("shape", [(16, 7, 5, 5), (9, 10), (33,)])
-def test_gradient_quantizer_is_bit_identical_with_the_same_generator_state(bits, shape, dtype):
+def test_gradient_quantizer_matches_the_formula_with_the_same_noise(bits, shape, dtype):
     g = awkward_tensor(shape, seed=bits, dtype=dtype) * 1e-3
     if len(shape) > 1:
         g[3] = 0.0  # an all-zero sample stays zero
-    ref_gen = torch.Generator().manual_seed(11)
-    new_gen = torch.Generator().manual_seed(11)
+    key = Q.draw_key(11, torch.tensor(3))
     if len(shape) == 1:  # a 1-D gradient is one sample
-        expected = reference_gradient(g.reshape(1, -1), bits, ref_gen).reshape(shape)
+        expected = reference_gradient(g.reshape(1, -1), bits, key).reshape(shape)
     else:
-        expected = reference_gradient(g, bits, ref_gen)
-    actual = Q.quantize_gradient_tensor(g, bits, new_gen)
-    assert torch.equal(actual, expected)
-    # the same number of draws: the next draw of both generators is the same
-    assert torch.equal(ref_gen.get_state(), new_gen.get_state())
+        expected = reference_gradient(g, bits, key)
+    actual = Q.quantize_gradient_tensor(g, bits, key)
+    assert actual.dtype == dtype
+    assert_same_up_to_float_ties(actual, expected, g, bits)
+    if len(shape) > 1:
+        assert torch.equal(actual[3], torch.zeros_like(actual[3]))
 
 
-def test_gradient_quantizer_with_the_global_generator_keeps_the_draw_order():
+def test_gradient_quantizer_with_the_global_generator_draws_one_key():
     g = awkward_tensor((8, 3, 4, 4), seed=5, dtype=torch.float32)
     torch.manual_seed(123)
-    expected = reference_gradient(g, 4, None)
-    after_reference = torch.rand(3)
+    first = Q.quantize_gradient_tensor(g, 4, None)
+    after = torch.rand(3)
     torch.manual_seed(123)
-    actual = Q.quantize_gradient_tensor(g, 4, None)
-    assert torch.equal(actual, expected)
-    assert torch.equal(torch.rand(3), after_reference)
+    assert torch.equal(Q.quantize_gradient_tensor(g, 4, None), first)
+    torch.manual_seed(123)
+    torch.randint(0, 1 << 62, ())  # the one draw the key takes
+    assert torch.equal(torch.rand(3), after)
 
 
 def test_gradient_quantizer_leaves_the_incoming_gradient_alone():
@@ -165,8 +181,9 @@ def test_dorefa_gradient_backward_matches_the_formula_and_spares_the_upstream():
     x = torch.randn(6, 4, 3, requires_grad=True)
     upstream = torch.randn(6, 4, 3, generator=torch.Generator().manual_seed(2))
     kept = upstream.clone()
-    Q.dorefa_gradient(x, 3, torch.Generator().manual_seed(9)).backward(upstream)
-    assert torch.equal(x.grad, reference_gradient(upstream, 3, torch.Generator().manual_seed(9)))
+    key = Q.draw_key(9, torch.tensor(0))
+    Q.dorefa_gradient(x, 3, key).backward(upstream)
+    assert_same_up_to_float_ties(x.grad, reference_gradient(upstream, 3, key), upstream, 3)
     assert torch.equal(upstream, kept)
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.quant import dorefa_activation, dorefa_gradient, dorefa_weight, quantize_k
-from lowbit.quant.functional import quantize_gradient_tensor
+from lowbit.quant.functional import draw_key, quantize_gradient_tensor, uniform_noise
 
 bits_below_fp = st.integers(min_value=2, max_value=8)
 shapes = st.sampled_from([(7,), (3, 5), (2, 3, 4, 4), (4, 8)])
@@ -233,3 +233,71 @@ def test_functions_run_on_cuda():
     y = dorefa_gradient(dorefa_activation(dorefa_weight(x, 4), 4), 4)
     y.sum().backward()
     assert x.grad.device.type == "cuda"
+
+
+# the counter-based noise generator ----------------------------------------------------------
+
+CHI2_BINS = 256
+
+
+def chi_square(values: torch.Tensor, bins: int = CHI2_BINS) -> float:
+    """Pearson's statistic of ``values`` in [0, 1) against the uniform over ``bins`` bins."""
+    counts = torch.bincount((values * bins).long().clamp(0, bins - 1).flatten(), minlength=bins)
+    expected = values.numel() / bins
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def chi_square_bound(dof: int) -> float:
+    """The 99.99th percentile of chi-square with ``dof`` degrees of freedom (Wilson-Hilferty)."""
+    z = 3.719
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def test_noise_is_uniform_on_half_open_unit_interval():
+    s = uniform_noise(draw_key(1, torch.tensor(0)), (1 << 20,), torch.device("cpu"))
+    assert s.dtype == torch.float32 and s.min() >= -0.5 and s.max() <= 0.5
+    assert chi_square(s + 0.5) < chi_square_bound(CHI2_BINS - 1)
+    assert abs(s.mean().item()) < 5 / math.sqrt(12 * s.numel())  # 5 standard errors
+
+
+@pytest.mark.parametrize("lag", [1, 2, 16, 1024])
+def test_noise_of_neighbouring_elements_is_independent(lag):
+    u = uniform_noise(draw_key(2, torch.tensor(5)), (1 << 20,), torch.device("cpu")) + 0.5
+    first, second = u[:-lag], u[lag:]
+    # pairs on a 16 x 16 grid: uniform in 2-D iff the two are independent and uniform
+    cells = (first * 16).long() * 16 + (second * 16).long()
+    assert chi_square((cells.double() + 0.5) / 256) < chi_square_bound(255)
+    correlation = torch.corrcoef(torch.stack([first, second]))[0, 1].item()
+    assert abs(correlation) < 5 / math.sqrt(first.numel())
+
+
+def test_noise_of_successive_draws_and_streams_is_independent():
+    shape, cpu = (1 << 18,), torch.device("cpu")
+    draws = [uniform_noise(draw_key(base, torch.tensor(step)), shape, cpu) + 0.5
+             for base, step in [(3, 0), (3, 1), (3, 2), (4, 0)]]
+    for a, b in [(0, 1), (1, 2), (0, 3)]:  # the next step, and another layer's stream
+        cells = (draws[a] * 16).long() * 16 + (draws[b] * 16).long()
+        assert chi_square((cells.double() + 0.5) / 256) < chi_square_bound(255)
+        correlation = torch.corrcoef(torch.stack([draws[a], draws[b]]))[0, 1].item()
+        assert abs(correlation) < 5 / math.sqrt(shape[0])
+
+
+def test_noise_is_a_pure_function_of_the_key_and_the_index():
+    key = draw_key(7, torch.tensor(3))
+    whole = uniform_noise(key, (1000,), torch.device("cpu"))
+    assert torch.equal(whole, uniform_noise(key, (1000,), torch.device("cpu")))
+    assert torch.equal(whole[:10], uniform_noise(key, (10,), torch.device("cpu")))  # by index
+    assert not torch.equal(whole, uniform_noise(draw_key(7, torch.tensor(4)), (1000,),
+                                                torch.device("cpu")))
+
+
+def test_quantized_gradient_uses_one_draw_per_element():
+    # A sample whose every element sits half way between two codes rounds up exactly where its
+    # own element's uniform is >= 1/2: one draw per element, in index order.
+    key = draw_key(8, torch.tensor(0))
+    g = torch.zeros(1, 4001)
+    g[0, 0] = 1.5  # m = 1.5, n = 3: the code of 0 is 1.5
+    q = quantize_gradient_tensor(g, 2, key)
+    s = uniform_noise(key, (1, 4001), torch.device("cpu"))
+    up = q[0, 1:] > 0
+    assert torch.equal(up, s[0, 1:] >= 0)

@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from lowbit.quant import quantize_model
-from lowbit.quant.modules import DoReFaGradient, use_noise_generator
-from lowbit.randomness import (
-    RandomState,
-    capture_global_state,
-    noise_seed,
-    restore_global_state,
-)
+from lowbit.quant.modules import gradient_quantizers, use_noise_stream
+from lowbit.randomness import RandomState, capture_global_state, restore_global_state
 from lowbit.train import run
 
 
@@ -28,25 +23,46 @@ def tiny_dorefa_net() -> torch.nn.Module:
         abits=4, gbits=2)
 
 
-def gradients_with_noise_seed(seed: int) -> torch.Tensor:
+def gradients_with_noise_seed(seed: int, rank: int = 0, steps: int = 1) -> torch.Tensor:
     model = tiny_dorefa_net()
-    generator = torch.Generator().manual_seed(noise_seed(seed))
-    assert use_noise_generator(model, generator) == 3
+    assert use_noise_stream(model, seed, rank) == 3
     before = torch.get_rng_state()
-    model(torch.ones(2, 3, 8, 8)).sum().backward()
+    for _ in range(steps):
+        model.zero_grad()
+        model(torch.ones(2, 3, 8, 8)).sum().backward()
     assert torch.equal(torch.get_rng_state(), before)  # the global generator was not touched
     return model[0].weight.grad.clone()
 
 
-def test_gradient_noise_comes_from_its_own_seeded_generator():
+def test_gradient_noise_comes_from_its_own_seeded_streams():
     first = gradients_with_noise_seed(0)
     assert torch.equal(first, gradients_with_noise_seed(0))
     assert not torch.equal(first, gradients_with_noise_seed(1))
+    assert not torch.equal(first, gradients_with_noise_seed(0, rank=1))  # ranks differ
 
 
-def test_noise_seed_is_a_stream_of_its_own():
-    assert noise_seed(0) != 0 and noise_seed(0) != noise_seed(1)
-    assert 0 <= noise_seed(123) < 2 ** 63
+def test_each_step_draws_new_noise_and_the_count_is_the_state():
+    model = tiny_dorefa_net()
+    use_noise_stream(model, 0)
+    grads = []
+    for _ in range(3):
+        model.zero_grad()
+        model(torch.ones(2, 3, 8, 8)).sum().backward()
+        grads.append(model[0].weight.grad.clone())
+    assert not torch.equal(grads[1], grads[2])
+    counts = {name: int(q.draws) for name, q in gradient_quantizers(model).items()}
+    assert set(counts.values()) == {3}
+    # a fresh model given the counts draws what the third step drew
+    again = tiny_dorefa_net()
+    use_noise_stream(again, 0)
+    for name, quantizer in gradient_quantizers(again).items():
+        quantizer.draws.fill_(counts[name] - 1)
+    again(torch.ones(2, 3, 8, 8)).sum().backward()
+    assert torch.equal(again[0].weight.grad, grads[2])
+
+
+def test_draw_counts_are_not_in_the_state_dict():
+    assert not any(key.endswith("draws") for key in tiny_dorefa_net().state_dict())
 
 
 def test_global_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
@@ -67,7 +83,9 @@ def test_a_runs_checkpoint_loads_weights_only_and_carries_all_resume_state(make_
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
     state = checkpoint["callbacks"]["RandomState"]
-    assert set(state) == {"global", "gradient_noise"} and state["gradient_noise"] is not None
+    assert set(state) == {"global", "gradient_noise"}
+    counts = state["gradient_noise"]  # one draw count per gradient quantizer, all equal
+    assert counts and len(set(counts.values())) == 1 and next(iter(counts.values())) > 0
     weights = checkpoint["state_dict"]
     assert "val_acc_best.max_value" in weights  # the best epoch survives a resume
     assert weights["model.features.1.0.input_quantizer.calibrated"].item() is True
@@ -76,7 +94,7 @@ def test_a_runs_checkpoint_loads_weights_only_and_carries_all_resume_state(make_
 
 
 @pytest.mark.parametrize("seed", [0, 7])
-def test_random_state_seeds_every_gradient_quantizer_of_the_model(seed):
+def test_random_state_keys_every_gradient_quantizer_and_restores_counts(seed):
     model = tiny_dorefa_net()
 
     class Module(torch.nn.Module):  # what on_fit_start reads of a LightningModule
@@ -88,7 +106,21 @@ def test_random_state_seeds_every_gradient_quantizer_of_the_model(seed):
 
     callback = RandomState(seed)
     callback.on_fit_start(None, Module())
-    generators = {id(m.generator) for m in model.modules() if isinstance(m, DoReFaGradient)}
-    assert generators == {id(callback.noise)}
-    assert torch.equal(callback.noise.get_state(),
-                       torch.Generator().manual_seed(noise_seed(seed)).get_state())
+    bases = [q.noise_base for q in gradient_quantizers(model).values()]
+    assert None not in bases and len(set(bases)) == 3  # a stream per layer
+    model(torch.ones(2, 3, 8, 8)).sum().backward()
+    saved = callback.state_dict()["gradient_noise"]
+    assert set(saved.values()) == {1}
+
+    restored = RandomState(seed)
+    restored.load_state_dict({"global": capture_global_state(), "gradient_noise": saved})
+    other = tiny_dorefa_net()
+
+    class Other(Module):
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            self.model = other
+
+    restored.on_fit_start(None, Other())
+    assert [q.noise_base for q in gradient_quantizers(other).values()] == bases
+    assert all(int(q.draws) == 1 for q in gradient_quantizers(other).values())

@@ -3,13 +3,15 @@
 Lightning restores weights, optimizer, scheduler and loop counters from a checkpoint, but not
 the random number generators, so a resumed run would shuffle, augment and draw DoReFa gradient
 noise differently from the run it continues. ``RandomState`` (a Callback) adds to every
-checkpoint the states of Python's, NumPy's and torch's global generators (CPU and CUDA) and of
-the gradient-noise generator, and puts them back when training starts from a checkpoint.
+checkpoint the states of Python's, NumPy's and torch's global generators (CPU and CUDA) and the
+draw counts of the gradient noise, and puts them back when training starts from a checkpoint.
 
 Choices:
-- The DoReFa gradient noise (Eq. 12) gets a generator of its own, seeded from the run seed
-  through NumPy's SeedSequence (an independent stream, not a copy of the global one), so the
-  noise is reproducible and does not shift the shuffling when the bits change.
+- The DoReFa gradient noise (Eq. 12) comes from a counter-based generator (``lowbit.quant.
+  functional``): each gradient quantizer's stream is keyed by the run seed, the data-parallel
+  rank and the layer, and its state is one draw count per layer. Its streams are independent of
+  the global generator, so the noise does not shift the shuffling when the bits change, and
+  a checkpoint stores just the counts.
 - States are captured when a checkpoint is written and restored in ``on_fit_start``: after
   Lightning has restored the rest, before the training data loader's iterator draws its seeds
   (Lightning creates it before ``on_train_start`` when resuming). The sanity check in between
@@ -25,6 +27,7 @@ Choices:
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -32,15 +35,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from lowbit.quant.modules import use_noise_generator
+from lowbit.quant.modules import gradient_quantizers, use_noise_stream
 
-NOISE_STREAM = 12  # DoReFa Eq. 12: the label of the noise stream in the SeedSequence
-
-
-def noise_seed(run_seed: int) -> int:
-    """The gradient-noise generator's seed: an independent stream derived from the run seed."""
-    state = np.random.SeedSequence([run_seed, NOISE_STREAM]).generate_state(1, np.uint64)
-    return int(state[0] >> 1)  # below 2**63: a valid seed for every torch generator
+log = logging.getLogger(__name__)
 
 
 def capture_global_state() -> dict[str, Any]:
@@ -71,7 +68,7 @@ def restore_global_state(state: dict[str, Any]) -> None:
 
 
 class RandomState(pl.Callback):
-    """Seeds the gradient noise at fit start; saves and restores every generator (module doc).
+    """Keys the gradient noise at fit start; saves and restores every generator (module doc).
 
     Args:
         seed: the run seed; None draws the noise seed from torch's (unseeded) global generator.
@@ -79,7 +76,7 @@ class RandomState(pl.Callback):
 
     def __init__(self, seed: int | None):
         self.seed = seed
-        self.noise: torch.Generator | None = None
+        self.model: torch.nn.Module | None = None
         self.pending: dict[str, Any] | None = None
 
     @property
@@ -87,21 +84,34 @@ class RandomState(pl.Callback):
         return "RandomState"
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        seed = self.seed if self.seed is not None else int(torch.initial_seed())
-        generator = torch.Generator(device=pl_module.device)
-        generator.manual_seed(noise_seed(seed))
-        self.noise = generator if use_noise_generator(pl_module, generator) else None
+        seed = self.seed if self.seed is not None else int(torch.initial_seed()) % (1 << 63)
+        rank = trainer.global_rank if trainer is not None else 0
+        self.model = pl_module if use_noise_stream(pl_module, seed, rank) else None
         if self.pending is None:
             return
         restore_global_state(self.pending["global"])
-        noise_state = self.pending.get("gradient_noise")
-        if self.noise is not None and noise_state is not None:
-            self.noise.set_state(noise_state.cpu())  # generator states are CPU byte tensors
+        counts = self.pending.get("gradient_noise")
+        if self.model is not None and counts is not None:
+            restore_draw_counts(self.model, counts)
         self.pending = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"global": capture_global_state(),
-                "gradient_noise": None if self.noise is None else self.noise.get_state()}
+        counts = None if self.model is None else {
+            name: int(q.draws) for name, q in gradient_quantizers(self.model).items()}
+        return {"global": capture_global_state(), "gradient_noise": counts}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.pending = state_dict  # applied in on_fit_start, once the generator exists
+        self.pending = state_dict  # applied in on_fit_start, once the streams are keyed
+
+
+def restore_draw_counts(model: torch.nn.Module, counts: Any) -> None:
+    """Give each gradient quantizer its checkpointed draw count. A checkpoint from before the
+    counter-based generator (a torch.Generator state) cannot continue its stream: one warning,
+    and the noise starts afresh."""
+    if not isinstance(counts, dict):
+        log.warning("this checkpoint holds the old gradient-noise generator's state; the noise "
+                    "restarts from the run seed (results differ from an uninterrupted old run)")
+        return
+    for name, quantizer in gradient_quantizers(model).items():
+        if name in counts:
+            quantizer.draws.fill_(int(counts[name]))

@@ -9,6 +9,7 @@ k bits, ``n = 2**k - 1``.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -102,63 +103,180 @@ def dorefa_activation(x: torch.Tensor, bits: int, scale: float = 1.0) -> torch.T
     return _ClipToGrid.apply(x, scale, 0.0, levels(bits))
 
 
+# -- DoReFa Eq. 12's noise: a counter-based generator -------------------------------------------
+#
+# Each draw is keyed by one 64-bit integer (the run seed, the data-parallel rank, the layer and
+# that layer's draw count, mixed by ``draw_key``) and each element's uniform is a hash of (key,
+# element index): no sequential state, so every element is computed independently, by all of
+# torch's intra-op threads on the CPU and by every GPU thread, and torch.compile fuses the whole
+# hash into the quantizer's kernel. The hash runs in int32 with wrapping multiplication; right
+# shifts are arithmetic in torch, so the logical shift of murmur-style mixing is a masked one.
+# Values: two xorshift-multiply rounds (MurmurHash3's fmix32 pattern, shifts 16 and 16, the
+# second multiplier odd and drawn from the key, so that no two keys give shifted copies of one
+# stream) after a Weyl step (index * golden ratio + key); the top bits become the float.
+
+_GOLDEN = -1640531535  # 0x9E3779B1 as a signed int32
+_MIX = -1028477387  # 0xC2B2AE35, MurmurHash3's second fmix32 multiplier, as a signed int32
+_LOW16 = 0xFFFF
+_TWO_TO_MINUS_32 = 2.0 ** -32
+_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # SplitMix64
+
+
+def _signed64(value: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _logical_shift(x: torch.Tensor, shift: int, bits: int) -> torch.Tensor:
+    """x >>> shift for a ``bits``-wide integer tensor (torch's >> keeps the sign)."""
+    return torch.bitwise_right_shift(x, shift).bitwise_and_((1 << (bits - shift)) - 1)
+
+
+def _low32_signed(x: torch.Tensor) -> torch.Tensor:
+    """The low 32 bits of an int64 tensor as int32 (the same bits, no overflowing cast)."""
+    low = x.bitwise_and(0xFFFFFFFF)
+    return (low - ((low >= (1 << 31)).to(torch.int64) << 32)).to(torch.int32)
+
+
+def draw_key(base: int, draw: torch.Tensor) -> torch.Tensor:
+    """The 64-bit key of one draw: SplitMix64's finaliser of base + draw * golden (int64, 0-d).
+
+    ``base`` names the stream (run seed, rank and layer: ``noise_base``); ``draw`` counts the
+    stream's draws, a tensor so that a compiled graph reads it instead of baking it in.
+    """
+    golden, first, second = (_signed64(c) for c in _SPLITMIX)
+    x = draw.to(torch.int64) * golden + _signed64(base % (1 << 64))
+    x = (x ^ _logical_shift(x, 30, 64)) * _signed64(first)
+    x = (x ^ _logical_shift(x, 27, 64)) * _signed64(second)
+    return x ^ _logical_shift(x, 31, 64)
+
+
+NOISE_STREAM = 12  # DoReFa Eq. 12: the label of the noise streams among a run's seeds
+
+
+def noise_base(*labels: int) -> int:
+    """A stream's 64-bit base from non-negative integers (seed, rank, layer): SeedSequence."""
+    import numpy as np
+
+    return int(np.random.SeedSequence(list(labels)).generate_state(1, np.uint64)[0])
+
+
+_INDEX_CACHE: dict[torch.device, torch.Tensor] = {}
+
+
+def _weyl_index(numel: int, device: torch.device) -> torch.Tensor:
+    """index * golden (int32, wrapping) for 0..numel-1. Eager mode keeps the largest one asked for
+    per device (two passes less per draw); a compiled graph computes it inside the fused kernel."""
+    if torch.compiler.is_compiling():
+        return torch.arange(numel, dtype=torch.int32, device=device) * _GOLDEN
+    cached = _INDEX_CACHE.get(device)
+    if cached is None or cached.numel() < numel:
+        cached = torch.arange(numel, dtype=torch.int32, device=device).mul_(_GOLDEN)
+        _INDEX_CACHE[device] = cached
+    return cached[:numel]
+
+
+def _xorshift16_(h: torch.Tensor) -> torch.Tensor:
+    """h ^= h >>> 16 in place on a contiguous int32 tensor: only the low 16 bits change."""
+    if sys.byteorder == "little" and not torch.compiler.is_compiling():
+        halves = h.view(torch.int16).view(-1, 2)  # one strided pass instead of three
+        halves[:, 0].bitwise_xor_(halves[:, 1])
+        return h
+    return h.bitwise_xor_(_logical_shift(h, 16, 32))
+
+
+def uniform_noise(key: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """s ~ U[-1/2, 1/2) for every element of ``shape``, float32, a pure function of ``key`` (a
+    0-d int64 from ``draw_key``) and the element's index: DoReFa Eq. 12's s before the 1/n."""
+    return uniform_noise_bits(key, math.prod(shape), device).float().mul_(_TWO_TO_MINUS_32) \
+        .reshape(shape)
+
+
+def uniform_noise_bits(key: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
+    """The 32 hashed bits of each element (int32); value * 2^-32 is uniform on [-1/2, 1/2)."""
+    if numel >= 1 << 31:
+        raise ValueError(f"a draw of {numel} values exceeds the generator's 2^31 element indices")
+    key = key.to(device)
+    offset = _low32_signed(key)
+    multiplier = _low32_signed(_logical_shift(key, 32, 64)) | 1  # odd: a bijection
+    h = torch.add(_weyl_index(numel, device), offset)
+    _xorshift16_(h)
+    h.mul_(multiplier)
+    _xorshift16_(h)
+    return h.mul_(_MIX)
+
+
+def _noise_key(noise: torch.Tensor | torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """A draw key: a key tensor as given; else one 63-bit integer from ``noise`` (a
+    torch.Generator, or None for torch's global generator, which ``seed_everything`` seeds)."""
+    if isinstance(noise, torch.Tensor):
+        return noise
+    generator_device = noise.device if noise is not None else torch.device("cpu")
+    seed = torch.randint(0, 1 << 62, (), generator=noise, device=generator_device)
+    return draw_key(0, seed).to(device)
+
+
 class _QuantizeGradient(torch.autograd.Function):
     """Identity forward; DoReFa Eq. 12 on the incoming gradient in the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, bits: int, generator: torch.Generator | None):
+    def forward(ctx, x: torch.Tensor, bits: int, key: torch.Tensor):
         ctx.bits = bits
-        ctx.generator = generator
+        ctx.save_for_backward(key)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        return quantize_gradient_tensor(grad_output, ctx.bits, ctx.generator), None, None
+        (key,) = ctx.saved_tensors
+        return quantize_gradient_tensor(grad_output, ctx.bits, key), None, None
 
 
 def quantize_gradient_tensor(
-    g: torch.Tensor, bits: int, generator: torch.Generator | None = None
+    g: torch.Tensor, bits: int, noise: torch.Tensor | torch.Generator | None = None
 ) -> torch.Tensor:
     """DoReFa Eq. 12 applied to a gradient tensor directly (the backward of ``dorefa_gradient``).
 
     f(g) = 2m [quantize_k(g / 2m + 1/2 + N(k)) - 1/2], m = max|g| per sample (all axes but the
-    batch axis), N(k) = s / n with s ~ U(-1/2, 1/2). The noise turns rounding into stochastic
-    rounding, so E[f(g)] = g. Like the authors' code, the shifted value is clipped to [0, 1]
-    before rounding; the clip never changes the rounded value, it only guards the range.
-    A float16/bfloat16 gradient (mixed precision) is quantized in float32 and handed back in
-    its own dtype: a 16-bit float cannot hold a fine grid plus noise of 1/(2n) exactly.
+    batch axis), N(k) = s / n with s ~ U(-1/2, 1/2), one draw per element (``uniform_noise``,
+    keyed by ``noise``: a ``draw_key`` tensor, or a generator that draws the key). The noise
+    turns rounding into stochastic rounding, so E[f(g)] = g. Like the authors' code the result
+    is clipped to the grid; the clip only guards the float rounding at the ends.
+
+    Computed as q = round(clip(n (g / 2m + 1/2) + s, 0, n)), f = q 2m / n - m: the same value
+    in fewer passes over memory. A float16/bfloat16 gradient (mixed precision) is quantized in
+    float32 and handed back in its own dtype: a 16-bit float cannot hold a fine grid plus noise.
     """
     if g.dtype in (torch.float16, torch.bfloat16):
-        return quantize_gradient_tensor(g.float(), bits, generator).to(g.dtype)
+        return quantize_gradient_tensor(g.float(), bits, noise).to(g.dtype)
     n = levels(bits)
     flat = g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
     # max|g| per row as max(max g, -min g): exact, and no |g| temporary of the gradient's size
     low, high = torch.aminmax(flat, dim=1, keepdim=True)
     m = torch.maximum(high, low.neg_())
-    two_m = 2 * m
-    two_safe_m = torch.where(m > 0, two_m, 2.0)
-    # Two buffers of the gradient's size, everything in place. The float ops and their order
-    # are those of (g / 2m + 1/2 + (s - 1/2) / n), so results are bit-identical to the plain
-    # formula; addcdiv(a, b, c) = a + b / c exactly. One draw of numel values, as before.
-    noise = torch.rand(flat.shape, generator=generator, device=g.device, dtype=g.dtype).sub_(0.5)
-    shifted = torch.addcdiv(flat.new_tensor(0.5), flat, two_safe_m)
-    shifted.addcdiv_(noise, flat.new_tensor(float(n)))
-    del noise
-    shifted.clamp_(0.0, 1.0).mul_(n).round_().div_(n).sub_(0.5).mul_(two_m)
-    return shifted.reshape(g.shape)
+    safe_two_m = torch.where(m > 0, 2 * m, 2.0)
+    key = _noise_key(noise, g.device)
+    # 2^32 s + 2^32 n g / 2m: the noise's integer bits as floats, then the gradient added in
+    shifted = uniform_noise_bits(key, flat.numel(), g.device).view(flat.shape).to(g.dtype)
+    shifted = torch.addcmul(shifted, flat, (n * 2.0 ** 32) / safe_two_m, out=shifted) \
+        if not torch.compiler.is_compiling() else shifted + flat * ((n * 2.0 ** 32) / safe_two_m)
+    shifted.mul_(_TWO_TO_MINUS_32).add_(n / 2).clamp_(0.0, n).round_()
+    # q 2m / n - m: back to the gradient's scale (m = 0 rows stay 0: q = n / 2 rounds to a
+    # code whose value is then multiplied by 0)
+    return torch.addcmul(m.neg(), shifted, 2 * m / n).reshape(g.shape)
 
 
 def dorefa_gradient(
-    x: torch.Tensor, bits: int, generator: torch.Generator | None = None
+    x: torch.Tensor, bits: int, noise: torch.Tensor | torch.Generator | None = None
 ) -> torch.Tensor:
     """Marks ``x`` so that the gradient flowing back through it is quantized to ``bits`` (Eq. 12).
 
-    The forward pass is the identity. ``generator`` seeds the rounding noise (it must live on
-    ``x``'s device); None uses torch's global generator, which ``seed_everything`` seeds.
+    The forward pass is the identity. ``noise`` keys the rounding noise: a ``draw_key`` tensor
+    (what the modules pass), a torch.Generator that draws the key, or None for torch's global
+    generator (which ``seed_everything`` seeds). The key is taken at the forward pass.
     """
     if bits >= FULL_PRECISION:
         return x
-    return _QuantizeGradient.apply(x, bits, generator)
+    return _QuantizeGradient.apply(x, bits, _noise_key(noise, x.device))
 
 
 def dorefa_activation_signed(x: torch.Tensor, bits: int, scale: float = 1.0) -> torch.Tensor:

@@ -507,30 +507,46 @@ class ImageQuantizer(Quantizer):
 class DoReFaGradient(Quantizer):
     """DoReFa Eq. 12 on the gradient flowing back through this point; identity forward.
 
-    ``generator`` draws the rounding noise (None: torch's global generator). A training run
-    gives all of a model's gradient quantizers one seeded generator (``use_noise_generator``),
-    so the noise is reproducible and its state can be checkpointed apart from the global RNG.
-    The backward maths runs in float32 under mixed precision too (see ``functional``).
+    The rounding noise comes from the counter-based generator of ``functional`` keyed by
+    (``noise_base``, ``draws``): a training run gives every gradient quantizer its own base from
+    the run seed, the data-parallel rank and the layer's index (``use_noise_stream``), and
+    ``draws`` counts this layer's draws, so the noise is reproducible and a resumed run, given
+    the counts back, continues the very same stream. ``draws`` is a tensor (a compiled graph
+    reads and advances it); it is not in the state dict (``lowbit.randomness`` checkpoints it),
+    so checkpoints keep their keys. Without a base the key of each draw comes from torch's
+    global generator. The backward maths runs in float32 under mixed precision too.
     """
 
-    def __init__(self, bits: int, generator: torch.Generator | None = None):
+    def __init__(self, bits: int):
         super().__init__(bits)
-        self.generator = generator
+        self.noise_base: int | None = None
+        self.register_buffer("draws", torch.zeros((), dtype=torch.int64), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.is_active and x.requires_grad):
             return x
-        return Q.dorefa_gradient(x, self.bits, self.generator)
+        if self.noise_base is None:
+            return Q.dorefa_gradient(x, self.bits, None)
+        key = Q.draw_key(self.noise_base, self.draws)
+        self.draws.add_(1)
+        return Q.dorefa_gradient(x, self.bits, key)
 
 
-def use_noise_generator(model: nn.Module, generator: torch.Generator | None) -> int:
-    """Make every DoReFa gradient quantizer of ``model`` draw from ``generator``; returns how many.
+def gradient_quantizers(model: nn.Module) -> dict[str, DoReFaGradient]:
+    """The model's DoReFa gradient quantizers by module name, in module order; the names leave
+    out torch.compile's wrapper (``_orig_mod``), so they are the same compiled or not."""
+    return {name.replace("_orig_mod.", ""): m for name, m in model.named_modules()
+            if isinstance(m, DoReFaGradient)}
 
-    The generator must live on the device of the model's activations.
-    """
-    quantizers = [m for m in model.modules() if isinstance(m, DoReFaGradient)]
-    for quantizer in quantizers:
-        quantizer.generator = generator
+
+def use_noise_stream(model: nn.Module, seed: int, rank: int = 0) -> int:
+    """Key every DoReFa gradient quantizer of ``model`` by (seed, rank, its index in module
+    order) and restart its draw count; returns how many there are. Ranks draw different noise,
+    as they see different data."""
+    quantizers = gradient_quantizers(model)
+    for layer, quantizer in enumerate(quantizers.values()):
+        quantizer.noise_base = Q.noise_base(seed, Q.NOISE_STREAM, rank, layer)
+        quantizer.draws.zero_()
     return len(quantizers)
 
 
