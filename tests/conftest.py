@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -91,3 +93,13 @@ def run_env() -> dict[str, str]:
     env.pop("WANDB_API_KEY", None)
     env.pop("WANDB_SERVICE", None)
     return env
+
+
+def run_train(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` as a user runs it, its run (or sweep) folder under ``tmp_path``
+    (``run``, ``sweep``) and no experiment tracker."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/run",
+         f"hydra.sweep.dir={tmp_path}/sweep", "logger=none"],
+        capture_output=True, text=True, env=run_env(), timeout=300, cwd=tmp_path,
+    )
