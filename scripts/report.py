@@ -1,12 +1,18 @@
-"""Compare the runs of a sweep: an HTML page, PNG figures and a Markdown table.
+"""Compare the runs of one or more sweeps over seeds: an HTML page, PNG figures, tables.
 
     python scripts/report.py outputs/multiruns/2026-11-01_12-00-00_bits_grid   # or make report
+    python scripts/report.py outputs/multiruns/seed0_grid outputs/multiruns/seed1_grid
+    python scripts/report.py outputs/multiruns        # every sweep under a parent folder
 
-Reads every results.json under the given folders (sweep dirs, run dirs, or the files) and writes
-into ``--out`` (default: ``report/`` inside the first folder): ``index.html`` (self-contained:
-figures inline), ``pareto_size.png``, ``pareto_latency.png`` (int8 latency; fake-quant latency,
-marked, for runs without an int8 export), ``pareto_bops.png``, ``accuracy_vs_bits.png`` and
-``runs.md``. No training code is imported: the report is what the runs recorded.
+Reads every results.json under the given folders (sweep dirs, their parent, run dirs, or the
+files); runs that differ only in their seed are one configuration, wherever they are. Writes into
+``--out`` (default: ``report/`` inside the first folder): ``index.html`` (self-contained: figures
+inline; configurations with n, mean, sd and 95% CI, each comparison's Welch verdict, the
+figures, every run), ``pareto_size.png``, ``pareto_latency.png`` (int8 latency; fake-quant
+latency, marked, for runs without an int8 export), ``pareto_bops.png``, ``accuracy_vs_bits.png``,
+``configurations.md`` (table and verdicts), ``runs.md``, ``configurations.csv`` (every metric's
+n, mean, sd, CI) and ``comparisons.csv``. No training code is imported: the report is what the
+runs recorded.
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = args.accuracy or default_accuracy(runs)
     first = Path(args.paths[0])
     out = args.out or (first if first.is_dir() else first.parent) / "report"
-    files = write_report(runs, out, title=args.title or f"lowbit report: {first.resolve().name}",
-                         accuracy=accuracy)
+    names = [Path(path).resolve().name for path in args.paths]
+    title = args.title or "lowbit report: " + (
+        names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more")
+    files = write_report(runs, out, title=title, accuracy=accuracy)
     failed = sum(not run.ok for run in runs)
     print(f"report: {len(runs)} runs ({failed} failed) -> {files.html}")
-    for path in [files.markdown, *files.figures]:
+    for path in [files.configurations, files.markdown, *files.tables, *files.figures]:
         print(f"        {path}")
     return 0
 

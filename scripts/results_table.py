@@ -1,10 +1,13 @@
-"""Print a Markdown table of finished runs from their results.json files.
+"""Print a Markdown table of runs from their results.json files, one row per configuration.
 
-    python scripts/results_table.py outputs/runs/*/        # or any results.json paths
+    python scripts/results_table.py outputs/multiruns/<sweep>/ [more sweeps]   # or any results.json
+    python scripts/results_table.py --runs outputs/runs/*/                      # one row per run
 
-One row per run: name, model, quantizer, W/A/G, accuracies, size, compression, BOPs, latencies,
-duration and status, read from results.json only (no training code is imported), so the table is
-what the runs recorded. The same table is in scripts/report.py's runs.md and HTML page.
+Runs that differ only in their seed are one configuration: its row has the number of seeds and
+the mean, standard deviation and 95% confidence interval of the accuracies, and the mean costs
+(size, BOPs, latency, duration). ``--runs`` prints one row per run instead. Read from results.json
+only (no training code is imported); the same tables are in scripts/report.py's configurations.md
+and runs.md.
 """
 
 from __future__ import annotations
@@ -12,16 +15,22 @@ from __future__ import annotations
 import argparse
 
 from lowbit.report import load_runs_or_explain, markdown_table
+from lowbit.report.configs import group_configurations
+from lowbit.report.table import configurations_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or results.json files")
+    parser.add_argument("--runs", action="store_true",
+                        help="one row per run instead of one per configuration")
     args = parser.parse_args(argv)
     runs = load_runs_or_explain(args.paths, "results_table")
     if runs is None:
         return 2
-    print(markdown_table(runs), end="")
+    table = markdown_table(runs) if args.runs else configurations_markdown(
+        group_configurations(runs))
+    print(table, end="")
     return 0
 
 

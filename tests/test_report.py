@@ -1,8 +1,11 @@
-"""The sweep report: runs read from results.json, Pareto fronts, the table, the files, a browser."""
+"""The sweep report: runs read from results.json, configurations over seeds with their statistics
+and verdicts, Pareto fronts, the tables, the files, a browser."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import math
 import os
 import re
@@ -11,14 +14,24 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-from sweep_results import example_sweep, write_job
 
-from lowbit.report import (DEPLOYED_LATENCY, default_accuracy, load_runs, markdown_table,
-                           pareto_front, write_report)
-from lowbit.report.figures import pareto_figure
+from conftest import ROOT
+from lowbit.report import (
+    DEPLOYED_LATENCY,
+    configurations_markdown,
+    default_accuracy,
+    group_configurations,
+    load_runs,
+    markdown_table,
+    pareto_front,
+    write_report,
+)
+from lowbit.report.comparisons import draw_comparisons, verdict_line, verdict_lines
+from lowbit.report.figures import bits_figure, pareto_figure
 from lowbit.report.runs import RunRecord
-from lowbit.report.table import table_cells
+from lowbit.report.stats import CANNOT_TELL, EXCEEDS, WITHIN, summarize, welch
+from lowbit.report.table import configuration_cells, table_cells
+from sweep_results import SEEDED_ACCURACIES, example_sweep, seeded_sweep, write_job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -52,9 +65,13 @@ def column(headers: list[str], rows: list[list[str]], header: str) -> list[str]:
 
 def drawn_points(figure) -> dict[str, set[tuple[float, float]]]:
     """The (cost, accuracy) points of a Pareto figure, filled and hollow (a hollow marker has
-    no face colour)."""
+    no face colour); error bars are line collections, not markers."""
+    from matplotlib.collections import PathCollection
+
     points: dict[str, set[tuple[float, float]]] = {"filled": set(), "hollow": set()}
     for collection in figure.axes[0].collections:
+        if not isinstance(collection, PathCollection):
+            continue
         kind = "filled" if len(collection.get_facecolors()) else "hollow"
         points[kind] |= {(round(float(x), 6), round(float(y), 6))
                          for x, y in collection.get_offsets()}
@@ -100,7 +117,7 @@ def test_bops_front_keeps_exactly_the_undominated_runs(tmp_path):
 
 
 def test_latency_figure_draws_fake_quant_points_hollow_with_their_own_legend_entry(tmp_path):
-    runs = load_runs([example_sweep(tmp_path)])
+    runs = group_configurations(load_runs([example_sweep(tmp_path)]))
     figure = pareto_figure(runs, DEPLOYED_LATENCY, "latency", "val/acc_best", "accuracy")
     # Bug: the fake-quant stand-ins look like int8 latencies on the same axis.
     assert drawn_points(figure) == {"filled": {(0.55, 0.9), (0.48, 0.92), (0.6, 0.93)},
@@ -165,16 +182,23 @@ def test_report_writes_a_self_contained_page_pngs_and_markdown(tmp_path):
     # Four figures, inline; nothing that a browser would fetch from elsewhere.
     assert page.count('src="data:image/png;base64,') == 4
     assert not re.search(r'(src|href)="(?!data:)', page)
-    assert page.count("<tr class=") == 6 and "6 runs, 5 ok, 1 failed: 5_nin-dorefa" in page
+    # 6 configuration rows (one seed each), then 6 run rows.
+    assert page.count('<tr class="configuration"') == 5 and page.count("<tr class=") == 12
+    assert "6 runs, 5 ok, 1 failed: 5_nin-dorefa" in page
     # The fronts named under their figures are the ones the data implies (see sweep_results).
-    assert ("On the Pareto front (cheapest first): 1_nin-dorefa-w2a2g32-digits (0.8000), "
-            "2_nin-dorefa-w4a4g32-digits (0.9000), 4_nin-pact-w4a4g32-digits (0.9300), "
-            "0_nin-fp32-w32a32g32-digits (0.9500)") in page
-    assert ("On the Pareto front (cheapest first): 3_nin-dorefa-w8a8g32-digits (0.9200), "
-            "4_nin-pact-w4a4g32-digits (0.9300), 0_nin-fp32-w32a32g32-digits (0.9500). "
-            f"Hollow markers (2 of 5 runs): {FAKE_QUANT_LABEL}.") in page
-    assert ("On the Pareto front (cheapest first): 1_nin-dorefa-w2a2g32-digits (0.8000), "
-            "4_nin-pact-w4a4g32-digits (0.9300), 0_nin-fp32-w32a32g32-digits (0.9500)<") in page
+    assert ("On the Pareto front of the means (cheapest first): dorefa W2A2 (0.8000, n = 1), "
+            "dorefa W4A4 (0.9000, n = 1), pact W4A4 (0.9300, n = 1), "
+            "fp32 (0.9500, n = 1)") in page
+    assert ("On the Pareto front of the means (cheapest first): dorefa W8A8 (0.9200, n = 1), "
+            "pact W4A4 (0.9300, n = 1), fp32 (0.9500, n = 1). "
+            f"Hollow markers (2 of 5 configurations): {FAKE_QUANT_LABEL}.") in page
+    assert ("On the Pareto front of the means (cheapest first): dorefa W2A2 (0.8000, n = 1), "
+            "pact W4A4 (0.9300, n = 1), fp32 (0.9500, n = 1)<") in page
+    # One seed per configuration: the one comparison it draws (PACT vs DoReFa at W4A4) and the
+    # adjacent bits (DoReFa 2 -> 4 -> 8) cannot be judged.
+    assert "3 comparisons: 0 exceed the noise, 0 within noise, 3 cannot tell" in page
+    assert ("pact W4A4 vs dorefa W4A4: +3.0 points (n = 1 vs 1): cannot tell, one seed: no "
+            "spread to compare against") in page
     assert f'<p class="note">† {FAKE_QUANT_LABEL}: latency/ms' in page  # the table's dagger
     assert sorted(p.name for p in files.figures) == ["accuracy_vs_bits.png", "pareto_bops.png",
                                                      "pareto_latency.png", "pareto_size.png"]
@@ -197,8 +221,8 @@ def test_detection_runs_get_map_figures_and_columns_with_the_new_costs(tmp_path)
     assert report_script.main([str(tmp_path)]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Accuracy: validation mAP@0.5 (best epoch)" in page
-    assert ("On the Pareto front (cheapest first): 2_yolo-dorefa-w2a2g32-digits (0.4000), "
-            "1_yolo-dorefa-w4a4g32-digits (0.6200)<") in page
+    assert ("On the Pareto front of the means (cheapest first): dorefa W2A2 (0.4000, n = 1), "
+            "dorefa W4A4 (0.6200, n = 1)<") in page
 
 
 def test_report_script_writes_into_the_sweep_and_refuses_empty_input(tmp_path, capsys):
@@ -212,10 +236,162 @@ def test_report_script_writes_into_the_sweep_and_refuses_empty_input(tmp_path, c
     assert "neither a run dir nor a file" in capsys.readouterr().err
 
 
-def test_results_table_prints_the_same_table(tmp_path, capsys):
-    sweep = example_sweep(tmp_path)
+def test_results_table_prints_the_same_tables(tmp_path, capsys):
+    sweep = seeded_sweep(tmp_path)
     assert results_table.main([str(sweep)]) == 0
+    assert capsys.readouterr().out == configurations_markdown(
+        group_configurations(load_runs([sweep])))
+    assert results_table.main(["--runs", str(sweep)]) == 0
     assert capsys.readouterr().out == markdown_table(load_runs([sweep]))
+
+
+def test_mean_interval_is_students_t_with_n_minus_1_degrees_of_freedom():
+    summary = summarize([1.0, 2.0, 3.0])
+    # sd 1; t(0.975, 2) = 4.3027 (any t table), so the half width is 4.3027 / sqrt(3).
+    assert (summary.n, summary.mean, summary.sd) == (3, 2.0, 1.0)
+    assert summary.ci_low == pytest.approx(2 - 4.3027 / math.sqrt(3), abs=1e-4)
+    assert summary.ci_high == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)
+    one = summarize([0.9])  # one seed: a mean, no spread
+    assert (one.n, one.mean, one.sd, one.ci_low, one.half_width) == (1, 0.9, None, None, None)
+    assert summarize([]) is None
+
+
+def test_welch_difference_matches_the_formula_and_scipys_test():
+    from scipy.stats import ttest_ind
+
+    a, b = [0.85, 0.87, 0.89], [0.80, 0.82, 0.84]
+    difference = welch(summarize(a), summarize(b))
+    # Equal sd 0.02 and n 3: se = sqrt(2 * 0.0004 / 3), Welch's dof = 4, t(0.975, 4) = 2.7764.
+    se = math.sqrt(2 * 0.0004 / 3)
+    assert difference.delta == pytest.approx(0.05)
+    assert difference.dof == pytest.approx(4.0)
+    assert difference.ci_low == pytest.approx(0.05 - 2.7764 * se, abs=1e-4)
+    assert difference.ci_high == pytest.approx(0.05 + 2.7764 * se, abs=1e-4)
+    assert difference.p_value == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert difference.verdict == EXCEEDS
+    # Unequal variances and counts: the same p as scipy's Welch test, and within noise.
+    a, b = [0.90, 0.95, 0.91, 0.97], [0.92, 0.89]
+    difference = welch(summarize(a), summarize(b))
+    assert difference.p_value == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert difference.verdict == WITHIN and difference.ci_low < 0 < difference.ci_high
+    for one_side in ([0.9], [0.5]):
+        assert welch(summarize(one_side), summarize(b)).verdict == CANNOT_TELL
+    assert welch(summarize([0.9, 0.9]), summarize([0.8, 0.8])).verdict == CANNOT_TELL
+
+
+def test_runs_that_differ_only_in_their_seed_are_one_configuration(tmp_path):
+    seeded_sweep(tmp_path / "a", seeds=(0, 1))
+    seeded_sweep(tmp_path / "b", seeds=(0, 1, 2))  # seeds 0 and 1 again: repeats, left out
+    write_job(tmp_path / "c", 0, "pact", 2, 2, status="diverged", seed=3)
+    configurations = group_configurations(load_runs([tmp_path]))
+    assert [c.name for c in configurations] == ["dorefa W2A2", "dorefa W4A4", "pact W2A2",
+                                                "pact W4A4"]
+    for c in configurations:
+        assert sorted(c.seeds) == [0, 1, 2] and len(c.repeats) == 2
+        expected = SEEDED_ACCURACIES[(c.quantizer, c.bits("wbits"))]
+        assert c.summary("val/acc_best").mean == pytest.approx(sum(expected) / 3)
+        assert c.summary("val/acc_best").n == 3
+    pact2 = configurations[2]
+    assert [r.status for r in pact2.failed] == ["diverged"]
+    headers, rows = configuration_cells(configurations)
+    assert rows[2][headers.index("seeds")] == "3 (1 failed, 2 repeated)"
+    # Every numeric metric is summarised, the seed-dependent latency with a spread.
+    latency = configurations[0].summary("latency/int8_ms")
+    assert latency.mean == pytest.approx(0.51) and latency.sd == pytest.approx(0.01)
+
+
+def test_a_setting_besides_the_seed_makes_another_configuration(tmp_path):
+    for number, (seed, first_bits) in enumerate([(0, 8), (1, 8), (0, 4)]):
+        job = write_job(tmp_path, number, "dorefa", 2, 2, acc=0.8, size=2e5, latency=5.0,
+                        seed=seed)
+        payload = json.loads((job / "results.json").read_text())
+        payload["quant"]["first_layer_bits"] = first_bits
+        (job / "results.json").write_text(json.dumps(payload))
+    configurations = group_configurations(load_runs([tmp_path]))
+    assert sorted((c.name, c.n) for c in configurations) == [
+        ("dorefa W2A2 (first_layer_bits=4)", 1), ("dorefa W2A2 (first_layer_bits=8)", 2)]
+
+
+def test_old_runs_take_their_seed_from_the_config_hydra_saved(tmp_path):
+    job = write_job(tmp_path, 0, "dorefa", 2, 2, acc=0.8, size=2e5, latency=5.0)  # no seed
+    (job / ".hydra" / "config.yaml").write_text("seed: 7\nquant:\n  wbits: 2\n")
+    recorded = write_job(tmp_path, 1, "dorefa", 4, 4, acc=0.9, size=3e5, latency=5.0, seed=0)
+    (recorded / ".hydra" / "config.yaml").write_text("seed: 7\n")  # results.json's wins
+    bare = write_job(tmp_path, 2, "pact", 4, 4, acc=0.9, size=3e5, latency=5.0)
+    assert not (bare / ".hydra" / "config.yaml").exists()
+    assert [r.seed for r in load_runs([tmp_path])] == [7, 0, None]
+
+
+def test_seeded_sweep_report_has_four_rows_intervals_error_bars_and_verdicts(tmp_path):
+    """The issue's check: 2 quantizers x 2 bit widths x 3 seeds."""
+    runs = load_runs([seeded_sweep(tmp_path / "sweep")])
+    files = write_report(runs, tmp_path / "out", title="seeds")
+    page = files.html.read_text()
+    assert page.count('<tr class="configuration"') == 4
+    assert "12 runs, 12 ok; 4 configurations, 3 seeds each" in page
+    # PACT W2A2: 0.87 +- t(0.975, 2) * 0.02 / sqrt(3).
+    half = 4.3027 * 0.02 / math.sqrt(3)
+    assert f"[{0.87 - half:.4f}, {0.87 + half:.4f}]" in page
+    # Each comparison with its verdict: quantizers at each bits, then adjacent bits.
+    assert "4 comparisons: 3 exceed the noise, 1 within noise, 0 cannot tell" in page
+    from scipy.stats import ttest_ind
+
+    se = math.sqrt(2 * 0.0004 / 3)
+    p_value = ttest_ind(SEEDED_ACCURACIES[("pact", 2)], SEEDED_ACCURACIES[("dorefa", 2)],
+                        equal_var=False).pvalue
+    assert (f"pact W2A2 vs dorefa W2A2: +5.0 points, 95% CI [+{100 * (0.05 - 2.7764 * se):.1f}, "
+            f"+{100 * (0.05 + 2.7764 * se):.1f}] (n = 3 vs 3, p = {p_value:.3f}): "
+            "exceeds noise") in page
+    assert "pact W4A4 vs dorefa W4A4: +0.5 points, 95% CI [" in page
+    assert "(n = 3 vs 3, p = 0.5" in page and "): within noise</li>" in page
+    assert "dorefa W4A4 vs dorefa W2A2: +9.0 points" in page
+    assert "pact W4A4 vs pact W2A2: +4.5 points" in page
+    assert "Welch&#x27;s t test" in page and "within noise" in page
+    # Files with every metric's summary and every comparison.
+    summaries = list(csv.DictReader(files.tables[0].open()))
+    assert {row["metric"] for row in summaries} >= {"val/acc_best", "latency/int8_ms",
+                                                     "model/bops", "test/acc"}
+    assert len(list(csv.DictReader(files.tables[1].open()))) == 4
+
+
+def test_figures_draw_means_with_95_percent_error_bars(tmp_path):
+    configurations = group_configurations(load_runs([seeded_sweep(tmp_path)]))
+    figure = pareto_figure(configurations, "model/size_bytes", "size", "val/acc_best", "acc")
+    assert drawn_points(figure)["filled"] == {
+        (30_000 * bits + 200_000, round(sum(accs) / 3, 6))
+        for (_, bits), accs in SEEDED_ACCURACIES.items()}
+    bars = [segment for collection in figure.axes[0].collections
+            if not hasattr(collection, "get_sizes") or not len(collection.get_sizes())
+            for segment in collection.get_segments()]
+    vertical = sorted(round(float(s[1][1] - s[0][1]), 6) for s in bars if s[0][0] == s[1][0])
+    # One vertical bar per configuration, each twice the 95% half width of its mean.
+    expected = sorted(round(2 * c.summary("val/acc_best").half_width, 6) for c in configurations)
+    assert vertical == expected and all(v > 0 for v in vertical)
+    panels = bits_figure(configurations, "val/acc_best", "acc").axes
+    assert len(panels) == 2 and all(axes.containers for axes in panels)  # errorbar containers
+
+
+def test_one_seed_each_cannot_tell_and_long_lists_are_truncated(tmp_path):
+    configurations = group_configurations(load_runs([seeded_sweep(tmp_path, seeds=(0,))]))
+    comparisons = draw_comparisons(configurations, "val/acc_best")
+    assert len(comparisons) == 4
+    assert all(c.difference.verdict == CANNOT_TELL for c in comparisons)
+    assert "cannot tell, one seed" in verdict_line(comparisons[0])
+    lines = verdict_lines(comparisons, limit=3)
+    assert len(lines) == 4 and lines[-1].startswith("... and 1 more (truncated")
+
+
+def test_report_script_aggregates_over_several_sweep_folders_or_their_parent(tmp_path, capsys):
+    first, second = seeded_sweep(tmp_path / "s0", seeds=(0,)), tmp_path / "s1"
+    seeded_sweep(second, seeds=(1, 2))
+    seeded_sweep(tmp_path / "rerun" / "s0", seeds=(0,))  # seed 0 again, deeper down
+    assert report_script.main([str(first), str(second), "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "4 configurations, 3 seeds each" in page and "lowbit report: s0 and 1 more" in page
+    assert report_script.main([str(tmp_path), "--out", str(tmp_path / "parent")]) == 0
+    page = (tmp_path / "parent" / "index.html").read_text()
+    assert "4 configurations, 3 seeds each; 4 repeated seeds left out" in page
+    assert "configurations.md" in capsys.readouterr().out
 
 
 def test_report_imports_no_training_code():
@@ -238,14 +414,19 @@ def chromium() -> str:
 def test_report_page_renders_its_figures_in_a_real_browser(tmp_path):
     from PIL import Image
 
-    sweep = example_sweep(tmp_path / "sweep")
+    sweep = seeded_sweep(tmp_path / "sweep")
     files = write_report(load_runs([sweep]), tmp_path / "out", title="browser check")
+    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    # The page as the browser parsed it: the four configurations and each verdict.
+    dom = subprocess.run([*browser, "--dump-dom", files.html.as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert dom.count('<tr class="configuration"') == 4, dom[-2000:]
+    assert dom.count("<li class=") == 4 and dom.count('class="exceeds"') == 3
     shot = tmp_path / "shot.png"
-    width, height = 1200, 1600
+    width, height = 1200, 2600  # down to the first figures, below the tables and verdicts
     result = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--window-size={width},{height}", f"--screenshot={shot}", files.html.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [*browser, f"--window-size={width},{height}", f"--screenshot={shot}",
+         files.html.as_uri()], capture_output=True, text=True, timeout=120)
     assert shot.is_file(), result.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
     assert image.size == (width, height)

@@ -1,5 +1,8 @@
 """The report's figures: accuracy against a cost with its Pareto front, and accuracy against bits.
 
+Each point is a configuration (``lowbit.report.configs``): the mean over its seeds, with error
+bars of the mean's 95% confidence interval (none with one seed); the fronts join the means.
+
 Figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot, so making a
 report neither needs a display nor changes the backend of a notebook that calls it.
 """
@@ -8,22 +11,31 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from lowbit.report.runs import BIT_KINDS, Cost, RunRecord, as_cost, measured_runs, pareto_front
+from lowbit.report.configs import FULL_PRECISION, Configuration
+from lowbit.report.runs import (
+    BIT_KINDS,
+    Cost,
+    as_cost,
+    measured_runs,
+    pareto_front,
+    tied_bit_kinds,
+    varying_bit_kind,
+)
 
-FULL_PRECISION = "fp32"
 # One colour per quantizer, the same in every figure; others take the next free colour.
 QUANTIZER_COLOURS = {"fp32": "#333333", "dorefa": "#1f77b4", "pact": "#ff7f0e",
-                     "pact_symmetric": "#2ca02c"}
-SPARE_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+                     "pact_symmetric": "#2ca02c", "lsq": "#9467bd", "lsq_plus": "#8c564b"}
+# Red is the Pareto front's, so no quantizer gets it.
+SPARE_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 BIT_NAMES = {"wbits": "W", "abits": "A", "gbits": "G"}
 
 
-def quantizer_colours(runs: Sequence[RunRecord]) -> dict[str, str]:
+def quantizer_colours(runs: Sequence[Configuration]) -> dict[str, str]:
     colours = dict(QUANTIZER_COLOURS)
     spare = iter(SPARE_COLOURS * 4)
     for run in runs:
@@ -50,13 +62,32 @@ def empty_note(axes, text: str) -> None:
     axes.set_yticks([])
 
 
-def scatter_runs(axes, runs: Sequence[RunRecord], cost: Cost, accuracy: str,
+def half_width(configuration: Configuration, key: str | None) -> float:
+    """The 95% interval's half width of a mean, 0 where there is none (one seed)."""
+    summary = configuration.summary(key) if key else None
+    return (summary.half_width or 0.0) if summary is not None else 0.0
+
+
+def cost_half_width(configuration: Configuration, cost: Cost) -> float:
+    return half_width(configuration, cost.fallback if cost.falls_back(configuration)
+                      else cost.key)
+
+
+def scatter_runs(axes, configurations: Sequence[Configuration], cost: Cost, accuracy: str,
                  colour: str, stand_in: bool) -> None:
-    """Filled markers for a cost's own values, hollow ones for its stand-in's."""
-    if runs:
-        axes.scatter([cost.value(r) for r in runs], [r.metric(accuracy) for r in runs], s=46,
-                     facecolors="none" if stand_in else colour, edgecolors=colour,
-                     linewidths=1.5, zorder=3)
+    """Filled markers for a cost's own values, hollow ones for its stand-in's; error bars for
+    the 95% intervals of both means."""
+    if not configurations:
+        return
+    xs = [cost.value(c) for c in configurations]
+    ys = [c.metric(accuracy) for c in configurations]
+    xerr = [cost_half_width(c, cost) for c in configurations]
+    yerr = [half_width(c, accuracy) for c in configurations]
+    if any(xerr) or any(yerr):  # none with one seed each, nor along a cost that never varies
+        axes.errorbar(xs, ys, xerr=xerr if any(xerr) else None, yerr=yerr if any(yerr) else None,
+                      fmt="none", ecolor=colour, elinewidth=1, capsize=3, alpha=0.8, zorder=2)
+    axes.scatter(xs, ys, s=46, facecolors="none" if stand_in else colour, edgecolors=colour,
+                 linewidths=1.5, zorder=3)
 
 
 def marker_handle(label: str, colour: str, hollow: bool = False) -> Line2D:
@@ -65,10 +96,11 @@ def marker_handle(label: str, colour: str, hollow: bool = False) -> Line2D:
                   markerfacecolor="none" if hollow else colour, markeredgewidth=1.5, label=label)
 
 
-def pareto_figure(runs: Sequence[RunRecord], cost: str | Cost, cost_label: str, accuracy: str,
-                  accuracy_label: str) -> Figure:
-    """Every finished run as a point (colour: quantizer, label: W/A/G, hollow: the cost's
-    stand-in value, with its own legend entry); the front as a line."""
+def pareto_figure(runs: Sequence[Configuration], cost: str | Cost, cost_label: str,
+                  accuracy: str, accuracy_label: str) -> Figure:
+    """Every configuration with a finished run as a point at its means, with 95% error bars
+    (colour: quantizer, label: W/A/G, hollow: the cost's stand-in value, with its own legend
+    entry); the front of the means as a line."""
     cost = as_cost(cost)
     figure = Figure(figsize=(7.5, 4.8))
     axes = figure.add_subplot()
@@ -104,22 +136,10 @@ def pareto_figure(runs: Sequence[RunRecord], cost: str | Cost, cost_label: str, 
     return figure
 
 
-def varying_bit_kind(runs: Sequence[RunRecord]) -> str:
-    """The bit width that takes the most values across the runs (W before A before G)."""
-    counts = {kind: len({r.bits(kind) for r in runs}) for kind in BIT_KINDS}
-    return max(BIT_KINDS, key=lambda kind: counts[kind])
-
-
-def tied_bit_kinds(runs: Sequence[RunRecord], kind: str) -> list[str]:
-    """The other bit widths equal to ``kind`` in every run (a W = A study sweeps them together)."""
-    return [other for other in BIT_KINDS if other != kind
-            and all(r.bits(other) == r.bits(kind) for r in runs)]
-
-
-def bits_figure(runs: Sequence[RunRecord], accuracy: str, accuracy_label: str) -> Figure:
-    """Accuracy against the swept bit width, one panel per quantizer, one line per setting of
-    the other bit widths (those swept together with it share its axis: "W = A bits"); the best
-    FP32 run as a dashed reference line."""
+def bits_figure(runs: Sequence[Configuration], accuracy: str, accuracy_label: str) -> Figure:
+    """Mean accuracy (95% error bars) against the swept bit width, one panel per quantizer, one
+    line per setting of the other bit widths (those swept together with it share its axis:
+    "W = A bits"); the best FP32 mean as a dashed reference line."""
     finished = [r for r in runs if r.ok and r.metric(accuracy) is not None]
     quantized = [r for r in finished if r.quantizer != FULL_PRECISION]
     baseline = max((r.metric(accuracy) for r in finished if r.quantizer == FULL_PRECISION),
@@ -135,15 +155,18 @@ def bits_figure(runs: Sequence[RunRecord], accuracy: str, accuracy_label: str) -
     axis_name = " = ".join(BIT_NAMES[k] for k in BIT_KINDS if k == kind or k in tied)
     panels = figure.subplots(1, len(names), sharey=True, squeeze=False)[0]
     for axes, quantizer in zip(panels, names):
-        lines: dict[tuple, list[RunRecord]] = defaultdict(list)
+        lines: dict[tuple, list[Configuration]] = defaultdict(list)
         for run in quantized:
             if (run.quantizer or "?") == quantizer:
-                lines[tuple(run.bits(k) for k in others)].append(run)
+                lines[(*(run.bits(k) for k in others), run.distinct)].append(run)
         for setting, members in sorted(lines.items(), key=lambda item: str(item[0])):
             members.sort(key=lambda r: r.bits(kind) or 0)
-            label = " ".join(f"{BIT_NAMES[k]}{v}" for k, v in zip(others, setting)) or quantizer
-            axes.plot([r.bits(kind) for r in members], [r.metric(accuracy) for r in members],
-                      marker="o", label=label)
+            label = " ".join([*(f"{BIT_NAMES[k]}{v}" for k, v in zip(others, setting)),
+                              setting[-1]]).strip() or quantizer
+            axes.errorbar([r.bits(kind) for r in members],
+                          [r.metric(accuracy) for r in members],
+                          yerr=[half_width(r, accuracy) for r in members], marker="o",
+                          capsize=3, label=label)
         if baseline is not None:
             axes.axhline(baseline, color=QUANTIZER_COLOURS[FULL_PRECISION], linestyle="--",
                          linewidth=1, label="fp32")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from lowbit.results import STATUS_OK, find_results, read_results
 
@@ -32,6 +33,12 @@ class RunRecord:
     run_dir: str = ""
     error: str | None = None
     duration_s: float | None = None  # wall time of the whole run, start-up to results.json
+    seed: int | None = None  # None: not recorded, or drawn at random (seed=null)
+    # Every quantizer setting the run recorded (``quant`` in results.json): with model and
+    # dataset, what makes runs that differ only in their seed one configuration.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str | None = None  # the W&B run's id, which results.json records too
+    source: str = "results.json"
 
     @property
     def ok(self) -> bool:
@@ -53,14 +60,45 @@ class RunRecord:
         return "/".join("-" if self.bits(k) is None else str(self.bits(k)) for k in BIT_KINDS)
 
 
+def varying_bit_kind(runs: Sequence[RunRecord]) -> str:
+    """The bit width that takes the most values across the runs (W before A before G)."""
+    counts = {kind: len({r.bits(kind) for r in runs}) for kind in BIT_KINDS}
+    return max(BIT_KINDS, key=lambda kind: counts[kind])
+
+
+def tied_bit_kinds(runs: Sequence[RunRecord], kind: str) -> list[str]:
+    """The other bit widths equal to ``kind`` in every run (a W = A study sweeps them together)."""
+    return [other for other in BIT_KINDS if other != kind
+            and all(r.bits(other) == r.bits(kind) for r in runs)]
+
+
 def as_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def run_from_results(payload: Mapping[str, Any]) -> RunRecord:
-    """A RunRecord from a results.json payload (keys it lacks stay None: nothing is guessed)."""
+def recorded_seed(payload: Mapping[str, Any], run_dir: Path | None) -> int | None:
+    """The run's seed: results.json's, or for runs written before it recorded one, the seed of
+    the config Hydra saved beside it (``.hydra/config.yaml``); None when neither has it."""
+    if "seed" in payload:
+        return as_int(payload["seed"])
+    saved = run_dir / ".hydra" / "config.yaml" if run_dir is not None else None
+    if saved is None or not saved.is_file():
+        return None
+    import yaml  # PyYAML, which omegaconf needs anyway; only old runs get here
+
+    try:
+        config = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return as_int(config.get("seed")) if isinstance(config, dict) else None
+
+
+def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None) -> RunRecord:
+    """A RunRecord from a results.json payload (keys it lacks stay None: nothing is guessed);
+    ``results_dir``, the folder the file is in, is where an old run's seed is looked up."""
     quant = payload.get("quant") or {}
     run_dir = str(payload.get("run_dir") or "")
+    wandb_info = payload.get("wandb") or {}
     return RunRecord(
         name=Path(run_dir).name or str(payload.get("run_name") or "run"),
         status=str(payload.get("status", "unknown")),
@@ -74,6 +112,9 @@ def run_from_results(payload: Mapping[str, Any]) -> RunRecord:
         run_dir=run_dir,
         error=payload.get("error"),
         duration_s=payload.get("duration_s"),
+        seed=recorded_seed(payload, results_dir),
+        settings=dict(quant),
+        run_id=wandb_info.get("id") if isinstance(wandb_info, dict) else None,
     )
 
 
@@ -85,7 +126,8 @@ def run_order(run: RunRecord) -> tuple[int, str]:
 
 def load_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     """Every run under the given sweep dirs, run dirs or results.json files, in job order."""
-    runs = [run_from_results(read_results(path)) for path in find_results(paths)]
+    runs = [run_from_results(read_results(path), Path(path).parent)
+            for path in find_results(paths)]
     return sorted(runs, key=run_order)
 
 

@@ -1,4 +1,6 @@
-"""One row per run, as text cells: the table of the HTML report, runs.md and results_table.py.
+"""The report's tables as text cells: one row per configuration (means, standard deviations and
+95% intervals over its seeds: configurations.md, the page and results_table.py), and one row per
+run (runs.md, the page, results_table.py --runs).
 
 A value a run did not record is shown as "-", never filled in: ``model/bops`` (issue 6's bit
 operations) appears for runs whose results.json has it. The first latency column is the deployed
@@ -9,9 +11,11 @@ gets its own column after it.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+from lowbit.report.configs import Configuration
 from lowbit.report.runs import DEPLOYED_LATENCY, Cost, RunRecord
+from lowbit.report.stats import Summary
 
 Column = tuple[str, Callable[[RunRecord], str]]
 STAND_IN_MARK = "†"  # a dagger: the value is the cost's stand-in (see stand_in_note)
@@ -100,3 +104,112 @@ def markdown_table(runs: Sequence[RunRecord]) -> str:
     lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
     note = stand_in_note(runs)
     return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+
+
+# One row per configuration (the runs that differ only in their seed): the report's main table.
+ConfigurationColumn = tuple[str, Callable[[Configuration], str]]
+
+
+def seeds_cell(configuration: Configuration) -> str:
+    """Seeds counted, and the runs that were not: failed, or repeating a counted seed."""
+    extra = [f"{len(configuration.failed)} failed"] if configuration.failed else []
+    extra += [f"{len(configuration.repeats)} repeated"] if configuration.repeats else []
+    return str(configuration.n) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def spread_columns(header: str, key: str, pattern: str) -> list[ConfigurationColumn]:
+    """Mean, standard deviation and 95% interval of a metric over seeds ("-" with one seed)."""
+    def part(configuration: Configuration, field: str) -> str:
+        summary = configuration.summary(key)
+        return fmt(None if summary is None else getattr(summary, field), pattern)
+
+    def interval(configuration: Configuration) -> str:
+        summary = configuration.summary(key)
+        if summary is None or summary.ci_low is None:
+            return "-"
+        return f"[{pattern.format(summary.ci_low)}, {pattern.format(summary.ci_high)}]"
+
+    return [(f"{header} mean", lambda c: part(c, "mean")), ("sd", lambda c: part(c, "sd")),
+            ("95% CI", interval)]
+
+
+def mean_cell(summary: Summary | None, pattern: str) -> str:
+    """A cost's mean, with its standard deviation where seeds disagree (latency does)."""
+    if summary is None:
+        return "-"
+    if summary.sd:
+        return f"{pattern.format(summary.mean)} ± {pattern.format(summary.sd)}"
+    return pattern.format(summary.mean)
+
+
+def mean_column(header: str, key: str, pattern: str) -> ConfigurationColumn:
+    return header, lambda c: mean_cell(c.summary(key), pattern)
+
+
+def deployed_latency_cell(configuration: Configuration) -> str:
+    key = DEPLOYED_LATENCY.key if configuration.summary(DEPLOYED_LATENCY.key) \
+        else DEPLOYED_LATENCY.fallback
+    cell = mean_cell(configuration.summary(key), "{:.2f}")
+    return cell + (STAND_IN_MARK if DEPLOYED_LATENCY.falls_back(configuration) else "")
+
+
+def configuration_columns(configurations: Sequence[Configuration]) -> list[ConfigurationColumn]:
+    runs = [run for c in configurations for run in c.runs]
+    shown = [(header, key) for headers in QUALITY_COLUMNS.values() for header, key in headers
+             if any(key in run.metrics for run in runs)] or QUALITY_COLUMNS["classification"]
+    return [
+        ("configuration", lambda c: c.name),
+        ("model", lambda c: f"{c.model or '-'}/{c.dataset or '-'}"),
+        ("W/A/G", lambda c: c.bits_label),
+        ("seeds", seeds_cell),
+        *(column for header, key in shown for column in spread_columns(header, key, "{:.4f}")),
+        mean_column("size (bytes)", "model/size_bytes", "{:,.0f}"),
+        mean_column("BOPs", "model/bops", "{:,.0f}"),
+        (latency_header(DEPLOYED_LATENCY.key), deployed_latency_cell),
+        ("duration (s)", lambda c: mean_cell(c.duration, "{:.0f}")),
+    ]
+
+
+def configuration_cells(configurations: Sequence[Configuration]) -> tuple[list[str],
+                                                                           list[list[str]]]:
+    cols = configuration_columns(configurations)
+    return [h for h, _ in cols], [[get(c) for _, get in cols] for c in configurations]
+
+
+def markdown_rows(headers: list[str], rows: list[list[str]]) -> str:
+    escape = lambda cell: cell.replace("|", "\\|")  # noqa: E731 (a cell may name a file)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(escape, row)) + " |" for row in rows]) + "\n"
+
+
+def configurations_note(configurations: Sequence[Configuration]) -> str | None:
+    """What the dagger means in the aggregated table, where some configuration has it."""
+    if not any(DEPLOYED_LATENCY.falls_back(c) for c in configurations):
+        return None
+    return (f"{STAND_IN_MARK} {DEPLOYED_LATENCY.fallback_label}: {DEPLOYED_LATENCY.fallback}, "
+            "measured in PyTorch float32, not on a deployed integer model.")
+
+
+def configurations_markdown(configurations: Sequence[Configuration]) -> str:
+    """The aggregated table: one row per configuration, means, sd and 95% intervals over seeds."""
+    headers, rows = configuration_cells(configurations)
+    note = configurations_note(configurations)
+    return markdown_rows(headers, rows) + (f"\n{note}\n" if note else "")
+
+
+SUMMARY_FIELDS = ["configuration", "model", "dataset", "quantizer", "wbits", "abits", "gbits",
+                  "seeds", "metric", "n", "mean", "sd", "ci_low", "ci_high"]
+
+
+def summary_rows(configurations: Sequence[Configuration]) -> list[dict[str, object]]:
+    """Every numeric metric of every configuration, one row each (configurations.csv)."""
+    rows = []
+    for c in configurations:
+        for key, summary in sorted(c.summaries.items()):
+            rows.append({"configuration": c.name, "model": c.model, "dataset": c.dataset,
+                         "quantizer": c.quantizer, "wbits": c.bits("wbits"),
+                         "abits": c.bits("abits"), "gbits": c.bits("gbits"),
+                         "seeds": " ".join(str(s) for s in c.seeds), "metric": key,
+                         "n": summary.n, "mean": summary.mean, "sd": summary.sd,
+                         "ci_low": summary.ci_low, "ci_high": summary.ci_high})
+    return rows
