@@ -342,6 +342,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "model": chosen_option("model"),
         "dataset": chosen_option("dataset"),
         "quant": OmegaConf.to_container(cfg.quant, resolve=True),
+        "seed": cfg.get("seed"),  # the report groups runs that differ only in it
         "metrics": {},
         "run_dir": str(output_dir),
     }
