@@ -61,7 +61,7 @@ def test_the_default_config_and_every_option_pass(composed):
 
 # One bad value per key: of the wrong type where the range is wide, else just out of range.
 BAD_VALUES = {
-    "seed": -3, "threads": 0, "group": 5, "job_type": ["a"], "tags": "fast",
+    "seed": -3, "seeds": 0, "threads": 0, "compile": "max-autotune", "group": 5, "job_type": ["a"], "tags": "fast",
     "objectives": ["accuracy"], "run_name": "", "resume": "", "ckpt_path": 3, "test": "maybe",
     "monitor": "test/acc", "task._target_": "lowbit.tasks.NoSuchTask", "task.loss": 1.0,
     "task.score_threshold": 1.5, "task.iou_threshold": -0.1, "task.max_detections": 0,
@@ -122,6 +122,7 @@ BAD_VALUES = {
     "callbacks.save_on_interrupt.dirpath": "", "callbacks.save_on_interrupt.filename": "",
     "callbacks.learning_rate_monitor._target_": "pytorch_lightning.callbacks.NoSuchMonitor",
     "callbacks.learning_rate_monitor.logging_interval": "batch",
+    "callbacks.bits_summary._target_": "lowbit.callbacks.NoSuchSummary",
 }
 
 

@@ -240,7 +240,9 @@ DEVICES = either(integer(minimum=1), one_of(-1, "auto"), list_of(integer(minimum
 SCHEMA: dict[str, Check] = {
     # train.yaml
     "seed": optional(NON_NEGATIVE_COUNT),
+    "seeds": COUNT,  # sweep/ presets: seeds per configuration (seed=range(0,seeds))
     "threads": optional(COUNT),
+    "compile": BOOLEAN,  # torch.compile the training step (lowbit.compiled)
     "group": optional(TEXT),
     "job_type": optional(TEXT),
     "tags": list_of(either(TEXT, integer())),
@@ -402,6 +404,7 @@ SCHEMA: dict[str, Check] = {
     "callbacks.save_on_interrupt.filename": NON_EMPTY_TEXT,
     "callbacks.learning_rate_monitor._target_": TARGET,
     "callbacks.learning_rate_monitor.logging_interval": optional(one_of("step", "epoch")),
+    "callbacks.bits_summary._target_": TARGET,
 }
 
 
