@@ -93,9 +93,6 @@ class PackedWeight:
     def bits(self) -> int:
         return self.grid.bits
 
-    def dequantized(self) -> torch.Tensor:
-        return self.grid.dequantize(self.codes)
-
 
 def encode_weight(layer: QuantizedLayer) -> PackedWeight:
     """The packed form of ``layer``'s quantized weight, read through the grid contract.
