@@ -67,6 +67,48 @@ def test_quantizers_is_fp32_once_then_every_quantizer_at_w_equal_a():
     assert all(j["seed"] == "3" for j in jobs)  # the command line reaches every grid
 
 
+def sweeper_jobs(preset: str, overrides: list[str], arguments: list[str]) -> list[dict]:
+    """The jobs Hydra's sweeper of a preset makes, instantiated as Hydra does (the preset's
+    ``${seeds}`` resolved against the composed config), with ``arguments`` on the command line."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext
+
+    cfg = compose("train", [f"sweep={preset}", *overrides], return_hydra_config=True)
+    sweeper = Plugins.instance().instantiate_sweeper(
+        hydra_context=HydraContext(config_loader=None, callbacks=Callbacks()),
+        task_function=lambda cfg: None, config=cfg)
+    if hasattr(sweeper, "job_overrides"):  # lowbit's grids sweeper
+        return [as_settings(j) for j in sweeper.job_overrides(arguments)]
+    parsed = OverridesParser.create().parse_overrides([*sweeper._parse_config(), *arguments])
+    (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    return [as_settings(j) for j in jobs]
+
+
+@pytest.mark.parametrize("preset, configurations", [("bits_grid", 9), ("gradient_bits", 4),
+                                                    ("quantizers", 10)])
+def test_every_grid_preset_runs_each_configuration_at_each_seed(preset, configurations):
+    def per_configuration(jobs):
+        seeds: dict[tuple, list[str]] = {}
+        for j in jobs:
+            seeds.setdefault(tuple(sorted((k, v) for k, v in j.items() if k != "seed")),
+                             []).append(j["seed"])
+        return seeds
+
+    default = sweeper_jobs(preset, [], [])
+    assert len(default) == configurations and {j["seed"] for j in default} == {"0"}
+    for overrides, arguments in [(["seeds=3"], []), ([], ["seed=0,1,2"])]:
+        jobs = per_configuration(sweeper_jobs(preset, overrides, arguments))
+        assert len(jobs) == configurations
+        assert all(sorted(seeds) == ["0", "1", "2"] for seeds in jobs.values())
+    assert {j["seed"] for j in sweeper_jobs(preset, [], ["seed=5"])} == {"5"}
+
+
+def test_a_single_run_has_no_seeds_setting_and_its_seed_is_unchanged():
+    cfg = compose("train", [])
+    assert "seeds" not in cfg and cfg.seed == 0
+
+
 def test_acc_vs_size_is_a_two_objective_optuna_search():
     from hydra.utils import instantiate
 
