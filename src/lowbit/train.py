@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lowbit.checkpoints import Interrupted, check_checkpoint
+from lowbit.compiled import compile_requested
 from lowbit.config import chosen_option
 from lowbit.data.base import ClassificationData, one_line
 from lowbit.distributed import ReplicaSync, is_global_zero
@@ -349,6 +350,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     loggers: list = []
     try:
         check_seed(cfg.get("seed"))
+        compiled = compile_requested(cfg)  # one line on a bad value, before any work
         if cfg.get("seed") is not None:  # before the model is built: it seeds the init
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
         components = check_config(cfg, output_dir)
@@ -358,6 +360,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         quantize_model(model, input_shape=datamodule.image_shape, **results["quant"])
 
         task = build_task(cfg, datamodule, model, output_dir)
+        if compiled:
+            task.compile_training()
         pin_wandb_run_id(cfg, output_dir, write=is_global_zero())  # a resumed run keeps its id
         loggers = make_loggers(cfg)
         for logger in loggers:

@@ -164,10 +164,17 @@ def noise_base(*labels: int) -> int:
 _INDEX_CACHE: dict[torch.device, torch.Tensor] = {}
 
 
-def _weyl_index(numel: int, device: torch.device) -> torch.Tensor:
+def _is_eager(t: torch.Tensor) -> bool:
+    """True when ``t`` is a plain tensor computed now, not traced (torch.compile, including the
+    backward graph AOTAutograd traces with fake or functional tensors): the in-place and
+    dtype-reinterpreting shortcuts below are for eager mode only."""
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling()
+
+
+def _weyl_index(numel: int, device: torch.device, eager: bool) -> torch.Tensor:
     """index * golden (int32, wrapping) for 0..numel-1. Eager mode keeps the largest one asked for
     per device (two passes less per draw); a compiled graph computes it inside the fused kernel."""
-    if torch.compiler.is_compiling():
+    if not eager:
         return torch.arange(numel, dtype=torch.int32, device=device) * _GOLDEN
     cached = _INDEX_CACHE.get(device)
     if cached is None or cached.numel() < numel:
@@ -178,7 +185,7 @@ def _weyl_index(numel: int, device: torch.device) -> torch.Tensor:
 
 def _xorshift16_(h: torch.Tensor) -> torch.Tensor:
     """h ^= h >>> 16 in place on a contiguous int32 tensor: only the low 16 bits change."""
-    if sys.byteorder == "little" and not torch.compiler.is_compiling():
+    if sys.byteorder == "little" and _is_eager(h):
         halves = h.view(torch.int16).view(-1, 2)  # one strided pass instead of three
         halves[:, 0].bitwise_xor_(halves[:, 1])
         return h
@@ -199,7 +206,7 @@ def uniform_noise_bits(key: torch.Tensor, numel: int, device: torch.device) -> t
     key = key.to(device)
     offset = _low32_signed(key)
     multiplier = _low32_signed(_logical_shift(key, 32, 64)) | 1  # odd: a bijection
-    h = torch.add(_weyl_index(numel, device), offset)
+    h = torch.add(_weyl_index(numel, device, _is_eager(key)), offset)
     _xorshift16_(h)
     h.mul_(multiplier)
     _xorshift16_(h)
@@ -257,8 +264,9 @@ def quantize_gradient_tensor(
     key = _noise_key(noise, g.device)
     # 2^32 s + 2^32 n g / 2m: the noise's integer bits as floats, then the gradient added in
     shifted = uniform_noise_bits(key, flat.numel(), g.device).view(flat.shape).to(g.dtype)
-    shifted = torch.addcmul(shifted, flat, (n * 2.0 ** 32) / safe_two_m, out=shifted) \
-        if not torch.compiler.is_compiling() else shifted + flat * ((n * 2.0 ** 32) / safe_two_m)
+    scale = (n * 2.0 ** 32) / safe_two_m
+    shifted = torch.addcmul(shifted, flat, scale, out=shifted) if _is_eager(shifted) \
+        else shifted + flat * scale
     shifted.mul_(_TWO_TO_MINUS_32).add_(n / 2).clamp_(0.0, n).round_()
     # q 2m / n - m: back to the gradient's scale (m = 0 rows stay 0: q = n / 2 rounds to a
     # code whose value is then multiplied by 0)

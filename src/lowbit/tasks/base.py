@@ -30,8 +30,16 @@ class QuantTrainingTask(pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.compiled_model: Callable | None = None
+
+    def compile_training(self) -> None:
+        """Run training forwards through torch.compile(model) (``compile=true``, lowbit.compiled).
+        Kept out of the module tree, so the state dict and every eager use stay as they are."""
+        object.__setattr__(self, "compiled_model", torch.compile(self.model))
 
     def forward(self, x: torch.Tensor):
+        if self.training and self.compiled_model is not None:
+            return self.compiled_model(x)
         return self.model(x)
 
     def stop_if_diverged(self, loss: torch.Tensor) -> None:

@@ -1,0 +1,77 @@
+"""compile=true: refused cleanly where unsupported; a compiled step equals an eager one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lowbit.compiled import compile_requested
+from lowbit.errors import ConfigError
+from lowbit.quant import quantize_model
+from lowbit.quant.modules import use_noise_stream
+
+
+def test_compile_is_off_by_default_and_checked(make_cfg):
+    assert compile_requested(make_cfg()) is False
+    assert compile_requested(OmegaConf.create({"compile": True})) is True
+    with pytest.raises(ConfigError, match="compile must be true or false"):
+        compile_requested(OmegaConf.create({"compile": "yes"}))
+
+
+@pytest.mark.parametrize("trainer", [{"strategy": "ddp", "devices": 2}, {"devices": 4},
+                                     {"devices": "2"}, {"num_nodes": 2}])
+def test_compile_with_ddp_is_refused_in_one_line(trainer):
+    with pytest.raises(ConfigError) as error:
+        compile_requested(OmegaConf.create({"compile": True, "trainer": trainer}))
+    assert "\n" not in str(error.value) and "DDP" in str(error.value)
+    assert compile_requested(OmegaConf.create({"compile": False, "trainer": trainer})) is False
+
+
+def test_compile_with_gradient_quantization_is_refused_for_now():
+    with pytest.raises(ConfigError, match="quant.gbits=8"):
+        compile_requested(OmegaConf.create({"compile": True, "quant": {"gbits": 8}}))
+    assert compile_requested(OmegaConf.create({"compile": True, "quant": {"gbits": 32}}))
+
+
+def test_a_run_with_a_bad_compile_value_stops_before_any_work(make_cfg):
+    from lowbit.train import run
+
+    with pytest.raises(ConfigError, match="must be true or false"):
+        run(make_cfg("compile=maybe", "logger=none"))
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 5))
+    return quantize_model(model, quantizer="dorefa", wbits=4, abits=4, gbits=32,
+                          input_shape=(3, 8, 8))
+
+
+def sgd_steps(model: torch.nn.Module, forward, steps: int = 2) -> list[torch.Tensor]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 8, 8, generator=generator)
+    target = torch.randint(0, 5, (4,), generator=generator)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(forward(x), target).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.slow  # torch.compile's first compile takes tens of seconds on a CPU
+def test_compiled_training_steps_equal_eager_ones():
+    eager = tiny_model()
+    compiled = copy.deepcopy(eager)
+    use_noise_stream(eager, seed=3)
+    use_noise_stream(compiled, seed=3)
+    expected = sgd_steps(eager, eager)
+    actual = sgd_steps(compiled, torch.compile(compiled))
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
