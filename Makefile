@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: install train test test-slow test-all report export bench clean help
+.PHONY: install train test test-slow test-all lint report export bench clean help
 
 help:
 	@echo "make train [ARGS='quantizer=dorefa quant.wbits=4']  train (NIN on digits by default)"
 	@echo "make test                                           the test suite (slow tests excluded)"
 	@echo "make test-slow / test-all                           the slow accuracy tests / everything"
+	@echo "make lint                                           ruff: lint, then the format check"
 	@echo "make report [SWEEP=outputs/multiruns/<dir>]         HTML/PNG/Markdown comparison of a sweep (default: the latest)"
 	@echo "make export RUN=outputs/runs/<dir>                  integer ONNX export of a finished run, measured"
 	@echo "make bench                                          size, int8 latency and train-step ratios on NIN"
@@ -36,6 +37,11 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q
+
+# Rules and line length: [tool.ruff] in pyproject.toml. `ruff format .` fixes the format.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The most recently written sweep folder unless SWEEP names one.
 SWEEP ?= $(shell ls -dt outputs/multiruns/*/ 2>/dev/null | head -n 1)

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lowbit.config import CONFIG_DIR
+from lowbit.models.nin import NIN_STAGES
 
 ROOT = CONFIG_DIR.parent
 
@@ -99,7 +100,48 @@ def run_train(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` as a user runs it, its run (or sweep) folder under ``tmp_path``
     (``run``, ``sweep``) and no experiment tracker."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/run",
-         f"hydra.sweep.dir={tmp_path}/sweep", "logger=none"],
-        capture_output=True, text=True, env=run_env(), timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *args,
+            f"hydra.run.dir={tmp_path}/run",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            "logger=none",
+        ],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+
+def nin_layer_shapes(num_classes: int = 10, in_channels: int = 3, side: int = 32):
+    """(C_in, C_out, k, output side) of each NIN conv, from its stage table: "same" padding, and
+    the 3x3/2 max-pool (padding 1) between stages halves the side, rounding up."""
+    shapes, channels = [], in_channels
+    for stage_index, stage in enumerate(NIN_STAGES):
+        if stage_index > 0:
+            side = (side - 1) // 2 + 1
+        for out_channels, kernel_size in stage:
+            out_channels = num_classes if out_channels is None else out_channels
+            shapes.append((channels, out_channels, kernel_size, side))
+            channels = out_channels
+    return shapes
+
+
+def nin_macs(num_classes: int = 10, in_channels: int = 3, side: int = 32) -> int:
+    """NIN's multiply-accumulates for one image: side^2 k^2 C_in C_out per conv."""
+    return sum(
+        out_side**2 * k * k * c_in * c_out
+        for c_in, c_out, k, out_side in nin_layer_shapes(num_classes, in_channels, side)
+    )
+
+
+def nin_params(num_classes: int = 10, in_channels: int = 3) -> int:
+    """NIN's parameters: each conv's k^2 C_in C_out weights and C_out biases, and its
+    BatchNorm's C_out scales and C_out shifts."""
+    return sum(
+        k * k * c_in * c_out + 3 * c_out
+        for c_in, c_out, k, _ in nin_layer_shapes(num_classes, in_channels)
     )

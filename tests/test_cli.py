@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_env
+from conftest import ROOT, run_env, run_train
 from wandb_offline import read_offline_run
 
 BAD_INPUTS = [
@@ -25,23 +25,16 @@ BAD_INPUTS = [
     (["quantizer=dorefa", "quant.overrides={nope.*:{wbits:2}}"], "matches no Conv2d/Linear"),
     (["dataset=cifar10", "dataset.download=false", "dataset.data_dir=/nonexistent/cifar"],
      "/nonexistent/cifar"),
-    (["seed=-3"], "seed must be a non-negative integer"),
+    (["seed=-3"], "seed: must be null or an integer >= 0, got -3"),
     (["quant.wbits=2,4", "-m"], "-m must come before the overrides"),
     (["-m", "quantizer=pact,pact_symmetric", "quant.alpha_lr_mult=10"],
      "write ++key=value for a key that only some of the swept options have"),
     (["quant.wbitz=4"], "unknown setting 'quant.wbitz'"),
     (["quantizer=dorefa", "quant.alpha_init=3"], "unknown setting 'quant.alpha_init'"),
     (["quantizer=pact_symmetric", "quant.abits=1"], "cannot quantize to quant.abits=1"),
-    (["quantizer=pact", "quant.weight_quantizer=lsq"], "quant.weight_quantizer='lsq' is unknown"),
+    (["quantizer=pact", "quant.weight_quantizer=lsq"],
+     "quant.weight_quantizer: must be one of 'dorefa', 'channel_wise_abs_max', got 'lsq'"),
 ]
-
-
-def run_train(args, tmp_path):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/run",
-         f"hydra.sweep.dir={tmp_path}/sweep", "logger=none"],
-        capture_output=True, text=True, env=run_env(), timeout=300, cwd=tmp_path,
-    )
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
@@ -85,6 +78,7 @@ FILE_INPUTS = [
     (["model=yolov3_tiny", "dataset=digits"], "is a detection model but dataset=digits is a "
                                               "classification data set"),
     (["model=nin", "dataset=shapes_det"], "use a detection model such as model=yolov3_tiny"),
+    (["task=detection"], "DetectionTask is for detection but dataset=digits is a classification"),
     (["model=yolov3_tiny", "dataset=shapes_det", "dataset.image_size=100"], "multiple of 32"),
 ]
 

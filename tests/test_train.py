@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
+from conftest import nin_macs, nin_params
 from wandb_offline import read_offline_run
 
 from lowbit.cli import config_groups
@@ -53,15 +53,15 @@ def test_quantized_model_is_smaller_and_reported(make_cfg):
     w4_cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "logger=none", "callbacks=none",
                       "+trainer.fast_dev_run=true", name="w4")
     w4 = run(w4_cfg)["metrics"]
-    assert fp32["model/params"] == w4["model/params"] == 969_822
-    assert fp32["model/size_limit_bytes"] == fp32["model/size_fp32_bytes"] == 969_822 * 4
+    assert fp32["model/params"] == w4["model/params"] == nin_params()
+    assert fp32["model/size_limit_bytes"] == fp32["model/size_fp32_bytes"] == nin_params() * 4
     # measured: the packed file, which also holds BatchNorm statistics and a header
     packed = Path(w4_cfg.paths.output_dir) / "model_packed.safetensors"
     assert w4["model/size_bytes"] == packed.stat().st_size
     assert fp32["model/size_bytes"] > fp32["model/size_limit_bytes"]
     assert w4["model/compression"] > 5  # 4-bit inner layers, 8-bit first/last, fp32 rest
-    assert w4["model/macs"] == fp32["model/macs"] == 222_486_528
-    assert fp32["model/bops"] == 222_486_528 * 32 * 32
+    assert w4["model/macs"] == fp32["model/macs"] == nin_macs()
+    assert fp32["model/bops"] == nin_macs() * 32 * 32
     assert w4["model/bops"] < fp32["model/bops"] / 30  # the 8-bit stem on the image dominates
 
 
@@ -86,7 +86,8 @@ def test_a_model_without_a_packed_form_still_finishes_without_a_measured_size(ma
     results = run(cfg)
     assert results["status"] == "ok"
     assert "model/size_bytes" not in results["metrics"]
-    assert results["metrics"]["model/size_limit_bytes"] < results["metrics"]["model/size_fp32_bytes"]
+    metrics = results["metrics"]
+    assert metrics["model/size_limit_bytes"] < metrics["model/size_fp32_bytes"]
     assert not (Path(cfg.paths.output_dir) / "model_packed.safetensors").exists()
 
 
@@ -140,3 +141,39 @@ def test_a_config_error_leaves_a_failed_results_json_not_a_success(make_cfg):
         run(cfg)
     written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
     assert written["status"] == "failed" and "quant.wbits=99" in written["error"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["quantizer=pact", "quant.wbits=4", "quant.abits=4"],
+    ["model=yolov3_tiny", "quantizer=dorefa", "quant.wbits=4", *MODEL_DATA["yolov3_tiny"]],
+], ids=["classification", "detection"])
+def test_a_task_rebuilds_from_its_checkpoint_with_identical_outputs(make_cfg, tmp_path,
+                                                                    overrides):
+    """A task's hyperparameters are in its checkpoint, loaded with weights_only=True: with the
+    model rebuilt from the run's config, load_from_checkpoint gives the trained task back."""
+    import pytorch_lightning as pl
+    import torch
+
+    from lowbit.build import build_datamodule, build_quantized_model, build_task
+
+    cfg = make_cfg(*overrides, "dataset.batch_size=8")
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, datamodule, build_quantized_model(cfg, datamodule))
+    trainer = pl.Trainer(max_steps=2, limit_val_batches=1, logger=False, accelerator="cpu",
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(task, datamodule=datamodule)
+    checkpoint = tmp_path / "task.ckpt"
+    trainer.save_checkpoint(checkpoint)
+
+    loaded = type(task).load_from_checkpoint(
+        checkpoint, model=build_quantized_model(cfg, build_datamodule(cfg)), weights_only=True)
+    assert dict(loaded.hparams) == dict(task.hparams)
+    assert loaded.hparams["num_classes"] == datamodule.num_classes
+    images = next(iter(datamodule.val_dataloader()))[0]
+    task.eval(), loaded.eval()
+    with torch.no_grad():
+        expected, got = task(images), loaded(images)
+    for want, have in zip(*(o if isinstance(o, (list, tuple)) else [o]
+                            for o in (expected, got))):
+        assert torch.equal(want, have)

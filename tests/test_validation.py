@@ -15,8 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowbit.config import CONFIG_DIR
 from lowbit.errors import ConfigError
-from lowbit.validation import SCHEMA, config_keys, integer, list_of, number, one_of, \
-    uncovered_keys, validate
+from lowbit.validation import (
+    SCHEMA,
+    config_keys,
+    integer,
+    list_of,
+    number,
+    one_of,
+    uncovered_keys,
+    validate,
+)
 
 # Keys no config file sets but a user may add (+model.num_classes=10): they follow the data.
 USER_ADDED = {"model.num_classes", "model.input_size"}
@@ -31,8 +39,11 @@ def top_level_groups() -> list[str]:
 @pytest.fixture(scope="module")
 def composed() -> dict[str, DictConfig]:
     """The default config and, for each option of each group, the default with that option."""
-    variants = [""] + [f"{group}={option.stem}" for group in top_level_groups()
-                       for option in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+    variants = [""] + [
+        f"{group}={option.stem}"
+        for group in top_level_groups()
+        for option in sorted((CONFIG_DIR / group).glob("*.yaml"))
+    ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return {variant: compose("train", [variant] if variant else []) for variant in variants}
@@ -45,7 +56,8 @@ def test_every_key_of_every_option_has_a_check(composed):
             missing.setdefault(key, variant or "the default config")
     assert not missing, (
         "config keys without a check in lowbit.validation.SCHEMA (add one for each): "
-        + "; ".join(f"{key} (in {variant})" for key, variant in sorted(missing.items())))
+        + "; ".join(f"{key} (in {variant})" for key, variant in sorted(missing.items()))
+    )
 
 
 def test_every_check_names_a_key_that_a_config_has_or_a_user_may_add(composed):
@@ -55,71 +67,159 @@ def test_every_check_names_a_key_that_a_config_has_or_a_user_may_add(composed):
 
 
 def test_the_default_config_and_every_option_pass(composed):
-    for variant, cfg in composed.items():
+    for cfg in composed.values():
         validate(cfg)  # raises on any shipped value outside its own check
 
 
 # One bad value per key: of the wrong type where the range is wide, else just out of range.
 BAD_VALUES = {
-    "seed": -3, "seeds": 0, "threads": 0, "compile": "max-autotune", "group": 5, "job_type": ["a"], "tags": "fast",
-    "objectives": ["accuracy"], "run_name": "", "resume": "", "ckpt_path": 3, "test": "maybe",
-    "monitor": "test/acc", "task._target_": "lowbit.tasks.NoSuchTask", "task.loss": 1.0,
-    "task.score_threshold": 1.5, "task.iou_threshold": -0.1, "task.max_detections": 0,
-    "task.num_drawn": -1, "task.draw_score_threshold": 2, "task.predictions_dir": "",
-    "detection.loss.box_weight": -1, "detection.loss.objectness_weight": "high",
-    "detection.loss.class_weight": -0.5, "detection.loss.ignore_iou": 1.5,
-    "detection.score_threshold": -0.01, "detection.iou_threshold": 2,
-    "detection.max_detections": 0, "detection.num_drawn": -1,
-    "detection.draw_score_threshold": 1.01, "export.onnx": "yes", "export.threads": 0,
-    "latency.warmup": -1, "latency.repeats": 0,
-    "paths.root_dir": "", "paths.data_dir": 3, "paths.log_dir": "", "paths.output_dir": "",
-    "model._target_": "lowbit.models.NoSuchNet", "model.in_channels": 0,
-    "model.num_classes": 0, "model.input_size": -32, "model.arch": "medium",
-    "model.stem": "tiny", "model.width_mult": 0, "model.dropout": 1.0, "model.bn_momentum": 2,
-    "quant._target_": "no.such.Scheme", "quant.quantizer": "", "quant.wbits": 0,
-    "quant.abits": 64, "quant.gbits": 2.5, "quant.first_layer_bits": 17,
-    "quant.last_layer_bits": "eight", "quant.input_bits": 12, "quant.overrides": ["a"],
-    "quant.signed_inputs": "sometimes", "quant.act_scale": 0, "quant.alpha_init": -1,
-    "quant.alpha_decay": -1e-4, "quant.alpha_lr_mult": 0, "quant.alpha_calibration": 100.5,
-    "quant.weight_quantizer": "lsq", "quant.per_channel_weights": "no",
-    "dataset._target_": "lowbit.data.NoSuchData", "dataset.data_dir": 1,
-    "dataset.batch_size": 0, "dataset.num_workers": -1, "dataset.seed": 1.5,
-    "dataset.download": "no", "dataset.augment": 1, "dataset.val_size": -1,
-    "dataset.train_size": 0, "dataset.test_size": 0, "dataset.val_fraction": 1.0,
-    "dataset.test_fraction": 0, "dataset.num_classes": 0, "dataset.image_size": 0,
-    "dataset.flip": 1.5, "dataset.min_objects": -1, "dataset.max_objects": 0,
-    "dataset.min_object_size": 0, "dataset.max_object_size": 0.9, "dataset.year": "2010",
-    "dataset.train_image_set": "", "dataset.val_image_set": None, "dataset.test_image_set": 7,
-    "dataset.train_annotation_file": "", "dataset.val_annotation_file": None,
-    "dataset.train_image_dir": "", "dataset.val_image_dir": None,
-    "optimizer._target_": "torch.optim.NoSuchOptimizer", "optimizer._partial_": False,
-    "optimizer.lr": -1, "optimizer.momentum": 1.0, "optimizer.nesterov": "true",
+    "seed": -3,
+    "seeds": 0,
+    "threads": 0,
+    "compile": "max-autotune",
+    "group": 5,
+    "job_type": ["a"],
+    "tags": "fast",
+    "objectives": ["accuracy"],
+    "run_name": "",
+    "resume": "",
+    "ckpt_path": 3,
+    "test": "maybe",
+    "monitor": "test/acc",
+    "task._target_": "lowbit.tasks.NoSuchTask",
+    "task.loss": 1.0,
+    "task.score_threshold": 1.5,
+    "task.iou_threshold": -0.1,
+    "task.max_detections": 0,
+    "task.num_drawn": -1,
+    "task.draw_score_threshold": 2,
+    "task.predictions_dir": "",
+    "detection.loss.box_weight": -1,
+    "detection.loss.objectness_weight": "high",
+    "detection.loss.class_weight": -0.5,
+    "detection.loss.ignore_iou": 1.5,
+    "detection.score_threshold": -0.01,
+    "detection.iou_threshold": 2,
+    "detection.max_detections": 0,
+    "detection.num_drawn": -1,
+    "detection.draw_score_threshold": 1.01,
+    "export.onnx": "yes",
+    "export.threads": 0,
+    "latency.warmup": -1,
+    "latency.repeats": 0,
+    "paths.root_dir": "",
+    "paths.data_dir": 3,
+    "paths.log_dir": "",
+    "paths.output_dir": "",
+    "model._target_": "lowbit.models.NoSuchNet",
+    "model.in_channels": 0,
+    "model.num_classes": 0,
+    "model.input_size": -32,
+    "model.arch": "medium",
+    "model.stem": "tiny",
+    "model.width_mult": 0,
+    "model.dropout": 1.0,
+    "model.bn_momentum": 2,
+    "quant._target_": "no.such.Scheme",
+    "quant.quantizer": "",
+    "quant.wbits": 0,
+    "quant.abits": 64,
+    "quant.gbits": 2.5,
+    "quant.first_layer_bits": 17,
+    "quant.last_layer_bits": "eight",
+    "quant.input_bits": 12,
+    "quant.overrides": ["a"],
+    "quant.signed_inputs": "sometimes",
+    "quant.act_scale": 0,
+    "quant.alpha_init": -1,
+    "quant.alpha_decay": -1e-4,
+    "quant.alpha_lr_mult": 0,
+    "quant.alpha_calibration": 100.5,
+    "quant.weight_quantizer": "lsq",
+    "quant.per_channel_weights": "no",
+    "dataset._target_": "lowbit.data.NoSuchData",
+    "dataset.data_dir": 1,
+    "dataset.batch_size": 0,
+    "dataset.num_workers": -1,
+    "dataset.seed": 1.5,
+    "dataset.download": "no",
+    "dataset.augment": 1,
+    "dataset.val_size": -1,
+    "dataset.train_size": 0,
+    "dataset.test_size": 0,
+    "dataset.val_fraction": 1.0,
+    "dataset.test_fraction": 0,
+    "dataset.num_classes": 0,
+    "dataset.image_size": 0,
+    "dataset.flip": 1.5,
+    "dataset.min_objects": -1,
+    "dataset.max_objects": 0,
+    "dataset.min_object_size": 0,
+    "dataset.max_object_size": 0.9,
+    "dataset.year": "2010",
+    "dataset.train_image_set": "",
+    "dataset.val_image_set": None,
+    "dataset.test_image_set": 7,
+    "dataset.train_annotation_file": "",
+    "dataset.val_annotation_file": None,
+    "dataset.train_image_dir": "",
+    "dataset.val_image_dir": None,
+    "optimizer._target_": "torch.optim.NoSuchOptimizer",
+    "optimizer._partial_": False,
+    "optimizer.lr": -1,
+    "optimizer.momentum": 1.0,
+    "optimizer.nesterov": "true",
     "optimizer.weight_decay": -5e-4,
-    "scheduler": "cosine", "scheduler._target_": "torch.optim.lr_scheduler.NoSuch",
-    "scheduler._partial_": False, "scheduler.T_max": 0, "scheduler.milestones": [120, 60],
+    "scheduler": "cosine",
+    "scheduler._target_": "torch.optim.lr_scheduler.NoSuch",
+    "scheduler._partial_": False,
+    "scheduler.T_max": 0,
+    "scheduler.milestones": [120, 60],
     "scheduler.gamma": 0,
-    "trainer._target_": "pytorch_lightning.NoSuchTrainer", "trainer.accelerator": "abacus",
-    "trainer.devices": 0, "trainer.strategy": "ddp_everywhere", "trainer.max_epochs": 0,
-    "trainer.precision": "8-true", "trainer.log_every_n_steps": 0,
-    "trainer.deterministic": "always", "trainer.enable_progress_bar": "on",
-    "trainer.enable_model_summary": 0, "trainer.default_root_dir": "",
-    "logger": ["wandb"], "logger.wandb._target_": "lowbit.tracking.no_such_logger",
-    "logger.wandb.project": "", "logger.wandb.entity": "", "logger.wandb.name": "",
-    "logger.wandb.group": 1, "logger.wandb.job_type": 2, "logger.wandb.tags": "a,b",
-    "logger.wandb.extra_tags": [None], "logger.wandb.save_dir": "",
-    "logger.wandb.mode": "sometimes", "logger.wandb.log_model": "some",
-    "logger.wandb.notes": 3, "logger.wandb.prefix": None,
-    "logger.wandb.settings": "quiet", "logger.csv._target_": "csv.NoSuchLogger",
-    "logger.csv.save_dir": "", "logger.csv.name": 3,
-    "logger.tensorboard._target_": "tb.NoSuchLogger", "logger.tensorboard.save_dir": "",
+    "trainer._target_": "pytorch_lightning.NoSuchTrainer",
+    "trainer.accelerator": "abacus",
+    "trainer.devices": 0,
+    "trainer.strategy": "ddp_everywhere",
+    "trainer.max_epochs": 0,
+    "trainer.precision": "8-true",
+    "trainer.log_every_n_steps": 0,
+    "trainer.deterministic": "always",
+    "trainer.enable_progress_bar": "on",
+    "trainer.enable_model_summary": 0,
+    "trainer.default_root_dir": "",
+    "logger": ["wandb"],
+    "logger.wandb._target_": "lowbit.tracking.no_such_logger",
+    "logger.wandb.project": "",
+    "logger.wandb.entity": "",
+    "logger.wandb.name": "",
+    "logger.wandb.group": 1,
+    "logger.wandb.job_type": 2,
+    "logger.wandb.tags": "a,b",
+    "logger.wandb.extra_tags": [None],
+    "logger.wandb.save_dir": "",
+    "logger.wandb.mode": "sometimes",
+    "logger.wandb.log_model": "some",
+    "logger.wandb.notes": 3,
+    "logger.wandb.prefix": None,
+    "logger.wandb.settings": "quiet",
+    "logger.csv._target_": "csv.NoSuchLogger",
+    "logger.csv.save_dir": "",
+    "logger.csv.name": 3,
+    "logger.tensorboard._target_": "tb.NoSuchLogger",
+    "logger.tensorboard.save_dir": "",
     "logger.tensorboard.name": "",
-    "callbacks": 5, "callbacks.model_checkpoint._target_": "pytorch_lightning.NoSuchCallback",
-    "callbacks.model_checkpoint.dirpath": "", "callbacks.model_checkpoint.filename": "",
+    "callbacks": 5,
+    "callbacks.model_checkpoint._target_": "pytorch_lightning.NoSuchCallback",
+    "callbacks.model_checkpoint.dirpath": "",
+    "callbacks.model_checkpoint.filename": "",
     "callbacks.model_checkpoint.auto_insert_metric_name": "no",
-    "callbacks.model_checkpoint.monitor": "accuracy", "callbacks.model_checkpoint.mode": "best",
-    "callbacks.model_checkpoint.save_top_k": -2, "callbacks.model_checkpoint.save_last": 1,
+    "callbacks.model_checkpoint.monitor": "accuracy",
+    "callbacks.model_checkpoint.mode": "best",
+    "callbacks.model_checkpoint.save_top_k": -2,
+    "callbacks.model_checkpoint.save_last": 1,
     "callbacks.save_on_interrupt._target_": "lowbit.checkpoints.NoSuchCallback",
-    "callbacks.save_on_interrupt.dirpath": "", "callbacks.save_on_interrupt.filename": "",
+    "callbacks.save_on_interrupt.dirpath": "",
+    "callbacks.save_on_interrupt.filename": "",
     "callbacks.learning_rate_monitor._target_": "pytorch_lightning.callbacks.NoSuchMonitor",
     "callbacks.learning_rate_monitor.logging_interval": "batch",
     "callbacks.bits_summary._target_": "lowbit.callbacks.NoSuchSummary",
@@ -150,14 +250,17 @@ def test_each_check_refuses_its_bad_value_with_one_line_naming_the_key(composed,
     assert message.startswith(key) and "\n" not in message, message
 
 
-@pytest.mark.parametrize("check, good, bad", [
-    (number(above=0), [1e-9, 3], [0, -1, True, "1", float("nan")]),
-    (number(at_least=0, below=1), [0, 0.999], [1, -0.001]),
-    (integer(minimum=1), [1, 10**6], [0, 1.0, True, "2"]),
-    (one_of(True), [True], [1, "true", False]),
-    (one_of(-1, "auto"), [-1, "auto"], [True, "-1", 1]),
-    (list_of(integer(minimum=1), increasing=True), [[], [60, 120]], [[120, 60], [60, 60], 60]),
-])
+@pytest.mark.parametrize(
+    "check, good, bad",
+    [
+        (number(above=0), [1e-9, 3], [0, -1, True, "1", float("nan")]),
+        (number(at_least=0, below=1), [0, 0.999], [1, -0.001]),
+        (integer(minimum=1), [1, 10**6], [0, 1.0, True, "2"]),
+        (one_of(True), [True], [1, "true", False]),
+        (one_of(-1, "auto"), [-1, "auto"], [True, "-1", 1]),
+        (list_of(integer(minimum=1), increasing=True), [[], [60, 120]], [[120, 60], [60, 60], 60]),
+    ],
+)
 def test_checks_accept_the_range_and_nothing_else(check, good, bad):
     assert all(check.accepts(value) for value in good)
     assert not any(check.accepts(value) for value in bad)
@@ -196,14 +299,18 @@ PREFLIGHT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, message", PREFLIGHT_CASES, ids=[" ".join(a) for a, _ in
-                                                                 PREFLIGHT_CASES])
+@pytest.mark.parametrize(
+    "args, message", PREFLIGHT_CASES, ids=[" ".join(a) for a, _ in PREFLIGHT_CASES]
+)
 def test_bad_value_of_each_group_stops_the_preflight(tmp_path, capsys, args, message):
     from lowbit.cli import preflight
 
     with pytest.raises(SystemExit) as stopped:
-        preflight([*args, f"hydra.run.dir={tmp_path}/run", "logger=none"]
-                  if "logger=wandb" not in args else [*args, f"hydra.run.dir={tmp_path}/run"])
+        preflight(
+            [*args, f"hydra.run.dir={tmp_path}/run", "logger=none"]
+            if "logger=wandb" not in args
+            else [*args, f"hydra.run.dir={tmp_path}/run"]
+        )
     assert stopped.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"lowbit: error: {message}"), lines

@@ -47,8 +47,13 @@ def read_results(path: Path) -> dict[str, Any]:
     try:
         payload = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
-        return {"status": STATUS_UNREADABLE, "error": f"{type(error).__name__}: {error}",
-                "run_dir": str(Path(path).parent), "quant": {}, "metrics": {}}
+        return {
+            "status": STATUS_UNREADABLE,
+            "error": f"{type(error).__name__}: {error}",
+            "run_dir": str(Path(path).parent),
+            "quant": {},
+            "metrics": {},
+        }
     payload.setdefault("run_dir", str(Path(path).parent))
     return payload
 
@@ -68,8 +73,10 @@ def check_writable(folder: Path, keep: bool = True) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise ConfigError(f"cannot write to the output dir {folder}: {error.strerror}; choose "
-                          f"another with hydra.run.dir=PATH (or paths.log_dir=PATH)") from None
+        raise ConfigError(
+            f"cannot write to the output dir {folder}: {error.strerror}; choose "
+            f"another with hydra.run.dir=PATH (or paths.log_dir=PATH)"
+        ) from None
     finally:
         for path in [] if keep else created:
             try:

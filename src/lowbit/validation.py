@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -61,18 +62,26 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
         words = "an integer" if minimum is None else f"an integer >= {minimum}"
     else:
         words = f"an integer in {minimum}..{maximum}"
-    return Check(words, lambda v: is_integer(v) and (minimum is None or v >= minimum)
-                 and (maximum is None or v <= maximum))
+    return Check(
+        words,
+        lambda v: (
+            is_integer(v)
+            and (minimum is None or v >= minimum)
+            and (maximum is None or v <= maximum)
+        ),
+    )
 
 
-def number(above: float | None = None, at_least: float | None = None,
-           at_most: float | None = None, below: float | None = None) -> Check:
+def number(
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+) -> Check:
     """A real number in the interval the bounds give: ``above``/``below`` exclusive,
     ``at_least``/``at_most`` inclusive."""
-    low = f"({above:g}" if above is not None else f"[{at_least:g}" if at_least is not None \
-        else None
-    high = f"{below:g})" if below is not None else f"{at_most:g}]" if at_most is not None \
-        else None
+    low = f"({above:g}" if above is not None else f"[{at_least:g}" if at_least is not None else None
+    high = f"{below:g})" if below is not None else f"{at_most:g}]" if at_most is not None else None
     if low and high:
         words = f"a number in {low}, {high}"
     elif low:
@@ -83,9 +92,18 @@ def number(above: float | None = None, at_least: float | None = None,
         words = "a number"
 
     def accepts(value: Any) -> bool:
-        return is_number(value) and value == value and all((
-            above is None or value > above, at_least is None or value >= at_least,
-            at_most is None or value <= at_most, below is None or value < below))
+        return (
+            is_number(value)
+            and value == value
+            and all(
+                (
+                    above is None or value > above,
+                    at_least is None or value >= at_least,
+                    at_most is None or value <= at_most,
+                    below is None or value < below,
+                )
+            )
+        )
 
     return Check(words, accepts)
 
@@ -108,8 +126,9 @@ def optional(check: Check) -> Check:
 
 
 def either(*checks: Check) -> Check:
-    return Check(" or ".join(c.expected for c in checks),
-                 lambda v: any(c.accepts(v) for c in checks))
+    return Check(
+        " or ".join(c.expected for c in checks), lambda v: any(c.accepts(v) for c in checks)
+    )
 
 
 def list_of(check: Check, increasing: bool = False) -> Check:
@@ -141,11 +160,14 @@ def importable(value: Any) -> bool:
 # A class or function for Hydra's instantiate: imported here, so a typo fails before any work.
 TARGET = Check("an importable dotted path (package.module.Name)", importable)
 # Metric keys are split/name (lowbit's STYLE): val/acc, model/size_bytes, latency/int8_ms.
-METRIC = Check("a metric name such as val/acc (split/name)",
-               lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9_]+/[\w./-]+", v) is not None)
-LOGGED_METRIC = Check("a metric the task logs during training: train/... or val/...",
-                      lambda v: isinstance(v, str)
-                      and re.fullmatch(r"(train|val)/\w+", v) is not None)
+METRIC = Check(
+    "a metric name such as val/acc (split/name)",
+    lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9_]+/[\w./-]+", v) is not None,
+)
+LOGGED_METRIC = Check(
+    "a metric the task logs during training: train/... or val/...",
+    lambda v: isinstance(v, str) and re.fullmatch(r"(train|val)/\w+", v) is not None,
+)
 PROBABILITY = number(at_least=0, at_most=1)
 COUNT = integer(minimum=1)  # sizes, epochs, repeats, threads
 NON_NEGATIVE_COUNT = integer(minimum=0)  # workers, warm-up runs, seeds
@@ -165,15 +187,21 @@ def image_bits(key: str, value: Any) -> None:
 
     bit_width(key, value)
     if value not in INPUT_BITS:
-        raise ConfigError(f"{key}: must be 2-8 (an integer runtime's uint8 input) or 32 to "
-                          f"keep the image float, got {value!r}")
+        raise ConfigError(
+            f"{key}: must be 2-8 (an integer runtime's uint8 input) or 32 to "
+            f"keep the image float, got {value!r}"
+        )
 
 
 def layer_overrides(value: Any) -> bool:
     """null or {module-name pattern: {wbits/abits/gbits: bits}}; the bits and whether a
     pattern matches a layer are checked against the model (``plan_bits``)."""
-    return value is None or (isinstance(value, dict) and all(
-        isinstance(pattern, str) and isinstance(bits, dict) for pattern, bits in value.items()))
+    return value is None or (
+        isinstance(value, dict)
+        and all(
+            isinstance(pattern, str) and isinstance(bits, dict) for pattern, bits in value.items()
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,10 +312,12 @@ SCHEMA: dict[str, Check] = {
     "model.in_channels": COUNT,
     "model.num_classes": optional(COUNT),
     "model.input_size": optional(COUNT),
-    "model.arch": lazy_choice(lambda: mobilenet_choices("ARCHITECTURES"),
-                              "a MobileNetV3 architecture (small, large)"),
-    "model.stem": lazy_choice(lambda: mobilenet_choices("STEM_STRIDES"),
-                              "a MobileNetV3 stem (cifar, imagenet)"),
+    "model.arch": lazy_choice(
+        lambda: mobilenet_choices("ARCHITECTURES"), "a MobileNetV3 architecture (small, large)"
+    ),
+    "model.stem": lazy_choice(
+        lambda: mobilenet_choices("STEM_STRIDES"), "a MobileNetV3 stem (cifar, imagenet)"
+    ),
     "model.width_mult": number(above=0),
     "model.dropout": number(at_least=0, below=1),
     "model.bn_momentum": number(at_least=0, at_most=1),
@@ -300,8 +330,9 @@ SCHEMA: dict[str, Check] = {
     "quant.first_layer_bits": BITS,
     "quant.last_layer_bits": BITS,
     "quant.input_bits": Check("2-8 or 32", rule=image_bits),
-    "quant.overrides": Check("null or a mapping of layer-name patterns to {wbits, abits, gbits}",
-                             layer_overrides),
+    "quant.overrides": Check(
+        "null or a mapping of layer-name patterns to {wbits, abits, gbits}", layer_overrides
+    ),
     "quant.signed_inputs": lazy_choice(signed_input_modes, "auto or never"),
     "quant.act_scale": number(above=0),
     "quant.alpha_init": number(above=0),
@@ -380,8 +411,9 @@ SCHEMA: dict[str, Check] = {
     "logger.wandb.log_model": either(BOOLEAN, one_of("all")),
     "logger.wandb.notes": optional(TEXT),
     "logger.wandb.prefix": TEXT,
-    "logger.wandb.settings": Check("a mapping of wandb.Settings fields",
-                                   lambda v: isinstance(v, dict)),
+    "logger.wandb.settings": Check(
+        "a mapping of wandb.Settings fields", lambda v: isinstance(v, dict)
+    ),
     "logger.csv._target_": TARGET,
     "logger.csv.save_dir": NON_EMPTY_TEXT,
     "logger.csv.name": NON_EMPTY_TEXT,
