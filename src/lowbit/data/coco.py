@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.data.base import check_int, one_line
+from lowbit.data.base import check_int
 from lowbit.data.detection import DetectionData, ImageFileDetections, flatten
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, one_line
 
 COCO_DOWNLOAD = "https://cocodataset.org/#download"
 

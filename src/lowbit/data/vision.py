@@ -36,8 +36,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import (calculate_md5, download_and_extract_archive,
                                         download_url)
 
-from lowbit.data.base import ClassificationData, check_int, one_line
-from lowbit.errors import ConfigError
+from lowbit.data.base import ClassificationData, check_int
+from lowbit.errors import ConfigError, one_line
 
 # Normalisation constants, per RGB channel.
 # CIFAR-10: the values of the widely used pytorch-cifar training scripts (kuangliu); the std is

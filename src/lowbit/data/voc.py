@@ -24,10 +24,9 @@ from xml.etree import ElementTree
 import numpy as np
 from torchvision.datasets import VOCDetection
 
-from lowbit.data.base import one_line
 from lowbit.data.detection import DetectionData, ImageFileDetections, flatten
 from lowbit.data.vision import DOWNLOAD_ERRORS, DOWNLOAD_SOCKET_TIMEOUT_S, socket_timeout
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, one_line
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
