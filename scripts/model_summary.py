@@ -13,14 +13,11 @@ from __future__ import annotations
 import json
 import sys
 
-from omegaconf import OmegaConf
-
 import lowbit.config  # noqa: F401  (registers the config resolvers)
+from lowbit.build import build_datamodule, build_quantized_model, quant_settings
 from lowbit.cli import check_group_choices, compose, config_groups, fail, one_line
 from lowbit.errors import ConfigError
 from lowbit.measure.summary import format_table, summarize
-from lowbit.quant import quantize_model
-from lowbit.train import build_datamodule, build_model
 
 
 def main(argv: list[str]) -> None:
@@ -31,9 +28,8 @@ def main(argv: list[str]) -> None:
         except Exception as error:
             raise ConfigError(one_line(error)) from None
         datamodule = build_datamodule(cfg)
-        model = build_model(cfg, datamodule)
-        quant = OmegaConf.to_container(cfg.quant, resolve=True)
-        quantize_model(model, input_shape=datamodule.image_shape, **quant)
+        model = build_quantized_model(cfg, datamodule)
+        quant = quant_settings(cfg)
     except ConfigError as error:
         fail(str(error))
     rows, totals = summarize(model, datamodule.image_shape)

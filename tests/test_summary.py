@@ -47,3 +47,27 @@ def test_script_bad_input_is_one_line():
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown model 'nope'" in result.stderr
+
+
+def test_the_bits_summary_callback_prints_the_table_when_fit_starts(make_cfg, caplog):
+    """callbacks=default prints the model's per-layer bits as fit starts; it can be removed."""
+    import logging
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from lowbit.build import build_datamodule, build_quantized_model, build_task
+    from lowbit.callbacks import BitsSummary
+
+    cfg = make_cfg("quantizer=dorefa", "quant.wbits=4")
+    callback = instantiate(cfg.callbacks.bits_summary)
+    assert isinstance(callback, BitsSummary)
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, datamodule, build_quantized_model(cfg, datamodule))
+    with caplog.at_level(logging.INFO):
+        callback.on_fit_start(SimpleNamespace(datamodule=datamodule), task)
+    rows, totals = summarize(task.model, datamodule.image_shape)
+    printed = caplog.text
+    assert all(row.name in printed for row in rows) and "4/4/fp32" in printed
+    assert f"{totals['size_bytes']:,}" in printed
+    assert "bits_summary" not in make_cfg("~callbacks.bits_summary").callbacks

@@ -28,11 +28,9 @@ from lowbit.results import RESULTS_FILE
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STAGE_FAILED = 1
-# Hydra flags that take a value, and flags that ask Hydra for information instead of a run.
-FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
-                    "--package", "-p", "--experimental-rerun"}
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
-              "--shell-completion", "-sc", "--version", "--experimental-rerun"}
+# Hydra's answers that are not a run (help, the config, information, shell completion) or
+# replay a saved one: the names of its argument parser's options, which the checks leave alone.
+NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun")
 
 
 def fail(message: str, status: int = EXIT_BAD_INPUT) -> None:
@@ -41,29 +39,19 @@ def fail(message: str, status: int = EXIT_BAD_INPUT) -> None:
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], str, bool] | None:
-    """(overrides, config name, multirun), or None when Hydra is asked for information only."""
-    overrides: list[str] = []
-    config_name = "train"
-    multirun = False
-    args = iter(argv)
-    for arg in args:
-        flag = arg.split("=", 1)[0]
-        if flag in INFO_FLAGS:
-            return None
-        if flag in ("-m", "--multirun"):
-            if overrides:  # Hydra's argument parser would answer with its usage text
-                raise ConfigError(f"{arg} must come before the overrides: "
-                                  f"python train.py {arg} {' '.join(overrides)} ...")
-            multirun = True
-        elif flag in FLAGS_WITH_VALUE:
-            value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
-            if flag in ("--config-name", "-cn"):
-                config_name = value
-        elif arg.startswith("-"):
-            continue
-        else:
-            overrides.append(arg)
-    return overrides, config_name, multirun
+    """(overrides, config name, multirun) as Hydra's own argument parser reads ``argv``, or
+    None when Hydra is asked for something other than a run (``NOT_A_RUN``)."""
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
+
+    args, unparsed = get_args_parser().parse_known_args(argv)
+    if any(getattr(args, name) for name in NOT_A_RUN):
+        return None
+    if unparsed:  # Hydra would answer with its usage text: overrides after a flag
+        flag = next((arg for arg in argv[argv.index(args.overrides[0]):]
+                     if arg.startswith("-")), unparsed[0]) if args.overrides else unparsed[0]
+        raise ConfigError(f"{flag} must come before the overrides: "
+                          f"python train.py {flag} {' '.join(args.overrides + unparsed)} ...")
+    return args.overrides, args.config_name or "train", args.multirun
 
 
 def config_groups(extra_dirs: tuple[Path, ...] = ()) -> dict[str, list[str]]:
@@ -153,19 +141,27 @@ def sweep_values(override) -> list[str]:
 
 
 def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+    """The key or group an override sets, as Hydra's override parser reads it (no ``+``/``~``,
+    no ``@package``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).key_or_group
+    except Exception as error:
+        raise ConfigError(one_line(error)) from None
 
 
 def merge_overrides(*lists: list[str]) -> list[str]:
-    """Overrides in order, a later one replacing an earlier one of the same key, ``+``/``~``
-    prefix included (as Hydra's basic sweeper merges ``hydra.sweeper.params`` with the command
-    line: ``+trainer.x=1 trainer.x=2`` stays two overrides, adding then changing)."""
+    """Overrides in order, a later one replacing an earlier one of the same key element (key,
+    ``+``/``~`` prefix and package, ``Override.get_key_element``), as Hydra's basic sweeper
+    merges ``hydra.sweeper.params`` with the command line: ``+trainer.x=1 trainer.x=2`` stays
+    two overrides, adding then changing."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     merged: dict[str, str] = {}
-    for overrides in lists:
-        for override in overrides:
-            key = override.split("=", 1)[0]
-            merged.pop(key, None)
-            merged[key] = override
+    for override in OverridesParser.create().parse_overrides([o for lst in lists for o in lst]):
+        merged.pop(override.get_key_element(), None)
+        merged[override.get_key_element()] = override.input_line
     return list(merged.values())
 
 
@@ -305,16 +301,12 @@ def preflight(argv: list[str]) -> None:
 
 def objective_values(cfg, metrics: dict[str, float]) -> float | tuple[float, ...] | None:
     """What a sweeper optimises: the ``objectives`` metrics, one float or a tuple of them (for a
-    multi-objective Optuna search); NaN for a metric the run has not got (a failed job)."""
-    from lowbit.train import task_metric
-
+    multi-objective Optuna search); NaN for a metric the run has not got (a failed job). The
+    names are the config's own (the task's, conf/task/, or a preset's), never translated."""
     names = list(cfg.get("objectives") or [])
     if not names:
         return None
-    # val/acc_best in a detection run is val/map50_best (lowbit.train.DETECTION_EQUIVALENT).
-    detection = "val/map50" in metrics or "val/map50_best" in metrics
-    values = tuple(float(metrics.get(task_metric(name, "detection" if detection else ""),
-                                     math.nan)) for name in names)
+    values = tuple(float(metrics.get(name, math.nan)) for name in names)
     return values[0] if len(values) == 1 else values
 
 

@@ -18,10 +18,12 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lowbit.build import (build_datamodule, build_model, build_task, check_task_fits_data,
+                          kind_of, quant_settings, quantize)
 from lowbit.checkpoints import Interrupted, check_checkpoint
 from lowbit.compiled import compile_requested
 from lowbit.config import chosen_option
@@ -30,15 +32,12 @@ from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError
 from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
-from lowbit.quant import quantize_model
 from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
 from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
 from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
-from lowbit.tasks.classification import ClassificationTask
-from lowbit.tasks.detection import DetectionTask
 from lowbit.tracking import write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -52,63 +51,6 @@ class Components:
 
     datamodule: ClassificationData
     model: nn.Module
-
-
-def build_datamodule(cfg: DictConfig) -> ClassificationData:
-    try:
-        datamodule = instantiate(cfg.dataset)
-    except ConfigError:
-        raise
-    except Exception as error:  # a bad argument in the dataset node
-        if isinstance(error.__cause__, ConfigError):  # the data set's own check, Hydra-wrapped
-            raise error.__cause__ from None
-        raise ConfigError(f"dataset: cannot build {cfg.dataset.get('_target_')}: "
-                          f"{one_line(error)}") from None
-    return datamodule
-
-
-def data_task(datamodule) -> str:
-    """"classification" or "detection": what the data set's batches hold."""
-    return getattr(datamodule, "task", "classification")
-
-
-def build_model(cfg: DictConfig, datamodule) -> nn.Module:
-    """The float model for ``datamodule``'s task, ``num_classes`` (and a detector's
-    ``input_size``) taken from the data; a conflicting setting or task is an error."""
-    num_classes = datamodule.num_classes
-    configured = cfg.model.get("num_classes")
-    if configured is not None and configured != num_classes:
-        raise ConfigError(
-            f"model.num_classes={configured} but the dataset has {num_classes} classes: "
-            f"drop model.num_classes (it follows the data) or pick the matching dataset"
-        )
-    target = cfg.model.get("_target_")
-    try:
-        model_class = get_class(target)
-    except Exception as error:
-        raise ConfigError(f"model: cannot import {target}: {one_line(error)}") from None
-    model_task = getattr(model_class, "task", "classification")  # a class attribute
-    if model_task != data_task(datamodule):
-        model_name = chosen_option("model") or model_class.__name__  # None outside Hydra's run
-        dataset_name = chosen_option("dataset") or datamodule.name
-        raise ConfigError(
-            f"model={model_name} is a {model_task} model but "
-            f"dataset={dataset_name} is a {data_task(datamodule)} data set: "
-            + ("use a detection data set such as dataset=shapes_det" if model_task == "detection"
-               else "use a detection model such as model=yolov3_tiny"))
-    from_data: dict[str, Any] = {"num_classes": num_classes}
-    if model_task == "detection":
-        size = datamodule.image_shape[-1]
-        configured = cfg.model.get("input_size")
-        if configured is not None and configured != size:
-            raise ConfigError(
-                f"model.input_size={configured} but the dataset's images are {size} pixels: "
-                f"drop model.input_size (it follows dataset.image_size)")
-        from_data["input_size"] = size
-    try:
-        return instantiate(cfg.model, **from_data)
-    except Exception as error:
-        raise ConfigError(f"model: cannot build {target}: {one_line(error)}") from None
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -129,7 +71,7 @@ def check_seed(seed: Any) -> None:
 def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
     check_seed(cfg.get("seed"))
-    quant = OmegaConf.to_container(cfg.quant, resolve=True)
+    quant = quant_settings(cfg)
     if not quant.get("quantizer"):
         raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
     # an unknown name or _target_ fails before anything is built
@@ -138,29 +80,13 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
         check_output_dir(output_dir)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
+    check_task_fits_data(cfg, datamodule)
     plan_quantization(model, input_shape=datamodule.image_shape, **quant)
     checkpoint = checkpoint_to_resume(cfg)
     if checkpoint is not None:  # names and shapes against the quantized model, before any data
-        check_checkpoint(checkpoint, quantize_model(copy.deepcopy(model),
-                                                    input_shape=datamodule.image_shape, **quant))
+        check_checkpoint(checkpoint, quantize(cfg, copy.deepcopy(model), datamodule))
     datamodule.check()
     return Components(datamodule=datamodule, model=model)
-
-
-def build_task(cfg: DictConfig, datamodule, model: nn.Module,
-               output_dir: Path) -> pl.LightningModule:
-    """ClassificationTask or DetectionTask, as the data set's task says; ``cfg.detection``
-    holds the detection task's own settings (loss weights, decoding, drawings)."""
-    common = {
-        "num_classes": datamodule.num_classes,
-        "optimizer": instantiate(cfg.optimizer),
-        "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-    }
-    if data_task(datamodule) == "detection":
-        settings = OmegaConf.to_container(cfg.get("detection") or {}, resolve=True)
-        return DetectionTask(model, class_names=list(datamodule.class_names),
-                             predictions_dir=output_dir / PREDICTIONS_DIR, **settings, **common)
-    return ClassificationTask(model, **common)
 
 
 def make_loggers(cfg: DictConfig) -> list:
@@ -181,16 +107,6 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 PACKED_FILE = "model_packed.safetensors"
-PREDICTIONS_DIR = "predictions"  # detection runs: drawn validation predictions, PNG
-# The classification metrics the default configs name (checkpoint monitor, sweep objective) and
-# what a detection run measures in their place, so that one config serves both tasks.
-DETECTION_EQUIVALENT = {"val/acc": "val/map50", "val/acc_best": "val/map50_best",
-                        "test/acc": "test/map50"}
-
-
-def task_metric(name: str, task: str) -> str:
-    """``name`` as ``task`` measures it: val/acc is val/map50 in a detection run."""
-    return DETECTION_EQUIVALENT.get(name, name) if task == "detection" else name
 
 
 def measure_costs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
@@ -357,9 +273,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         datamodule, model = components.datamodule, components.model
-        quantize_model(model, input_shape=datamodule.image_shape, **results["quant"])
+        quantize(cfg, model, datamodule)
 
-        task = build_task(cfg, datamodule, model, output_dir)
+        task = build_task(cfg, datamodule, model)
         if compiled:
             task.compile_training()
         pin_wandb_run_id(cfg, output_dir, write=is_global_zero())  # a resumed run keeps its id
@@ -367,9 +283,6 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         for logger in loggers:
             logger.log_hyperparams(loggable_config(cfg))
         callbacks = make_callbacks(cfg)
-        for callback in callbacks:  # monitor: val/acc means val/map50 for a detector
-            if isinstance(callback, pl.callbacks.ModelCheckpoint) and callback.monitor:
-                callback.monitor = task_metric(callback.monitor, data_task(datamodule))
         if not loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
             callbacks = [c for c in callbacks
                          if not isinstance(c, pl.callbacks.LearningRateMonitor)]
@@ -394,7 +307,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             metrics.update({k: float(v) for k, v in tested[0].items()})
         if replica_sync.report is not None:
             results["distributed"] = replica_sync.report
-        results["task"] = data_task(datamodule)
+        results["task"] = kind_of(task)
         # PACT's alphas, LSQ's steps, LSQ+'s offsets by layer: {"alpha": {...}, "step": {...}}
         results.update({"alpha": {}, **learned_values(task.model)})
         failure = None

@@ -78,16 +78,13 @@ def weights_file(run_dir: Path) -> Path | None:
 def load_run_model(run_dir: Path):
     """(quantized model with the run's weights, eval mode; datamodule, set up; config)."""
     import lowbit.config  # noqa: F401  (registers the resolvers the saved config uses)
+    from lowbit.build import build_datamodule, build_quantized_model
     from lowbit.checkpoints import MODEL_PREFIX, load_checkpoint
     from lowbit.export.packing import load_packed
-    from lowbit.quant import quantize_model
-    from lowbit.train import build_datamodule, build_model
 
     cfg = OmegaConf.load(run_dir / CONFIG_FILE)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
-    quant = OmegaConf.to_container(cfg.quant, resolve=True)
-    quantize_model(model, input_shape=datamodule.image_shape, **quant)
+    model = build_quantized_model(cfg, datamodule)
     source = weights_file(run_dir)
     if source.suffix == ".safetensors":
         load_packed(source, model)

@@ -20,11 +20,22 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite; the run ends with status ``diverged``."""
 
 
+# Constructor arguments a task's saved hyperparameters leave out: the model is rebuilt from the
+# run's config and passed back (``Task.load_from_checkpoint(path, model=model)``), and the
+# factories are code, which a checkpoint loaded with weights_only=True cannot hold.
+NOT_HYPERPARAMETERS = ("model", "optimizer", "scheduler")
+
+
 class QuantTrainingTask(pl.LightningModule):
     """Holds ``model`` and the optimizer/scheduler factories (Hydra ``_partial_: true`` nodes;
-    the scheduler steps once per epoch)."""
+    the scheduler steps once per epoch). A task only evaluating (one loaded from a checkpoint)
+    needs no optimizer.
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerFactory,
+    Subclasses call ``self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)``:
+    the rest of their arguments go into the checkpoint (the loggers get the whole composed
+    config instead, ``lowbit.train.loggable_config``)."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory | None = None,
                  scheduler: SchedulerFactory | None = None):
         super().__init__()
         self.model = model
@@ -59,6 +70,9 @@ class QuantTrainingTask(pl.LightningModule):
             self.log_dict(values, on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError(f"{type(self).__name__} was built without an optimizer: pass "
+                             f"optimizer= (a factory taking the parameter groups) to train it")
         optimizer = self.optimizer_factory(param_groups(self.model))
         apply_lr_mult(optimizer)  # alpha's learning-rate multiplier (lowbit.quant.optim)
         if self.scheduler_factory is None:

@@ -8,7 +8,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lowbit.tasks.base import OptimizerFactory, QuantTrainingTask, SchedulerFactory
+from lowbit.tasks.base import (NOT_HYPERPARAMETERS, OptimizerFactory, QuantTrainingTask,
+                               SchedulerFactory)
 
 
 class ClassificationTask(QuantTrainingTask):
@@ -18,14 +19,17 @@ class ClassificationTask(QuantTrainingTask):
     (Hydra ``_partial_: true`` nodes); the scheduler steps once per epoch.
     """
 
+    task = "classification"  # what the models and data sets it pairs with say (lowbit.build)
+
     def __init__(
         self,
         model: nn.Module,
         num_classes: int,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ):
         super().__init__(model, optimizer, scheduler)
+        self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)
         top_k = (1, 5) if num_classes > 5 else (1,)
         self.metric_names = {1: "acc", 5: "acc_top5"}
         for split in ("train", "val", "test"):

@@ -25,7 +25,8 @@ from torchmetrics.detection import MeanAveragePrecision
 from lowbit.detection.decode import decode_heads, postprocess
 from lowbit.detection.draw import draw_detections, save_png
 from lowbit.detection.loss import YOLOLoss
-from lowbit.tasks.base import OptimizerFactory, QuantTrainingTask, SchedulerFactory
+from lowbit.tasks.base import (NOT_HYPERPARAMETERS, OptimizerFactory, QuantTrainingTask,
+                               SchedulerFactory)
 
 LOSS_TERMS = ("box", "obj", "cls")
 
@@ -44,13 +45,17 @@ class DetectionTask(QuantTrainingTask):
         predictions_dir: where the drawings go as PNG (None: not saved).
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, optimizer: OptimizerFactory,
+    task = "detection"  # what the models and data sets it pairs with say (lowbit.build)
+
+    def __init__(self, model: nn.Module, num_classes: int,
+                 optimizer: OptimizerFactory | None = None,
                  scheduler: SchedulerFactory | None = None, class_names: list[str] | None = None,
                  loss: dict | None = None, score_threshold: float = 0.001,
                  iou_threshold: float = 0.45, max_detections: int = 100,
                  draw_score_threshold: float = 0.25, num_drawn: int = 4,
                  predictions_dir: str | Path | None = None):
         super().__init__(model, optimizer, scheduler)
+        self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)
         self.num_classes = num_classes
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.loss = YOLOLoss(model.head_anchors(), model.strides, num_classes, **(loss or {}))
