@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from wandb_offline import read_offline_run
+from wandb_offline import read_media, read_offline_run
 
 from lowbit.cli import objective_values
 from lowbit.train import RESULTS_FILE, run
@@ -52,6 +52,17 @@ def test_detection_run_logs_map_costs_and_drawn_predictions(make_cfg):
     images = [row for row in offline.history if "val/predictions/count" in row]
     assert images and images[-1]["val/predictions/count"] == 3
     assert images[-1]["val/predictions/_type"] == "images/separated"
+    # W&B's own boxes on the images as the model saw them (64 pixels, not the enlarged
+    # drawing): every prediction with its score (threshold 0 here), and the ground truth.
+    assert images[-1]["val/predictions/width"] == cfg.dataset.image_size
+    all_boxes = images[-1]["val/predictions/all_boxes"]
+    assert len(all_boxes) == 3
+    truths = [read_media(offline, boxes["ground_truth"]["path"]) for boxes in all_boxes]
+    predictions = [read_media(offline, boxes["predictions"]["path"]) for boxes in all_boxes]
+    assert sum(len(truth["box_data"]) for truth in truths) > 0
+    assert all(0.0 <= box["scores"]["score"] <= 1.0 and box["domain"] == "pixel"
+               for found in predictions for box in found["box_data"])
+    assert predictions[0]["class_labels"] == truths[0]["class_labels"] != {}
 
 
 def test_the_checkpoint_monitor_follows_the_detection_metric(make_cfg):

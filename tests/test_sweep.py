@@ -271,6 +271,9 @@ def test_a_joblib_sweep_with_a_diverging_job_finishes_the_others_and_says_so(tmp
         assert (logged.group, logged.job_type) == ("sweep", "sweep")
         assert logged.config["model_name"] == "nin"  # a column next to quant.* in W&B
         assert ("diverged" in logged.tags) == (outcome["status"] == "diverged")
+        # Jobs 0 and 1 differ only in the learning rate: the job number tells their runs apart.
+        number, run_name = job_dir.name.split("_", 1)
+        assert logged.name == f"{run_name}-job{number}"
     # The report shows every job, the failed one included.
     runs = load_runs([tmp_path / "sweep"])
     assert [(r.model, r.dataset, r.status) for r in runs] == \

@@ -4,21 +4,31 @@ W&B mode is decided before ``wandb.init`` so that a run never waits on a login p
 network time-out: WANDB_MODE (or the ``mode`` argument) wins; otherwise online needs both
 credentials (WANDB_API_KEY or a netrc entry) and a W&B server that answers within a few
 seconds, and anything less runs offline, to be uploaded later with ``wandb sync``.
+
+Every option of Lightning's ``WandbLogger`` and of ``wandb.init`` can be set in
+``conf/logger/wandb.yaml`` (or as ``+logger.wandb.KEY=VALUE``) and is passed through; a key that
+neither takes is one ConfigError line before any work (``check_wandb_options``).
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import netrc
 import os
 import socket
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import wandb
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
+
+from lowbit.errors import ConfigError, one_line
 
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 3.0
@@ -58,6 +68,66 @@ def choose_wandb_mode(requested: str | None = None) -> str:
     return "offline"
 
 
+# Options lowbit's factory takes itself, besides those it passes on.
+OWN_OPTIONS = {"_target_", "extra_tags", "mode"}
+# Lightning's arguments that are objects or aliases, not settings a config file can hold.
+NOT_SETTABLE = {"self", "kwargs", "experiment"}
+# lowbit's defaults for wandb.Settings: W&B's console capture would duplicate what Lightning
+# already prints, and its banner lines would interleave with lowbit's own.
+DEFAULT_SETTINGS = {"console": "off", "silent": True}
+
+
+def settable_options() -> set[str]:
+    """Every key ``logger.wandb`` may hold: Lightning's WandbLogger's arguments, wandb.init's
+    (WandbLogger passes any other keyword to wandb.init) and lowbit's own."""
+    lightning = set(inspect.signature(WandbLogger.__init__).parameters)
+    init = set(inspect.signature(wandb.init).parameters)
+    return (lightning | init | OWN_OPTIONS) - NOT_SETTABLE
+
+
+def check_wandb_options(options: Mapping[str, Any]) -> None:
+    """One ConfigError line for a key that neither WandbLogger nor wandb.init takes, or for
+    ``settings`` that ``wandb.Settings`` refuses; called before any work (``check_config``)."""
+    known = settable_options()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean {close[0]}?" if close else \
+            f"known: {', '.join(sorted(known - {'_target_'}))}"
+        raise ConfigError(f"logger.wandb.{unknown[0]}: not an option of Lightning's WandbLogger "
+                          f"or of wandb.init; {hint}")
+    settings = options.get("settings") or {}
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"logger.wandb.settings: must be a mapping of wandb.Settings fields, "
+                          f"got {settings!r}")
+    try:
+        wandb.Settings(**{**DEFAULT_SETTINGS, **settings})
+    except Exception as error:  # pydantic's ValidationError, several lines
+        raise ConfigError(f"logger.wandb.settings: {one_line(error, max_lines=3)}") from None
+
+
+def check_logger_config(cfg: Any) -> None:
+    """``check_wandb_options`` on the composed config's ``logger.wandb`` node, if it has one."""
+    node = (cfg.get("logger") or {}).get("wandb")
+    if node is not None:
+        check_wandb_options({key: plain(node.get(key)) if key == "settings" else None
+                             for key in node.keys()})
+
+
+def plain(value: Any) -> Any:
+    """A config node as plain Python (lists, dicts), as wandb.init expects; others as they are."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def sweep_unique_name(name: str) -> str:
+    """``name`` with the job number in a multirun (``nin-dorefa-w4a4g32-digits-job3``), since
+    jobs that differ only in a seed, a learning rate or any key outside the name would share
+    it; a single run keeps ``name``."""
+    from lowbit.sweep.job import hydra_settings, in_multirun
+
+    return f"{name}-job{hydra_settings().job.num}" if in_multirun() else name
+
+
 def wandb_logger(
     project: str,
     name: str,
@@ -69,15 +139,22 @@ def wandb_logger(
     entity: str | None = None,
     mode: str | None = None,
     id: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> WandbLogger:
     """A Lightning WandbLogger whose mode is settled up front (see the module docstring).
 
     ``job_type`` None is a single run's "train" (a sweep's jobs say "sweep": lowbit.sweep.job).
+    ``settings`` are ``wandb.Settings`` fields over lowbit's ``DEFAULT_SETTINGS``; ``options``
+    (``log_model``, ``notes``, ``prefix``, ``save_code``, ...) go to WandbLogger, which hands
+    what it does not take to wandb.init; those left null keep their library defaults.
     """
+    settings, options = plain(settings) or {}, {key: plain(value) for key, value in options.items()}
+    check_wandb_options({**options, "settings": settings})
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
-        name=name,
+        name=sweep_unique_name(name),
         save_dir=save_dir,
         id=id,
         group=group,
@@ -85,9 +162,14 @@ def wandb_logger(
         tags=list(dict.fromkeys([*map(str, tags), *map(str, extra_tags)])),  # in order, once
         entity=entity,
         mode=choose_wandb_mode(mode),
-        # wandb's console capture would duplicate what Lightning already prints.
-        settings=wandb.Settings(console="off", silent=True),
+        settings=wandb.Settings(**{**DEFAULT_SETTINGS, **settings}),
+        **{key: value for key, value in options.items() if value is not None},
     )
+    if logger._wandb_init.get("anonymous") is None:
+        # Lightning passes anonymous=None when unset, and wandb >= 0.19 warns on every run that
+        # the setting (any value) has no effect: leave it out unless the user asked for it.
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:

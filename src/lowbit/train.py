@@ -38,7 +38,8 @@ from lowbit.randomness import RandomState
 from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
-from lowbit.tracking import write_json_atomically
+from lowbit.tracking import check_logger_config, write_json_atomically
+from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def check_seed(seed: Any) -> None:
 
 def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
+    check_logger_config(cfg)  # logger.wandb: only what WandbLogger and wandb.init take
     check_seed(cfg.get("seed"))
     quant = quant_settings(cfg)
     if not quant.get("quantizer"):
@@ -228,16 +230,7 @@ def wandb_run_of(loggers: list):
 def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[str, Any] | None:
     """Write the summary into the W&B run and finish it (a sweep runs many jobs in one process)."""
     run = wandb_run_of(loggers)
-    if run is None:
-        return None
-    run.summary.update({**summary, "status": status})
-    if status != STATUS_OK:
-        run.tags = tuple(run.tags or ()) + (status,)
-    info = {"id": run.id, "mode": "offline" if run.offline else "online",
-            "dir": str(Path(run.dir).parent),  # the offline-run-* folder that `wandb sync` takes
-            "url": None if run.offline else run.url}
-    run.finish(exit_code=0 if status == STATUS_OK else 1)
-    return info
+    return None if run is None else finish_run(run, summary, status)
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -282,6 +275,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         loggers = make_loggers(cfg)
         for logger in loggers:
             logger.log_hyperparams(loggable_config(cfg))
+        start_dashboard(loggers)  # W&B: best-of summaries, the run's address printed now
         callbacks = make_callbacks(cfg)
         if not loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
             callbacks = [c for c in callbacks
@@ -312,9 +306,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results.update({"alpha": {}, **learned_values(task.model)})
         failure = None
         if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
-            failure = run_stages(measuring_stages(task.model, datamodule,
-                                                  trainer.strategy.root_device, cfg, output_dir),
-                                 metrics)
+            stages = measuring_stages(task.model, datamodule, trainer.strategy.root_device,
+                                      cfg, output_dir)
+            # W&B: the per-layer table and the files the stages wrote, as artifacts
+            stages.append(dashboard_stage(loggers, task.model, datamodule.image_shape,
+                                          output_dir, results))
+            failure = run_stages(stages, metrics)
         results["status"] = STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) \
             else STATUS_OK
         if failure is not None:

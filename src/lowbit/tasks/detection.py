@@ -9,7 +9,9 @@ torchmetrics' ``MeanAveragePrecision``, and ``val/map50_best``.
 
 After every validation epoch the first ``num_drawn`` validation images are drawn with their
 predictions (and the ground truth in white): saved as PNG under ``predictions_dir`` (the last
-epoch's overwrite the previous ones) and logged to W&B as ``val/predictions``.
+epoch's overwrite the previous ones) and logged to W&B as ``val/predictions``, each image with
+W&B's native boxes (predictions with their scores, and the ground truth) rather than drawn ones,
+so that the W&B viewer can hide classes and filter by score.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lowbit.detection.draw import draw_detections, save_png
 from lowbit.detection.loss import YOLOLoss
 from lowbit.tasks.base import (NOT_HYPERPARAMETERS, OptimizerFactory, QuantTrainingTask,
                                SchedulerFactory)
+from lowbit.wandb_log import detection_boxes
 
 LOSS_TERMS = ("box", "obj", "cls")
 
@@ -154,6 +157,11 @@ class DetectionTask(QuantTrainingTask):
                 save_png(picture, self.predictions_dir / f"val_{index}.png")
         for logger in self.loggers:
             if isinstance(logger, pl.loggers.WandbLogger):
-                logger.log_image(key="val/predictions", images=list(pictures),
+                images = [(image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+                          .permute(1, 2, 0).numpy() for image, _, _ in drawn]
+                boxes = [detection_boxes(found, truth, self.class_names,
+                                         self.draw_score_threshold)
+                         for _, found, truth in drawn]
+                logger.log_image(key="val/predictions", images=images, boxes=boxes,
                                  caption=[f"epoch {self.current_epoch}, val image {i}"
-                                          for i in range(len(pictures))])
+                                          for i in range(len(images))])
