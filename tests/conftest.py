@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
@@ -145,3 +146,27 @@ def nin_params(num_classes: int = 10, in_channels: int = 3) -> int:
         k * k * c_in * c_out + 3 * c_out
         for c_in, c_out, k, _ in nin_layer_shapes(num_classes, in_channels)
     )
+
+
+CONF_DATASET = ROOT / "conf" / "dataset"
+
+
+def assert_one_line_naming(error: pytest.ExceptionInfo, text: object) -> None:
+    """The raised error's message is one line and names ``text`` (a path, a key)."""
+    message = str(error.value)
+    assert "\n" not in message and str(text) in message, message
+
+
+def assert_config_mirrors_the_constructor(node: DictConfig) -> None:
+    """A data set option's keys are its class's constructor arguments, with the same defaults
+    (``data_dir`` and ``num_workers`` excepted: where data lives and how it is read is the
+    config's business); ``defaults`` is Hydra's, not an argument."""
+    from hydra.utils import get_class
+
+    parameters = inspect.signature(get_class(node._target_).__init__).parameters
+    keys = set(node.keys()) - {"_target_", "defaults"}
+    assert keys == set(parameters) - {"self"}
+    for key in keys:
+        default = parameters[key].default
+        if key not in ("data_dir", "num_workers") and default is not inspect.Parameter.empty:
+            assert node[key] == default, key

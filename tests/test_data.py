@@ -3,7 +3,6 @@ in its own on-disk format, with every missing/corrupt/offline case ending in one
 
 from __future__ import annotations
 
-import inspect
 import pickle
 import struct
 import time
@@ -14,7 +13,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from hydra.utils import get_class, instantiate
+from conftest import CONF_DATASET, assert_config_mirrors_the_constructor, assert_one_line_naming
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import Subset
@@ -29,7 +29,6 @@ from lowbit.data.vision import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
                                 SVHN_STD)
 from lowbit.errors import ConfigError
 
-CONF_DATASET = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 PER_FILE = 20  # images per tiny file
 
 
@@ -38,12 +37,6 @@ def assert_batch(batch, image_shape, num_classes):
     assert images.dtype == torch.float32 and labels.dtype == torch.int64
     assert images.shape[1:] == image_shape and images.shape[0] == labels.shape[0]
     assert 0 <= labels.min() and labels.max() < num_classes
-
-
-def assert_one_line_naming(error: pytest.ExceptionInfo, path: Path):
-    message = str(error.value)
-    assert "\n" not in message
-    assert str(path) in message
 
 
 # --- digits ---------------------------------------------------------------------------------
@@ -584,14 +577,7 @@ CONFIGS = ["digits", "shapes", "cifar10", "cifar100", "svhn", "mnist", "fashion_
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_mirrors_the_constructor(tmp_path, name):
     node = OmegaConf.load(CONF_DATASET / f"{name}.yaml")
-    target = get_class(node._target_)
-    parameters = inspect.signature(target.__init__).parameters
-    keys = set(node.keys()) - {"_target_"}
-    assert keys == set(parameters) - {"self"}
-    for key in keys:
-        default = parameters[key].default
-        if key not in ("data_dir", "num_workers") and default is not inspect.Parameter.empty:
-            assert node[key] == default, key
+    assert_config_mirrors_the_constructor(node)
     if name not in ("digits", "shapes"):
         assert OmegaConf.to_container(node)["data_dir"].startswith("${paths.data_dir}/")
     node.data_dir = str(tmp_path)

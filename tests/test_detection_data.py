@@ -3,7 +3,6 @@ from tiny files written in their own formats, every bad input ending in one Conf
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import get_class, instantiate
+from conftest import CONF_DATASET, assert_config_mirrors_the_constructor, assert_one_line_naming
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -21,7 +21,6 @@ from lowbit.data.shapes_det import draw_scenes
 from lowbit.data.voc import VOC_CLASSES
 from lowbit.errors import ConfigError
 
-CONF_DATASET = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 SMALL = {"train_size": 120, "val_size": 40, "test_size": 40}
 
 
@@ -30,11 +29,6 @@ def tight_box(mask: torch.Tensor) -> list[float]:
     rows = torch.nonzero(mask.any(dim=1)).flatten()
     cols = torch.nonzero(mask.any(dim=0)).flatten()
     return [cols[0].item(), rows[0].item(), cols[-1].item() + 1, rows[-1].item() + 1]
-
-
-def assert_one_line_naming(error: pytest.ExceptionInfo, text: object):
-    message = str(error.value)
-    assert "\n" not in message and str(text) in message, message
 
 
 def assert_detection_batch(batch, size: int, num_classes: int, batch_size: int):
@@ -514,14 +508,7 @@ def test_config_mirrors_the_constructor(tmp_path, name):
     text = (CONF_DATASET / f"{name}.yaml").read_text().splitlines()
     keys_lines = [i for i, line in enumerate(text) if line and not line.startswith(("#", " "))]
     node = OmegaConf.load(CONF_DATASET / f"{name}.yaml")
-    target = get_class(node._target_)
-    parameters = inspect.signature(target.__init__).parameters
-    keys = set(node.keys()) - {"_target_"}
-    assert keys == set(parameters) - {"self"}
-    for key in keys:
-        default = parameters[key].default
-        if key not in ("data_dir", "num_workers") and default is not inspect.Parameter.empty:
-            assert node[key] == default, key
+    assert_config_mirrors_the_constructor(node)
     for index in keys_lines:  # every key is explained by a comment line right above it
         assert text[index - 1].startswith("#"), text[index]
     if name != "shapes_det":
