@@ -4,10 +4,10 @@ Opt-in; eager is the default. Only the training forward is compiled: validation,
 measuring stages and the export run the same module eagerly, and the state dict keeps its keys
 (the compiled callable is not a submodule), so checkpoints, resume and packing are unchanged.
 
-Refused, with one line before any work: a value that is not true/false; multi-process
-training (DDP): its gradient hooks and torch.compile's graph capture are not combined here; and
-gradient quantization (gbits < 32) for now: the compiled hash disagreed with the eager one on
-small tensors (40 elements) in a check, so compiled and eager noise are not yet the same.
+Refused, with one line before any work: a value that is not true/false; and multi-process
+training (DDP): its gradient hooks and torch.compile's graph capture are not combined here.
+Gradient quantization (gbits < 32) compiles too: DoReFa's noise hash has a compiled form that
+gives eager's bits (``lowbit.quant.functional``), so a compiled step equals an eager one.
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ def compile_requested(cfg: DictConfig) -> bool:
     if value and is_multi_process(cfg):
         raise ConfigError("compile=true is not supported with multi-process training (DDP): "
                           "use compile=false, or one device (trainer=default)")
-    gbits = (cfg.get("quant") or {}).get("gbits", 32)
-    if value and gbits is not None and int(gbits) < 32:
-        raise ConfigError(f"compile=true with gradient quantization (quant.gbits={gbits}) is not "
-                          f"supported yet: the compiled noise does not match eager's on every "
-                          f"shape; use compile=false or quant.gbits=32")
     return value
 
 

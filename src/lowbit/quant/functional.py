@@ -105,50 +105,61 @@ def dorefa_activation(x: torch.Tensor, bits: int, scale: float = 1.0) -> torch.T
 
 # -- DoReFa Eq. 12's noise: a counter-based generator -------------------------------------------
 #
-# Each draw is keyed by one 64-bit integer (the run seed, the data-parallel rank, the layer and
-# that layer's draw count, mixed by ``draw_key``) and each element's uniform is a hash of (key,
+# Each draw is keyed by one integer (the run seed, the data-parallel rank, the layer and that
+# layer's draw count, mixed by ``draw_key``) and each element's uniform is a hash of (key,
 # element index): no sequential state, so every element is computed independently, by all of
 # torch's intra-op threads on the CPU and by every GPU thread, and torch.compile fuses the whole
-# hash into the quantizer's kernel. The hash runs in int32 with wrapping multiplication; right
-# shifts are arithmetic in torch, so the logical shift of murmur-style mixing is a masked one.
-# Values: two xorshift-multiply rounds (MurmurHash3's fmix32 pattern, shifts 16 and 16, the
-# second multiplier odd and drawn from the key, so that no two keys give shifted copies of one
-# stream) after a Weyl step (index * golden ratio + key); the top bits become the float.
+# hash into the quantizer's kernel. The hash is 32-bit arithmetic modulo 2^32: a Weyl step
+# (index * golden ratio + the key's offset), then two xorshift-multiply rounds (MurmurHash3's
+# fmix32 pattern, shifts 16 and 16; the first multiplier odd and drawn from the key, so that no
+# two keys give shifted copies of one stream); the top bits become the float.
+#
+# Two ways to compute the same bits. Eager: int32 tensors whose multiplications wrap, in place,
+# fast. Compiled (torch.compile traces the code): every value is a non-negative int64 below
+# 2^63, masked to 32 bits after each step; every product is of a 32-bit value and a 31-bit
+# constant, so nothing overflows and every right shift is of a non-negative number. The int32
+# form, compiled, gave other bits than eager from the 17th element of a 40-element draw on (the
+# vectorised C++ inductor generates for it; its scalar form agreed): a wrapping int32 multiply
+# is signed overflow in C++, which a compiler may assume never happens. Both forms give the same
+# 32 bits (tests/test_compile.py), so a compiled run draws the noise an eager one does.
 
-_GOLDEN = -1640531535  # 0x9E3779B1 as a signed int32
-_MIX = -1028477387  # 0xC2B2AE35, MurmurHash3's second fmix32 multiplier, as a signed int32
-_LOW16 = 0xFFFF
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B1  # 2^32 / golden ratio, odd: the Weyl step; index < 2^31 keeps index*it < 2^63
+# Odd multipliers below 2^31 (a 32-bit value times one stays below 2^63): the xorshift-multiply
+# constant of a well-tested 32-bit integer hash (Mueller), and the key mixer's second.
+_MIX = 0x045D9F3B
+_MIX_KEY = 0x7FEB352D
 _TWO_TO_MINUS_32 = 2.0 ** -32
-_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # SplitMix64
 
 
-def _signed64(value: int) -> int:
-    """An unsigned 64-bit constant as the int64 with the same bits."""
-    return value - (1 << 64) if value >= 1 << 63 else value
+def _as_signed32(value: int) -> int:
+    """A 32-bit pattern as the int32 with the same bits."""
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def _logical_shift(x: torch.Tensor, shift: int, bits: int) -> torch.Tensor:
-    """x >>> shift for a ``bits``-wide integer tensor (torch's >> keeps the sign)."""
-    return torch.bitwise_right_shift(x, shift).bitwise_and_((1 << (bits - shift)) - 1)
-
-
-def _low32_signed(x: torch.Tensor) -> torch.Tensor:
-    """The low 32 bits of an int64 tensor as int32 (the same bits, no overflowing cast)."""
-    low = x.bitwise_and(0xFFFFFFFF)
-    return (low - ((low >= (1 << 31)).to(torch.int64) << 32)).to(torch.int32)
+def _fmix32(x):
+    """A bijection of [0, 2^32) that mixes every input bit into every output bit (xorshift-
+    multiply rounds) on non-negative ints or int64 tensors: no overflow, shifts of non-negatives."""
+    x = x ^ (x >> 16)
+    x = (x * _MIX_KEY) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * _MIX) & _MASK32
+    return x ^ (x >> 16)
 
 
 def draw_key(base: int, draw: torch.Tensor) -> torch.Tensor:
-    """The 64-bit key of one draw: SplitMix64's finaliser of base + draw * golden (int64, 0-d).
+    """The key of one draw, a 0-d int64 in [0, 2^63): the hash's 32-bit offset in its low half
+    and its odd 31-bit multiplier above.
 
-    ``base`` names the stream (run seed, rank and layer: ``noise_base``); ``draw`` counts the
-    stream's draws, a tensor so that a compiled graph reads it instead of baking it in.
+    ``base`` names the stream (run seed, rank and layer: ``noise_base``, 64 bits, both halves
+    mixed in); ``draw`` counts the stream's draws, a tensor so that a compiled graph reads it
+    instead of baking it in (2^31 draws before a stream repeats).
     """
-    golden, first, second = (_signed64(c) for c in _SPLITMIX)
-    x = draw.to(torch.int64) * golden + _signed64(base % (1 << 64))
-    x = (x ^ _logical_shift(x, 30, 64)) * _signed64(first)
-    x = (x ^ _logical_shift(x, 27, 64)) * _signed64(second)
-    return x ^ _logical_shift(x, 31, 64)
+    base_low, base_high = base & _MASK32, (base >> 32) & _MASK32
+    step = (draw.to(torch.int64) & 0x7FFFFFFF) * _GOLDEN  # < 2^63
+    offset = _fmix32(_fmix32(((step & _MASK32) + base_low) & _MASK32) ^ base_high)
+    multiplier = (_fmix32(offset ^ base_low ^ _GOLDEN) >> 1) | 1
+    return (multiplier << 32) | offset
 
 
 NOISE_STREAM = 12  # DoReFa Eq. 12: the label of the noise streams among a run's seeds
@@ -166,30 +177,29 @@ _INDEX_CACHE: dict[torch.device, torch.Tensor] = {}
 
 def _is_eager(t: torch.Tensor) -> bool:
     """True when ``t`` is a plain tensor computed now, not traced (torch.compile, including the
-    backward graph AOTAutograd traces with fake or functional tensors): the in-place and
-    dtype-reinterpreting shortcuts below are for eager mode only."""
+    backward graph AOTAutograd traces with fake or functional tensors): the in-place, wrapping
+    int32 and dtype-reinterpreting shortcuts below are for eager mode only."""
     return type(t) is torch.Tensor and not torch.compiler.is_compiling()
 
 
-def _weyl_index(numel: int, device: torch.device, eager: bool) -> torch.Tensor:
-    """index * golden (int32, wrapping) for 0..numel-1. Eager mode keeps the largest one asked for
-    per device (two passes less per draw); a compiled graph computes it inside the fused kernel."""
-    if not eager:
-        return torch.arange(numel, dtype=torch.int32, device=device) * _GOLDEN
+def _weyl_index(numel: int, device: torch.device) -> torch.Tensor:
+    """index * golden (int32, wrapping) for 0..numel-1, eager only: the largest one asked for is
+    kept per device (two passes less per draw)."""
     cached = _INDEX_CACHE.get(device)
     if cached is None or cached.numel() < numel:
-        cached = torch.arange(numel, dtype=torch.int32, device=device).mul_(_GOLDEN)
+        cached = torch.arange(numel, dtype=torch.int32, device=device).mul_(
+            _as_signed32(_GOLDEN))
         _INDEX_CACHE[device] = cached
     return cached[:numel]
 
 
 def _xorshift16_(h: torch.Tensor) -> torch.Tensor:
     """h ^= h >>> 16 in place on a contiguous int32 tensor: only the low 16 bits change."""
-    if sys.byteorder == "little" and _is_eager(h):
+    if sys.byteorder == "little":
         halves = h.view(torch.int16).view(-1, 2)  # one strided pass instead of three
         halves[:, 0].bitwise_xor_(halves[:, 1])
         return h
-    return h.bitwise_xor_(_logical_shift(h, 16, 32))
+    return h.bitwise_xor_(torch.bitwise_right_shift(h, 16).bitwise_and_(0xFFFF))
 
 
 def uniform_noise(key: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -200,15 +210,24 @@ def uniform_noise(key: torch.Tensor, shape: tuple[int, ...], device: torch.devic
 
 
 def uniform_noise_bits(key: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
-    """The 32 hashed bits of each element (int32); value * 2^-32 is uniform on [-1/2, 1/2)."""
+    """The 32 hashed bits of each element as an int32; value * 2^-32 is uniform on [-1/2, 1/2).
+    Eager and compiled give the same bits (see the section's comment)."""
     if numel >= 1 << 31:
         raise ValueError(f"a draw of {numel} values exceeds the generator's 2^31 element indices")
     key = key.to(device)
-    offset = _low32_signed(key)
-    multiplier = _low32_signed(_logical_shift(key, 32, 64)) | 1  # odd: a bijection
-    h = torch.add(_weyl_index(numel, device, _is_eager(key)), offset)
+    offset, multiplier = key & _MASK32, key >> 32
+    if not _is_eager(key):
+        index = torch.arange(numel, dtype=torch.int64, device=device)
+        h = (((index * _GOLDEN) & _MASK32) + offset) & _MASK32
+        h = h ^ (h >> 16)
+        h = (h * multiplier) & _MASK32
+        h = h ^ (h >> 16)
+        h = (h * _MIX) & _MASK32
+        return (h - ((h >> 31) << 32)).to(torch.int32)  # the int32 with these bits: in range
+    signed_offset = ((offset ^ (1 << 31)) - (1 << 31)).to(torch.int32)
+    h = torch.add(_weyl_index(numel, device), signed_offset)
     _xorshift16_(h)
-    h.mul_(multiplier)
+    h.mul_(multiplier.to(torch.int32))  # < 2^31: the cast keeps the value
     _xorshift16_(h)
     return h.mul_(_MIX)
 
@@ -220,7 +239,7 @@ def _noise_key(noise: torch.Tensor | torch.Generator | None, device: torch.devic
         return noise
     generator_device = noise.device if noise is not None else torch.device("cpu")
     seed = torch.randint(0, 1 << 62, (), generator=noise, device=generator_device)
-    return draw_key(0, seed).to(device)
+    return draw_key(int(seed), torch.zeros((), dtype=torch.int64)).to(device)
 
 
 class _QuantizeGradient(torch.autograd.Function):
@@ -356,7 +375,8 @@ class _PACTSymmetric(torch.autograd.Function):
         x, alpha = ctx.saved_tensors
         above, below = x > alpha, x < -alpha
         # d y / d alpha = [x > alpha] - [x < -alpha]
-        grad_alpha = ((grad_output * above).sum() - (grad_output * below).sum()).reshape(alpha.shape)
+        grad_alpha = ((grad_output * above).sum() - (grad_output * below).sum()).reshape(
+            alpha.shape)
         grad_x = grad_output * above.logical_or_(below).logical_not_()
         return grad_x, grad_alpha, None
 

@@ -14,7 +14,7 @@ maths runs with autocast off on a float32 copy of its input (``float32_math``).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -192,7 +192,8 @@ class ChannelAbsMaxWeight(Quantizer):
         m = grid.qmax
         max_abs = grid.broadcast(float32_multiple(grid.scale.float(), m), codes).expand(codes.shape)
         extreme = codes.abs() == m
-        return torch.where(extreme, codes.sign().to(torch.float32) * max_abs, grid.dequantize(codes))
+        return torch.where(extreme, codes.sign().to(torch.float32) * max_abs,
+                           grid.dequantize(codes))
 
 
 def float32_multiple(step: torch.Tensor, m: int) -> torch.Tensor:
@@ -512,9 +513,9 @@ class DoReFaGradient(Quantizer):
     the run seed, the data-parallel rank and the layer's index (``use_noise_stream``), and
     ``draws`` counts this layer's draws, so the noise is reproducible and a resumed run, given
     the counts back, continues the very same stream. ``draws`` is a tensor (a compiled graph
-    reads and advances it); it is not in the state dict (``lowbit.randomness`` checkpoints it),
-    so checkpoints keep their keys. Without a base the key of each draw comes from torch's
-    global generator. The backward maths runs in float32 under mixed precision too.
+    reads it and returns the next count); it is not in the state dict (``lowbit.randomness``
+    checkpoints it), so checkpoints keep their keys. Without a base the key of each draw comes
+    from torch's global generator. The backward maths runs in float32 under mixed precision too.
     """
 
     def __init__(self, bits: int):
@@ -528,7 +529,9 @@ class DoReFaGradient(Quantizer):
         if self.noise_base is None:
             return Q.dorefa_gradient(x, self.bits, None)
         key = Q.draw_key(self.noise_base, self.draws)
-        self.draws.add_(1)
+        # A new tensor, not draws.add_(1): compiled, AOTAutograd recomputed the key in the
+        # backward from the buffer it had already advanced in place (the next draw's noise).
+        self.draws = self.draws + 1
         return Q.dorefa_gradient(x, self.bits, key)
 
 
