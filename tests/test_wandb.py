@@ -238,8 +238,11 @@ def test_log_model_uploads_the_best_checkpoint(tmp_path):
     checkpoints = [a for a in logged.artifacts if a.name == f"model-{logged.run_id}"]
     best = [a for a in checkpoints if "best" in a.aliases]
     assert len(best) == 1
-    (file_name,) = best[0].files
-    assert md5_base64(run_dir / "checkpoints" / file_name) == best[0].files[file_name]["digest"]
+    # Lightning stores it as model.ckpt, naming the file it copied in the metadata: the best
+    # epoch's checkpoint, not last.ckpt.
+    (entry,) = best[0].files.values()
+    original = run_dir / "checkpoints" / best[0].metadata["original_filename"]
+    assert original.name.startswith("epoch") and md5_base64(original) == entry["digest"]
 
 
 # -- options, names, summaries, boxes: no training ------------------------------------------

@@ -10,8 +10,9 @@
   quantization settings and the metrics as metadata.
 - At the end: the final metrics and the status in the summary; ``scripts/export.py`` later
   reopens the same run (``update_run_summary``) to add what it measured.
-- Detection runs log their drawn validation images with native boxes (``detection_boxes``), so
-  that the W&B viewer toggles classes and filters by score.
+- Detection runs log their first validation images with W&B's native boxes
+  (``detection_boxes``) instead of drawn ones, so that the viewer hides classes and filters by
+  score.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def grid_signed(quantizer, tensor: torch.Tensor | None = None) -> bool | None:
     or a user's quantizer that states no grid)."""
     try:
         grid = quantizer.grid(tensor)
-    except NotImplementedError:
+    except (NotImplementedError, TypeError):  # no grid stated, or one that needs a tensor
         return None
     return None if grid is None else bool(grid.signed)
 
