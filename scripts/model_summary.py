@@ -15,7 +15,7 @@ import sys
 
 import lowbit.config  # noqa: F401  (registers the config resolvers)
 from lowbit.build import build_datamodule, build_quantized_model, quant_settings
-from lowbit.cli import check_group_choices, compose, config_groups, fail, one_line
+from lowbit.cli import check_group_choices, compose, config_groups, fail, hydra_error_line
 from lowbit.errors import ConfigError
 from lowbit.measure.summary import format_table, summarize
 
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
         try:
             cfg = compose("train", argv)
         except Exception as error:
-            raise ConfigError(one_line(error)) from None
+            raise ConfigError(hydra_error_line(error)) from None
         datamodule = build_datamodule(cfg)
         model = build_quantized_model(cfg, datamodule)
         quant = quant_settings(cfg)

@@ -21,8 +21,13 @@ def all_group_options():
 
 @pytest.mark.parametrize("group, option", list(all_group_options()))
 def test_every_group_option_composes(make_cfg, group, option):
+    from hydra.core.hydra_config import HydraConfig
+
+    from lowbit.validation import validate
+
     cfg = make_cfg(f"{group}={option}")
-    assert cfg is not None
+    assert HydraConfig.get().runtime.choices[group] == option  # the option, not the default
+    validate(cfg)  # and every value it brings is in range
 
 
 def test_required_groups_exist():

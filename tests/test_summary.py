@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, run_env
+from conftest import ROOT, nin_macs, nin_params, run_env
 
 from lowbit.measure import model_size
 from lowbit.measure.summary import summarize
@@ -19,7 +19,7 @@ def test_rows_add_up_to_the_model_totals():
     rows, totals = summarize(model, (3, 32, 32))
     assert len(rows) == 9
     assert totals["size_bytes"] == model_size(model).size_bytes
-    assert totals["macs"] == sum(r.macs for r in rows) == 222_486_528
+    assert totals["macs"] == sum(r.macs for r in rows) == nin_macs()
     # the 8 alphas and BatchNorm are the only parameters outside the conv rows
     assert totals["params"] - sum(r.params for r in rows) == 8 + 2 * sum(
         m.num_features for m in model.modules() if hasattr(m, "num_features"))
@@ -36,7 +36,7 @@ def test_script_prints_a_table_and_a_last_json_line():
     lines = result.stdout.strip().splitlines()
     last = json.loads(lines[-1])
     assert set(last) >= {"params", "macs", "size_bytes"}
-    assert last["params"] == 969_822 + (100 - 10) * (192 + 1 + 2)  # 100-class head and its BN
+    assert last["params"] == nin_params(num_classes=100)
     assert any(line.startswith("features.4.0") and "4/4/fp32" in line for line in lines)
 
 

@@ -15,15 +15,14 @@ multirun in which some jobs failed (``lowbit.sweep.outcome``; the other jobs ran
 from __future__ import annotations
 
 import math
-import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 from lowbit.config import CONFIG_DIR
-from lowbit.errors import ConfigError
-from lowbit.results import RESULTS_FILE
+from lowbit.errors import ConfigError, one_line
+from lowbit.results import RESULTS_FILE, check_writable
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -105,7 +104,7 @@ def job_variants(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:
-        raise ConfigError(one_line(error)) from None
+        raise ConfigError(hydra_error_line(error)) from None
     choices: list[list[str]] = []
     fixed: list[str] = []
     for override in parsed:
@@ -148,7 +147,7 @@ def override_key(override: str) -> str:
     try:
         return OverridesParser.create().parse_override(override).key_or_group
     except Exception as error:
-        raise ConfigError(one_line(error)) from None
+        raise ConfigError(hydra_error_line(error)) from None
 
 
 def merge_overrides(*lists: list[str]) -> list[str]:
@@ -190,16 +189,17 @@ def check_group_choices(overrides: list[str], groups: dict[str, list[str]]) -> N
                 )
 
 
-def one_line(error: BaseException) -> str:
+def hydra_error_line(error: BaseException) -> str:
+    """A Hydra composition or override error as one line: its first two lines without the hint
+    about HYDRA_FULL_ERROR, and an unknown key said in the user's words."""
     text = str(error)
     if text.startswith("Could not override '"):  # Hydra's hint to use + is rarely what is meant
         key = text.split("'")[1]
         return (f"unknown setting {key!r}: it is not in the composed config; check the spelling "
                 f"and the chosen groups (e.g. quant.alpha_init needs quantizer=pact), or "
                 f"prefix + to add a new key")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    lines = [line for line in lines if "HYDRA_FULL_ERROR" not in line]
-    return " ".join(lines[:2]) or type(error).__name__
+    lines = [line for line in text.splitlines() if "HYDRA_FULL_ERROR" not in line]
+    return one_line("\n".join(lines), max_lines=2) or type(error).__name__
 
 
 def compose(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> Any:
@@ -211,29 +211,6 @@ def compose(config_name: str, overrides: list[str], return_hydra_config: bool = 
                              return_hydra_config=return_hydra_config)
 
 
-def probe_writable(folder: Path) -> None:
-    """ConfigError unless ``folder`` can be created and written into; leaves nothing behind."""
-    created: list[Path] = []
-    missing = folder
-    while not missing.exists() and missing != missing.parent:
-        created.append(missing)  # deepest first: removed in this order afterwards
-        missing = missing.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".lowbit_write_test.{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"cannot write to the output dir {folder}: {error.strerror}; choose "
-                          f"another with hydra.run.dir=PATH (or paths.log_dir=PATH)") from None
-    finally:
-        for path in created:
-            try:
-                path.rmdir()
-            except OSError:
-                pass
-
-
 def check_run_dir(config_name: str, overrides: list[str], multirun: bool) -> None:
     """The folder Hydra creates for the run (the sweep's, in a multirun) must be writable:
     checked here, since Hydra would fail with a traceback before any job starts."""
@@ -242,7 +219,7 @@ def check_run_dir(config_name: str, overrides: list[str], multirun: bool) -> Non
     try:
         cfg = compose(config_name, overrides, return_hydra_config=True)
     except Exception as error:
-        raise ConfigError(one_line(error)) from None
+        raise ConfigError(hydra_error_line(error)) from None
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     hydra_config.set_config(cfg)  # ${hydra:...} in the folder name resolves as in the job
@@ -250,7 +227,7 @@ def check_run_dir(config_name: str, overrides: list[str], multirun: bool) -> Non
         folder = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
     finally:
         hydra_config.cfg = previous
-    probe_writable(folder)
+    check_writable(folder, keep=False)  # Hydra creates it; nothing left behind
 
 
 def preflight(argv: list[str]) -> None:
@@ -275,7 +252,7 @@ def preflight(argv: list[str]) -> None:
                 sweeps = preset_sweeps(config_name, overrides)
             except Exception as error:
                 raise ConfigError(
-                    f"{one_line(error)} (in a multirun Hydra first applies the non-sweep "
+                    f"{hydra_error_line(error)} (in a multirun Hydra first applies the non-sweep "
                     f"overrides to the default groups: write ++key=value for a key that only "
                     f"some of the swept options have)"
                 ) from None
@@ -290,7 +267,7 @@ def preflight(argv: list[str]) -> None:
             except ConfigError:
                 raise
             except Exception as error:
-                raise ConfigError(one_line(error)) from None
+                raise ConfigError(hydra_error_line(error)) from None
             check_config(cfg)
         # hydra.* settings and hydra/* groups (hydra/launcher=joblib hydra.launcher.n_jobs=2)
         hydra_settings = [o for o in overrides if override_key(o).startswith("hydra")]

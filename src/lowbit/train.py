@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +26,24 @@ from lowbit.build import (build_datamodule, build_model, build_task, check_task_
 from lowbit.checkpoints import Interrupted, check_checkpoint
 from lowbit.compiled import compile_requested
 from lowbit.config import chosen_option
-from lowbit.data.base import ClassificationData, one_line
+from lowbit.data.base import ClassificationData
 from lowbit.distributed import ReplicaSync, is_global_zero
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, one_line
 from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
 from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
 from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
-from lowbit.results import RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_OK  # noqa: F401
+from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from here)
+    PACKED_FILE, RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK,
+    check_writable)
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config, write_json_atomically
 from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard
+from lowbit.validation import validate
 
 log = logging.getLogger(__name__)
-
-STATUS_INTERRUPTED = "interrupted"  # SIGTERM or Ctrl-C; last.ckpt saved, resume=RUN_DIR goes on
 
 
 @dataclass
@@ -54,32 +54,17 @@ class Components:
     model: nn.Module
 
 
-def check_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".lowbit_write_test.{os.getpid()}"  # DDP ranks probe at once
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"cannot write to the output dir {output_dir}: {error.strerror}") from None
-
-
-def check_seed(seed: Any) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ConfigError(f"seed must be a non-negative integer or null, got {seed!r}")
-
-
 def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
     check_logger_config(cfg)  # logger.wandb: only what WandbLogger and wandb.init take
-    check_seed(cfg.get("seed"))
+    validate(cfg)  # every value's type and range (lowbit.validation.SCHEMA)
     quant = quant_settings(cfg)
     if not quant.get("quantizer"):
         raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
     # an unknown name or _target_ fails before anything is built
     scheme_class(quant["quantizer"], quant.get(TARGET_KEY))
     if output_dir is not None:
-        check_output_dir(output_dir)
+        check_writable(output_dir)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     check_task_fits_data(cfg, datamodule)
@@ -108,7 +93,6 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
     return config
 
 
-PACKED_FILE = "model_packed.safetensors"
 
 
 def measure_costs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
@@ -153,12 +137,12 @@ def export_costs(model: nn.Module, datamodule, cfg: DictConfig,
     if not settings.get("onnx", True):
         return {}
     from lowbit.export.onnx_graph import UnsupportedModel
-    from lowbit.export.onnx_run import export_model
+    from lowbit.export.onnx_run import THREADS, export_model
 
     latency = cfg.get("latency") or {}
     try:
         return export_model(model.cpu(), datamodule, output_dir,
-                            threads=int(settings.get("threads", 2)),
+                            threads=int(settings.get("threads", THREADS)),
                             warmup=int(latency.get("warmup", 10)),
                             repeats=int(latency.get("repeats", 50)),
                             decoding=OmegaConf.to_container(cfg.detection, resolve=True)
@@ -258,7 +242,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     }
     loggers: list = []
     try:
-        check_seed(cfg.get("seed"))
+        validate(cfg)  # the seed among them, before it seeds anything
         compiled = compile_requested(cfg)  # one line on a bad value, before any work
         if cfg.get("seed") is not None:  # before the model is built: it seeds the init
             pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -18,15 +18,6 @@ from torch.utils.data import DataLoader, Dataset
 from lowbit.errors import ConfigError
 
 
-def one_line(text: object) -> str:
-    """``text`` with every run of whitespace (newlines included) collapsed to one space.
-
-    ConfigError messages are printed as a single line by the CLI; messages of third-party
-    exceptions (torchvision's download errors span several lines) go through this first.
-    """
-    return " ".join(str(text).split())
-
-
 def check_int(name: str, value: object, minimum: int) -> int:
     """``value`` if it is an int >= ``minimum`` (bools refused), else a one-line ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -80,6 +71,14 @@ class SplitLoaders:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
                 f"image_shape={self.image_shape}, batch_size={self.batch_size})")
+
+
+class BuiltInMemory:
+    """A set that ``setup`` draws or unpacks in memory, once: nothing to fetch, so building it
+    (kept for ``setup``) is the whole pre-flight check."""
+
+    def check(self) -> None:
+        self.setup()
 
 
 class ClassificationData(SplitLoaders, pl.LightningDataModule):

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-from lowbit.data.base import ClassificationData
+from lowbit.data.base import BuiltInMemory, ClassificationData
 from lowbit.errors import ConfigError
 
 # load_digits pixels are counts of set pixels in 4x4 blocks of a 32x32 bitmap: 0..16.
@@ -63,7 +63,7 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, test_fraction: f
     return tuple(torch.as_tensor(split).sort().values for split in (train, val, test))
 
 
-class DigitsData(ClassificationData):
+class DigitsData(BuiltInMemory, ClassificationData):
     """The 1,797 scikit-learn digits, 32x32x3, fixed stratified train/val/test split.
 
     Pixels are scaled to [0, 1], upsampled bilinearly from 8x8 to 32x32, copied to three
@@ -98,10 +98,6 @@ class DigitsData(ClassificationData):
         self.test_fraction = float(test_fraction)
         self.augment = bool(augment)
         self.mean = self.std = None
-
-    def check(self) -> None:
-        """Nothing to fetch: the digits ship with scikit-learn. Building them is the check."""
-        self.setup()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

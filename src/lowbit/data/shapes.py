@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from lowbit.data.base import ClassificationData, check_int
+from lowbit.data.base import BuiltInMemory, ClassificationData, check_int
 
 Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -85,7 +85,7 @@ def draw_shapes(count: int, seed: np.random.SeedSequence, size: int = 32,
     return np.clip(images, 0.0, 1.0).astype(np.float32), labels
 
 
-class ShapesData(ClassificationData):
+class ShapesData(BuiltInMemory, ClassificationData):
     """Ten generated shape classes, 32x32x3, normalised with the train split's channel stats.
 
     The three splits are drawn from independent child seeds of ``seed`` (numpy's SeedSequence
@@ -111,10 +111,6 @@ class ShapesData(ClassificationData):
         self.val_size = check_int("val_size", val_size, 1)
         self.test_size = check_int("test_size", test_size, 1)
         self.mean = self.std = None
-
-    def check(self) -> None:
-        """Nothing to fetch: drawing the images (cached for ``setup``) is the whole check."""
-        self.setup()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

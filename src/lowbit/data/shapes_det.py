@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lowbit.data.base import check_int
+from lowbit.data.base import BuiltInMemory, check_int
 from lowbit.data.detection import DetectionData, Target, coin, flip_boxes, make_target
 from lowbit.data.shapes import SHAPES
 from lowbit.errors import ConfigError
@@ -262,7 +262,7 @@ def check_fraction(name: str, value: object, low: float, high: float) -> float:
     return float(value)
 
 
-class ShapesDetData(DetectionData):
+class ShapesDetData(BuiltInMemory, DetectionData):
     """Generated scenes of 1..4 shapes (5 classes by default), boxes exact, fully offline.
 
     The three splits are drawn from independent child seeds of ``seed`` (numpy's SeedSequence
@@ -312,10 +312,6 @@ class ShapesDetData(DetectionData):
         self.train_size = check_int("train_size", train_size, 1)
         self.val_size = check_int("val_size", val_size, 1)
         self.test_size = check_int("test_size", test_size, 1)
-
-    def check(self) -> None:
-        """Nothing to fetch: drawing the scenes (kept for ``setup``) is the whole check."""
-        self.setup()
 
     def draw(self, split: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """The scenes of split 0 (train), 1 (val) or 2 (test)."""

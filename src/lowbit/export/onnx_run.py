@@ -34,10 +34,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from lowbit.errors import ConfigError
+from lowbit.results import PACKED_FILE, RESULTS_FILE, STATUS_OK
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
-RESULTS_FILE = "results.json"
-PACKED_FILE = "model_packed.safetensors"
 INT8_FILE, FP32_FILE = "model_int8.onnx", "model_fp32.onnx"
 CALIBRATION_IMAGES = 64
 THREADS = 2
@@ -58,9 +57,9 @@ def check_run_dir(run_dir: str | Path) -> Path:
         status = json.loads(results.read_text()).get("status")
     except (OSError, ValueError, AttributeError):
         raise ConfigError(f"{results} cannot be read as JSON") from None
-    if status != "ok":
+    if status != STATUS_OK:
         raise ConfigError(f"{run_dir} ended with status {status!r}: export needs a run that "
-                          f"finished with status 'ok'")
+                          f"finished with status {STATUS_OK!r}")
     if weights_file(run_dir) is None:
         raise ConfigError(f"{run_dir} has neither {PACKED_FILE} nor a checkpoints/*.ckpt")
     return run_dir

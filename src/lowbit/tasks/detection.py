@@ -77,12 +77,6 @@ class DetectionTask(QuantTrainingTask):
         self.val_map50_best.persistent(True)  # a resumed run remembers its best epoch
         self._drawn: list[tuple[torch.Tensor, dict, dict]] = []
 
-    def detect(self, images: torch.Tensor, **decoding) -> list[dict[str, torch.Tensor]]:
-        """Boxes, scores and labels per image (``postprocess``'s format)."""
-        predictions = decode_heads(self(images), self.model.head_anchors(), self.model.strides)
-        return postprocess(predictions, image_size=images.shape[-1],
-                           **{**self.decoding, **decoding})
-
     def _loss(self, outputs, targets, split: str) -> torch.Tensor:
         terms = self.loss(outputs, targets)
         batch = len(targets)
