@@ -79,7 +79,6 @@ FILE_INPUTS = [
                                               "classification data set"),
     (["model=nin", "dataset=shapes_det"], "use a detection model such as model=yolov3_tiny"),
     (["task=detection"], "DetectionTask is for detection but dataset=digits is a classification"),
-    (["task=detection"], "DetectionTask is for detection but dataset=digits is a classification"),
     (["model=yolov3_tiny", "dataset=shapes_det", "dataset.image_size=100"], "multiple of 32"),
 ]
 
