@@ -177,4 +177,3 @@ def test_a_task_rebuilds_from_its_checkpoint_with_identical_outputs(make_cfg, tm
     for want, have in zip(*(o if isinstance(o, (list, tuple)) else [o]
                             for o in (expected, got))):
         assert torch.equal(want, have)
-
