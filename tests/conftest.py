@@ -157,14 +157,24 @@ def assert_one_line_naming(error: pytest.ExceptionInfo, text: object) -> None:
     assert "\n" not in message and str(text) in message, message
 
 
+def dataset_option(name: str) -> DictConfig:
+    """conf/dataset/NAME.yaml as its class takes it: without Hydra's ``defaults`` list (the
+    task the data set chooses), which is no constructor argument."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONF_DATASET / f"{name}.yaml")
+    node.pop("defaults", None)
+    return node
+
+
 def assert_config_mirrors_the_constructor(node: DictConfig) -> None:
     """A data set option's keys are its class's constructor arguments, with the same defaults
     (``data_dir`` and ``num_workers`` excepted: where data lives and how it is read is the
-    config's business); ``defaults`` is Hydra's, not an argument."""
+    config's business)."""
     from hydra.utils import get_class
 
     parameters = inspect.signature(get_class(node._target_).__init__).parameters
-    keys = set(node.keys()) - {"_target_", "defaults"}
+    keys = set(node.keys()) - {"_target_"}
     assert keys == set(parameters) - {"self"}
     for key in keys:
         default = parameters[key].default

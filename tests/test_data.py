@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import CONF_DATASET, assert_config_mirrors_the_constructor, assert_one_line_naming
+from conftest import assert_config_mirrors_the_constructor, assert_one_line_naming, dataset_option
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -576,7 +576,7 @@ CONFIGS = ["digits", "shapes", "cifar10", "cifar100", "svhn", "mnist", "fashion_
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_mirrors_the_constructor(tmp_path, name):
-    node = OmegaConf.load(CONF_DATASET / f"{name}.yaml")
+    node = dataset_option(name)
     assert_config_mirrors_the_constructor(node)
     if name not in ("digits", "shapes"):
         assert OmegaConf.to_container(node)["data_dir"].startswith("${paths.data_dir}/")
