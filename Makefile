@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint report export bench clean help
+.PHONY: install train test test-slow test-all lint report export bench profile clean help
 
 help:
 	@echo "make train [ARGS='quantizer=dorefa quant.wbits=4']  train (NIN on digits by default)"
@@ -16,6 +16,7 @@ help:
 	@echo "make report [SWEEP=outputs/multiruns/<dir>]         HTML/PNG/Markdown comparison of a sweep (default: the latest)"
 	@echo "make export RUN=outputs/runs/<dir>                  integer ONNX export of a finished run, measured"
 	@echo "make bench                                          size, int8 latency and train-step ratios on NIN"
+	@echo "make profile [ARGS='quantizer=dorefa quant.gbits=8']   one training step per layer and quantizer vs FP32"
 
 install: $(STAMP)
 
@@ -55,6 +56,10 @@ export: install
 
 bench: install
 	$(PY) scripts/bench.py
+
+# ARGS: train.py's overrides (and --threads/--repeats/--top), e.g. ARGS='quantizer=pact'
+profile: install
+	$(PY) scripts/profile_step.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .hypothesis
