@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from lowbit.distributed import is_global_zero
+from lowbit.export.onnx_run import INT8_FILE
 from lowbit.measure.summary import describe_layer
 from lowbit.quant.convert import quantizable_layers
 from lowbit.quant.functional import FULL_PRECISION
 from lowbit.quant.modules import QuantizedLayer
 from lowbit.quant.optim import learned_values
-from lowbit.results import RESULTS_FILE, STATUS_OK
+from lowbit.results import PACKED_FILE, RESULTS_FILE, STATUS_OK
 
 # Higher is better for scores, lower for losses; the summary keeps the best and the last value.
 BEST_OF = {
@@ -45,7 +46,7 @@ BEST_OF = {
 STEP_METRIC = "trainer/global_step"  # the x axis Lightning's WandbLogger gives every metric
 LAYER_TABLE_KEY = "model/layers"
 # The files a finished run holds (lowbit.train writes them) and their artifacts' name stems.
-ARTIFACT_FILES = {"packed": "model_packed.safetensors", "onnx-int8": "model_int8.onnx"}
+ARTIFACT_FILES = {"packed": PACKED_FILE, "onnx-int8": INT8_FILE}
 ARTIFACT_TYPE = "model"
 SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file opens with its JSON header's length
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit.results import STATUS_OK, find_results, read_results
+from lowbit.results import RESULTS_FILE, STATUS_OK, find_results, read_results
 
 BIT_KINDS = ("wbits", "abits", "gbits")
 
@@ -38,7 +38,7 @@ class RunRecord:
     # dataset, what makes runs that differ only in their seed one configuration.
     settings: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None  # the W&B run's id, which results.json records too
-    source: str = "results.json"
+    source: str = RESULTS_FILE
 
     @property
     def ok(self) -> bool:
