@@ -3,6 +3,7 @@
     python scripts/bench.py                     # all three sections, 2 threads
     python scripts/bench.py --sections latency --threads 1
     python scripts/bench.py --quick             # a smoke run: few repeats, small batch
+    python scripts/bench.py --sections train_step --modes eager
 
 Sections (each a table; the last line of the output is one JSON object with every number, and
 the targets of issue 6 with whether they were met):
@@ -20,9 +21,13 @@ the targets of issue 6 with whether they were met):
   per-channel abs-max weights, PaddleOCR's recipe) and YOLOv3-tiny (416x416, 80 classes, the
   same quantizer), batch 1. Both quantizations calibrate on the same random images (latency
   does not depend on them). Targets: lowbit int8 <= 1.10x ORT's static QDQ for each.
-- ``train_step``: SGD training step time (forward, loss, backward, step) of each quantizer over
-  FP32, batch 128, round-robin (``lowbit.measure.step_time``). Targets: DoReFa W4A4G32 <= 1.15x,
-  W4A4G8 <= 1.3x.
+- ``train_step``: SGD training step time (forward, loss, backward, step) of DoReFa W4A4 G32 and
+  G8, PACT W4A4 and LSQ W4A4 over the FP32 step, NIN and MobileNetV3-Small (CIFAR stem, 32x32),
+  batch 128, eager and compiled (``--modes``), each model's configurations of one mode
+  round-robin in one process (``lowbit.measure.step_time``); each ratio is to the FP32 step of
+  the same model and mode, and each compiled configuration's compile time (its first step) is
+  printed on its own line. Targets (issue 15, NIN): eager DoReFa W4A4G32 <= 1.15x, W4A4G8
+  <= 1.30x, PACT W4A4 <= 1.25x; compiled DoReFa W4A4G32 <= 1.05x, W4A4G8 <= 1.15x.
 
 Weights are freshly initialised: sizes and speeds do not depend on training. Timings on a shared
 machine move with its load; the ratios, measured interleaved, move much less. The exit status
@@ -53,7 +58,7 @@ from lowbit.quant import quantize_model
 SHAPE = (3, 32, 32)
 SECTIONS = ("size", "latency", "deployed", "train_step")
 BITS = dict(first_layer_bits=8, last_layer_bits=8)
-TARGETS = {  # name: (section value, comparison, bound) - issue 6's "done when"
+TARGETS = {  # name: (comparison, bound) - issue 6's "done when", then issue 15's
     "size_payload_over_limit_w2": ("<=", 1.02),
     "size_payload_over_limit_w4": ("<=", 1.02),
     "size_payload_over_limit_w8": ("<=", 1.02),
@@ -61,9 +66,14 @@ TARGETS = {  # name: (section value, comparison, bound) - issue 6's "done when"
     "int8_w8a8_over_ort_static_qdq": ("<=", 1.10),
     "int8_mobilenetv3_small_over_ort_static_qdq": ("<=", 1.10),
     "int8_yolov3_tiny_over_ort_static_qdq": ("<=", 1.10),
-    "step_dorefa_w4a4g32_over_fp32": ("<=", 1.15),
-    "step_dorefa_w4a4g8_over_fp32": ("<=", 1.30),
 }
+# Issue 15's "done when": NIN, batch 128, each ratio to the FP32 step of the same mode.
+TRAIN_STEP_TARGETS = {
+    "eager": [("dorefa_w4a4g32", 1.15), ("dorefa_w4a4g8", 1.30), ("pact_w4a4", 1.25)],
+    "compiled": [("dorefa_w4a4g32", 1.05), ("dorefa_w4a4g8", 1.15)],
+}
+TARGETS.update({f"{'step' if mode == 'eager' else 'step_compiled'}_{name}_over_fp32": ("<=", bound)
+                for mode, bounds in TRAIN_STEP_TARGETS.items() for name, bound in bounds})
 
 
 def dorefa_nin(bits: int, gbits: int = 32) -> torch.nn.Module:
@@ -121,8 +131,12 @@ def torch_fp32_ms(threads: int, warmup: int, repeats: int) -> float:
 
 def bench_latency(folder: Path, threads: int, warmup: int, repeats: int,
                   calibration_count: int) -> tuple[dict, str]:
-    from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, onnx_latency_table,
-                                    ort_static_qdq)
+    from lowbit.export.onnx import (
+        export_fp32_onnx,
+        export_int8_onnx,
+        onnx_latency_table,
+        ort_static_qdq,
+    )
 
     images = calibration_images(calibration_count)
     torch.manual_seed(0)
@@ -171,8 +185,12 @@ def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tup
 
 def bench_deployed(folder: Path, threads: int, warmup: int, repeats: int,
                    calibration_count: int, quick: bool = False) -> tuple[dict, str]:
-    from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, onnx_latency_table,
-                                    ort_static_qdq)
+    from lowbit.export.onnx import (
+        export_fp32_onnx,
+        export_int8_onnx,
+        onnx_latency_table,
+        ort_static_qdq,
+    )
 
     results, rows = {}, []
     for name, (model, shape) in deployed_models(quick).items():
@@ -197,27 +215,51 @@ def bench_deployed(folder: Path, threads: int, warmup: int, repeats: int,
     return results, text
 
 
-def bench_train_step(threads: int, batch_size: int, warmup: int,
-                     repeats: int) -> tuple[dict, str]:
-    configs = {
-        "fp32": None,
-        "dorefa_w4a4g32": dict(quantizer="dorefa", wbits=4, abits=4, gbits=32, **BITS),
-        "dorefa_w4a4g8": dict(quantizer="dorefa", wbits=4, abits=4, gbits=8, **BITS),
-        "pact_w4a4g32": dict(quantizer="pact", wbits=4, abits=4, gbits=32, **BITS),
-        "pact_symmetric_w4a4g32": dict(quantizer="pact_symmetric", wbits=4, abits=4, gbits=32,
-                                       **BITS),
+STEP_CONFIGS = {  # issue 15: each method at W4A4 (first/last layer 8-bit) over its FP32 twin
+    "fp32": None,
+    "dorefa_w4a4g32": dict(quantizer="dorefa", wbits=4, abits=4, gbits=32, **BITS),
+    "dorefa_w4a4g8": dict(quantizer="dorefa", wbits=4, abits=4, gbits=8, **BITS),
+    "pact_w4a4": dict(quantizer="pact", wbits=4, abits=4, gbits=32, **BITS),
+    "lsq_w4a4": dict(quantizer="lsq", wbits=4, abits=4, gbits=32, **BITS),
+}
+STEP_MODES = ("eager", "compiled")
+
+
+def step_models(quick: bool) -> dict[str, tuple]:
+    """name: (factory, input shape, batch): NIN as in the targets; MobileNetV3-Small with its
+    CIFAR stem on 32x32 images (the CIFAR preset's). A quick run uses small batches."""
+    return {
+        "nin": (lambda: NIN(num_classes=10), SHAPE, 4 if quick else 128),
+        "mobilenetv3_small": (lambda: MobileNetV3("small", num_classes=10, stem="cifar"), SHAPE,
+                              2 if quick else 128),
     }
-    measured = training_step_ratios(configs, batch_size=batch_size, threads=threads,
-                                    warmup=warmup, repeats=repeats)
-    results = {name: {k: v for k, v in entry.items() if k != "times_ms"}
-               for name, entry in measured.items()}
-    rows = [[name, f"{r['ms']:.1f}", f"{r['ratio']:.3f}",
-             f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else "-"]
-            for name, r in results.items()]
-    text = table(f"Training step, NIN batch {batch_size}, {threads} threads, median of {repeats} "
-                 f"round-robin steps", ["config", "median ms", "x FP32", "x FP32 (CPU time)"],
-                 rows)
-    return results, text
+
+
+def bench_train_step(threads: int, warmup: int, repeats: int, modes: list[str],
+                     quick: bool = False) -> tuple[dict, str]:
+    """Per model and mode (eager, compiled), each configuration's step over the FP32 step of the
+    same mode, all of a model's configurations of one mode interleaved in one process."""
+    results: dict[str, dict] = {}
+    rows, compile_lines = [], []
+    for model_name, (factory, shape, batch_size) in step_models(quick).items():
+        for mode in modes:
+            measured = training_step_ratios(
+                STEP_CONFIGS, batch_size=batch_size, input_shape=shape, threads=threads,
+                warmup=max(warmup, 1) if mode == "compiled" else warmup, repeats=repeats,
+                model_factory=factory, compile=mode == "compiled")
+            entries = {name: {k: v for k, v in entry.items() if k != "times_ms"}
+                       for name, entry in measured.items()}
+            results.setdefault(model_name, {})[mode] = entries
+            rows += [[model_name, mode, name, batch_size, f"{r['ms']:.1f}", f"{r['ratio']:.3f}",
+                      f"{r['cpu_ratio']:.3f}"] for name, r in entries.items()]
+            compile_lines += [f"compile time {model_name} {name}: {r['compile_s']:.1f} s "
+                              f"(first compiled step)" for name, r in entries.items()
+                              if "compile_s" in r]
+    text = table(f"Training step, {threads} threads, median of {repeats} round-robin steps per "
+                 f"model and mode; ratios to the FP32 step of the same model and mode",
+                 ["model", "mode", "config", "batch", "median ms", "x FP32",
+                  "x FP32 (CPU time)"], rows)
+    return results, text + "\n".join(compile_lines) + ("\n" if compile_lines else "")
 
 
 def target_values(results: dict) -> dict[str, float]:
@@ -234,10 +276,11 @@ def target_values(results: dict) -> dict[str, float]:
     for name in results.get("deployed", {}):
         values[f"int8_{name}_over_ort_static_qdq"] = \
             results["deployed"][name]["lowbit_int8"]["over_ort_static_qdq"]
-    if "train_step" in results:
-        step = results["train_step"]
-        values["step_dorefa_w4a4g32_over_fp32"] = step["dorefa_w4a4g32"]["ratio"]
-        values["step_dorefa_w4a4g8_over_fp32"] = step["dorefa_w4a4g8"]["ratio"]
+    nin = results.get("train_step", {}).get("nin", {})
+    for mode, prefix in (("eager", "step"), ("compiled", "step_compiled")):
+        for name, _ in TRAIN_STEP_TARGETS[mode]:
+            if mode in nin:
+                values[f"{prefix}_{name}_over_fp32"] = nin[mode][name]["ratio"]
     return values
 
 
@@ -250,8 +293,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed repeats (default: 200 latency, 15 train step)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 5 repeats, train-step batch 16 (numbers not reportable)")
+    parser.add_argument("--modes", default=None,
+                        help="train_step modes, from eager, compiled (default: both; --quick: "
+                             "eager, since a compile takes minutes)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
+    modes = [m.strip() for m in (args.modes or ("eager" if args.quick else
+                                                ",".join(STEP_MODES))).split(",") if m.strip()]
+    unknown_modes = sorted(set(modes) - set(STEP_MODES))
+    if unknown_modes or not modes:
+        print(f"bench: unknown mode(s) {', '.join(unknown_modes) or '(none given)'}: choose from "
+              f"{', '.join(STEP_MODES)}", file=sys.stderr)
+        return 2
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
@@ -263,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results: dict[str, Any] = {"threads": args.threads, "quick": args.quick}
+    if "train_step" in sections:
+        results["train_step_modes"] = modes
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as scratch:
         folder = Path(scratch)
         if "size" in sections:
@@ -283,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         if "train_step" in sections:
             repeats = args.repeats or (2 if args.quick else 15)
             results["train_step"], text = bench_train_step(
-                args.threads, batch_size=16 if args.quick else 128,
-                warmup=1 if args.quick else 3, repeats=repeats)
+                args.threads, warmup=1 if args.quick else 3, repeats=repeats, modes=modes,
+                quick=args.quick)
             print(text, flush=True)
 
     values = target_values(results)

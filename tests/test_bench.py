@@ -27,19 +27,47 @@ def test_size_section_meets_the_packed_size_target_and_ends_with_json(capsys):
     assert "latency" not in results and "train_step" not in results
 
 
-def test_quick_run_of_every_section_reports_every_target(capsys):
-    assert bench_module().main(["--quick", "--threads", "1"]) == 0
+def test_quick_run_of_every_section_reports_every_eager_target(capsys):
+    bench = bench_module()
+    assert bench.main(["--quick", "--threads", "1"]) == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(results["targets"]) == set(bench_module().TARGETS)
+    # --quick leaves compiling out: every target but the compiled step's
+    compiled = {name for name in bench.TARGETS if name.startswith("step_compiled_")}
+    assert compiled and set(results["targets"]) == set(bench.TARGETS) - compiled
+    assert results["train_step_modes"] == ["eager"]
     # Each ratio is its own time over the reference's, measured in the same run.
-    latency, steps = results["latency"], results["train_step"]
+    latency = results["latency"]
     reference_ms = latency["ort_fp32"]["ms"]
     for name, entry in latency.items():
         assert entry["over_ort_fp32"] == pytest.approx(entry["ms"] / reference_ms), name
-    for name, entry in steps.items():
-        assert entry["ratio"] == pytest.approx(entry["ms"] / steps["fp32"]["ms"]), name
     for name in ("ort_static_qdq", "lowbit_int8_w8a8", "lowbit_int8_w4a4"):
         assert results["latency"][name]["ms"] > 0
+
+
+def test_train_step_section_covers_both_models_and_every_method(capsys):
+    bench = bench_module()
+    assert bench.main(["--quick", "--sections", "train_step", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    results = json.loads(out[-1])
+    steps = results["train_step"]
+    assert set(steps) == {"nin", "mobilenetv3_small"}
+    for modes in steps.values():
+        assert set(modes) == {"eager"}
+        entries = modes["eager"]
+        assert set(entries) == set(bench.STEP_CONFIGS)
+        for name, entry in entries.items():
+            assert entry["ratio"] == pytest.approx(entry["ms"] / entries["fp32"]["ms"]), name
+            assert "compile_s" not in entry
+    assert results["targets"]["step_pact_w4a4_over_fp32"]["value"] == \
+        steps["nin"]["eager"]["pact_w4a4"]["ratio"]
+    assert "size" not in results and "latency" not in results
+    assert not any(line.startswith("compile time") for line in out)
+
+
+def test_unknown_mode_is_one_line_and_exit_2(capsys):
+    assert bench_module().main(["--sections", "train_step", "--modes", "eager,jit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown mode(s) jit" in err[0]
 
 
 def test_unknown_section_is_one_line_and_exit_2(capsys):

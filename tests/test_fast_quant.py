@@ -275,6 +275,30 @@ def test_training_step_ratios_structure():
         assert entry["threads"] == 1 and entry["batch_size"] == 4
     assert result["w4a4g8"]["ratio"] == result["w4a4g8"]["ms"] / result["float"]["ms"]
     assert torch.get_num_threads() == threads  # restored
+    for entry in result.values():  # eager: the first step is reported, no compile time
+        assert entry["compiled"] is False and entry["first_step_s"] > 0
+        assert "compile_s" not in entry
+
+
+def test_compiled_step_timing_needs_a_warm_up_step():
+    from lowbit.measure.step_time import training_step_ratios
+
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        training_step_ratios({"float": None}, batch_size=2, input_shape=(3, 8, 8), warmup=0,
+                             repeats=1, model_factory=tiny_model, compile=True)
+
+
+@pytest.mark.slow  # compiles the model twice
+def test_compiled_step_timing_reports_the_compile_on_its_own():
+    from lowbit.measure.step_time import training_step_ratios
+
+    result = training_step_ratios(
+        {"float": None, "w4a4g8": {"quantizer": "dorefa", "wbits": 4, "abits": 4, "gbits": 8}},
+        batch_size=2, input_shape=(3, 8, 8), threads=1, warmup=1, repeats=2,
+        model_factory=tiny_model, compile=True)
+    for entry in result.values():
+        assert entry["compiled"] and entry["compile_s"] == entry["first_step_s"] > 0
+        assert len(entry["times_ms"]) == 2  # the compiling step is not among them
 
 
 def test_training_step_ratios_adds_the_fp32_baseline():

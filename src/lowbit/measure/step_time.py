@@ -4,19 +4,24 @@ Every configuration is built from the same initial weights and timed in one proc
 round-robin (FP32, A, B, FP32, A, B, ...), so a busy or throttling machine slows every
 configuration alike and the ratios stay meaningful even when the absolute times do not.
 A step is what training repeats: forward, cross-entropy loss, backward, optimizer step.
+Compiled (``compile=True``), each model's forward (and so its backward) runs through
+torch.compile, as ``compile=true`` trains: its first step compiles, and is reported on its own
+(``compile_s``), never in a median.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from lowbit.models.nin import NIN
 from lowbit.quant import quantize_model
+from lowbit.quant.modules import use_noise_stream
 
 FP32 = "fp32"
 
@@ -30,6 +35,7 @@ def training_step_ratios(
     repeats: int = 15,
     model_factory: Callable[[], nn.Module] = NIN,
     seed: int = 0,
+    compile: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Median training-step milliseconds of each configuration, and its ratio to FP32.
 
@@ -40,8 +46,12 @@ def training_step_ratios(
     measurement (None: leave them). Returns, per name: ``ms`` (median), ``ratio`` (median over
     FP32's median; exactly 1.0 for FP32), ``times_ms`` (every timed step), ``cpu_ms`` and
     ``cpu_ratio`` (the same for the process's CPU time, all threads: less sensitive than wall
-    time to other processes taking the cores), ``threads`` and ``batch_size``.
+    time to other processes taking the cores), ``threads``, ``batch_size``, ``compiled`` and
+    ``first_step_s`` (the first step, untimed otherwise; compiled, it includes the compile and is
+    also given as ``compile_s``). Compiled steps need ``warmup >= 1``: the first one compiles.
     """
+    if compile and warmup < 1:
+        raise ValueError("compiled step timing needs warmup >= 1 (the first step compiles)")
     if repeats < 1 or warmup < 0:
         raise ValueError("step timing needs repeats >= 1 and warmup >= 0")
     configs = dict(configs)
@@ -56,17 +66,20 @@ def training_step_ratios(
         torch.set_num_threads(threads)
     try:
         steps = {
-            name: _training_step(model_factory, config, batch_size, input_shape, seed)
+            name: _training_step(model_factory, config, batch_size, input_shape, seed, compile)
             for name, config in configs.items()
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
         cpu_times: dict[str, list[float]] = {name: [] for name in configs}
+        first_step_s: dict[str, float] = {}
         for round_index in range(warmup + repeats):
             for name, step in steps.items():
                 start, cpu_start = time.perf_counter(), time.process_time()
                 step()
                 elapsed = (time.perf_counter() - start) * 1000
                 cpu_elapsed = (time.process_time() - cpu_start) * 1000
+                if round_index == 0:
+                    first_step_s[name] = elapsed / 1000
                 if round_index >= warmup:
                     times[name].append(elapsed)
                     cpu_times[name].append(cpu_elapsed)
@@ -84,6 +97,9 @@ def training_step_ratios(
             "cpu_ratio": 1.0 if name == baseline else cpu_medians[name] / cpu_medians[baseline],
             "threads": threads if threads is not None else previous_threads,
             "batch_size": batch_size,
+            "compiled": compile,
+            "first_step_s": first_step_s[name],
+            **({"compile_s": first_step_s[name]} if compile else {}),
         }
         for name in configs
     }
@@ -95,12 +111,15 @@ def _training_step(
     batch_size: int,
     input_shape: tuple[int, ...],
     seed: int,
+    compile: bool = False,
 ) -> Callable[[], None]:
-    """A closure running one SGD step of a freshly built (and maybe quantized) model."""
+    """A closure running one SGD step of a freshly built (and maybe quantized, maybe compiled)
+    model."""
     torch.manual_seed(seed)  # the same initial weights and data for every configuration
     model = model_factory()
     if config is not None:
         model = quantize_model(model, **{"input_shape": tuple(input_shape), **config})
+        use_noise_stream(model, seed)  # Eq. 12's counter-based noise, as training keys it
     x = torch.randn(batch_size, *input_shape)
     model.eval()  # the probe for the class count must not touch BN statistics or calibration
     with torch.no_grad():
@@ -108,10 +127,11 @@ def _training_step(
     model.train()
     target = torch.randint(0, classes, (batch_size,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    forward = torch.compile(model) if compile else model
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), target)
+        loss = nn.functional.cross_entropy(forward(x), target)
         loss.backward()
         optimizer.step()
 
