@@ -35,14 +35,21 @@ from lowbit.wandb_log import recorded_run, update_run_summary
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run's folder (holds results.json)")
-    parser.add_argument("--threads", type=int, default=THREADS,
-                        help=f"torch and ONNX Runtime threads for the latencies "
-                             f"(default {THREADS})")
-    parser.add_argument("--parity", action="store_true",
-                        help=f"print where the integer export and the fake-quant model differ, "
-                             f"layer by layer, on the first {PARITY_IMAGES} val images")
-    parser.add_argument("--no-wandb", action="store_true",
-                        help="leave the run's W&B summary as it is")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help=f"torch and ONNX Runtime threads for the latencies (default {THREADS})",
+    )
+    parser.add_argument(
+        "--parity",
+        action="store_true",
+        help=f"print where the integer export and the fake-quant model differ, "
+        f"layer by layer, on the first {PARITY_IMAGES} val images",
+    )
+    parser.add_argument(
+        "--no-wandb", action="store_true", help="leave the run's W&B summary as it is"
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         fail(f"--threads must be >= 1, got {args.threads}")

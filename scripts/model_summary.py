@@ -33,9 +33,11 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         fail(str(error))
     rows, totals = summarize(model, datamodule.image_shape)
-    print(f"{cfg.model._target_.rsplit('.', 1)[-1]} for {datamodule.name} "
-          f"{'x'.join(map(str, datamodule.image_shape))}, {datamodule.num_classes} classes, "
-          f"quantizer={quant['quantizer']}")
+    print(
+        f"{cfg.model._target_.rsplit('.', 1)[-1]} for {datamodule.name} "
+        f"{'x'.join(map(str, datamodule.image_shape))}, {datamodule.num_classes} classes, "
+        f"quantizer={quant['quantizer']}"
+    )
     print("\n".join(format_table(rows, totals)))
     print(json.dumps(totals))
 

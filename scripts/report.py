@@ -27,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="sweep dirs, run dirs or results.json files")
     parser.add_argument("--out", type=Path, help="where to write (default: FIRST_PATH/report)")
-    parser.add_argument("--accuracy", default=None,
-                        help="the accuracy metric of the figures (default: val/acc_best, or "
-                             "val/map50_best for detection runs; test/acc and test/map50 are "
-                             "the held-out ones)")
+    parser.add_argument(
+        "--accuracy",
+        default=None,
+        help="the accuracy metric of the figures (default: val/acc_best, or "
+        "val/map50_best for detection runs; test/acc and test/map50 are "
+        "the held-out ones)",
+    )
     parser.add_argument("--title", help="the page's title (default: the first folder's name)")
     args = parser.parse_args(argv)
     runs = load_runs_or_explain(args.paths, "report")
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (first if first.is_dir() else first.parent) / "report"
     names = [Path(path).resolve().name for path in args.paths]
     title = args.title or "lowbit report: " + (
-        names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more")
+        names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+    )
     files = write_report(runs, out, title=title, accuracy=accuracy)
     failed = sum(not run.ok for run in runs)
     print(f"report: {len(runs)} runs ({failed} failed) -> {files.html}")

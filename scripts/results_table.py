@@ -22,14 +22,16 @@ from lowbit.report.table import configurations_markdown
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or results.json files")
-    parser.add_argument("--runs", action="store_true",
-                        help="one row per run instead of one per configuration")
+    parser.add_argument(
+        "--runs", action="store_true", help="one row per run instead of one per configuration"
+    )
     args = parser.parse_args(argv)
     runs = load_runs_or_explain(args.paths, "results_table")
     if runs is None:
         return 2
-    table = markdown_table(runs) if args.runs else configurations_markdown(
-        group_configurations(runs))
+    table = (
+        markdown_table(runs) if args.runs else configurations_markdown(group_configurations(runs))
+    )
     print(table, end="")
     return 0
 

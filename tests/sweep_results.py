@@ -11,11 +11,23 @@ from pathlib import Path
 from typing import Any
 
 
-def write_job(sweep_dir: Path, number: int, quantizer: str, wbits: int, abits: int,
-              gbits: int = 32, acc: float | None = None, size: float | None = None,
-              latency: float | None = None, int8_latency: float | None = None,
-              bops: float | None = None, status: str = "ok", model: str = "nin",
-              seed: int | None = None, **extra_metrics: float) -> Path:
+def write_job(
+    sweep_dir: Path,
+    number: int,
+    quantizer: str,
+    wbits: int,
+    abits: int,
+    gbits: int = 32,
+    acc: float | None = None,
+    size: float | None = None,
+    latency: float | None = None,
+    int8_latency: float | None = None,
+    bops: float | None = None,
+    status: str = "ok",
+    model: str = "nin",
+    seed: int | None = None,
+    **extra_metrics: float,
+) -> Path:
     """One job folder ``<number>_<run name>`` with its results.json; returns the folder.
     ``seed`` None leaves the seed out, as runs did before results.json recorded it.
 
@@ -27,14 +39,27 @@ def write_job(sweep_dir: Path, number: int, quantizer: str, wbits: int, abits: i
     (job_dir / ".hydra" / "overrides.yaml").write_text(f"- quant.wbits={wbits}\n")
     metrics: dict[str, Any] = dict(extra_metrics)
     if status == "ok":
-        measured = {"val/acc_best": acc, "test/acc": acc, "model/size_bytes": size,
-                    "model/size_fp32_bytes": 3_879_288, "model/compression": 3_879_288 / size,
-                    "latency/ms": latency, "latency/int8_ms": int8_latency, "model/bops": bops}
+        measured = {
+            "val/acc_best": acc,
+            "test/acc": acc,
+            "model/size_bytes": size,
+            "model/size_fp32_bytes": 3_879_288,
+            "model/compression": 3_879_288 / size,
+            "latency/ms": latency,
+            "latency/int8_ms": int8_latency,
+            "model/bops": bops,
+        }
         metrics.update({k: v for k, v in measured.items() if v is not None})
-    payload = {"status": status, "run_name": run_name, "model": model, "dataset": "digits",
-               "run_dir": str(job_dir), "metrics": metrics, "duration_s": 12.5,
-               "quant": {"quantizer": quantizer, "wbits": wbits, "abits": abits,
-                         "gbits": gbits}}
+    payload = {
+        "status": status,
+        "run_name": run_name,
+        "model": model,
+        "dataset": "digits",
+        "run_dir": str(job_dir),
+        "metrics": metrics,
+        "duration_s": 12.5,
+        "quant": {"quantizer": quantizer, "wbits": wbits, "abits": abits, "gbits": gbits},
+    }
     if seed is not None:
         payload["seed"] = seed
     if status != "ok":
@@ -55,15 +80,46 @@ def example_sweep(sweep_dir: Path) -> Path:
     Accuracy vs BOPs front: dorefa w2 (4e6), pact w4 (16e6, as many as dorefa w4 and more
     accurate), fp32 (1.024e9); dorefa w8 (64e6, 0.92) is costlier and less accurate than pact w4.
     """
-    write_job(sweep_dir, 0, "fp32", 32, 32, acc=0.95, size=3_879_288, latency=3.0,
-              bops=1_024_000_000)
+    write_job(
+        sweep_dir, 0, "fp32", 32, 32, acc=0.95, size=3_879_288, latency=3.0, bops=1_024_000_000
+    )
     write_job(sweep_dir, 1, "dorefa", 2, 2, acc=0.80, size=270_000, latency=5.0, bops=4_000_000)
-    write_job(sweep_dir, 2, "dorefa", 4, 4, acc=0.90, size=508_000, latency=5.5,
-              int8_latency=0.55, bops=16_000_000)
-    write_job(sweep_dir, 3, "dorefa", 8, 8, acc=0.92, size=982_000, latency=4.0,
-              int8_latency=0.48, bops=64_000_000)
-    write_job(sweep_dir, 4, "pact", 4, 4, acc=0.93, size=508_100, latency=6.0,
-              int8_latency=0.60, bops=16_000_000)
+    write_job(
+        sweep_dir,
+        2,
+        "dorefa",
+        4,
+        4,
+        acc=0.90,
+        size=508_000,
+        latency=5.5,
+        int8_latency=0.55,
+        bops=16_000_000,
+    )
+    write_job(
+        sweep_dir,
+        3,
+        "dorefa",
+        8,
+        8,
+        acc=0.92,
+        size=982_000,
+        latency=4.0,
+        int8_latency=0.48,
+        bops=64_000_000,
+    )
+    write_job(
+        sweep_dir,
+        4,
+        "pact",
+        4,
+        4,
+        acc=0.93,
+        size=508_100,
+        latency=6.0,
+        int8_latency=0.60,
+        bops=16_000_000,
+    )
     write_job(sweep_dir, 5, "dorefa", 4, 2, status="diverged")
     return sweep_dir
 
@@ -71,8 +127,12 @@ def example_sweep(sweep_dir: Path) -> Path:
 # The seeded study's validation accuracies, by (quantizer, bits), seeds 0, 1, 2. Welch's 95% test
 # (checked by hand in test_report.py): PACT beats DoReFa at 2 bits (+5.0 points), not at 4 (+0.5,
 # within noise); 4 bits beat 2 for both quantizers.
-SEEDED_ACCURACIES = {("dorefa", 2): [0.80, 0.82, 0.84], ("dorefa", 4): [0.90, 0.91, 0.92],
-                     ("pact", 2): [0.85, 0.87, 0.89], ("pact", 4): [0.905, 0.915, 0.925]}
+SEEDED_ACCURACIES = {
+    ("dorefa", 2): [0.80, 0.82, 0.84],
+    ("dorefa", 4): [0.90, 0.91, 0.92],
+    ("pact", 2): [0.85, 0.87, 0.89],
+    ("pact", 4): [0.905, 0.915, 0.925],
+}
 
 
 def seeded_sweep(sweep_dir: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
@@ -82,8 +142,18 @@ def seeded_sweep(sweep_dir: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
     number = 0
     for (quantizer, bits), accuracies in SEEDED_ACCURACIES.items():
         for seed in seeds:
-            write_job(sweep_dir, number, quantizer, bits, bits, acc=accuracies[seed],
-                      size=30_000 * bits + 200_000, latency=5.0, int8_latency=0.5 + 0.01 * seed,
-                      bops=1_000_000 * bits * bits, seed=seed)
+            write_job(
+                sweep_dir,
+                number,
+                quantizer,
+                bits,
+                bits,
+                acc=accuracies[seed],
+                size=30_000 * bits + 200_000,
+                latency=5.0,
+                int8_latency=0.5 + 0.01 * seed,
+                bops=1_000_000 * bits * bits,
+                seed=seed,
+            )
             number += 1
     return sweep_dir

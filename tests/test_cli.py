@@ -13,8 +13,11 @@ from conftest import ROOT, run_env, run_train
 from wandb_offline import read_offline_run
 
 BAD_INPUTS = [
-    (["model=resnet9000"], "unknown model 'resnet9000': available are mobilenetv3_large, "
-                            "mobilenetv3_small, nin, yolov3_tiny"),
+    (
+        ["model=resnet9000"],
+        "unknown model 'resnet9000': available are mobilenetv3_large, "
+        "mobilenetv3_small, nin, yolov3_tiny",
+    ),
     (["quantizer=ternary"], "unknown quantizer 'ternary'"),
     (["dataset=imagenet22k"], "unknown dataset 'imagenet22k'"),
     (["quantizer=dorefa", "quant.wbits=0"], "quant.wbits=0 is not supported: use 1-16, or 32"),
@@ -23,17 +26,23 @@ BAD_INPUTS = [
     (["quant.wbits=4"], "quantizer=fp32 cannot quantize to quant.wbits=4"),
     (["-m", "quantizer=dorefa", "quant.wbits=2,4,40"], "quant.wbits=40 is not supported"),
     (["quantizer=dorefa", "quant.overrides={nope.*:{wbits:2}}"], "matches no Conv2d/Linear"),
-    (["dataset=cifar10", "dataset.download=false", "dataset.data_dir=/nonexistent/cifar"],
-     "/nonexistent/cifar"),
+    (
+        ["dataset=cifar10", "dataset.download=false", "dataset.data_dir=/nonexistent/cifar"],
+        "/nonexistent/cifar",
+    ),
     (["seed=-3"], "seed: must be null or an integer >= 0, got -3"),
     (["quant.wbits=2,4", "-m"], "-m must come before the overrides"),
-    (["-m", "quantizer=pact,pact_symmetric", "quant.alpha_lr_mult=10"],
-     "write ++key=value for a key that only some of the swept options have"),
+    (
+        ["-m", "quantizer=pact,pact_symmetric", "quant.alpha_lr_mult=10"],
+        "write ++key=value for a key that only some of the swept options have",
+    ),
     (["quant.wbitz=4"], "unknown setting 'quant.wbitz'"),
     (["quantizer=dorefa", "quant.alpha_init=3"], "unknown setting 'quant.alpha_init'"),
     (["quantizer=pact_symmetric", "quant.abits=1"], "cannot quantize to quant.abits=1"),
-    (["quantizer=pact", "quant.weight_quantizer=lsq"],
-     "quant.weight_quantizer: must be one of 'dorefa', 'channel_wise_abs_max', got 'lsq'"),
+    (
+        ["quantizer=pact", "quant.weight_quantizer=lsq"],
+        "quant.weight_quantizer: must be one of 'dorefa', 'channel_wise_abs_max', got 'lsq'",
+    ),
 ]
 
 
@@ -59,8 +68,10 @@ FILE_INPUTS = [
     (["quantizer=dorefa", "quant.gbits=2.5"], "quant.gbits must be an integer bit width"),
     (["+model.num_classes=100"], "model.num_classes=100 but the dataset has 10 classes"),
     (["hydra.run.dir={a_file}/run"], "cannot write to the output dir"),
-    (["dataset=cifar10", "dataset.download=false", "dataset.data_dir={corrupt_cifar}"],
-     "is unreadable or not in the cifar10 format"),
+    (
+        ["dataset=cifar10", "dataset.download=false", "dataset.data_dir={corrupt_cifar}"],
+        "is unreadable or not in the cifar10 format",
+    ),
     (["ckpt_path={missing_ckpt}"], "no checkpoint file"),
     (["ckpt_path={truncated_ckpt}"], "is truncated or not a PyTorch checkpoint"),
     (["ckpt_path={plain_tensor_ckpt}"], "is not a Lightning checkpoint"),
@@ -68,15 +79,19 @@ FILE_INPUTS = [
     (["ckpt_path={other_model_ckpt}"], "is one of another model"),
     (["ckpt_path={five_class_ckpt}"], "has shape [5, 192, 1, 1] there and [10, 192, 1, 1] here"),
     # a float checkpoint has no image range and no alphas (16 alpha and calibration entries)
-    (["quantizer=pact", "ckpt_path={nin_ckpt}"],
-     "19 of this model's weights are not in it (features.0.0.input_quantizer.low"),
+    (
+        ["quantizer=pact", "ckpt_path={nin_ckpt}"],
+        "19 of this model's weights are not in it (features.0.0.input_quantizer.low",
+    ),
     (["resume={missing_dir}"], "no such run dir"),
     (["resume={run_without_ckpt}"], "has no checkpoints/last.ckpt to continue from"),
     (["-m", "resume={nin_run}"], "resume= continues one run: drop -m"),
     (["resume={nin_run}", "ckpt_path={nin_ckpt}"], "resume= and ckpt_path= both given"),
     (["resume={nin_run}", "model=mobilenetv3_small"], "is one of another model"),
-    (["model=yolov3_tiny", "dataset=digits"], "is a detection model but dataset=digits is a "
-                                              "classification data set"),
+    (
+        ["model=yolov3_tiny", "dataset=digits"],
+        "is a detection model but dataset=digits is a classification data set",
+    ),
     (["model=nin", "dataset=shapes_det"], "use a detection model such as model=yolov3_tiny"),
     (["task=detection"], "DetectionTask is for detection but dataset=digits is a classification"),
     (["model=yolov3_tiny", "dataset=shapes_det", "dataset.image_size=100"], "multiple of 32"),
@@ -94,8 +109,14 @@ class Evil:
 
 
 def lightning_checkpoint(model, path: Path) -> Path:
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "epoch": 0, "global_step": 0}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "epoch": 0,
+            "global_step": 0,
+        },
+        path,
+    )
     return path
 
 
@@ -121,8 +142,9 @@ def bad_files(tmp_path_factory):
     torch.save(torch.zeros(3), files["plain_tensor_ckpt"])
     files["code_ckpt"] = folder / "code.ckpt"
     torch.save({"state_dict": {}, "payload": Evil(folder / "code_ran")}, files["code_ckpt"])
-    files["other_model_ckpt"] = lightning_checkpoint(mobilenetv3_small(num_classes=10),
-                                                     folder / "mbv3.ckpt")
+    files["other_model_ckpt"] = lightning_checkpoint(
+        mobilenetv3_small(num_classes=10), folder / "mbv3.ckpt"
+    )
     files["five_class_ckpt"] = lightning_checkpoint(NIN(num_classes=5), folder / "nin5.ckpt")
     files["run_without_ckpt"] = folder / "run_without_ckpt"
     (files["run_without_ckpt"] / ".hydra").mkdir(parents=True)
@@ -135,11 +157,14 @@ def bad_files(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("args, message", FILE_INPUTS,
-                         ids=[" ".join(case.values[0] if hasattr(case, "values") else case[0])
-                              for case in FILE_INPUTS])
+@pytest.mark.parametrize(
+    "args, message",
+    FILE_INPUTS,
+    ids=[" ".join(case.values[0] if hasattr(case, "values") else case[0]) for case in FILE_INPUTS],
+)
 def test_bad_file_input_gets_one_line_and_exit_2_before_anything_runs(
-        tmp_path, capsys, bad_files, args, message):
+    tmp_path, capsys, bad_files, args, message
+):
     from lowbit.cli import expand_resume, preflight
 
     argv = [arg.format(**bad_files) for arg in args]
@@ -167,8 +192,16 @@ def test_a_matching_checkpoint_passes_the_checks(make_cfg, bad_files):
 
 
 def test_nan_loss_stops_the_run_with_exit_3_and_status_diverged(tmp_path):
-    result = run_train(["optimizer.lr=1e30", "optimizer.nesterov=false", "optimizer.momentum=0",
-                        "callbacks=none", *FAST_ARGS], tmp_path)
+    result = run_train(
+        [
+            "optimizer.lr=1e30",
+            "optimizer.nesterov=false",
+            "optimizer.momentum=0",
+            "callbacks=none",
+            *FAST_ARGS,
+        ],
+        tmp_path,
+    )
     assert result.returncode == 3, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("lowbit:")]
     assert len(lines) == 1 and "run diverged: training loss is nan" in lines[0], result.stderr
@@ -177,16 +210,34 @@ def test_nan_loss_stops_the_run_with_exit_3_and_status_diverged(tmp_path):
     assert written["status"] == "diverged"
 
 
-FAST_ARGS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-             "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
-             "dataset.batch_size=16", "latency.repeats=2", "trainer.enable_progress_bar=false"]
+FAST_ARGS = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "dataset.batch_size=16",
+    "latency.repeats=2",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def test_multirun_sweeps_bits_and_finishes_each_wandb_run(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", "quantizer=dorefa", "quant.wbits=2,4",
-         *FAST_ARGS, f"hydra.sweep.dir={tmp_path}/sweep", "callbacks=none"],
-        capture_output=True, text=True, env=run_env(), timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "quantizer=dorefa",
+            "quant.wbits=2,4",
+            *FAST_ARGS,
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            "callbacks=none",
+        ],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = sorted((tmp_path / "sweep").glob("*/results.json"))
@@ -204,13 +255,25 @@ def test_multirun_sweeps_bits_and_finishes_each_wandb_run(tmp_path):
     assert "nin-dorefa-w2a4g32-digits" in result.stdout  # the end-of-run table names the run
 
 
-@pytest.mark.parametrize("logger, produced", [("csv", "csv/version_0/metrics.csv"),
-                                              ("tensorboard", "tensorboard/version_0")])
+@pytest.mark.parametrize(
+    "logger, produced",
+    [("csv", "csv/version_0/metrics.csv"), ("tensorboard", "tensorboard/version_0")],
+)
 def test_csv_and_tensorboard_loggers_write_their_files(tmp_path, logger, produced):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"logger={logger}", *FAST_ARGS,
-         f"hydra.run.dir={tmp_path}/run", "callbacks=none"],
-        capture_output=True, text=True, env=run_env(), timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"logger={logger}",
+            *FAST_ARGS,
+            f"hydra.run.dir={tmp_path}/run",
+            "callbacks=none",
+        ],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / produced).exists()

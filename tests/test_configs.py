@@ -31,8 +31,16 @@ def test_every_group_option_composes(make_cfg, group, option):
 
 
 def test_required_groups_exist():
-    for group in ("model", "quantizer", "dataset", "trainer", "logger", "callbacks",
-                  "experiment", "paths"):
+    for group in (
+        "model",
+        "quantizer",
+        "dataset",
+        "trainer",
+        "logger",
+        "callbacks",
+        "experiment",
+        "paths",
+    ):
         assert group in GROUPS, group
 
 
@@ -68,8 +76,7 @@ def test_optimizer_and_scheduler_instantiate_as_factories(make_cfg):
     params = [torch.nn.Parameter(torch.zeros(1))]
     optimizer = instantiate(cfg.optimizer)(params)
     assert isinstance(optimizer, torch.optim.Adam)
-    assert isinstance(instantiate(cfg.scheduler)(optimizer),
-                      torch.optim.lr_scheduler.MultiStepLR)
+    assert isinstance(instantiate(cfg.scheduler)(optimizer), torch.optim.lr_scheduler.MultiStepLR)
 
 
 def leaves(node, prefix=""):
@@ -112,15 +119,19 @@ def test_every_preset_states_its_monitor_and_objectives(make_cfg, preset):
     assert list(cfg.objectives) == [f"{stated.monitor}_best"]
 
 
-@pytest.mark.parametrize("dataset, task, monitor", [
-    ("digits", "ClassificationTask", "val/acc"),
-    ("cifar10", "ClassificationTask", "val/acc"),
-    ("shapes_det", "DetectionTask", "val/map50"),
-    ("voc", "DetectionTask", "val/map50"),
-    ("coco", "DetectionTask", "val/map50"),
-])
-def test_the_data_set_chooses_the_task_and_its_metrics_without_a_preset(make_cfg, dataset,
-                                                                         task, monitor):
+@pytest.mark.parametrize(
+    "dataset, task, monitor",
+    [
+        ("digits", "ClassificationTask", "val/acc"),
+        ("cifar10", "ClassificationTask", "val/acc"),
+        ("shapes_det", "DetectionTask", "val/map50"),
+        ("voc", "DetectionTask", "val/map50"),
+        ("coco", "DetectionTask", "val/map50"),
+    ],
+)
+def test_the_data_set_chooses_the_task_and_its_metrics_without_a_preset(
+    make_cfg, dataset, task, monitor
+):
     cfg = make_cfg(f"dataset={dataset}")
     assert cfg.task._target_.rsplit(".", 1)[-1] == task
     assert cfg.monitor == cfg.callbacks.model_checkpoint.monitor == monitor
@@ -131,8 +142,15 @@ def test_every_config_group_names_its_code_with_target(make_cfg):
     """One hop from config to code: the node each group fills holds a _target_ that imports."""
     from hydra.utils import get_class
 
-    nodes = {"model": "model", "quantizer": "quant", "dataset": "dataset", "task": "task",
-             "optimizer": "optimizer", "scheduler": "scheduler", "trainer": "trainer"}
+    nodes = {
+        "model": "model",
+        "quantizer": "quant",
+        "dataset": "dataset",
+        "task": "task",
+        "optimizer": "optimizer",
+        "scheduler": "scheduler",
+        "trainer": "trainer",
+    }
     for group, node in nodes.items():
         for option in GROUPS[group]:
             cfg = make_cfg(f"{group}={option}")

@@ -9,7 +9,7 @@ from torch import nn
 from lowbit.errors import ConfigError
 from lowbit.measure import count_macs, model_size
 from lowbit.models import NIN
-from lowbit.quant import QuantConv2d, QuantLinear, QuantizedLayer, quantize_model
+from lowbit.quant import QuantConv2d, QuantizedLayer, QuantLinear, quantize_model
 from lowbit.quant.modules import ImageQuantizer
 
 
@@ -19,9 +19,9 @@ class UsersNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.blocks = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(3)
-        ])
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(3)]
+        )
         self.head = nn.Linear(8, 5)
 
     def forward(self, x):
@@ -49,51 +49,69 @@ def test_users_network_is_converted_with_first_last_policy():
     assert list(layers) == ["stem", "blocks.0.0", "blocks.1.0", "blocks.2.0", "head"]
     # first layer: weights and gradients at >= 8 bits, input (the image) never quantized
     assert (layers["stem"].wbits, layers["stem"].abits, layers["stem"].gbits) == (8, 32, 8)
-    assert (layers["blocks.1.0"].wbits, layers["blocks.1.0"].abits,
-            layers["blocks.1.0"].gbits) == (2, 3, 6)
+    assert (layers["blocks.1.0"].wbits, layers["blocks.1.0"].abits, layers["blocks.1.0"].gbits) == (
+        2,
+        3,
+        6,
+    )
     assert (layers["head"].wbits, layers["head"].abits, layers["head"].gbits) == (8, 8, 8)
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 5)
 
 
 def test_first_last_bits_never_lower_the_precision():
-    model = quantize_model(UsersNet(), quantizer="dorefa", wbits=16, abits=4,
-                           first_layer_bits=8, last_layer_bits=8)
+    model = quantize_model(
+        UsersNet(), quantizer="dorefa", wbits=16, abits=4, first_layer_bits=8, last_layer_bits=8
+    )
     assert quantized_layers(model)["head"].wbits == 16
 
 
 def test_first_last_bits_32_keeps_them_in_float():
-    model = quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4,
-                           first_layer_bits=32, last_layer_bits=32)
+    model = quantize_model(
+        UsersNet(), quantizer="dorefa", wbits=4, abits=4, first_layer_bits=32, last_layer_bits=32
+    )
     # gbits=32 as well: nothing to quantize in those layers, so they stay plain float layers.
     assert type(model.stem) is nn.Conv2d and type(model.head) is nn.Linear
     assert isinstance(model.blocks[0][0], QuantConv2d)
 
 
 def test_overrides_by_pattern_give_mixed_precision():
-    model = quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4,
-                           overrides={"blocks.*": {"wbits": 2}, "blocks.2.*": {"abits": 8}})
+    model = quantize_model(
+        UsersNet(),
+        quantizer="dorefa",
+        wbits=4,
+        abits=4,
+        overrides={"blocks.*": {"wbits": 2}, "blocks.2.*": {"abits": 8}},
+    )
     layers = quantized_layers(model)
     assert [layers[f"blocks.{i}.0"].wbits for i in range(3)] == [2, 2, 2]
     assert [layers[f"blocks.{i}.0"].abits for i in range(3)] == [4, 4, 8]
 
 
 def test_override_on_first_layer_keeps_its_input_in_float():
-    model = quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4,
-                           overrides={"stem": {"wbits": 2, "abits": 2}})
+    model = quantize_model(
+        UsersNet(),
+        quantizer="dorefa",
+        wbits=4,
+        abits=4,
+        overrides={"stem": {"wbits": 2, "abits": 2}},
+    )
     assert model.stem.wbits == 2 and model.stem.abits == 32
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"wbits": 0}, "quant.wbits=0 is not supported"),
-    ({"abits": 33}, "quant.abits=33 is not supported"),
-    ({"gbits": "8"}, "quant.gbits must be an integer"),
-    ({"wbits": 4.5}, "quant.wbits must be an integer"),
-    ({"overrides": {"nothing.*": {"wbits": 2}}}, "matches no Conv2d/Linear layer"),
-    ({"overrides": {"blocks.*": {"bits": 2}}}, "unknown key"),
-    ({"quantizer": "nope"}, "unknown quantizer 'nope'"),
-    ({"quantizer": "dorefa", "act_scael": 0.1}, "has no option act_scael"),
-    ({"quantizer": "fp32", "wbits": 4}, "quantizer=fp32 cannot quantize to quant.wbits=4"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"wbits": 0}, "quant.wbits=0 is not supported"),
+        ({"abits": 33}, "quant.abits=33 is not supported"),
+        ({"gbits": "8"}, "quant.gbits must be an integer"),
+        ({"wbits": 4.5}, "quant.wbits must be an integer"),
+        ({"overrides": {"nothing.*": {"wbits": 2}}}, "matches no Conv2d/Linear layer"),
+        ({"overrides": {"blocks.*": {"bits": 2}}}, "unknown key"),
+        ({"quantizer": "nope"}, "unknown quantizer 'nope'"),
+        ({"quantizer": "dorefa", "act_scael": 0.1}, "has no option act_scael"),
+        ({"quantizer": "fp32", "wbits": 4}, "quantizer=fp32 cannot quantize to quant.wbits=4"),
+    ],
+)
 def test_bad_settings_are_rejected_before_the_model_changes(kwargs, message):
     model = UsersNet()
     settings = {"quantizer": "dorefa", "wbits": 4, "abits": 4, **kwargs}
@@ -172,14 +190,17 @@ def test_the_image_is_quantized_at_input_bits_on_the_training_batches_range():
     assert y[2].item() == pytest.approx(round(0.3 / scale) * scale)
 
 
-@pytest.mark.parametrize("input_bits, message", [
-    (1, "quant.input_bits=1"), (12, "quant.input_bits=12"), (3.5, "quant.input_bits must be")])
+@pytest.mark.parametrize(
+    "input_bits, message",
+    [(1, "quant.input_bits=1"), (12, "quant.input_bits=12"), (3.5, "quant.input_bits must be")],
+)
 def test_input_bits_outside_2_to_8_or_32_are_refused(input_bits, message):
     with pytest.raises(ConfigError, match=message):
         quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4, input_bits=input_bits)
 
 
 def test_a_float_first_layer_keeps_a_float_image():
-    model = quantize_model(UsersNet(), quantizer="dorefa", wbits=4, abits=4, input_bits=8,
-                           first_layer_bits=32)
+    model = quantize_model(
+        UsersNet(), quantizer="dorefa", wbits=4, abits=4, input_bits=8, first_layer_bits=32
+    )
     assert type(model.stem) is nn.Conv2d  # W, A, G all 32: the plain layer, the image float

@@ -22,11 +22,18 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 from torchvision.datasets.utils import calculate_md5
 
-from lowbit.data import (CIFAR10Data, CIFAR100Data, DigitsData, FashionMNISTData,
-                         ImageFolderData, MNISTData, ShapesData, SVHNData)
+from lowbit.data import (
+    CIFAR10Data,
+    CIFAR100Data,
+    DigitsData,
+    FashionMNISTData,
+    ImageFolderData,
+    MNISTData,
+    ShapesData,
+    SVHNData,
+)
 from lowbit.data.digits import RandomTranslate
-from lowbit.data.vision import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, SVHN_MEAN,
-                                SVHN_STD)
+from lowbit.data.vision import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, SVHN_MEAN, SVHN_STD
 from lowbit.errors import ConfigError
 
 PER_FILE = 20  # images per tiny file
@@ -40,6 +47,7 @@ def assert_batch(batch, image_shape, num_classes):
 
 
 # --- digits ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -99,8 +107,12 @@ def test_random_translate_shifts_by_at_most_two_pixels():
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2), value=-9.0)
     moved = 0
     for image, original in zip(shifted, padded):
-        offsets = [(dy, dx) for dy in range(5) for dx in range(5)
-                   if torch.equal(original[:, dy:dy + 32, dx:dx + 32], image)]
+        offsets = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(original[:, dy : dy + 32, dx : dx + 32], image)
+        ]
         assert len(offsets) == 1  # a translation, never a flip
         moved += offsets[0] != (2, 2)
     assert moved > 32
@@ -114,13 +126,21 @@ def test_digits_augment_changes_only_train(digits):
     torch.manual_seed(0)
     plain, _ = next(iter(digits.train_dataloader()))
     assert images.shape == plain.shape and not torch.equal(images, plain)
-    assert torch.equal(next(iter(augmented.val_dataloader()))[0],
-                       next(iter(digits.val_dataloader()))[0])
+    assert torch.equal(
+        next(iter(augmented.val_dataloader()))[0], next(iter(digits.val_dataloader()))[0]
+    )
 
 
-@pytest.mark.parametrize("kwargs", [{"val_fraction": 0}, {"test_fraction": 1.5},
-                                    {"val_fraction": 0.5, "test_fraction": 0.5},
-                                    {"batch_size": 0}, {"seed": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"val_fraction": 0},
+        {"test_fraction": 1.5},
+        {"val_fraction": 0.5, "test_fraction": 0.5},
+        {"batch_size": 0},
+        {"seed": -1},
+    ],
+)
 def test_digits_bad_arguments(kwargs):
     with pytest.raises(ConfigError):
         DigitsData(**kwargs)
@@ -146,8 +166,7 @@ def test_shapes_are_deterministic_per_seed(shapes):
     for split in ("train_set", "val_set", "test_set"):
         assert torch.equal(getattr(shapes, split).tensors[0], getattr(again, split).tensors[0])
         assert torch.equal(getattr(shapes, split).tensors[1], getattr(again, split).tensors[1])
-        assert not torch.equal(getattr(shapes, split).tensors[0],
-                               getattr(other, split).tensors[0])
+        assert not torch.equal(getattr(shapes, split).tensors[0], getattr(other, split).tensors[0])
 
 
 def test_shapes_sizes_balance_and_batches(shapes):
@@ -190,6 +209,7 @@ def test_shapes_default_sizes_are_quick():
 
 # --- tiny files in each set's own on-disk format ---------------------------------------------
 
+
 def random_images(rng, count, *shape):
     return rng.integers(0, 256, size=(count, *shape), dtype=np.uint8)
 
@@ -224,13 +244,31 @@ def write_cifar10(root: Path) -> dict[str, np.ndarray]:
         data = random_images(rng, PER_FILE, 3072)
         labels = [int(x) for x in rng.integers(0, 10, PER_FILE)]
         with open(folder / name, "wb") as file:
-            Python2Pickler(file, protocol=2).dump({
-                b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                b"filenames": [b"x.png"] * PER_FILE})
+            Python2Pickler(file, protocol=2).dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * PER_FILE,
+                }
+            )
         written[name] = data
     with open(folder / "batches.meta", "wb") as file:
-        names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                                      "frog", "horse", "ship", "truck")]
+        names = [
+            n.encode()
+            for n in (
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            )
+        ]
         Python2Pickler(file, protocol=2).dump({b"label_names": names, b"num_vis": 3072})
     return written
 
@@ -242,13 +280,23 @@ def write_cifar100(root: Path) -> None:
     rng = np.random.default_rng(1)
     for name, count in (("train", 5 * PER_FILE), ("test", PER_FILE)):
         with open(folder / name, "wb") as file:
-            pickle.dump({b"data": random_images(rng, count, 3072),
-                         b"fine_labels": [int(x) for x in rng.integers(0, 100, count)],
-                         b"coarse_labels": [int(x) for x in rng.integers(0, 20, count)]},
-                        file, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(
+                {
+                    b"data": random_images(rng, count, 3072),
+                    b"fine_labels": [int(x) for x in rng.integers(0, 100, count)],
+                    b"coarse_labels": [int(x) for x in rng.integers(0, 20, count)],
+                },
+                file,
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
     with open(folder / "meta", "wb") as file:
-        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}, file)
+        pickle.dump(
+            {
+                b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+            },
+            file,
+        )
 
 
 def write_svhn(root: Path) -> None:
@@ -257,9 +305,13 @@ def write_svhn(root: Path) -> None:
     rng = np.random.default_rng(2)
     for name, count in (("train_32x32.mat", 5 * PER_FILE), ("test_32x32.mat", PER_FILE)):
         labels = np.arange(count) % 10 + 1  # every label 1..10 present
-        scipy.io.savemat(root / name, {"X": rng.integers(0, 256, (32, 32, 3, count),
-                                                         dtype=np.uint8),
-                                       "y": labels.reshape(-1, 1).astype(np.uint8)})
+        scipy.io.savemat(
+            root / name,
+            {
+                "X": rng.integers(0, 256, (32, 32, 3, count), dtype=np.uint8),
+                "y": labels.reshape(-1, 1).astype(np.uint8),
+            },
+        )
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -276,7 +328,8 @@ def write_mnist(root: Path, folder_name: str = "MNIST") -> None:
     rng = np.random.default_rng(3)
     for prefix, count in (("train", 5 * PER_FILE), ("t10k", PER_FILE)):
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-            idx_bytes(random_images(rng, count, 28, 28)))
+            idx_bytes(random_images(rng, count, 28, 28))
+        )
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(count) % 10))
 
 
@@ -292,9 +345,13 @@ def write_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class=(3, 
 
 
 def writer_for(cls):
-    return {CIFAR10Data: write_cifar10, CIFAR100Data: write_cifar100, SVHNData: write_svhn,
-            MNISTData: write_mnist,
-            FashionMNISTData: lambda root: write_mnist(root, "FashionMNIST")}[cls]
+    return {
+        CIFAR10Data: write_cifar10,
+        CIFAR100Data: write_cifar100,
+        SVHNData: write_svhn,
+        MNISTData: write_mnist,
+        FashionMNISTData: lambda root: write_mnist(root, "FashionMNIST"),
+    }[cls]
 
 
 REAL_SETS = [CIFAR10Data, CIFAR100Data, SVHNData, MNISTData, FashionMNISTData]
@@ -364,8 +421,9 @@ def test_cifar10_pixels_match_torchvision(tmp_path, monkeypatch):
     assert list(data.test_set.labels) == reference.targets
     image, label = data.test_set[3]
     plane = written["test_batch"][3].reshape(3, 32, 32).astype(np.float32) / 255
-    expected = (torch.from_numpy(plane) - torch.tensor(CIFAR10_MEAN)[:, None, None]) \
-        / torch.tensor(CIFAR10_STD)[:, None, None]
+    expected = (torch.from_numpy(plane) - torch.tensor(CIFAR10_MEAN)[:, None, None]) / torch.tensor(
+        CIFAR10_STD
+    )[:, None, None]
     assert torch.allclose(image, expected, atol=1e-6) and label == reference.targets[3]
 
 
@@ -401,21 +459,22 @@ def test_mnist_is_padded_to_rgb32_like_torchvision_reads_it(tmp_path, cls):
     data = cls(data_dir=str(tmp_path), download=False, val_size=10)
     data.setup()
     reference = getattr(tv_datasets, cls.torchvision_class.__name__)(
-        str(tmp_path), train=False, download=False)
+        str(tmp_path), train=False, download=False
+    )
     assert np.array_equal(data.test_set.images, reference.data.numpy())
     image, label = data.test_set[2]
     assert label == int(reference.targets[2]) and image.shape == (3, 32, 32)
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
     zero = (0 - data.mean[0]) / data.std[0]
     assert torch.allclose(image[:, :2, :], torch.tensor(zero))  # the 2-pixel zero border
-    inner = (torch.from_numpy(reference.data[2].numpy()).float() / 255 - data.mean[0]) \
-        / data.std[0]
+    inner = (torch.from_numpy(reference.data[2].numpy()).float() / 255 - data.mean[0]) / data.std[0]
     assert torch.allclose(image[0, 2:30, 2:30], inner, atol=1e-6)
     if cls is MNISTData:
         assert data.mean == MNIST_MEAN and data.std == MNIST_STD
 
 
 # --- missing, offline and corrupt files ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls", REAL_SETS)
 def test_missing_files_without_download(tmp_path, cls):
@@ -524,6 +583,7 @@ def test_corrupt_svhn_file(tmp_path):
 
 # --- ImageNet-style folders -------------------------------------------------------------------
 
+
 def test_image_folder_reads_train_and_val(tmp_path):
     write_image_folder(tmp_path)
     data = ImageFolderData(data_dir=str(tmp_path), batch_size=4, num_classes=3, image_size=32)
@@ -570,8 +630,16 @@ def test_image_folder_layout_errors(tmp_path, damage):
 
 # --- configs --------------------------------------------------------------------------------
 
-CONFIGS = ["digits", "shapes", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist",
-           "imagefolder"]
+CONFIGS = [
+    "digits",
+    "shapes",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "mnist",
+    "fashion_mnist",
+    "imagefolder",
+]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (CONF_DATASET, assert_config_mirrors_the_constructor,
-                      assert_one_line_naming, dataset_option)
+from conftest import (
+    CONF_DATASET,
+    assert_config_mirrors_the_constructor,
+    assert_one_line_naming,
+    dataset_option,
+)
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -49,6 +53,7 @@ def assert_detection_batch(batch, size: int, num_classes: int, batch_size: int):
 
 # --- transforms ------------------------------------------------------------------------------
 
+
 def rectangle_image(height: int, width: int, box: tuple[int, int, int, int]) -> torch.Tensor:
     """A black [3, H, W] image with a white rectangle on the pixels of the xyxy ``box``."""
     image = torch.zeros(3, height, width)
@@ -57,9 +62,14 @@ def rectangle_image(height: int, width: int, box: tuple[int, int, int, int]) -> 
     return image
 
 
-@pytest.mark.parametrize("shape, box", [((60, 100), (40, 10, 70, 30)),  # wide: pad top/bottom
-                                        ((90, 45), (5, 50, 25, 88)),  # tall: pad left/right
-                                        ((32, 32), (3, 4, 20, 9))])  # square, upscaled
+@pytest.mark.parametrize(
+    "shape, box",
+    [
+        ((60, 100), (40, 10, 70, 30)),  # wide: pad top/bottom
+        ((90, 45), (5, 50, 25, 88)),  # tall: pad left/right
+        ((32, 32), (3, 4, 20, 9)),
+    ],
+)  # square, upscaled
 def test_letterbox_keeps_boxes_on_their_pixels(shape, box):
     image = rectangle_image(*shape, box)
     square, boxes = letterbox(image, torch.tensor([box], dtype=torch.float32), 64)
@@ -96,12 +106,14 @@ def test_horizontal_flip_moves_boxes_with_the_pixels():
 def test_collate_stacks_images_and_lists_targets():
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     one = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([2])}
-    images, targets = collate_detection([(torch.zeros(3, 32, 32), empty),
-                                         (torch.ones(3, 32, 32), one)])
+    images, targets = collate_detection(
+        [(torch.zeros(3, 32, 32), empty), (torch.ones(3, 32, 32), one)]
+    )
     assert images.shape == (2, 3, 32, 32) and targets == [empty, one]
 
 
 # --- shapes_det ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def scenes():
@@ -158,8 +170,9 @@ def test_shapes_det_counts_labels_and_boxes_in_range(scenes):
 
 
 def test_shapes_det_object_counts_follow_the_arguments():
-    data = ShapesDetData(min_objects=3, max_objects=6, num_classes=10, train_size=60,
-                         val_size=1, test_size=1)
+    data = ShapesDetData(
+        min_objects=3, max_objects=6, num_classes=10, train_size=60, val_size=1, test_size=1
+    )
     data.setup()
     counts = {len(labels) for labels in data.train_set.labels}
     assert counts <= set(range(3, 7)) and 6 in counts
@@ -172,8 +185,9 @@ def test_shapes_det_object_counts_follow_the_arguments():
 def test_shapes_det_boxes_are_tight_around_the_drawn_objects():
     """On flat, noise-free scenes every non-background pixel lies in a box, each box touches its
     object on all four sides (no slack, no off-by-one), and boxes overlap little."""
-    images, boxes, labels = draw_scenes(40, np.random.SeedSequence(7), size=96,
-                                        max_objects=5, ramp=0.0, noise_std=0.0)
+    images, boxes, labels = draw_scenes(
+        40, np.random.SeedSequence(7), size=96, max_objects=5, ramp=0.0, noise_std=0.0
+    )
     for image, image_boxes in zip(torch.from_numpy(images), boxes):
         background = image[:, 0, 0]
         for corner in (image[:, 0, -1], image[:, -1, 0], image[:, -1, -1]):
@@ -191,7 +205,7 @@ def test_shapes_det_boxes_are_tight_around_the_drawn_objects():
             covered[y0:y1, x0:x1] = True
         assert not (foreground & ~covered).any()  # no drawn pixel outside every box
         for i, first in enumerate(image_boxes):  # boxes overlap by less than 30%
-            for second in image_boxes[i + 1:]:
+            for second in image_boxes[i + 1 :]:
                 width = min(first[2], second[2]) - max(first[0], second[0])
                 height = min(first[3], second[3]) - max(first[1], second[1])
                 smaller = min((b[2] - b[0]) * (b[3] - b[1]) for b in (first, second))
@@ -239,12 +253,14 @@ def test_train_flips_follow_the_torch_seed_and_eval_never_flips(scenes):
     flips = [was_flipped(scenes.train_set, i, item) for i, item in enumerate(first)]
     assert 3 <= sum(flips) <= 17
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
-    assert not any(was_flipped(scenes.val_set, i, item)
-                   for i, item in enumerate(items(scenes.val_set)))
+    assert not any(
+        was_flipped(scenes.val_set, i, item) for i, item in enumerate(items(scenes.val_set))
+    )
     never = ShapesDetData(flip=0, **SMALL)
     never.setup()
-    assert not any(was_flipped(never.train_set, i, item)
-                   for i, item in enumerate(items(never.train_set)))
+    assert not any(
+        was_flipped(never.train_set, i, item) for i, item in enumerate(items(never.train_set))
+    )
 
 
 def test_shapes_det_default_generation_is_quick():
@@ -255,16 +271,25 @@ def test_shapes_det_default_generation_is_quick():
     assert [len(data.train_set), len(data.val_set), len(data.test_set)] == [2000, 200, 200]
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"image_size": 100}, "multiple of 32"), ({"image_size": 0}, "image_size"),
-    ({"min_objects": 5, "max_objects": 4}, "min_objects"), ({"max_objects": 0}, "max_objects"),
-    ({"num_classes": 11}, "num_classes"), ({"num_classes": 0}, "num_classes"),
-    ({"train_size": 0}, "train_size"), ({"val_size": -1}, "val_size"),
-    ({"batch_size": 0}, "batch_size"), ({"seed": -1}, "seed"), ({"flip": 1.5}, "flip"),
-    ({"max_object_size": 0.9}, "max_object_size"),
-    ({"min_object_size": 0.6}, "min_object_size"),
-    ({"image_size": 32, "min_object_size": 0.125}, "min_object_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"image_size": 100}, "multiple of 32"),
+        ({"image_size": 0}, "image_size"),
+        ({"min_objects": 5, "max_objects": 4}, "min_objects"),
+        ({"max_objects": 0}, "max_objects"),
+        ({"num_classes": 11}, "num_classes"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"train_size": 0}, "train_size"),
+        ({"val_size": -1}, "val_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seed": -1}, "seed"),
+        ({"flip": 1.5}, "flip"),
+        ({"max_object_size": 0.9}, "max_object_size"),
+        ({"min_object_size": 0.6}, "min_object_size"),
+        ({"image_size": 32, "min_object_size": 0.125}, "min_object_size"),
+    ],
+)
 def test_shapes_det_bad_arguments(kwargs, key):
     with pytest.raises(ConfigError, match=key) as error:
         ShapesDetData(**kwargs)
@@ -272,8 +297,16 @@ def test_shapes_det_bad_arguments(kwargs, key):
 
 
 def test_shapes_det_too_many_objects_is_a_config_error():
-    data = ShapesDetData(image_size=32, min_objects=30, max_objects=30, min_object_size=0.3,
-                         max_object_size=0.3, train_size=2, val_size=1, test_size=1)
+    data = ShapesDetData(
+        image_size=32,
+        min_objects=30,
+        max_objects=30,
+        min_object_size=0.3,
+        max_object_size=0.3,
+        train_size=2,
+        val_size=1,
+        test_size=1,
+    )
     with pytest.raises(ConfigError, match="max_objects"):
         data.check()
 
@@ -296,13 +329,17 @@ def write_voc(root: Path, year: str = "2007", sets=None) -> Path:
         (base / folder).mkdir(parents=True, exist_ok=True)
     for id_, (width, height, objects) in VOC_IMAGES.items():
         pixels = np.zeros((height, width, 3), dtype=np.uint8)
-        xml = [f"<annotation><folder>VOC{year}</folder><filename>{id_}.jpg</filename>",
-               f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+        xml = [
+            f"<annotation><folder>VOC{year}</folder><filename>{id_}.jpg</filename>",
+            f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
+        ]
         for name, x0, y0, x1, y1, difficult in objects:
-            pixels[y0 - 1:y1, x0 - 1:x1] = 255  # the inclusive 1-based box, filled white
-            xml.append(f"<object><name>{name}</name><pose>Left</pose><truncated>0</truncated>"
-                       f"<difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
-                       f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+            pixels[y0 - 1 : y1, x0 - 1 : x1] = 255  # the inclusive 1-based box, filled white
+            xml.append(
+                f"<object><name>{name}</name><pose>Left</pose><truncated>0</truncated>"
+                f"<difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
+                f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            )
         Image.fromarray(pixels).save(base / "JPEGImages" / f"{id_}.jpg", quality=95)
         (base / "Annotations" / f"{id_}.xml").write_text("".join(xml) + "</annotation>")
     for image_set, ids in sets.items():
@@ -323,11 +360,12 @@ def test_voc_reads_its_own_format_and_drops_difficult(tmp_path):
     scale, new_width = 64 / 150, round(100 * 64 / 150)
     left = (64 - new_width) // 2
     expected = torch.tensor([[10, 40, 60, 120], [60, 0, 100, 30]]) * torch.tensor(
-        [new_width / 100, scale, new_width / 100, scale]) + torch.tensor([left, 0, left, 0])
+        [new_width / 100, scale, new_width / 100, scale]
+    ) + torch.tensor([left, 0, left, 0])
     assert torch.allclose(target["boxes"], expected.float(), atol=1e-4)
     for box in target["boxes"]:  # the white rectangles sit on the boxes after the letterbox
         x0, y0, x1, y1 = box.round().int().tolist()
-        assert image[:, y0 + 2:y1 - 2, x0 + 2:x1 - 2].min() > 0.8
+        assert image[:, y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].min() > 0.8
     _, empty = data.val_set[0]
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
     _, first = data.train_set[0]
@@ -338,8 +376,15 @@ def test_voc_reads_its_own_format_and_drops_difficult(tmp_path):
 
 def test_voc_2012_image_sets(tmp_path):
     write_voc(tmp_path, year="2012", sets={"train": ["000001"], "val": ["000002", "000003"]})
-    data = VOCData(data_dir=str(tmp_path), download=False, year=2012, train_image_set="train",
-                   val_image_set="val", test_image_set="val", image_size=64)
+    data = VOCData(
+        data_dir=str(tmp_path),
+        download=False,
+        year=2012,
+        train_image_set="train",
+        val_image_set="val",
+        test_image_set="val",
+        image_size=64,
+    )
     data.check()
     data.setup()
     assert len(data.train_set) == 1 and len(data.test_set) == 2
@@ -347,8 +392,9 @@ def test_voc_2012_image_sets(tmp_path):
         VOCData(data_dir=str(tmp_path), year="2012", val_image_set="val")  # no 2012 test set
 
 
-@pytest.mark.parametrize("kwargs", [{"year": "2010"}, {"train_image_set": "all"},
-                                    {"image_size": 400}])
+@pytest.mark.parametrize(
+    "kwargs", [{"year": "2010"}, {"train_image_set": "all"}, {"image_size": 400}]
+)
 def test_voc_bad_arguments(kwargs):
     with pytest.raises(ConfigError):
         VOCData(data_dir="nowhere", **kwargs)
@@ -406,15 +452,20 @@ def test_voc_failed_download_is_a_quick_config_error(tmp_path, offline):
 
 # --- COCO ----------------------------------------------------------------------------------
 
+
 def write_coco(root: Path) -> dict:
     """annotations/instances_{train,val}.json and train/, val/ image folders, COCO-style:
     unsorted, non-contiguous category ids, a crowd annotation, an image without boxes."""
-    categories = [{"id": 7, "name": "kite", "supercategory": "x"},
-                  {"id": 2, "name": "bicycle", "supercategory": "x"},
-                  {"id": 11, "name": "zebra", "supercategory": "x"}]
-    images = [{"id": 10, "file_name": "a.jpg", "width": 80, "height": 40},
-              {"id": 20, "file_name": "b.png", "width": 50, "height": 50},
-              {"id": 30, "file_name": "c.png", "width": 64, "height": 96}]
+    categories = [
+        {"id": 7, "name": "kite", "supercategory": "x"},
+        {"id": 2, "name": "bicycle", "supercategory": "x"},
+        {"id": 11, "name": "zebra", "supercategory": "x"},
+    ]
+    images = [
+        {"id": 10, "file_name": "a.jpg", "width": 80, "height": 40},
+        {"id": 20, "file_name": "b.png", "width": 50, "height": 50},
+        {"id": 30, "file_name": "c.png", "width": 64, "height": 96},
+    ]
     annotations = [
         {"id": 1, "image_id": 10, "category_id": 7, "bbox": [10, 5, 30, 20], "iscrowd": 0},
         {"id": 2, "image_id": 10, "category_id": 2, "bbox": [50, 10, 20, 25], "iscrowd": 0},
@@ -430,22 +481,26 @@ def write_coco(root: Path) -> dict:
             for annotation in annotations:
                 if annotation["image_id"] == image["id"] and not annotation["iscrowd"]:
                     x, y, w, h = annotation["bbox"]
-                    pixels[y:y + h, x:x + w] = 240
+                    pixels[y : y + h, x : x + w] = 240
             Image.fromarray(pixels).save(folder / image["file_name"])
         content = {"images": images, "annotations": annotations, "categories": categories}
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(content))
     return content
 
 
-COCO_FILES = {"train_annotation_file": "annotations/instances_train.json",
-              "train_image_dir": "train", "val_annotation_file": "annotations/instances_val.json",
-              "val_image_dir": "val"}
+COCO_FILES = {
+    "train_annotation_file": "annotations/instances_train.json",
+    "train_image_dir": "train",
+    "val_annotation_file": "annotations/instances_val.json",
+    "val_image_dir": "val",
+}
 
 
 def test_coco_reads_its_own_format(tmp_path):
     write_coco(tmp_path)
-    data = COCOData(data_dir=str(tmp_path), batch_size=3, num_classes=3, image_size=64,
-                    **COCO_FILES)
+    data = COCOData(
+        data_dir=str(tmp_path), batch_size=3, num_classes=3, image_size=64, **COCO_FILES
+    )
     assert data.num_classes == 3 and data.image_shape == (3, 64, 64)
     data.check()
     assert data.class_names == ["bicycle", "kite", "zebra"]  # sorted by id: 2, 7, 11
@@ -454,18 +509,20 @@ def test_coco_reads_its_own_format(tmp_path):
     image, target = data.val_set[0]  # a.jpg, 80 x 40: scale 0.8, 16 px of grey above
     assert target["labels"].tolist() == [1, 0]  # kite, bicycle; the crowd zebra dropped
     expected = torch.tensor([[10, 5, 40, 25], [50, 10, 70, 35]]) * 0.8 + torch.tensor(
-        [0, 16, 0, 16])
+        [0, 16, 0, 16]
+    )
     assert torch.allclose(target["boxes"], expected.float(), atol=1e-4)
     for box in target["boxes"]:
         x0, y0, x1, y1 = box.round().int().tolist()
-        assert image[:, y0 + 2:y1 - 2, x0 + 2:x1 - 2].min() > 0.8
+        assert image[:, y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].min() > 0.8
     _, empty = data.val_set[1]  # b.png has no annotation: kept, with no boxes
     assert empty["boxes"].shape == (0, 4) and empty["labels"].dtype == torch.int64
     _, tall = data.val_set[2]  # c.png, 64 x 96: 43 x 64 after the resize, 10 px grey left
     assert tall["labels"].tolist() == [2]
     sx, sy = 43 / 64, 64 / 96
-    assert torch.allclose(tall["boxes"], torch.tensor([[4 * sx + 10, 8 * sy, 44 * sx + 10,
-                                                        68 * sy]]), atol=1e-4)
+    assert torch.allclose(
+        tall["boxes"], torch.tensor([[4 * sx + 10, 8 * sy, 44 * sx + 10, 68 * sy]]), atol=1e-4
+    )
     assert_detection_batch(next(iter(data.train_dataloader())), 64, 3, 3)
 
 
@@ -476,8 +533,10 @@ def test_coco_num_classes_must_match_the_file(tmp_path):
     assert_one_line_naming(error, tmp_path / "annotations")
 
 
-@pytest.mark.parametrize("damage", ["no_json", "no_image_dir", "no_image", "not_json",
-                                    "unknown_category", "other_categories"])
+@pytest.mark.parametrize(
+    "damage",
+    ["no_json", "no_image_dir", "no_image", "not_json", "unknown_category", "other_categories"],
+)
 def test_coco_bad_files(tmp_path, damage):
     content = write_coco(tmp_path)
     val_json = tmp_path / "annotations" / "instances_val.json"
@@ -504,12 +563,14 @@ def test_coco_bad_files(tmp_path, damage):
 
 # --- configs -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["shapes_det", "voc", "coco"])
 def test_config_mirrors_the_constructor(tmp_path, name):
     text = (CONF_DATASET / f"{name}.yaml").read_text().splitlines()
     # Every key but _target_ (which the file's first line describes, above its defaults list).
-    keys_lines = [i for i, line in enumerate(text)
-                  if line and not line.startswith(("#", " ", "_target_:"))]
+    keys_lines = [
+        i for i, line in enumerate(text) if line and not line.startswith(("#", " ", "_target_:"))
+    ]
     node = dataset_option(name)
     assert_config_mirrors_the_constructor(node)
     for index in keys_lines:  # every key is explained by a comment line right above it

@@ -13,20 +13,42 @@ from wandb_offline import read_media, read_offline_run
 from lowbit.cli import objective_values
 from lowbit.train import RESULTS_FILE, run
 
-TINY_SCENES = ["experiment=yolov3_tiny_shapes", "dataset.image_size=64", "dataset.train_size=32",
-               "dataset.val_size=8", "dataset.test_size=8", "dataset.batch_size=8"]
+TINY_SCENES = [
+    "experiment=yolov3_tiny_shapes",
+    "dataset.image_size=64",
+    "dataset.train_size=32",
+    "dataset.val_size=8",
+    "dataset.test_size=8",
+    "dataset.batch_size=8",
+]
 
 
 def test_detection_run_logs_map_costs_and_drawn_predictions(make_cfg):
-    cfg = make_cfg(*TINY_SCENES, "quantizer=dorefa", "quant.wbits=4", "quant.abits=4",
-                   "detection.num_drawn=3", "detection.draw_score_threshold=0.0")
+    cfg = make_cfg(
+        *TINY_SCENES,
+        "quantizer=dorefa",
+        "quant.wbits=4",
+        "quant.abits=4",
+        "detection.num_drawn=3",
+        "detection.draw_score_threshold=0.0",
+    )
     results = run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     assert results["status"] == "ok" and results["task"] == "detection"
     metrics = results["metrics"]
-    for key in ("val/map50", "val/map", "val/map50_best", "test/map50", "test/map",
-                "val/box_loss", "val/obj_loss", "val/cls_loss", "model/size_bytes",
-                "model/bops", "latency/ms"):
+    for key in (
+        "val/map50",
+        "val/map",
+        "val/map50_best",
+        "test/map50",
+        "test/map",
+        "val/box_loss",
+        "val/obj_loss",
+        "val/cls_loss",
+        "model/size_bytes",
+        "model/bops",
+        "latency/ms",
+    ):
         assert key in metrics, key
     # The detector is deployed too: its int8 heads decoded as the task decodes them.
     assert (output_dir / "model_int8.onnx").is_file() and metrics["latency/int8_ms"] > 0
@@ -60,15 +82,19 @@ def test_detection_run_logs_map_costs_and_drawn_predictions(make_cfg):
     truths = [read_media(offline, boxes["ground_truth"]["path"]) for boxes in all_boxes]
     predictions = [read_media(offline, boxes["predictions"]["path"]) for boxes in all_boxes]
     assert sum(len(truth["box_data"]) for truth in truths) > 0
-    assert all(0.0 <= box["scores"]["score"] <= 1.0 and box["domain"] == "pixel"
-               for found in predictions for box in found["box_data"])
+    assert all(
+        0.0 <= box["scores"]["score"] <= 1.0 and box["domain"] == "pixel"
+        for found in predictions
+        for box in found["box_data"]
+    )
     assert predictions[0]["class_labels"] == truths[0]["class_labels"] != {}
 
 
 def test_the_checkpoint_monitor_follows_the_detection_metric(make_cfg):
     """callbacks=default monitors val/acc; a detection run keeps its best val/map50 instead."""
-    cfg = make_cfg(*TINY_SCENES, "logger=none", "trainer.limit_train_batches=1",
-                   "trainer.max_epochs=2")
+    cfg = make_cfg(
+        *TINY_SCENES, "logger=none", "trainer.limit_train_batches=1", "trainer.max_epochs=2"
+    )
     results = run(cfg)
     assert results["status"] == "ok"
     checkpoints = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").glob("*"))

@@ -15,25 +15,43 @@ from lowbit.train import RESULTS_FILE, run
 
 # PACT with calibrated alphas: each process calibrates on its own first batch, so without the
 # all-reduce in LearnedClip the two replicas would start, and stay, with different alphas.
-DDP_RUN = ["trainer=ddp", "quantizer=pact", "quant.gbits=8", "quant.alpha_calibration=99",
-           "trainer.max_epochs=2", "+trainer.limit_train_batches=3",
-           "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
-           "dataset.batch_size=16", "latency.warmup=1", "latency.repeats=2",
-           "trainer.enable_progress_bar=false", "logger=wandb"]
+DDP_RUN = [
+    "trainer=ddp",
+    "quantizer=pact",
+    "quant.gbits=8",
+    "quant.alpha_calibration=99",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "dataset.batch_size=16",
+    "latency.warmup=1",
+    "latency.repeats=2",
+    "trainer.enable_progress_bar=false",
+    "logger=wandb",
+]
 
 
 def test_two_cpu_processes_keep_alphas_and_bn_statistics_in_sync(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *DDP_RUN, f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, env={**run_env(), "OMP_NUM_THREADS": "1"},
-        timeout=600, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        env={**run_env(), "OMP_NUM_THREADS": "1"},
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout  # two processes ran
     results = json.loads((run_dir / RESULTS_FILE).read_text())
     assert results["status"] == "ok"
-    assert results["distributed"] == {"world_size": 2, "alpha_max_diff": 0.0,
-                                      "bn_max_diff": 0.0, "in_sync": True}
+    assert results["distributed"] == {
+        "world_size": 2,
+        "alpha_max_diff": 0.0,
+        "bn_max_diff": 0.0,
+        "in_sync": True,
+    }
     assert len(results["alpha"]) == 8 and len(set(results["alpha"].values())) > 1  # calibrated
     # One W&B run (rank 0's), one summary table.
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
@@ -43,7 +61,8 @@ def test_two_cpu_processes_keep_alphas_and_bn_statistics_in_sync(tmp_path):
 
 
 def test_a_process_other_than_rank_zero_writes_no_results_and_no_wandb_run(
-        make_cfg, monkeypatch, capsys):
+    make_cfg, monkeypatch, capsys
+):
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from lowbit.console import print_summary

@@ -28,8 +28,9 @@ METHODS = [
 
 def quantized_nin(quantizer: str, bits: int, seed: int, **options) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = quantize_model(NIN(), quantizer=quantizer, wbits=bits, abits=bits,
-                           input_shape=SHAPE, **options)
+    model = quantize_model(
+        NIN(), quantizer=quantizer, wbits=bits, abits=bits, input_shape=SHAPE, **options
+    )
     with torch.no_grad():  # trained-looking state, so that loading it is what makes outputs equal
         for name, buffer in model.named_buffers():
             if name.endswith("running_mean"):
@@ -72,15 +73,19 @@ def test_loaded_model_computes_exactly_what_the_saved_one_did(tmp_path, quantize
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("quantizer,options", METHODS, ids=["dorefa", "pact", "pact-absmax"])
 @pytest.mark.parametrize("batchnorm", ["affine", "keep"])
-def test_file_is_the_bits_limit_plus_what_the_outputs_need(tmp_path, quantizer, options, bits,
-                                                           batchnorm):
+def test_file_is_the_bits_limit_plus_what_the_outputs_need(
+    tmp_path, quantizer, options, bits, batchnorm
+):
     """Payload = params x bits / 8 (+ per-channel ranges) (+ BatchNorm statistics if kept)."""
     model = quantized_nin(quantizer, bits, seed=0, **options)
     path = save_packed(model, tmp_path / "model.safetensors", batchnorm=batchnorm)
     limit = size_limit_bytes(model)
     statistics = sum(b.numel() * b.element_size() for _, b in model.named_buffers())
-    channel_ranges = 4 * sum(m.out_channels for m in model.modules()
-                             if getattr(m, "wbits", 32) < 32) if options else 0
+    channel_ranges = (
+        4 * sum(m.out_channels for m in model.modules() if getattr(m, "wbits", 32) < 32)
+        if options
+        else 0
+    )
     packed_tensors = sum(1 for m in model.modules() if getattr(m, "wbits", 32) < 32)
     expected = limit + channel_ranges + (statistics if batchnorm == "keep" else 0)
     # Each packed tensor rounds its bits up to whole bytes; nothing else may be there.
@@ -91,9 +96,11 @@ def test_file_is_the_bits_limit_plus_what_the_outputs_need(tmp_path, quantizer, 
         assert payload_bytes(path) <= 1.02 * limit
 
 
-@pytest.mark.parametrize("build", [lambda: quantized_nin("dorefa", 4, seed=0),
-                                   lambda: quantized_nin("pact", 2, seed=0)],
-                         ids=["dorefa-w4", "pact-w2"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: quantized_nin("dorefa", 4, seed=0), lambda: quantized_nin("pact", 2, seed=0)],
+    ids=["dorefa-w4", "pact-w2"],
+)
 def test_batchnorm_stored_as_its_affine_map_restores_outputs_bit_for_bit(tmp_path, build):
     saved = build()
     path = save_packed(saved, tmp_path / "model.safetensors")  # batchnorm="affine", the default

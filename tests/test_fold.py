@@ -26,8 +26,9 @@ def with_trained_statistics(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("build", [NIN, lambda: mobilenetv3_small(num_classes=10)],
-                         ids=["nin", "mobilenetv3_small"])
+@pytest.mark.parametrize(
+    "build", [NIN, lambda: mobilenetv3_small(num_classes=10)], ids=["nin", "mobilenetv3_small"]
+)
 def test_folded_float_model_matches_to_1e_5(build):
     torch.manual_seed(0)
     model = with_trained_statistics(build())
@@ -43,7 +44,8 @@ def test_folded_float_model_matches_to_1e_5(build):
 def test_quantized_conv_folds_after_its_weight_quantizer():
     torch.manual_seed(0)
     model = with_trained_statistics(
-        quantize_model(NIN(), quantizer="dorefa", wbits=4, abits=4, input_shape=(3, 32, 32)))
+        quantize_model(NIN(), quantizer="dorefa", wbits=4, abits=4, input_shape=(3, 32, 32))
+    )
     folded = fold_bn(model)
     convs = [m for m in folded.modules() if isinstance(m, FoldedQuantConv2d)]
     assert len(convs) == 9 and convs[1].wbits == 4 and convs[1].abits == 4

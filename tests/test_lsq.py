@@ -31,6 +31,7 @@ def leaf(values) -> torch.Tensor:
 
 # the maths by hand -------------------------------------------------------------------------
 
+
 def test_ranges_of_the_paper():
     assert lsq_range(2, signed=False) == (0, 3)
     assert lsq_range(2, signed=True) == (2, 1)
@@ -75,6 +76,7 @@ def test_grad_scale_and_initial_step_formulas():
 
 # properties over random inputs -------------------------------------------------------------
 
+
 def reference_step_gradient(x, step, bits, signed):
     """Eq. 3 written out element by element, in float64."""
     qn, qp = lsq_range(bits, signed)
@@ -86,8 +88,12 @@ def reference_step_gradient(x, step, bits, signed):
 
 
 @settings(max_examples=60, deadline=None)
-@given(values=st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=1, max_size=40),
-       step=st.floats(0.01, 4.0), bits=st.integers(2, 8), signed=st.booleans())
+@given(
+    values=st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=1, max_size=40),
+    step=st.floats(0.01, 4.0),
+    bits=st.integers(2, 8),
+    signed=st.booleans(),
+)
 def test_levels_range_and_gradient_cases_over_random_inputs(values, step, bits, signed):
     x, s = leaf(values), leaf(step)
     y = lsq(x, s, bits, signed)
@@ -100,13 +106,17 @@ def test_levels_range_and_gradient_cases_over_random_inputs(values, step, bits, 
     v = x.detach() / step
     assert torch.equal(x.grad, ((v >= -qn) & (v <= qp)).double())
     # Python's round() and torch.round both round half to even
-    assert s.grad.item() == pytest.approx(reference_step_gradient(x.detach(), step, bits, signed),
-                                          abs=1e-6)
+    assert s.grad.item() == pytest.approx(
+        reference_step_gradient(x.detach(), step, bits, signed), abs=1e-6
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(values=st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=1, max_size=40),
-       offset=st.floats(-2.0, 0.0), bits=st.integers(2, 8))
+@given(
+    values=st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=1, max_size=40),
+    offset=st.floats(-2.0, 0.0),
+    bits=st.integers(2, 8),
+)
 def test_lsq_plus_offset_gradient_is_zero_inside_and_one_outside(values, offset, bits):
     x, step, b = leaf(values), leaf(0.25), leaf(offset)
     y = lsq_plus(x, step, b, bits)
@@ -125,10 +135,17 @@ def test_lsq_plus_offset_gradient_is_zero_inside_and_one_outside(values, offset,
 
 # the quantizers in a model -----------------------------------------------------------------
 
+
 def lsq_nin(quantizer: str = "lsq", **options) -> torch.nn.Module:
     torch.manual_seed(0)
-    return quantize_model(NIN(num_classes=10), input_shape=(3, 32, 32), quantizer=quantizer,
-                          wbits=4, abits=4, **options)
+    return quantize_model(
+        NIN(num_classes=10),
+        input_shape=(3, 32, 32),
+        quantizer=quantizer,
+        wbits=4,
+        abits=4,
+        **options,
+    )
 
 
 def test_weight_steps_start_from_the_weights_and_activation_steps_from_the_first_batch():
@@ -186,8 +203,13 @@ def test_packed_checkpoint_restores_lsq_models_bit_for_bit(tmp_path, quantizer):
 
 def test_lsq_plus_mobilenet_exports_its_offsets_as_zero_points(tmp_path):
     torch.manual_seed(0)
-    model = quantize_model(MobileNetV3("small", num_classes=10, stem="cifar"),
-                           input_shape=(3, 32, 32), quantizer="lsq_plus", wbits=8, abits=8)
+    model = quantize_model(
+        MobileNetV3("small", num_classes=10, stem="cifar"),
+        input_shape=(3, 32, 32),
+        quantizer="lsq_plus",
+        wbits=8,
+        abits=8,
+    )
     model.train()
     with torch.no_grad():
         for _ in range(3):
@@ -197,7 +219,9 @@ def test_lsq_plus_mobilenet_exports_its_offsets_as_zero_points(tmp_path):
     assert any(m.grid().zero_point > 0 for m in offsets)  # after hard-swish: below zero
     images = torch.randn(8, 3, 32, 32)
     path = export_int8_onnx(model, (3, 32, 32), tmp_path / "model.onnx")
-    rows = [row for row in layer_parity(model, path, images, threads=1) if row["differ"] is not None]
+    rows = [
+        row for row in layer_parity(model, path, images, threads=1) if row["differ"] is not None
+    ]
     # The first quantized inputs are computed the same way on both sides: codes equal but for
     # float ties; the order of float operations differs after that and one-step flips compound.
     assert rows[0]["differ"] < 0.001 and rows[0]["max_steps"] <= 1

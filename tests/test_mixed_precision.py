@@ -50,10 +50,12 @@ def test_quantizers_compute_in_float32_on_a_bf16_input(make):
 
 def test_gradient_quantization_of_a_bf16_gradient_runs_in_float32():
     g = torch.randn(4, 300, generator=torch.Generator().manual_seed(1)) * 1e-3
-    quantized = Q.quantize_gradient_tensor(g.to(torch.bfloat16), 8,
-                                           torch.Generator().manual_seed(2))
-    expected = Q.quantize_gradient_tensor(g.to(torch.bfloat16).float(), 8,
-                                          torch.Generator().manual_seed(2))
+    quantized = Q.quantize_gradient_tensor(
+        g.to(torch.bfloat16), 8, torch.Generator().manual_seed(2)
+    )
+    expected = Q.quantize_gradient_tensor(
+        g.to(torch.bfloat16).float(), 8, torch.Generator().manual_seed(2)
+    )
     assert quantized.dtype == torch.bfloat16
     assert torch.equal(quantized, expected.to(torch.bfloat16))
 
@@ -61,11 +63,22 @@ def test_gradient_quantization_of_a_bf16_gradient_runs_in_float32():
 @pytest.mark.parametrize("quantizer", ["dorefa", "pact"])
 def test_a_quantized_network_trains_a_step_under_bf16_autocast(quantizer):
     torch.manual_seed(0)
-    model = quantize_model(torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(8 * 4 * 4, 10)), quantizer=quantizer, wbits=4, abits=4, gbits=8,
-        input_shape=(3, 8, 8))
+    model = quantize_model(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8 * 4 * 4, 10),
+        ),
+        quantizer=quantizer,
+        wbits=4,
+        abits=4,
+        gbits=8,
+        input_shape=(3, 8, 8),
+    )
     seen: list[torch.dtype] = []
     inner = model[3]
     assert isinstance(inner, QuantConv2d)

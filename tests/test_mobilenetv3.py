@@ -20,8 +20,10 @@ from lowbit.quant.modules import PACTActivation, PACTSymmetricActivation
 
 CONF_MODEL = Path(__file__).resolve().parents[1] / "conf" / "model"
 PAPER_PARAMETERS = {"small": 2_542_856, "large": 5_483_032}
-TORCHVISION = {"small": torchvision.models.mobilenet_v3_small,
-               "large": torchvision.models.mobilenet_v3_large}
+TORCHVISION = {
+    "small": torchvision.models.mobilenet_v3_small,
+    "large": torchvision.models.mobilenet_v3_large,
+}
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -29,8 +31,11 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def float_layers(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QuantizedLayer)]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QuantizedLayer)
+    ]
 
 
 @pytest.mark.parametrize("arch", ["small", "large"])
@@ -45,7 +50,8 @@ def test_parameter_count_matches_the_paper_and_torchvision(arch):
 def test_other_widths_match_torchvision(arch, width_mult):
     ours = MobileNetV3(arch, width_mult=width_mult)
     assert parameter_count(ours) == parameter_count(
-        TORCHVISION[arch](weights=None, width_mult=width_mult))
+        TORCHVISION[arch](weights=None, width_mult=width_mult)
+    )
 
 
 @torch.no_grad()
@@ -65,10 +71,13 @@ def test_same_function_as_torchvision_with_the_imagenet_stem(arch):
 
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ["small", "large"])
-@pytest.mark.parametrize("stem, shape, final_map", [
-    ("cifar", (2, 3, 32, 32), FINAL_MAP_SIZE_32),
-    ("imagenet", (1, 3, 224, 224), 7),
-])
+@pytest.mark.parametrize(
+    "stem, shape, final_map",
+    [
+        ("cifar", (2, 3, 32, 32), FINAL_MAP_SIZE_32),
+        ("imagenet", (1, 3, 224, 224), 7),
+    ],
+)
 def test_forward_shape_and_final_feature_map(arch, stem, shape, final_map):
     assert FINAL_MAP_SIZE_32 == 4  # the docstring's promise: total stride 8 on CIFAR
     model = MobileNetV3(arch, num_classes=10, stem=stem).eval()
@@ -106,7 +115,8 @@ def test_no_layer_input_is_overwritten_in_place():
     for layer in model.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             layer.register_forward_pre_hook(
-                lambda _m, inputs: seen.append((inputs[0], inputs[0].detach().clone())))
+                lambda _m, inputs: seen.append((inputs[0], inputs[0].detach().clone()))
+            )
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert seen and all(torch.equal(tensor, copy) for tensor, copy in seen)
 
@@ -114,8 +124,9 @@ def test_no_layer_input_is_overwritten_in_place():
 def test_every_conv_and_linear_is_quantized():
     model = MobileNetV3("small", num_classes=10)
     layer_count = len(float_layers(model))
-    model = quantize_model(model, quantizer="pact_symmetric", wbits=4, abits=4,
-                           input_shape=(3, 32, 32))
+    model = quantize_model(
+        model, quantizer="pact_symmetric", wbits=4, abits=4, input_shape=(3, 32, 32)
+    )
     assert float_layers(model) == []
     quantized = [name for name, m in model.named_modules() if isinstance(m, QuantizedLayer)]
     assert len(quantized) == layer_count
@@ -130,8 +141,13 @@ def test_every_conv_and_linear_is_quantized():
 
 
 def test_signed_inputs_get_the_symmetric_pact():
-    model = quantize_model(MobileNetV3("small", num_classes=10), quantizer="pact", wbits=4,
-                           abits=4, input_shape=(3, 32, 32))
+    model = quantize_model(
+        MobileNetV3("small", num_classes=10),
+        quantizer="pact",
+        wbits=4,
+        abits=4,
+        input_shape=(3, 32, 32),
+    )
 
     def input_quantizer(name):
         return type(model.get_submodule(name).input_quantizer)
@@ -159,17 +175,20 @@ def test_signed_inputs_get_the_symmetric_pact():
         assert input_quantizer(name) is PACTActivation, name
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"arch": "medium"}, "small or large"),
-    ({"stem": "mnist"}, "imagenet or cifar"),
-    ({"width_mult": 0}, "> 0"),
-    ({"width_mult": -0.5}, "> 0"),
-    ({"num_classes": 0}, ">= 1"),
-    ({"in_channels": 0}, ">= 1"),
-    ({"dropout": 1.0}, "[0, 1)"),
-    ({"bn_momentum": 0}, "(0, 1]"),
-    ({"bn_momentum": 1.5}, "(0, 1]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"arch": "medium"}, "small or large"),
+        ({"stem": "mnist"}, "imagenet or cifar"),
+        ({"width_mult": 0}, "> 0"),
+        ({"width_mult": -0.5}, "> 0"),
+        ({"num_classes": 0}, ">= 1"),
+        ({"in_channels": 0}, ">= 1"),
+        ({"dropout": 1.0}, "[0, 1)"),
+        ({"bn_momentum": 0}, "(0, 1]"),
+        ({"bn_momentum": 1.5}, "(0, 1]"),
+    ],
+)
 def test_bad_arguments_raise_config_error(kwargs, words):
     with pytest.raises(ConfigError) as error:
         MobileNetV3(**kwargs)

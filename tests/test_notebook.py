@@ -9,12 +9,12 @@ import os
 from types import SimpleNamespace
 
 import nbformat
-from nbclient import NotebookClient
-
 from conftest import ROOT
+from nbclient import NotebookClient
+from sweep_results import example_sweep, seeded_sweep, write_job
+
 from lowbit.report import build_report, configurations_markdown, load_runs, markdown_table
 from lowbit.report.wandb_runs import merge_runs, run_from_wandb, runs_from_wandb
-from sweep_results import example_sweep, seeded_sweep, write_job
 
 NOTEBOOK = ROOT / "notebooks" / "compare_runs.ipynb"
 
@@ -30,8 +30,12 @@ def test_notebook_aggregates_sweeps_over_seeds_from_their_results_files(tmp_path
     monkeypatch.setenv("LOWBIT_SWEEP_DIR", f"{first}{os.pathsep}{second}")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # Executing raises CellExecutionError on the first cell that fails.
-    NotebookClient(notebook, kernel_name="python3", timeout=180,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=180,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
     text = "".join(o.get("text", "") for o in outputs(notebook) if o.output_type == "stream")
     assert f"12 runs (12 from results.json) under {first}, {second}; 0 failed" in text
     # The groups a sweep's runs share in W&B.
@@ -52,11 +56,17 @@ def test_notebook_aggregates_sweeps_over_seeds_from_their_results_files(tmp_path
 
 
 def wandb_record(name: str, run_id: str, acc: float, complete: bool, run_dir: str = ""):
-    return run_from_wandb(name, {"quant": {"quantizer": "dorefa", "wbits": 2, "abits": 2,
-                                           "gbits": 32}, "seed": 0,
-                                 "paths": {"output_dir": run_dir}},
-                          {"val/acc_best": acc, **({"status": "ok"} if complete else {})},
-                          "finished" if complete else "running", run_id)
+    return run_from_wandb(
+        name,
+        {
+            "quant": {"quantizer": "dorefa", "wbits": 2, "abits": 2, "gbits": 32},
+            "seed": 0,
+            "paths": {"output_dir": run_dir},
+        },
+        {"val/acc_best": acc, **({"status": "ok"} if complete else {})},
+        "finished" if complete else "running",
+        run_id,
+    )
 
 
 def test_merged_runs_come_from_wandb_when_complete_and_from_results_json_otherwise(tmp_path):
@@ -68,29 +78,52 @@ def test_merged_runs_come_from_wandb_when_complete_and_from_results_json_otherwi
         payload["wandb"] = {"id": run_id, "mode": "offline"}
         (job / "results.json").write_text(json.dumps(payload))
     local = load_runs([tmp_path])
-    remote = [wandb_record(synced.name, "aaa", 0.81, complete=True),
-              # Only partly synced: W&B has its first epochs, not its final summary.
-              wandb_record(partial.name, "bbb", 0.3, complete=False),
-              # Matched by its folder (no id in its results.json), complete in W&B.
-              wandb_record(unsynced.name, "ccc", 0.61, complete=True, run_dir=str(unsynced)),
-              wandb_record("9_elsewhere", "ddd", 0.5, complete=True)]  # only W&B has it
+    remote = [
+        wandb_record(synced.name, "aaa", 0.81, complete=True),
+        # Only partly synced: W&B has its first epochs, not its final summary.
+        wandb_record(partial.name, "bbb", 0.3, complete=False),
+        # Matched by its folder (no id in its results.json), complete in W&B.
+        wandb_record(unsynced.name, "ccc", 0.61, complete=True, run_dir=str(unsynced)),
+        wandb_record("9_elsewhere", "ddd", 0.5, complete=True),
+    ]  # only W&B has it
     merged = merge_runs(local, remote)
     assert [(r.name, r.source, r.metric("val/acc_best")) for r in merged] == [
-        (synced.name, "W&B", 0.81), (partial.name, "results.json", 0.7),
-        (unsynced.name, "W&B", 0.61), ("9_elsewhere", "W&B", 0.5)]
+        (synced.name, "W&B", 0.81),
+        (partial.name, "results.json", 0.7),
+        (unsynced.name, "W&B", 0.61),
+        ("9_elsewhere", "W&B", 0.5),
+    ]
     # Before the merge, a partly synced W&B run hid the local ones: no longer.
     assert merge_runs(local, []) == local
 
 
 def test_wandb_runs_become_the_same_records_as_results_files():
     logged = SimpleNamespace(
-        name="3_nin-dorefa-w4a4g8-digits", state="finished", id="1x2y3z",
-        config={"quant": {"quantizer": "dorefa", "wbits": 4, "abits": 4, "gbits": 8}, "seed": 2,
-                "quantizer": "dorefa", "model_name": "nin", "dataset_name": "digits"},
-        summary={"val/acc_best": 0.9, "model/size_bytes": 508_000, "status": "ok",
-                 "_runtime": 12, "model/compression": 7.6})
-    crashed = SimpleNamespace(name="4_nin-dorefa-w2a2g8-digits", state="crashed", id="4a5b6c",
-                              config={"quant": {"quantizer": "dorefa", "wbits": 2}}, summary={})
+        name="3_nin-dorefa-w4a4g8-digits",
+        state="finished",
+        id="1x2y3z",
+        config={
+            "quant": {"quantizer": "dorefa", "wbits": 4, "abits": 4, "gbits": 8},
+            "seed": 2,
+            "quantizer": "dorefa",
+            "model_name": "nin",
+            "dataset_name": "digits",
+        },
+        summary={
+            "val/acc_best": 0.9,
+            "model/size_bytes": 508_000,
+            "status": "ok",
+            "_runtime": 12,
+            "model/compression": 7.6,
+        },
+    )
+    crashed = SimpleNamespace(
+        name="4_nin-dorefa-w2a2g8-digits",
+        state="crashed",
+        id="4a5b6c",
+        config={"quant": {"quantizer": "dorefa", "wbits": 2}},
+        summary={},
+    )
     asked = {}
 
     class Api:
@@ -101,8 +134,13 @@ def test_wandb_runs_become_the_same_records_as_results_files():
     runs = runs_from_wandb("lowbit", "2026-11-01_12-00-00_bits_grid", entity="lab", api=Api())
     assert asked == {"path": "lab/lowbit", "filters": {"group": "2026-11-01_12-00-00_bits_grid"}}
     first, second = runs
-    assert (first.name, first.model, first.quantizer, first.bits_label, first.status) == \
-        ("3_nin-dorefa-w4a4g8-digits", "nin", "dorefa", "4/4/8", "ok")
+    assert (first.name, first.model, first.quantizer, first.bits_label, first.status) == (
+        "3_nin-dorefa-w4a4g8-digits",
+        "nin",
+        "dorefa",
+        "4/4/8",
+        "ok",
+    )
     assert first.metric("val/acc_best") == 0.9 and "_runtime" not in first.metrics
     assert (first.seed, first.run_id, first.source) == (2, "1x2y3z", "W&B")
     assert second.status == "crashed" and second.metric("val/acc_best") is None

@@ -22,8 +22,14 @@ from torch import nn
 from lowbit.config import CONFIG_DIR
 from lowbit.data.digits import DigitsData
 from lowbit.export import save_packed
-from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, float_model, onnx_predict,
-                                optimized_op_types, top1_agreement)
+from lowbit.export.onnx import (
+    export_fp32_onnx,
+    export_int8_onnx,
+    float_model,
+    onnx_predict,
+    optimized_op_types,
+    top1_agreement,
+)
 from lowbit.export.onnx_graph import UnsupportedModel
 from lowbit.export.onnx_run import export_run
 from lowbit.models import NIN
@@ -43,9 +49,17 @@ def one_thread():
 
 def nin(quantizer: str, bits: int, seed: int = 0, **options) -> nn.Module:
     torch.manual_seed(seed)
-    return quantize_model(NIN(num_classes=10), input_shape=SHAPE, quantizer=quantizer,
-                          wbits=bits, abits=bits, gbits=32, first_layer_bits=8,
-                          last_layer_bits=8, **options)
+    return quantize_model(
+        NIN(num_classes=10),
+        input_shape=SHAPE,
+        quantizer=quantizer,
+        wbits=bits,
+        abits=bits,
+        gbits=32,
+        first_layer_bits=8,
+        last_layer_bits=8,
+        **options,
+    )
 
 
 def unbiased_with_gains(model: nn.Module, alpha: float = 1.7) -> nn.Module:
@@ -74,13 +88,29 @@ def structured_inputs() -> torch.Tensor:
     noise = torch.randn(8, *SHAPE, generator=generator)
     ramp = torch.linspace(-3, 3, SHAPE[1]).expand(SHAPE).unsqueeze(0)
     checker = ((torch.arange(SHAPE[1])[:, None] + torch.arange(SHAPE[2])) % 2).float()
-    return torch.cat([noise, noise * 4, ramp, -ramp, 3 * checker.expand(1, *SHAPE),
-                      torch.zeros(1, *SHAPE), torch.full((1, *SHAPE), 2.0)])
+    return torch.cat(
+        [
+            noise,
+            noise * 4,
+            ramp,
+            -ramp,
+            3 * checker.expand(1, *SHAPE),
+            torch.zeros(1, *SHAPE),
+            torch.full((1, *SHAPE), 2.0),
+        ]
+    )
 
 
-@pytest.mark.parametrize("quantizer,options", [
-    ("dorefa", {}), ("dorefa", {"act_scale": 0.5}), ("pact", {}), ("pact_symmetric", {}),
-], ids=["dorefa", "dorefa_act_scale", "pact", "pact_symmetric"])
+@pytest.mark.parametrize(
+    "quantizer,options",
+    [
+        ("dorefa", {}),
+        ("dorefa", {"act_scale": 0.5}),
+        ("pact", {}),
+        ("pact_symmetric", {}),
+    ],
+    ids=["dorefa", "dorefa_act_scale", "pact", "pact_symmetric"],
+)
 def test_w4a4_export_reproduces_the_folded_fake_quant_model(tmp_path, quantizer, options):
     model = unbiased_with_gains(nin(quantizer, 4, **options))
     path = export_int8_onnx(model, SHAPE, tmp_path / "int8.onnx")
@@ -105,8 +135,11 @@ def test_weights_are_the_layers_integer_codes(tmp_path):
     graph = onnx.load(str(path)).graph
     ops = [node.op_type for node in graph.node]
     assert "BatchNormalization" not in ops and ops.count("Conv") == 9  # BN folded away
-    codes = {i.name: numpy_helper.to_array(i) for i in graph.initializer
-             if i.name.endswith("weight_codes")}
+    codes = {
+        i.name: numpy_helper.to_array(i)
+        for i in graph.initializer
+        if i.name.endswith("weight_codes")
+    }
     # convs 1..7 are 4-bit DoReFa: odd codes 2c - 15 spread by K = floor(127 / 15) = 8
     middle = codes["features_4_0_weight_codes"]
     assert middle.dtype == np.int8
@@ -123,8 +156,9 @@ def test_integer_convs_survive_ort_fusion(tmp_path):
     # every conv between two quantizers is one QLinearConv; only the float-input first conv
     # and the float-output classifier stay float
     assert ops.count("QLinearConv") == 7
-    calibrated = export_int8_onnx(model, SHAPE, tmp_path / "cal.onnx",
-                                  calibration=torch.randn(16, *SHAPE))
+    calibrated = export_int8_onnx(
+        model, SHAPE, tmp_path / "cal.onnx", calibration=torch.randn(16, *SHAPE)
+    )
     ops = optimized_op_types(calibrated, tmp_path / "optimized_cal.onnx")
     assert ops.count("QLinearConv") == 8  # the calibrated image input puts conv 0 on integers
     assert not any(op in ("Conv", "FusedConv") for op in ops[:-6])
@@ -134,7 +168,10 @@ def test_integer_convs_survive_ort_fusion(tmp_path):
 def digits():
     data = DigitsData()
     data.setup()
-    resize = lambda t: F.interpolate(t, size=SHAPE[1:], mode="bilinear", align_corners=False)
+
+    def resize(t):
+        return F.interpolate(t, size=SHAPE[1:], mode="bilinear", align_corners=False)
+
     train = data.train_set.tensors
     held_out = [torch.cat(parts) for parts in zip(data.val_set.tensors, data.test_set.tensors)]
     return resize(train[0]), train[1], resize(held_out[0]), held_out[1]
@@ -189,12 +226,18 @@ class Gelu(nn.Module):
         return self.out(F.gelu(self.conv(x))).mean((2, 3))
 
 
-@pytest.mark.parametrize("build,words", [
-    (lambda: quantize_model(Gelu(), quantizer="dorefa", wbits=4, abits=4,
-                            input_shape=SHAPE), "gelu"),
-    (lambda: nin("dorefa", 10), "10-bit activations"),
-    (lambda: NIN(num_classes=10), "no quantized layer"),
-], ids=["gelu", "10_bit", "float_model"])
+@pytest.mark.parametrize(
+    "build,words",
+    [
+        (
+            lambda: quantize_model(Gelu(), quantizer="dorefa", wbits=4, abits=4, input_shape=SHAPE),
+            "gelu",
+        ),
+        (lambda: nin("dorefa", 10), "10-bit activations"),
+        (lambda: NIN(num_classes=10), "no quantized layer"),
+    ],
+    ids=["gelu", "10_bit", "float_model"],
+)
 def test_unsupported_models_fail_with_one_line(tmp_path, build, words):
     with pytest.raises(ValueError) as error:
         export_int8_onnx(build(), SHAPE, tmp_path / "x.onnx")
@@ -210,15 +253,17 @@ def finished_run(run_dir, model: nn.Module) -> None:
         "model:\n  _target_: lowbit.models.nin.NIN\n  in_channels: 3\n"
         "quant:\n  quantizer: pact\n  wbits: 4\n  abits: 4\n  gbits: 32\n"
         "  first_layer_bits: 8\n  last_layer_bits: 8\n"
-        "dataset:\n  _target_: lowbit.data.digits.DigitsData\n  batch_size: 128\n")
+        "dataset:\n  _target_: lowbit.data.digits.DigitsData\n  batch_size: 128\n"
+    )
     save_packed(model, run_dir / "model_packed.safetensors")
     (run_dir / "results.json").write_text(json.dumps({"status": "ok", "metrics": {"val/acc": 0.5}}))
 
 
 def test_export_run_writes_models_and_merges_metrics(tmp_path):
     torch.manual_seed(0)
-    model = quantize_model(NIN(num_classes=10), input_shape=(3, 32, 32), quantizer="pact",
-                           wbits=4, abits=4, gbits=32)
+    model = quantize_model(
+        NIN(num_classes=10), input_shape=(3, 32, 32), quantizer="pact", wbits=4, abits=4, gbits=32
+    )
     finished_run(tmp_path, model)
     metrics = export_run(tmp_path, threads=1)
     assert (tmp_path / "model_int8.onnx").is_file() and (tmp_path / "model_fp32.onnx").is_file()
@@ -229,16 +274,26 @@ def test_export_run_writes_models_and_merges_metrics(tmp_path):
     assert metrics["latency/export_threads"] == 1
 
 
-@pytest.mark.parametrize("setup,words", [
-    (lambda d: None, "no such run dir"),
-    (lambda d: (d.mkdir(), (d / ".hydra").mkdir(), (d / ".hydra" / "config.yaml").touch()),
-     "has not finished"),
-], ids=["missing", "unfinished"])
+@pytest.mark.parametrize(
+    "setup,words",
+    [
+        (lambda d: None, "no such run dir"),
+        (
+            lambda d: (d.mkdir(), (d / ".hydra").mkdir(), (d / ".hydra" / "config.yaml").touch()),
+            "has not finished",
+        ),
+    ],
+    ids=["missing", "unfinished"],
+)
 def test_script_refuses_bad_run_dirs_with_one_line(tmp_path, setup, words):
     run_dir = tmp_path / "run"
     setup(run_dir)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "export.py"), str(run_dir)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "export.py"), str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert done.stdout == ""
@@ -246,21 +301,36 @@ def test_script_refuses_bad_run_dirs_with_one_line(tmp_path, setup, words):
 
 def test_parity_script_prints_each_layer_and_a_json_line(tmp_path):
     torch.manual_seed(0)
-    model = quantize_model(NIN(num_classes=10), input_shape=(3, 32, 32), quantizer="pact",
-                           wbits=4, abits=4, gbits=32)
+    model = quantize_model(
+        NIN(num_classes=10), input_shape=(3, 32, 32), quantizer="pact", wbits=4, abits=4, gbits=32
+    )
     finished_run(tmp_path, model)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "export.py"), "--parity",
-                           "--threads", "1", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "export.py"),
+            "--parity",
+            "--threads",
+            "1",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     rows = json.loads(lines[-1])["parity"]
-    quantized = [name for name, module in model.named_modules()
-                 if getattr(module, "abits", 32) < 32]
+    quantized = [
+        name for name, module in model.named_modules() if getattr(module, "abits", 32) < 32
+    ]
     # Every layer the fake-quant model quantizes has a row with its measured codes; the image's
     # layer (calibrated by the export) has a row without.
     assert [row["layer"] for row in rows if row["differ"] is not None] == quantized
-    assert all(0 <= row["differ"] <= 1 and row["max_steps"] >= 0
-               for row in rows if row["differ"] is not None)
+    assert all(
+        0 <= row["differ"] <= 1 and row["max_steps"] >= 0
+        for row in rows
+        if row["differ"] is not None
+    )
     assert rows[0]["differ"] is None and "calibrated" in lines[1]
     assert len(lines) == len(rows) + 2  # header, one line per layer, the JSON line

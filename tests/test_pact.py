@@ -33,6 +33,7 @@ def alpha(value):
 
 # pact --------------------------------------------------------------------------------------
 
+
 def test_pact_forward_by_hand():
     x = torch.tensor([-1.0, 0.0, 0.4, 1.0, 1.6, 2.0, 5.0])
     # alpha 2, 2 bits: grid 0, 2/3, 4/3, 2; codes round(y * 3 / 2): 1.5 -> 2 (half to even)
@@ -63,8 +64,7 @@ def test_pact_alpha_gradient_is_zero_when_nothing_is_clipped():
     assert a.grad.item() == 0.0
 
 
-@given(bits=st.integers(2, 8), seed=st.integers(0, 10_000),
-       a=st.floats(0.1, 20.0))
+@given(bits=st.integers(2, 8), seed=st.integers(0, 10_000), a=st.floats(0.1, 20.0))
 @settings(max_examples=60, deadline=None)
 def test_pact_properties(bits, seed, a):
     x = torch.randn(64, generator=torch.Generator().manual_seed(seed)) * a
@@ -76,6 +76,7 @@ def test_pact_properties(bits, seed, a):
 
 
 # symmetric pact ----------------------------------------------------------------------------
+
 
 def test_pact_symmetric_forward_by_hand():
     x = torch.tensor([-5.0, -1.0, -0.2, 0.0, 0.4, 1.3, 9.0])
@@ -113,12 +114,13 @@ def test_pact_symmetric_properties(bits, seed, a):
     alpha_t = torch.tensor(a)
     q = pact_symmetric(x, alpha_t, bits)
     assert q.abs().max() <= a * (1 + 1e-6)
-    assert q.unique().numel() <= 2 ** bits - 1  # 2^(k-1)-1 each side and zero
+    assert q.unique().numel() <= 2**bits - 1  # 2^(k-1)-1 each side and zero
     assert torch.allclose(pact_symmetric(q, alpha_t, bits), q, atol=1e-5 * a)
     assert torch.allclose(pact_symmetric(-x, alpha_t, bits), -q, atol=1e-5 * a)  # odd
 
 
 # the other signed quantizers -------------------------------------------------------------------
+
 
 def test_signed_dorefa_activation_keeps_negatives_and_zero():
     x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0])
@@ -135,6 +137,7 @@ def test_channelwise_absmax_uses_one_scale_per_output_channel():
 
 # policy and optimizer -----------------------------------------------------------------------
 
+
 class SignedNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -149,53 +152,83 @@ class SignedNet(nn.Module):
         return self.head(x.mean((2, 3)))  # no activation before the head: signed
 
 
-@pytest.mark.parametrize("quantizer, after_relu, signed", [
-    ("pact", PACTActivation, PACTSymmetricActivation),
-    ("pact_symmetric", PACTSymmetricActivation, PACTSymmetricActivation),
-    ("dorefa", None, DoReFaSignedActivation),
-])
+@pytest.mark.parametrize(
+    "quantizer, after_relu, signed",
+    [
+        ("pact", PACTActivation, PACTSymmetricActivation),
+        ("pact_symmetric", PACTSymmetricActivation, PACTSymmetricActivation),
+        ("dorefa", None, DoReFaSignedActivation),
+    ],
+)
 def test_signed_inputs_get_a_signed_grid(quantizer, after_relu, signed):
-    model = quantize_model(SignedNet(), quantizer=quantizer, wbits=4, abits=4,
-                           input_shape=(3, 8, 8))
+    model = quantize_model(
+        SignedNet(), quantizer=quantizer, wbits=4, abits=4, input_shape=(3, 8, 8)
+    )
     if after_relu is not None:
         assert type(model.after_relu.input_quantizer) is after_relu
     assert type(model.after_hardswish.input_quantizer) is signed
     assert type(model.head.input_quantizer) is signed
 
 
-@pytest.mark.parametrize("quantizer, unsigned", [
-    ("pact", PACTActivation),
-    ("dorefa", DoReFaActivation),
-])
+@pytest.mark.parametrize(
+    "quantizer, unsigned",
+    [
+        ("pact", PACTActivation),
+        ("dorefa", DoReFaActivation),
+    ],
+)
 def test_signed_inputs_never_keeps_the_papers_unsigned_grid(quantizer, unsigned):
-    model = quantize_model(SignedNet(), quantizer=quantizer, wbits=4, abits=4,
-                           signed_inputs="never", input_shape=(3, 8, 8))
+    model = quantize_model(
+        SignedNet(),
+        quantizer=quantizer,
+        wbits=4,
+        abits=4,
+        signed_inputs="never",
+        input_shape=(3, 8, 8),
+    )
     for layer in (model.after_relu, model.after_hardswish, model.head):
         assert type(layer.input_quantizer) is unsigned
 
 
-@pytest.mark.parametrize("quantizer, signed_inputs, message", [
-    ("pact", "sometimes", "quant.signed_inputs='sometimes' is unknown"),
-    ("pact_symmetric", "never", "contradicts quantizer=pact_symmetric"),
-])
+@pytest.mark.parametrize(
+    "quantizer, signed_inputs, message",
+    [
+        ("pact", "sometimes", "quant.signed_inputs='sometimes' is unknown"),
+        ("pact_symmetric", "never", "contradicts quantizer=pact_symmetric"),
+    ],
+)
 def test_bad_signed_inputs_modes_are_refused(quantizer, signed_inputs, message):
     with pytest.raises(ConfigError, match=message):
-        quantize_model(SignedNet(), quantizer=quantizer, wbits=4, abits=4,
-                       signed_inputs=signed_inputs, input_shape=(3, 8, 8))
+        quantize_model(
+            SignedNet(),
+            quantizer=quantizer,
+            wbits=4,
+            abits=4,
+            signed_inputs=signed_inputs,
+            input_shape=(3, 8, 8),
+        )
 
 
 def test_pact_options_reach_the_modules_and_the_weight_quantizer():
-    model = quantize_model(SignedNet(), quantizer="pact", wbits=4, abits=4, alpha_init=3.0,
-                           alpha_decay=1e-3, alpha_lr_mult=100.0,
-                           weight_quantizer="channel_wise_abs_max")
+    model = quantize_model(
+        SignedNet(),
+        quantizer="pact",
+        wbits=4,
+        abits=4,
+        alpha_init=3.0,
+        alpha_decay=1e-3,
+        alpha_lr_mult=100.0,
+        weight_quantizer="channel_wise_abs_max",
+    )
     clip = model.after_relu.input_quantizer
     assert clip.alpha.item() == 3.0 and clip.alpha_decay == 1e-3 and clip.alpha_lr_mult == 100
     assert isinstance(model.after_relu.weight_quantizer, ChannelAbsMaxWeight)
 
 
 def test_alpha_decay_and_lr_multiplier_are_optimizer_parameter_groups():
-    model = quantize_model(SignedNet(), quantizer="pact", wbits=4, abits=4, alpha_decay=2e-5,
-                           alpha_lr_mult=1000.0)
+    model = quantize_model(
+        SignedNet(), quantizer="pact", wbits=4, abits=4, alpha_decay=2e-5, alpha_lr_mult=1000.0
+    )
     optimizer = torch.optim.SGD(param_groups(model), lr=0.1, weight_decay=5e-4)
     apply_lr_mult(optimizer)
     weights, alphas = optimizer.param_groups
@@ -212,11 +245,14 @@ def test_alpha_decay_null_uses_the_optimizers_weight_decay():
     assert optimizer.param_groups[1]["weight_decay"] == 5e-4
 
 
-@pytest.mark.parametrize("option, message", [
-    ({"alpha_init": 0}, "alpha_init must be > 0"),
-    ({"weight_quantizer": "lsq"}, "weight_quantizer='lsq' is unknown"),
-    ({"alpha_lr_mult": -1}, "alpha_lr_mult must be > 0"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"alpha_init": 0}, "alpha_init must be > 0"),
+        ({"weight_quantizer": "lsq"}, "weight_quantizer='lsq' is unknown"),
+        ({"alpha_lr_mult": -1}, "alpha_lr_mult must be > 0"),
+    ],
+)
 def test_bad_pact_options(option, message):
     from lowbit.errors import ConfigError
 
@@ -236,9 +272,17 @@ def test_alpha_moves_during_a_short_training_run_and_is_recorded(make_cfg):
 
     from wandb_offline import read_offline_run
 
-    cfg = make_cfg("quantizer=pact", "quant.alpha_init=2.0", "quant.alpha_lr_mult=10",
-                   "quant.wbits=2", "quant.abits=2", "logger=wandb", "callbacks=none",
-                   "trainer.log_every_n_steps=1", "trainer.limit_train_batches=6")
+    cfg = make_cfg(
+        "quantizer=pact",
+        "quant.alpha_init=2.0",
+        "quant.alpha_lr_mult=10",
+        "quant.wbits=2",
+        "quant.abits=2",
+        "logger=wandb",
+        "callbacks=none",
+        "trainer.log_every_n_steps=1",
+        "trainer.limit_train_batches=6",
+    )
     results = run(cfg)
     alphas = results["alpha"]
     assert set(alphas) == {f"features.{i}.0" for i in (1, 2, 4, 5, 6, 8, 9, 10)}
@@ -274,10 +318,13 @@ def test_an_eval_forward_after_the_last_step_sees_a_valid_alpha(module):
     assert torch.all(y > 0)
 
 
-@pytest.mark.parametrize("module, magnitude", [
-    (PACTActivation, lambda x: x.clamp(min=0)),
-    (PACTSymmetricActivation, lambda x: x.abs()),
-])
+@pytest.mark.parametrize(
+    "module, magnitude",
+    [
+        (PACTActivation, lambda x: x.clamp(min=0)),
+        (PACTSymmetricActivation, lambda x: x.abs()),
+    ],
+)
 def test_alpha_calibration_takes_the_percentile_of_the_first_training_batch(module, magnitude):
     clip = module(4, alpha_init=10.0, alpha_calibration=90.0)
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)) * 3

@@ -17,10 +17,20 @@ from lowbit.train import run
 
 def tiny_dorefa_net() -> torch.nn.Module:
     torch.manual_seed(0)
-    return quantize_model(torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3)), quantizer="dorefa", wbits=4,
-        abits=4, gbits=2)
+    return quantize_model(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(4, 4, 3),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4 * 4 * 4, 3),
+        ),
+        quantizer="dorefa",
+        wbits=4,
+        abits=4,
+        gbits=2,
+    )
 
 
 def gradients_with_noise_seed(seed: int, rank: int = 0, steps: int = 1) -> torch.Tensor:
@@ -77,8 +87,7 @@ def test_global_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
 
 def test_a_runs_checkpoint_loads_weights_only_and_carries_all_resume_state(make_cfg):
-    cfg = make_cfg("quantizer=pact", "quant.gbits=8", "quant.alpha_calibration=99",
-                   "logger=none")
+    cfg = make_cfg("quantizer=pact", "quant.gbits=8", "quant.alpha_calibration=99", "logger=none")
     assert run(cfg)["status"] == "ok"
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)

@@ -14,8 +14,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+from sweep_results import SEEDED_ACCURACIES, example_sweep, seeded_sweep, write_job
+
 from lowbit.report import (
     DEPLOYED_LATENCY,
     configurations_markdown,
@@ -31,7 +32,6 @@ from lowbit.report.figures import bits_figure, pareto_figure
 from lowbit.report.runs import RunRecord
 from lowbit.report.stats import CANNOT_TELL, EXCEEDS, WITHIN, summarize, welch
 from lowbit.report.table import configuration_cells, table_cells
-from sweep_results import SEEDED_ACCURACIES, example_sweep, seeded_sweep, write_job
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -73,8 +73,9 @@ def drawn_points(figure) -> dict[str, set[tuple[float, float]]]:
         if not isinstance(collection, PathCollection):
             continue
         kind = "filled" if len(collection.get_facecolors()) else "hollow"
-        points[kind] |= {(round(float(x), 6), round(float(y), 6))
-                         for x, y in collection.get_offsets()}
+        points[kind] |= {
+            (round(float(x), 6), round(float(y), 6)) for x, y in collection.get_offsets()
+        }
     return points
 
 
@@ -83,9 +84,16 @@ def legend_texts(figure) -> list[str]:
 
 
 def test_pareto_front_keeps_exactly_the_undominated_runs():
-    runs = [run("a", 1, 0.5), run("b", 2, 0.7), run("c", 2, 0.6), run("d", 3, 0.7),
-            run("e", 4, 0.9), run("f", 0.5, 0.99, status="diverged"),
-            run("g", 5, math.nan), run("h", 6, 0.85)]
+    runs = [
+        run("a", 1, 0.5),
+        run("b", 2, 0.7),
+        run("c", 2, 0.6),
+        run("d", 3, 0.7),
+        run("e", 4, 0.9),
+        run("f", 0.5, 0.99, status="diverged"),
+        run("g", 5, math.nan),
+        run("h", 6, 0.85),
+    ]
     # c: same cost as b, less accurate; d: costlier than b, not more accurate; h: costlier than
     # e and less accurate; f failed and g has no finite accuracy, so neither can be on it.
     assert [r.name for r in pareto_front(runs, "cost", "acc")] == ["a", "b", "e"]
@@ -120,8 +128,10 @@ def test_latency_figure_draws_fake_quant_points_hollow_with_their_own_legend_ent
     runs = group_configurations(load_runs([example_sweep(tmp_path)]))
     figure = pareto_figure(runs, DEPLOYED_LATENCY, "latency", "val/acc_best", "accuracy")
     # Bug: the fake-quant stand-ins look like int8 latencies on the same axis.
-    assert drawn_points(figure) == {"filled": {(0.55, 0.9), (0.48, 0.92), (0.6, 0.93)},
-                                    "hollow": {(3.0, 0.95), (5.0, 0.8)}}
+    assert drawn_points(figure) == {
+        "filled": {(0.55, 0.9), (0.48, 0.92), (0.6, 0.93)},
+        "hollow": {(3.0, 0.95), (5.0, 0.8)},
+    }
     assert FAKE_QUANT_LABEL in legend_texts(figure)
     deployed_only = [r for r in runs if not DEPLOYED_LATENCY.falls_back(r)]
     figure = pareto_figure(deployed_only, DEPLOYED_LATENCY, "latency", "val/acc_best", "accuracy")
@@ -134,23 +144,38 @@ def test_runs_are_read_in_job_order_with_what_they_recorded(tmp_path):
     runs = load_runs([tmp_path])
     assert [r.name.split("_")[0] for r in runs] == ["0", "1", "2", "3", "4", "5", "10"]
     first = runs[0]
-    assert (first.model, first.quantizer, first.bits_label, first.status) == \
-        ("nin", "fp32", "32/32/32", "ok")
+    assert (first.model, first.quantizer, first.bits_label, first.status) == (
+        "nin",
+        "fp32",
+        "32/32/32",
+        "ok",
+    )
     assert runs[5].status == "diverged" and runs[5].metric("val/acc_best") is None
 
 
 def test_table_shows_every_run_and_dashes_what_was_not_recorded(tmp_path):
     example_sweep(tmp_path)
-    write_job(tmp_path, 6, "dorefa", 2, 2, acc=0.7, size=270_000, latency=5.0,
-              **{"latency/fp32_ms": 2.5})
+    write_job(
+        tmp_path, 6, "dorefa", 2, 2, acc=0.7, size=270_000, latency=5.0, **{"latency/fp32_ms": 2.5}
+    )
     headers, rows = table_cells(load_runs([tmp_path]))
     assert headers[:4] == ["run", "model", "quantizer", "W/A/G"]
     assert "BOPs" in headers and headers[-1] == "status"
     # The deployed latency first, then every other latency a run recorded.
-    assert headers.index("latency int8 (ms)") < headers.index("latency fake-quant (ms)") \
+    assert (
+        headers.index("latency int8 (ms)")
+        < headers.index("latency fake-quant (ms)")
         < headers.index("latency fp32 (ms)")
-    assert column(headers, rows, "BOPs") == ["1,024,000,000", "4,000,000", "16,000,000",
-                                             "64,000,000", "16,000,000", "-", "-"]  # not invented
+    )
+    assert column(headers, rows, "BOPs") == [
+        "1,024,000,000",
+        "4,000,000",
+        "16,000,000",
+        "64,000,000",
+        "16,000,000",
+        "-",
+        "-",
+    ]  # not invented
     assert rows[5][-1] == "diverged" and rows[5][headers.index("val acc (best)")] == "-"
     assert rows[1][headers.index("W/A/G")] == "2/2/32"
 
@@ -159,8 +184,14 @@ def test_table_marks_fake_quant_latencies_in_the_int8_column_and_explains_the_ma
     runs = load_runs([example_sweep(tmp_path)])
     headers, rows = table_cells(runs)
     # Bug: the stand-in values are shown unmarked, as if they were int8 latencies.
-    assert column(headers, rows, "latency int8 (ms)") == ["3.00†", "5.00†", "0.55", "0.48",
-                                                          "0.60", "-"]
+    assert column(headers, rows, "latency int8 (ms)") == [
+        "3.00†",
+        "5.00†",
+        "0.55",
+        "0.48",
+        "0.60",
+        "-",
+    ]
     note = f"† {FAKE_QUANT_LABEL}: latency/ms"
     assert note in markdown_table(runs)
     assert note not in markdown_table([r for r in runs if not DEPLOYED_LATENCY.falls_back(r)])
@@ -169,10 +200,14 @@ def test_table_marks_fake_quant_latencies_in_the_int8_column_and_explains_the_ma
 def test_table_of_old_runs_still_has_the_int8_and_bops_columns(tmp_path):
     write_job(tmp_path, 0, "dorefa", 4, 4, acc=0.9, size=508_000, latency=5.5)  # before both
     headers, rows = table_cells(load_runs([tmp_path]))
-    assert rows == [[*rows[0][:headers.index("BOPs")], "-", "5.50†", "5.50", "12", "ok"]]
-    assert headers[headers.index("BOPs"):] == ["BOPs", "latency int8 (ms)",
-                                               "latency fake-quant (ms)", "duration (s)",
-                                               "status"]
+    assert rows == [[*rows[0][: headers.index("BOPs")], "-", "5.50†", "5.50", "12", "ok"]]
+    assert headers[headers.index("BOPs") :] == [
+        "BOPs",
+        "latency int8 (ms)",
+        "latency fake-quant (ms)",
+        "duration (s)",
+        "status",
+    ]
 
 
 def test_report_writes_a_self_contained_page_pngs_and_markdown(tmp_path):
@@ -186,22 +221,34 @@ def test_report_writes_a_self_contained_page_pngs_and_markdown(tmp_path):
     assert page.count('<tr class="configuration"') == 5 and page.count("<tr class=") == 12
     assert "6 runs, 5 ok, 1 failed: 5_nin-dorefa" in page
     # The fronts named under their figures are the ones the data implies (see sweep_results).
-    assert ("On the Pareto front of the means (cheapest first): dorefa W2A2 (0.8000, n = 1), "
-            "dorefa W4A4 (0.9000, n = 1), pact W4A4 (0.9300, n = 1), "
-            "fp32 (0.9500, n = 1)") in page
-    assert ("On the Pareto front of the means (cheapest first): dorefa W8A8 (0.9200, n = 1), "
-            "pact W4A4 (0.9300, n = 1), fp32 (0.9500, n = 1). "
-            f"Hollow markers (2 of 5 configurations): {FAKE_QUANT_LABEL}.") in page
-    assert ("On the Pareto front of the means (cheapest first): dorefa W2A2 (0.8000, n = 1), "
-            "pact W4A4 (0.9300, n = 1), fp32 (0.9500, n = 1)<") in page
+    assert (
+        "On the Pareto front of the means (cheapest first): dorefa W2A2 (0.8000, n = 1), "
+        "dorefa W4A4 (0.9000, n = 1), pact W4A4 (0.9300, n = 1), "
+        "fp32 (0.9500, n = 1)"
+    ) in page
+    assert (
+        "On the Pareto front of the means (cheapest first): dorefa W8A8 (0.9200, n = 1), "
+        "pact W4A4 (0.9300, n = 1), fp32 (0.9500, n = 1). "
+        f"Hollow markers (2 of 5 configurations): {FAKE_QUANT_LABEL}."
+    ) in page
+    assert (
+        "On the Pareto front of the means (cheapest first): dorefa W2A2 (0.8000, n = 1), "
+        "pact W4A4 (0.9300, n = 1), fp32 (0.9500, n = 1)<"
+    ) in page
     # One seed per configuration: the one comparison it draws (PACT vs DoReFa at W4A4) and the
     # adjacent bits (DoReFa 2 -> 4 -> 8) cannot be judged.
     assert "3 comparisons: 0 exceed the noise, 0 within noise, 3 cannot tell" in page
-    assert ("pact W4A4 vs dorefa W4A4: +3.0 points (n = 1 vs 1): cannot tell, one seed: no "
-            "spread to compare against") in page
+    assert (
+        "pact W4A4 vs dorefa W4A4: +3.0 points (n = 1 vs 1): cannot tell, one seed: no "
+        "spread to compare against"
+    ) in page
     assert f'<p class="note">† {FAKE_QUANT_LABEL}: latency/ms' in page  # the table's dagger
-    assert sorted(p.name for p in files.figures) == ["accuracy_vs_bits.png", "pareto_bops.png",
-                                                     "pareto_latency.png", "pareto_size.png"]
+    assert sorted(p.name for p in files.figures) == [
+        "accuracy_vs_bits.png",
+        "pareto_bops.png",
+        "pareto_latency.png",
+        "pareto_size.png",
+    ]
     assert all(p.read_bytes().startswith(PNG_SIGNATURE) for p in files.figures)
     table = files.markdown.read_text()
     assert table.count("\n| ") == 7  # header + 6 runs
@@ -209,10 +256,22 @@ def test_report_writes_a_self_contained_page_pngs_and_markdown(tmp_path):
 
 
 def test_detection_runs_get_map_figures_and_columns_with_the_new_costs(tmp_path):
-    for number, (wbits, map50, bops) in enumerate([(8, 0.60, 64e6), (4, 0.62, 16e6),
-                                                   (2, 0.40, 4e6)]):
-        write_job(tmp_path, number, "dorefa", wbits, wbits, size=5e5, latency=5.0, bops=bops,
-                  int8_latency=0.5, model="yolo", **{"val/map50_best": map50})
+    for number, (wbits, map50, bops) in enumerate(
+        [(8, 0.60, 64e6), (4, 0.62, 16e6), (2, 0.40, 4e6)]
+    ):
+        write_job(
+            tmp_path,
+            number,
+            "dorefa",
+            wbits,
+            wbits,
+            size=5e5,
+            latency=5.0,
+            bops=bops,
+            int8_latency=0.5,
+            model="yolo",
+            **{"val/map50_best": map50},
+        )
     runs = load_runs([tmp_path])
     assert default_accuracy(runs) == "val/map50_best"
     assert job_numbers(pareto_front(runs, "model/bops", "val/map50_best")) == ["2", "1"]
@@ -221,8 +280,10 @@ def test_detection_runs_get_map_figures_and_columns_with_the_new_costs(tmp_path)
     assert report_script.main([str(tmp_path)]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Accuracy: validation mAP@0.5 (best epoch)" in page
-    assert ("On the Pareto front of the means (cheapest first): dorefa W2A2 (0.4000, n = 1), "
-            "dorefa W4A4 (0.6200, n = 1)<") in page
+    assert (
+        "On the Pareto front of the means (cheapest first): dorefa W2A2 (0.4000, n = 1), "
+        "dorefa W4A4 (0.6200, n = 1)<"
+    ) in page
 
 
 def test_report_script_writes_into_the_sweep_and_refuses_empty_input(tmp_path, capsys):
@@ -240,7 +301,8 @@ def test_results_table_prints_the_same_tables(tmp_path, capsys):
     sweep = seeded_sweep(tmp_path)
     assert results_table.main([str(sweep)]) == 0
     assert capsys.readouterr().out == configurations_markdown(
-        group_configurations(load_runs([sweep])))
+        group_configurations(load_runs([sweep]))
+    )
     assert results_table.main(["--runs", str(sweep)]) == 0
     assert capsys.readouterr().out == markdown_table(load_runs([sweep]))
 
@@ -284,8 +346,12 @@ def test_runs_that_differ_only_in_their_seed_are_one_configuration(tmp_path):
     seeded_sweep(tmp_path / "b", seeds=(0, 1, 2))  # seeds 0 and 1 again: repeats, left out
     write_job(tmp_path / "c", 0, "pact", 2, 2, status="diverged", seed=3)
     configurations = group_configurations(load_runs([tmp_path]))
-    assert [c.name for c in configurations] == ["dorefa W2A2", "dorefa W4A4", "pact W2A2",
-                                                "pact W4A4"]
+    assert [c.name for c in configurations] == [
+        "dorefa W2A2",
+        "dorefa W4A4",
+        "pact W2A2",
+        "pact W4A4",
+    ]
     for c in configurations:
         assert sorted(c.seeds) == [0, 1, 2] and len(c.repeats) == 2
         expected = SEEDED_ACCURACIES[(c.quantizer, c.bits("wbits"))]
@@ -302,14 +368,15 @@ def test_runs_that_differ_only_in_their_seed_are_one_configuration(tmp_path):
 
 def test_a_setting_besides_the_seed_makes_another_configuration(tmp_path):
     for number, (seed, first_bits) in enumerate([(0, 8), (1, 8), (0, 4)]):
-        job = write_job(tmp_path, number, "dorefa", 2, 2, acc=0.8, size=2e5, latency=5.0,
-                        seed=seed)
+        job = write_job(tmp_path, number, "dorefa", 2, 2, acc=0.8, size=2e5, latency=5.0, seed=seed)
         payload = json.loads((job / "results.json").read_text())
         payload["quant"]["first_layer_bits"] = first_bits
         (job / "results.json").write_text(json.dumps(payload))
     configurations = group_configurations(load_runs([tmp_path]))
     assert sorted((c.name, c.n) for c in configurations) == [
-        ("dorefa W2A2 (first_layer_bits=4)", 1), ("dorefa W2A2 (first_layer_bits=8)", 2)]
+        ("dorefa W2A2 (first_layer_bits=4)", 1),
+        ("dorefa W2A2 (first_layer_bits=8)", 2),
+    ]
 
 
 def test_old_runs_take_their_seed_from_the_config_hydra_saved(tmp_path):
@@ -337,11 +404,14 @@ def test_seeded_sweep_report_has_four_rows_intervals_error_bars_and_verdicts(tmp
     from scipy.stats import ttest_ind
 
     se = math.sqrt(2 * 0.0004 / 3)
-    p_value = ttest_ind(SEEDED_ACCURACIES[("pact", 2)], SEEDED_ACCURACIES[("dorefa", 2)],
-                        equal_var=False).pvalue
-    assert (f"pact W2A2 vs dorefa W2A2: +5.0 points, 95% CI [+{100 * (0.05 - 2.7764 * se):.1f}, "
-            f"+{100 * (0.05 + 2.7764 * se):.1f}] (n = 3 vs 3, p = {p_value:.3f}): "
-            "exceeds noise") in page
+    p_value = ttest_ind(
+        SEEDED_ACCURACIES[("pact", 2)], SEEDED_ACCURACIES[("dorefa", 2)], equal_var=False
+    ).pvalue
+    assert (
+        f"pact W2A2 vs dorefa W2A2: +5.0 points, 95% CI [+{100 * (0.05 - 2.7764 * se):.1f}, "
+        f"+{100 * (0.05 + 2.7764 * se):.1f}] (n = 3 vs 3, p = {p_value:.3f}): "
+        "exceeds noise"
+    ) in page
     assert "pact W4A4 vs dorefa W4A4: +0.5 points, 95% CI [" in page
     assert "(n = 3 vs 3, p = 0.5" in page and "): within noise</li>" in page
     assert "dorefa W4A4 vs dorefa W2A2: +9.0 points" in page
@@ -349,8 +419,12 @@ def test_seeded_sweep_report_has_four_rows_intervals_error_bars_and_verdicts(tmp
     assert "Welch&#x27;s t test" in page and "within noise" in page
     # Files with every metric's summary and every comparison.
     summaries = list(csv.DictReader(files.tables[0].open()))
-    assert {row["metric"] for row in summaries} >= {"val/acc_best", "latency/int8_ms",
-                                                     "model/bops", "test/acc"}
+    assert {row["metric"] for row in summaries} >= {
+        "val/acc_best",
+        "latency/int8_ms",
+        "model/bops",
+        "test/acc",
+    }
     assert len(list(csv.DictReader(files.tables[1].open()))) == 4
 
 
@@ -359,10 +433,14 @@ def test_figures_draw_means_with_95_percent_error_bars(tmp_path):
     figure = pareto_figure(configurations, "model/size_bytes", "size", "val/acc_best", "acc")
     assert drawn_points(figure)["filled"] == {
         (30_000 * bits + 200_000, round(sum(accs) / 3, 6))
-        for (_, bits), accs in SEEDED_ACCURACIES.items()}
-    bars = [segment for collection in figure.axes[0].collections
-            if not hasattr(collection, "get_sizes") or not len(collection.get_sizes())
-            for segment in collection.get_segments()]
+        for (_, bits), accs in SEEDED_ACCURACIES.items()
+    }
+    bars = [
+        segment
+        for collection in figure.axes[0].collections
+        if not hasattr(collection, "get_sizes") or not len(collection.get_sizes())
+        for segment in collection.get_segments()
+    ]
     vertical = sorted(round(float(s[1][1] - s[0][1]), 6) for s in bars if s[0][0] == s[1][0])
     # One vertical bar per configuration, each twice the 95% half width of its mean.
     expected = sorted(round(2 * c.summary("val/acc_best").half_width, 6) for c in configurations)
@@ -395,9 +473,11 @@ def test_report_script_aggregates_over_several_sweep_folders_or_their_parent(tmp
 
 
 def test_report_imports_no_training_code():
-    code = ("import sys, lowbit.report, lowbit.report.wandb_runs; "
-            "heavy = [m for m in ('torch', 'pytorch_lightning', 'lowbit.train') "
-            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys, lowbit.report, lowbit.report.wandb_runs; "
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'lowbit.train') "
+        "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -418,15 +498,19 @@ def test_report_page_renders_its_figures_in_a_real_browser(tmp_path):
     files = write_report(load_runs([sweep]), tmp_path / "out", title="browser check")
     browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     # The page as the browser parsed it: the four configurations and each verdict.
-    dom = subprocess.run([*browser, "--dump-dom", files.html.as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [*browser, "--dump-dom", files.html.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     assert dom.count('<tr class="configuration"') == 4, dom[-2000:]
     assert dom.count("<li class=") == 4 and dom.count('class="exceeds"') == 3
     shot = tmp_path / "shot.png"
     width, height = 1200, 2600  # down to the first figures, below the tables and verdicts
     result = subprocess.run(
-        [*browser, f"--window-size={width},{height}", f"--screenshot={shot}",
-         files.html.as_uri()], capture_output=True, text=True, timeout=120)
+        [*browser, f"--window-size={width},{height}", f"--screenshot={shot}", files.html.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), result.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
     assert image.size == (width, height)

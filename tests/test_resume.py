@@ -21,11 +21,20 @@ from lowbit.resume import WANDB_ID_FILE, resume_overrides
 # A real run in miniature: PACT with calibrated alphas (buffers in the checkpoint), DoReFa
 # gradient noise (its own generator), SGD momentum and a cosine schedule (optimizer and
 # scheduler state), 3 epochs of 3 batches, W&B offline.
-TINY_RUN = ["quantizer=pact", "quant.gbits=8", "quant.alpha_calibration=99", "seed=0",
-            "trainer.max_epochs=3", "+trainer.limit_train_batches=3",
-            "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
-            "dataset.batch_size=16", "latency.warmup=1", "latency.repeats=2",
-            "trainer.enable_progress_bar=false"]
+TINY_RUN = [
+    "quantizer=pact",
+    "quant.gbits=8",
+    "quant.alpha_calibration=99",
+    "seed=0",
+    "trainer.max_epochs=3",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "dataset.batch_size=16",
+    "latency.warmup=1",
+    "latency.repeats=2",
+    "trainer.enable_progress_bar=false",
+]
 START_TIMEOUT_S = 120
 
 
@@ -35,8 +44,14 @@ def train_command(*args: str) -> list[str]:
 
 def start(args: list[str], tmp_path: Path) -> subprocess.Popen:
     env = {**run_env(), "OMP_NUM_THREADS": "1"}  # one thread: the same float sums every time
-    return subprocess.Popen(train_command(*args), cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        train_command(*args),
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen) -> None:
@@ -55,9 +70,10 @@ def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
 
 def comparable(results: dict) -> dict:
     """Everything a run computes, minus the wall-clock measurements."""
-    return {"metrics": {k: v for k, v in results["metrics"].items()
-                        if not k.startswith("latency/")},
-            "alpha": results["alpha"]}
+    return {
+        "metrics": {k: v for k, v in results["metrics"].items() if not k.startswith("latency/")},
+        "alpha": results["alpha"],
+    }
 
 
 def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
@@ -99,8 +115,9 @@ def stop_with_sigterm(tmp_path: Path) -> Path:
     stopped = finish(process)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     lines = [line for line in stopped.stderr.splitlines() if line.startswith("lowbit:")]
-    assert lines == [f"lowbit: error: run stopped by SIGTERM; continue it with: "
-                     f"python train.py resume={run_dir}"]
+    assert lines == [
+        f"lowbit: error: run stopped by SIGTERM; continue it with: python train.py resume={run_dir}"
+    ]
     assert "Traceback" not in stopped.stderr
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
     # Saved again when the signal came (after the batch that was running), not only at the
@@ -126,30 +143,40 @@ def make_run_dir(tmp_path: Path, overrides: list[str]) -> Path:
     run_dir = tmp_path / "some run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(
-        "".join(f"- {override}\n" for override in overrides))
+        "".join(f"- {override}\n" for override in overrides)
+    )
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
     return run_dir
 
 
 def test_resume_brings_back_the_runs_overrides_and_folder(tmp_path):
-    run_dir = make_run_dir(tmp_path, ["quantizer=pact", "trainer.max_epochs=3",
-                                      "+trainer.limit_train_batches=3"])
+    run_dir = make_run_dir(
+        tmp_path, ["quantizer=pact", "trainer.max_epochs=3", "+trainer.limit_train_batches=3"]
+    )
     argv = ["--config-name", "train", f"resume={run_dir}", "trainer.max_epochs=10"]
     assert expand_resume(argv) == [
-        "--config-name", "train",
-        "quantizer=pact", "+trainer.limit_train_batches=3",  # kept; max_epochs given anew wins
-        f"resume='{run_dir}'", "trainer.max_epochs=10", f"hydra.run.dir='{run_dir}'"]
+        "--config-name",
+        "train",
+        "quantizer=pact",
+        "+trainer.limit_train_batches=3",  # kept; max_epochs given anew wins
+        f"resume='{run_dir}'",
+        "trainer.max_epochs=10",
+        f"hydra.run.dir='{run_dir}'",
+    ]
     assert expand_resume(["quantizer=dorefa"]) == ["quantizer=dorefa"]
     assert expand_resume(["resume=null"]) == ["resume=null"]
 
 
-@pytest.mark.parametrize("overrides, multirun, message", [
-    (["resume={missing}"], False, "no such run dir"),
-    (["resume={empty}"], False, "has no checkpoints/last.ckpt to continue from"),
-    (["resume={run}"], True, "resume= continues one run: drop -m"),
-    (["resume={run}", "ckpt_path=/x.ckpt"], False, "resume= and ckpt_path= both given"),
-])
+@pytest.mark.parametrize(
+    "overrides, multirun, message",
+    [
+        (["resume={missing}"], False, "no such run dir"),
+        (["resume={empty}"], False, "has no checkpoints/last.ckpt to continue from"),
+        (["resume={run}"], True, "resume= continues one run: drop -m"),
+        (["resume={run}", "ckpt_path=/x.ckpt"], False, "resume= and ckpt_path= both given"),
+    ],
+)
 def test_resume_refuses_what_it_cannot_continue(tmp_path, overrides, multirun, message):
     run_dir = make_run_dir(tmp_path, [])
     (tmp_path / "empty").mkdir()

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from wandb_offline import read_offline_run
 
 import lowbit.export.onnx_run
@@ -28,9 +27,11 @@ BREAKS = {
     "pack": (lowbit.train, "save_packed", OSError("No space left on device")),
     "export": (lowbit.export.onnx_run, "export_model", AssertionError("Mul: shapes\ndiffer")),
 }
-ERRORS = {"measure": "RuntimeError: CUDA error: illegal access",
-          "pack": "OSError: No space left on device",
-          "export": "AssertionError: Mul: shapes differ"}  # one line
+ERRORS = {
+    "measure": "RuntimeError: CUDA error: illegal access",
+    "pack": "OSError: No space left on device",
+    "export": "AssertionError: Mul: shapes differ",
+}  # one line
 STAGE_METRICS = {"measure": MEASURED, "pack": PACKED, "export": EXPORTED}
 
 
@@ -50,17 +51,21 @@ def break_stage(monkeypatch, stage: str) -> None:
 
 
 def stage_cfg(make_cfg, *overrides: str):
-    return make_cfg("quantizer=dorefa", "quant.wbits=4", "callbacks=none", "export.onnx=true",
-                    *overrides)
+    return make_cfg(
+        "quantizer=dorefa", "quant.wbits=4", "callbacks=none", "export.onnx=true", *overrides
+    )
 
 
 @pytest.mark.parametrize("stage", ["measure", "pack", "export"])
-def test_a_failed_stage_keeps_every_metric_measured_and_names_itself(make_cfg, monkeypatch,
-                                                                     caplog, stage):
+def test_a_failed_stage_keeps_every_metric_measured_and_names_itself(
+    make_cfg, monkeypatch, caplog, stage
+):
     break_stage(monkeypatch, stage)
     cfg = stage_cfg(make_cfg, "logger=wandb")
-    with caplog.at_level(logging.ERROR, logger="lowbit.train"), \
-            pytest.raises(StageFailed) as raised:
+    with (
+        caplog.at_level(logging.ERROR, logger="lowbit.train"),
+        pytest.raises(StageFailed) as raised,
+    ):
         run(cfg)
     written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
     assert written["metrics"] == raised.value.results["metrics"]
@@ -81,8 +86,7 @@ def test_a_failed_stage_keeps_every_metric_measured_and_names_itself(make_cfg, m
     assert succeeded <= set(summary)
 
 
-def test_a_model_without_an_integer_form_is_a_warning_not_a_failure(make_cfg, monkeypatch,
-                                                                    caplog):
+def test_a_model_without_an_integer_form_is_a_warning_not_a_failure(make_cfg, monkeypatch, caplog):
     def unsupported(*args, **kwargs):
         raise UnsupportedModel("HardSwish has no integer form yet")
 
@@ -91,8 +95,9 @@ def test_a_model_without_an_integer_form_is_a_warning_not_a_failure(make_cfg, mo
         results = run(stage_cfg(make_cfg, "logger=none"))
     assert results["status"] == "ok" and "failed_stage" not in results
     assert (MEASURED | PACKED) <= set(results["metrics"])
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == \
-        ["no integer ONNX export: HardSwish has no integer form yet"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "no integer ONNX export: HardSwish has no integer form yet"
+    ]
 
 
 def test_a_single_run_with_a_failed_stage_exits_1_with_one_line(make_cfg, monkeypatch, capsys):
@@ -105,18 +110,23 @@ def test_a_single_run_with_a_failed_stage_exits_1_with_one_line(make_cfg, monkey
     results_file = Path(cfg.paths.output_dir) / RESULTS_FILE
     assert [line for line in captured.err.splitlines() if line.startswith("lowbit:")] == [
         f"lowbit: error: the pack stage failed: OSError: No space left on device; "
-        f"the metrics measured are kept in {results_file}"]
+        f"the metrics measured are kept in {results_file}"
+    ]
     assert "Traceback" not in captured.err  # that is the log's
     assert "test/acc" in captured.out and "failed" in captured.out  # the table of what was kept
 
 
-def test_a_sweep_job_with_a_failed_stage_still_reports_what_it_measured(make_cfg, monkeypatch,
-                                                                        capsys):
+def test_a_sweep_job_with_a_failed_stage_still_reports_what_it_measured(
+    make_cfg, monkeypatch, capsys
+):
     cfg = make_cfg("logger=none", "objectives=[val/acc_best,model/size_bytes]")
     monkeypatch.setattr(job, "in_multirun", lambda: True)
     monkeypatch.setattr(job, "settle_job_settings", lambda cfg: None)
-    results = {"metrics": {"val/acc_best": 0.75}, "failed_stage": "pack",
-               "error": "OSError: No space left on device"}
+    results = {
+        "metrics": {"val/acc_best": 0.75},
+        "failed_stage": "pack",
+        "error": "OSError: No space left on device",
+    }
 
     def pack_failed(cfg):
         raise StageFailed(results)
@@ -124,5 +134,7 @@ def test_a_sweep_job_with_a_failed_stage_still_reports_what_it_measured(make_cfg
     monkeypatch.setattr(lowbit.train, "run", pack_failed)
     accuracy, size = main_job(cfg)
     assert accuracy == 0.75 and math.isnan(size)
-    assert "the pack stage failed: OSError: No space left on device; the sweep goes on" in \
-        capsys.readouterr().err
+    assert (
+        "the pack stage failed: OSError: No space left on device; the sweep goes on"
+        in capsys.readouterr().err
+    )

@@ -22,15 +22,25 @@ def test_rows_add_up_to_the_model_totals():
     assert totals["macs"] == sum(r.macs for r in rows) == nin_macs()
     # the 8 alphas and BatchNorm are the only parameters outside the conv rows
     assert totals["params"] - sum(r.params for r in rows) == 8 + 2 * sum(
-        m.num_features for m in model.modules() if hasattr(m, "num_features"))
+        m.num_features for m in model.modules() if hasattr(m, "num_features")
+    )
     assert rows[1].bits == "2/2/fp32" and rows[0].bits == "8/fp32/fp32"
 
 
 def test_script_prints_a_table_and_a_last_json_line():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "model_summary.py"), "model=nin",
-         "quantizer=dorefa", "quant.wbits=4", "dataset=cifar100"],
-        capture_output=True, text=True, env=run_env(), timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "model_summary.py"),
+            "model=nin",
+            "quantizer=dorefa",
+            "quant.wbits=4",
+            "dataset=cifar100",
+        ],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -43,7 +53,10 @@ def test_script_prints_a_table_and_a_last_json_line():
 def test_script_bad_input_is_one_line():
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "model_summary.py"), "model=nope"],
-        capture_output=True, text=True, env=run_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown model 'nope'" in result.stderr

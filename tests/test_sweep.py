@@ -23,10 +23,17 @@ from lowbit.report import load_runs
 from lowbit.sweep import job
 from lowbit.sweep.outcome import failure_line, job_outcomes
 
-FAST_ARGS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-             "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
-             "dataset.batch_size=16", "latency.warmup=1", "latency.repeats=2",
-             "trainer.enable_progress_bar=false", "callbacks=none"]
+FAST_ARGS = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "dataset.batch_size=16",
+    "latency.warmup=1",
+    "latency.repeats=2",
+    "trainer.enable_progress_bar=false",
+    "callbacks=none",
+]
 
 
 def as_settings(job_overrides: list[str]) -> dict[str, str]:
@@ -42,8 +49,9 @@ def basic_sweeper_jobs(preset: str) -> list[dict[str, str]]:
 
 def test_bits_grid_is_dorefa_at_every_w_and_a():
     jobs = basic_sweeper_jobs("bits_grid")
-    assert sorted((int(j["quant.wbits"]), int(j["quant.abits"])) for j in jobs) == \
-        [(w, a) for w in (2, 4, 8) for a in (2, 4, 8)]
+    assert sorted((int(j["quant.wbits"]), int(j["quant.abits"])) for j in jobs) == [
+        (w, a) for w in (2, 4, 8) for a in (2, 4, 8)
+    ]
     assert compose("train", ["sweep=bits_grid"]).quant.quantizer == "dorefa"
 
 
@@ -62,8 +70,9 @@ def test_quantizers_is_fp32_once_then_every_quantizer_at_w_equal_a():
     jobs = [as_settings(j) for j in sweeper.job_overrides(["seed=3"])]
     assert len(jobs) == 10 and jobs[0] == {"quantizer": "fp32", "seed": "3"}
     quantized = {(j["quantizer"], j["quant.wbits"], j["quant.abits"]) for j in jobs[1:]}
-    assert quantized == {(q, b, b) for q in ("dorefa", "pact", "pact_symmetric")
-                         for b in ("2", "4", "8")}
+    assert quantized == {
+        (q, b, b) for q in ("dorefa", "pact", "pact_symmetric") for b in ("2", "4", "8")
+    }
     assert all(j["seed"] == "3" for j in jobs)  # the command line reaches every grid
 
 
@@ -77,7 +86,9 @@ def sweeper_jobs(preset: str, overrides: list[str], arguments: list[str]) -> lis
     cfg = compose("train", [f"sweep={preset}", *overrides], return_hydra_config=True)
     sweeper = Plugins.instance().instantiate_sweeper(
         hydra_context=HydraContext(config_loader=None, callbacks=Callbacks()),
-        task_function=lambda cfg: None, config=cfg)
+        task_function=lambda cfg: None,
+        config=cfg,
+    )
     if hasattr(sweeper, "job_overrides"):  # lowbit's grids sweeper
         return [as_settings(j) for j in sweeper.job_overrides(arguments)]
     parsed = OverridesParser.create().parse_overrides([*sweeper._parse_config(), *arguments])
@@ -85,14 +96,16 @@ def sweeper_jobs(preset: str, overrides: list[str], arguments: list[str]) -> lis
     return [as_settings(j) for j in jobs]
 
 
-@pytest.mark.parametrize("preset, configurations", [("bits_grid", 9), ("gradient_bits", 4),
-                                                    ("quantizers", 10)])
+@pytest.mark.parametrize(
+    "preset, configurations", [("bits_grid", 9), ("gradient_bits", 4), ("quantizers", 10)]
+)
 def test_every_grid_preset_runs_each_configuration_at_each_seed(preset, configurations):
     def per_configuration(jobs):
         seeds: dict[tuple, list[str]] = {}
         for j in jobs:
-            seeds.setdefault(tuple(sorted((k, v) for k, v in j.items() if k != "seed")),
-                             []).append(j["seed"])
+            seeds.setdefault(tuple(sorted((k, v) for k, v in j.items() if k != "seed")), []).append(
+                j["seed"]
+            )
         return seeds
 
     default = sweeper_jobs(preset, [], [])
@@ -122,10 +135,17 @@ def test_acc_vs_size_is_a_two_objective_optuna_search():
 
 
 def test_a_preset_needs_a_multirun_and_its_jobs_are_checked_first(capsys):
-    for argv, message in [(["sweep=bits_grid"], "sweep=bits_grid is a sweep preset and needs "
-                                                 "a multirun: python train.py -m sweep=bits_grid"),
-                          (["-m", "sweep=quantizers", "quant.wbits=4"],
-                           "quantizer=fp32 cannot quantize to quant.wbits=4")]:
+    for argv, message in [
+        (
+            ["sweep=bits_grid"],
+            "sweep=bits_grid is a sweep preset and needs "
+            "a multirun: python train.py -m sweep=bits_grid",
+        ),
+        (
+            ["-m", "sweep=quantizers", "quant.wbits=4"],
+            "quantizer=fp32 cannot quantize to quant.wbits=4",
+        ),
+    ]:
         with pytest.raises(SystemExit) as stopped:
             preflight(argv)
         assert stopped.value.code == 2
@@ -142,13 +162,16 @@ def test_optuna_style_sweeps_are_checked_at_every_choice_and_an_intervals_ends()
         job_variants(["quantizer=glob(*)"])
 
 
-@pytest.mark.parametrize("n_jobs, cores, at_once, threads", [
-    (-1, 2, 2, 1),    # the default: one job per core, one thread each (not 2 x 2)
-    (1, 2, 1, 2),
-    (2, 16, 2, 8),
-    (-2, 16, 15, 1),  # joblib's negative counts: all cores but one
-    (4, 2, 4, 1),     # more jobs than cores: still one thread each
-])
+@pytest.mark.parametrize(
+    "n_jobs, cores, at_once, threads",
+    [
+        (-1, 2, 2, 1),  # the default: one job per core, one thread each (not 2 x 2)
+        (1, 2, 1, 2),
+        (2, 16, 2, 8),
+        (-2, 16, 15, 1),  # joblib's negative counts: all cores but one
+        (4, 2, 4, 1),  # more jobs than cores: still one thread each
+    ],
+)
 def test_parallel_jobs_share_the_cores(n_jobs, cores, at_once, threads):
     assert job.parallel_jobs(n_jobs, cores) == at_once
     assert job.threads_per_job(cores, at_once) == threads
@@ -175,7 +198,8 @@ def test_outcome_counts_this_sweeps_jobs_and_names_the_failed(tmp_path):
     assert [o.name.split("_")[0] for o in outcomes] == ["1", "2", "3"]
     assert failure_line(outcomes) == (
         "lowbit: 2 of 3 jobs failed: 2_nin-dorefa-w8a8g32-digits (failed), "
-        "3_nin-dorefa-w2a8g32-digits (no results.json)")
+        "3_nin-dorefa-w2a8g32-digits (no results.json)"
+    )
     assert failure_line(outcomes[:1]) is None
 
 
@@ -216,9 +240,16 @@ def test_slurm_launcher_configs_compose_into_an_sbatch_script(launcher, tmp_path
     (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    cfg = compose("train", [f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path}/sweep",
-                            "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90"],
-                  return_hydra_config=True)
+    cfg = compose(
+        "train",
+        [
+            f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.timeout_min=90",
+        ],
+        return_hydra_config=True,
+    )
     scripts = []
 
     class Submitted(Exception):
@@ -231,7 +262,9 @@ def test_slurm_launcher_configs_compose_into_an_sbatch_script(launcher, tmp_path
     monkeypatch.setattr(submitit.AutoExecutor, "map_array", submit)
     slurm = Plugins.instance().instantiate_launcher(
         hydra_context=HydraContext(config_loader=None, callbacks=Callbacks()),
-        task_function=lambda cfg: None, config=cfg)
+        task_function=lambda cfg: None,
+        config=cfg,
+    )
     with pytest.raises(Submitted):
         slurm.launch([["quant.wbits=2"], ["quant.wbits=4"]], initial_job_idx=0)
     (script,) = scripts
@@ -242,26 +275,49 @@ def test_slurm_launcher_configs_compose_into_an_sbatch_script(launcher, tmp_path
 
 def multirun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", *FAST_ARGS, *args,
-         f"hydra.sweep.dir={tmp_path}/sweep"],
-        capture_output=True, text=True, env=run_env(), timeout=600, cwd=tmp_path)
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            *FAST_ARGS,
+            *args,
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=600,
+        cwd=tmp_path,
+    )
 
 
 def test_a_joblib_sweep_with_a_diverging_job_finishes_the_others_and_says_so(tmp_path):
     """Three jobs from a union of grids, two at a time with the cores split between them; the
     middle job's learning rate makes its loss NaN. (The basic launcher's path: test_cli.py.)"""
-    result = multirun(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra/sweeper=grids",
-                       "hydra.sweeper.grids=[{quantizer:fp32,optimizer.lr:0.05},"
-                       "{quantizer:fp32,optimizer.lr:1e30},{quantizer:dorefa}]",
-                       "optimizer.nesterov=false", "optimizer.momentum=0",
-                       "trainer.limit_train_batches=4", "logger=wandb"], tmp_path)
+    result = multirun(
+        [
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "hydra/sweeper=grids",
+            "hydra.sweeper.grids=[{quantizer:fp32,optimizer.lr:0.05},"
+            "{quantizer:fp32,optimizer.lr:1e30},{quantizer:dorefa}]",
+            "optimizer.nesterov=false",
+            "optimizer.momentum=0",
+            "trainer.limit_train_batches=4",
+            "logger=wandb",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line == "lowbit: 1 of 3 jobs failed: 1_nin-fp32-w32a32g32-digits (diverged)"
     job_dirs = sorted((tmp_path / "sweep").glob("[0-9]_*"))
     results = [json.loads((d / "results.json").read_text()) for d in job_dirs]
-    assert [(r["quant"]["quantizer"], r["status"]) for r in results] == \
-        [("fp32", "ok"), ("fp32", "diverged"), ("dorefa", "ok")]
+    assert [(r["quant"]["quantizer"], r["status"]) for r in results] == [
+        ("fp32", "ok"),
+        ("fp32", "diverged"),
+        ("dorefa", "ok"),
+    ]
     # Two jobs at once: each took its share of the cores (1 thread on 2 cores, not 2).
     expected = job.threads_per_job(job.cpu_cores(), 2)
     assert [results[i]["metrics"]["latency/threads"] for i in (0, 2)] == [expected, expected]
@@ -276,8 +332,9 @@ def test_a_joblib_sweep_with_a_diverging_job_finishes_the_others_and_says_so(tmp
         assert logged.name == f"{run_name}-job{number}"
     # The report shows every job, the failed one included.
     runs = load_runs([tmp_path / "sweep"])
-    assert [(r.model, r.dataset, r.status) for r in runs] == \
-        [("nin", "digits", r["status"]) for r in results]
+    assert [(r.model, r.dataset, r.status) for r in runs] == [
+        ("nin", "digits", r["status"]) for r in results
+    ]
 
 
 @pytest.mark.slow

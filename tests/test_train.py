@@ -12,20 +12,48 @@ from wandb_offline import read_offline_run
 from lowbit.cli import config_groups
 from lowbit.train import RESULTS_FILE, run
 
-DEPLOYED_KEYS = {"latency/int8_ms", "latency/fp32_onnx_ms", "latency/fp32_ms",
-                 "export/int8_onnx_bytes"}
-SUMMARY_KEYS = {"val/acc_best", "test/acc", "model/params", "model/size_bytes",
-                "model/size_limit_bytes", "model/size_fp32_bytes", "model/compression",
-                "model/macs", "model/bops", "latency/ms", "export/top1_agreement",
-                *DEPLOYED_KEYS}
-DETECTION_SUMMARY_KEYS = {"val/map50_best", "val/map50", "val/map", "test/map50", "test/map",
-                          "export/map50_int8", "export/map50_fake_quant",
-                          *(SUMMARY_KEYS - {"val/acc_best", "test/acc", "export/top1_agreement"})}
+DEPLOYED_KEYS = {
+    "latency/int8_ms",
+    "latency/fp32_onnx_ms",
+    "latency/fp32_ms",
+    "export/int8_onnx_bytes",
+}
+SUMMARY_KEYS = {
+    "val/acc_best",
+    "test/acc",
+    "model/params",
+    "model/size_bytes",
+    "model/size_limit_bytes",
+    "model/size_fp32_bytes",
+    "model/compression",
+    "model/macs",
+    "model/bops",
+    "latency/ms",
+    "export/top1_agreement",
+    *DEPLOYED_KEYS,
+}
+DETECTION_SUMMARY_KEYS = {
+    "val/map50_best",
+    "val/map50",
+    "val/map",
+    "test/map50",
+    "test/map",
+    "export/map50_int8",
+    "export/map50_fake_quant",
+    *(SUMMARY_KEYS - {"val/acc_best", "test/acc", "export/top1_agreement"}),
+}
 QUANTIZERS = config_groups()["quantizer"]
 MODELS = config_groups()["model"]
 # Detection models train on a detection set: small generated scenes keep the test quick.
-MODEL_DATA = {"yolov3_tiny": ["dataset=shapes_det", "dataset.image_size=64",
-                              "dataset.train_size=8", "dataset.val_size=8", "dataset.test_size=8"]}
+MODEL_DATA = {
+    "yolov3_tiny": [
+        "dataset=shapes_det",
+        "dataset.image_size=64",
+        "dataset.train_size=8",
+        "dataset.val_size=8",
+        "dataset.test_size=8",
+    ]
+}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -33,25 +61,39 @@ MODEL_DATA = {"yolov3_tiny": ["dataset=shapes_det", "dataset.image_size=64",
 def test_fast_dev_run_every_model_and_quantizer(make_cfg, model, quantizer):
     """The user's default pipeline, every stage on (measure, pack, integer export), for every
     model and quantizer: each run ends ok with an integer ONNX model and its deployed costs."""
-    cfg = make_cfg(f"model={model}", f"quantizer={quantizer}", "logger=none",
-                   "callbacks=none", "+trainer.fast_dev_run=true", "dataset.batch_size=8",
-                   *MODEL_DATA.get(model, []))
+    cfg = make_cfg(
+        f"model={model}",
+        f"quantizer={quantizer}",
+        "logger=none",
+        "callbacks=none",
+        "+trainer.fast_dev_run=true",
+        "dataset.batch_size=8",
+        *MODEL_DATA.get(model, []),
+    )
     results = run(cfg)
     assert results["status"] == "ok", results.get("error")
     expected = DETECTION_SUMMARY_KEYS if model in MODEL_DATA else SUMMARY_KEYS
     assert expected <= set(results["metrics"])
     run_dir = Path(cfg.paths.output_dir)
-    assert (run_dir / "model_int8.onnx").stat().st_size == \
-        results["metrics"]["export/int8_onnx_bytes"]
+    assert (run_dir / "model_int8.onnx").stat().st_size == results["metrics"][
+        "export/int8_onnx_bytes"
+    ]
     written = json.loads((run_dir / RESULTS_FILE).read_text())
     assert written["status"] == "ok" and written["quant"]["quantizer"] == quantizer
 
 
 def test_quantized_model_is_smaller_and_reported(make_cfg):
-    fp32 = run(make_cfg("logger=none", "callbacks=none", "+trainer.fast_dev_run=true",
-                        name="fp32"))["metrics"]
-    w4_cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "logger=none", "callbacks=none",
-                      "+trainer.fast_dev_run=true", name="w4")
+    fp32 = run(
+        make_cfg("logger=none", "callbacks=none", "+trainer.fast_dev_run=true", name="fp32")
+    )["metrics"]
+    w4_cfg = make_cfg(
+        "quantizer=dorefa",
+        "quant.wbits=4",
+        "logger=none",
+        "callbacks=none",
+        "+trainer.fast_dev_run=true",
+        name="w4",
+    )
     w4 = run(w4_cfg)["metrics"]
     assert fp32["model/params"] == w4["model/params"] == nin_params()
     assert fp32["model/size_limit_bytes"] == fp32["model/size_fp32_bytes"] == nin_params() * 4
@@ -66,8 +108,14 @@ def test_quantized_model_is_smaller_and_reported(make_cfg):
 
 
 def test_a_run_exports_integer_onnx_and_records_its_latency_and_agreement(make_cfg):
-    cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "logger=none", "callbacks=none",
-                   "export.onnx=true", "export.threads=1")
+    cfg = make_cfg(
+        "quantizer=dorefa",
+        "quant.wbits=4",
+        "logger=none",
+        "callbacks=none",
+        "export.onnx=true",
+        "export.threads=1",
+    )
     metrics = run(cfg)["metrics"]
     output_dir = Path(cfg.paths.output_dir)
     assert (output_dir / "model_int8.onnx").stat().st_size == metrics["export/int8_onnx_bytes"]
@@ -81,8 +129,13 @@ def test_a_run_exports_integer_onnx_and_records_its_latency_and_agreement(make_c
 def test_a_model_without_a_packed_form_still_finishes_without_a_measured_size(make_cfg):
     """1-bit DoReFa weights (Eq. 7) have no exact packed form yet: the run is still ok, with
     the computed limit but no measured size rather than a made-up one."""
-    cfg = make_cfg("quantizer=dorefa", "quant.wbits=1", "logger=none", "callbacks=none",
-                   "+trainer.fast_dev_run=true")
+    cfg = make_cfg(
+        "quantizer=dorefa",
+        "quant.wbits=1",
+        "logger=none",
+        "callbacks=none",
+        "+trainer.fast_dev_run=true",
+    )
     results = run(cfg)
     assert results["status"] == "ok"
     assert "model/size_bytes" not in results["metrics"]
@@ -92,8 +145,16 @@ def test_a_model_without_a_packed_form_still_finishes_without_a_measured_size(ma
 
 
 def test_wandb_runs_offline_by_itself_and_logs_summary_and_quant_config(make_cfg):
-    cfg = make_cfg("quantizer=dorefa", "quant.wbits=4", "quant.abits=4", "quant.gbits=8",
-                   "logger=wandb", "callbacks=none", "group=unit-test", "tags=[probe]")
+    cfg = make_cfg(
+        "quantizer=dorefa",
+        "quant.wbits=4",
+        "quant.abits=4",
+        "quant.gbits=8",
+        "logger=wandb",
+        "callbacks=none",
+        "group=unit-test",
+        "tags=[probe]",
+    )
     results = run(cfg)
     assert results["wandb"]["mode"] == "offline"
     (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
@@ -113,8 +174,16 @@ def test_wandb_runs_offline_by_itself_and_logs_summary_and_quant_config(make_cfg
 
 def test_same_seed_gives_the_same_metrics_and_seed_zero_counts(make_cfg):
     def metrics(seed, name):
-        out = run(make_cfg(f"seed={seed}", "quantizer=dorefa", "quant.gbits=4", "logger=none",
-                           "callbacks=none", name=name))["metrics"]
+        out = run(
+            make_cfg(
+                f"seed={seed}",
+                "quantizer=dorefa",
+                "quant.gbits=4",
+                "logger=none",
+                "callbacks=none",
+                name=name,
+            )
+        )["metrics"]
         return {k: v for k, v in out.items() if not k.startswith("latency/")}
 
     first, again, other = metrics(0, "a"), metrics(0, "b"), metrics(1, "c")
@@ -125,8 +194,14 @@ def test_same_seed_gives_the_same_metrics_and_seed_zero_counts(make_cfg):
 def test_nan_loss_stops_the_run_as_diverged(make_cfg):
     from lowbit.tasks.base import Diverged
 
-    cfg = make_cfg("optimizer.lr=1e30", "optimizer.nesterov=false", "optimizer.momentum=0",
-                   "logger=none", "callbacks=none", "trainer.limit_train_batches=4")
+    cfg = make_cfg(
+        "optimizer.lr=1e30",
+        "optimizer.nesterov=false",
+        "optimizer.momentum=0",
+        "logger=none",
+        "callbacks=none",
+        "trainer.limit_train_batches=4",
+    )
     with pytest.raises(Diverged):
         run(cfg)
     written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
@@ -143,12 +218,15 @@ def test_a_config_error_leaves_a_failed_results_json_not_a_success(make_cfg):
     assert written["status"] == "failed" and "quant.wbits=99" in written["error"]
 
 
-@pytest.mark.parametrize("overrides", [
-    ["quantizer=pact", "quant.wbits=4", "quant.abits=4"],
-    ["model=yolov3_tiny", "quantizer=dorefa", "quant.wbits=4", *MODEL_DATA["yolov3_tiny"]],
-], ids=["classification", "detection"])
-def test_a_task_rebuilds_from_its_checkpoint_with_identical_outputs(make_cfg, tmp_path,
-                                                                    overrides):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["quantizer=pact", "quant.wbits=4", "quant.abits=4"],
+        ["model=yolov3_tiny", "quantizer=dorefa", "quant.wbits=4", *MODEL_DATA["yolov3_tiny"]],
+    ],
+    ids=["classification", "detection"],
+)
+def test_a_task_rebuilds_from_its_checkpoint_with_identical_outputs(make_cfg, tmp_path, overrides):
     """A task's hyperparameters are in its checkpoint, loaded with weights_only=True: with the
     model rebuilt from the run's config, load_from_checkpoint gives the trained task back."""
     import pytorch_lightning as pl
@@ -159,21 +237,27 @@ def test_a_task_rebuilds_from_its_checkpoint_with_identical_outputs(make_cfg, tm
     cfg = make_cfg(*overrides, "dataset.batch_size=8")
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule, build_quantized_model(cfg, datamodule))
-    trainer = pl.Trainer(max_steps=2, limit_val_batches=1, logger=False, accelerator="cpu",
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=2,
+        limit_val_batches=1,
+        logger=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, datamodule=datamodule)
     checkpoint = tmp_path / "task.ckpt"
     trainer.save_checkpoint(checkpoint)
 
     loaded = type(task).load_from_checkpoint(
-        checkpoint, model=build_quantized_model(cfg, build_datamodule(cfg)), weights_only=True)
+        checkpoint, model=build_quantized_model(cfg, build_datamodule(cfg)), weights_only=True
+    )
     assert dict(loaded.hparams) == dict(task.hparams)
     assert loaded.hparams["num_classes"] == datamodule.num_classes
     images = next(iter(datamodule.val_dataloader()))[0]
     task.eval(), loaded.eval()
     with torch.no_grad():
         expected, got = task(images), loaded(images)
-    for want, have in zip(*(o if isinstance(o, (list, tuple)) else [o]
-                            for o in (expected, got))):
+    for want, have in zip(*(o if isinstance(o, (list, tuple)) else [o] for o in (expected, got))):
         assert torch.equal(want, have)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST, ROOT, run_env
-
 from user_schemes import fixed_point  # noqa: F401  (registers quantizer=fixed_point)
 
 from lowbit.export import load_packed, save_packed
@@ -25,8 +24,15 @@ SHAPE = (3, 32, 32)
 def user_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = NIN(num_classes=10)
-    quantize_model(model, input_shape=SHAPE, quantizer="fixed_point", wbits=4, abits=4,
-                   weight_frac_bits=5, act_frac_bits=2)
+    quantize_model(
+        model,
+        input_shape=SHAPE,
+        quantizer="fixed_point",
+        wbits=4,
+        abits=4,
+        weight_frac_bits=5,
+        act_frac_bits=2,
+    )
     model.train()
     with torch.no_grad():  # BatchNorm statistics of a few batches: an eval model to export
         for _ in range(5):
@@ -55,8 +61,9 @@ def test_user_scheme_exports_integer_onnx_with_its_own_grid(tmp_path):
     # The grids are exact; the int32 bias rounding and the float path of the first conv flip
     # codes that lie next to a rounding boundary, by one step, and the flips compound.
     assert compared[0]["differ"] < 0.001, parity_table(rows)
-    assert all(row["differ"] < 0.1 and row["max_steps"] <= 1 for row in compared), \
-        parity_table(rows)
+    assert all(row["differ"] < 0.1 and row["max_steps"] <= 1 for row in compared), parity_table(
+        rows
+    )
     with torch.no_grad():
         expected = model(images).argmax(1)
     assert (onnx_predict(path, images, threads=1).argmax(1) == expected).float().mean() >= 0.9
@@ -70,6 +77,7 @@ def test_a_quantizer_without_a_grid_is_refused_with_one_line(tmp_path):
     model = user_model()
     model.features[1][0].input_quantizer = Opaque(4, 2, signed=False)
     from lowbit.export.onnx_graph import UnsupportedModel
+
     with pytest.raises(UnsupportedModel, match="Opaque states no integer grid"):
         export_int8_onnx(model, SHAPE, tmp_path / "model_int8.onnx")
 
@@ -83,15 +91,31 @@ def test_user_quantizer_runs_the_whole_pipeline_from_the_command_line(tmp_path):
     env = {**run_env(), "PYTHONPATH": str(USER_DIR)}
     conf = USER_DIR / "user_schemes" / "conf"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"hydra.searchpath=[file://{conf}]",
-         "quantizer=fixed_point", "quant.wbits=3", *FAST, "logger=none", "callbacks=none",
-         f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.searchpath=[file://{conf}]",
+            "quantizer=fixed_point",
+            "quant.wbits=3",
+            *FAST,
+            "logger=none",
+            "callbacks=none",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "ok" and results["quant"]["quantizer"] == "fixed_point"
     metrics = results["metrics"]
-    assert metrics["model/size_bytes"] == (tmp_path / "run" / "model_packed.safetensors").stat().st_size
+    assert (
+        metrics["model/size_bytes"]
+        == (tmp_path / "run" / "model_packed.safetensors").stat().st_size
+    )
     assert metrics["latency/int8_ms"] > 0 and 0 <= metrics["export/top1_agreement"] <= 1
     assert (tmp_path / "run" / "model_int8.onnx").is_file()
 
@@ -99,13 +123,24 @@ def test_user_quantizer_runs_the_whole_pipeline_from_the_command_line(tmp_path):
 def test_user_quantizer_options_are_checked_before_any_work(tmp_path):
     conf = USER_DIR / "user_schemes" / "conf"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"hydra.searchpath=[file://{conf}]",
-         "quantizer=fixed_point", "quant.wbits=12", "logger=none",
-         f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, env={**run_env(), "PYTHONPATH": str(USER_DIR)},
-        timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.searchpath=[file://{conf}]",
+            "quantizer=fixed_point",
+            "quant.wbits=12",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        env={**run_env(), "PYTHONPATH": str(USER_DIR)},
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "lowbit: error: quantizer=fixed_point cannot quantize to quant.wbits=12 "
-        "(allowed: 2-8 or 32)"]
+        "(allowed: 2-8 or 32)"
+    ]
     assert not (tmp_path / "run").exists()

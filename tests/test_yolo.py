@@ -13,8 +13,7 @@ from lowbit.detection.loss import YOLOLoss, shape_iou
 from lowbit.models.yolov3_tiny import DARKNET_ANCHORS, YOLOv3Tiny
 from lowbit.quant import quantize_model
 from lowbit.quant.fold import fold_bn
-from lowbit.quant.modules import (DoReFaSignedActivation, PACTSymmetricActivation,
-                                  QuantizedLayer)
+from lowbit.quant.modules import DoReFaSignedActivation, PACTSymmetricActivation, QuantizedLayer
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -30,8 +29,20 @@ def test_layers_follow_the_darknet_cfg():
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     # Registration order: backbone, head 1, the lateral 1x1, head 2.
     assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [
-        (16, 3), (32, 3), (64, 3), (128, 3), (256, 3), (512, 3), (1024, 3), (256, 1),
-        (512, 3), (255, 1), (128, 1), (256, 3), (255, 1)]
+        (16, 3),
+        (32, 3),
+        (64, 3),
+        (128, 3),
+        (256, 3),
+        (512, 3),
+        (1024, 3),
+        (256, 1),
+        (512, 3),
+        (255, 1),
+        (128, 1),
+        (256, 3),
+        (255, 1),
+    ]
     output_convs = [model.get_submodule(name) for name in model.last_layers]
     assert all(conv.bias is not None for conv in output_convs)  # linear, with a bias
     assert all(conv.bias is None for conv in convs if conv not in output_convs)  # BN instead
@@ -84,12 +95,14 @@ def test_decoding_of_zero_outputs_is_the_anchor_in_the_cell_centre():
     index = fine_start + 0 * 16 + 1 * 4 + 2
     centre = torch.tensor([40.0, 24.0])
     anchor = model.anchors[0]
-    assert torch.allclose(predictions.boxes[0, index], torch.cat([centre - anchor / 2,
-                                                                  centre + anchor / 2]))
+    assert torch.allclose(
+        predictions.boxes[0, index], torch.cat([centre - anchor / 2, centre + anchor / 2])
+    )
 
 
-def encode(model: YOLOv3Tiny, box: torch.Tensor, label: int, anchor_index: int,
-           confidence: float = 8.0) -> list[torch.Tensor]:
+def encode(
+    model: YOLOv3Tiny, box: torch.Tensor, label: int, anchor_index: int, confidence: float = 8.0
+) -> list[torch.Tensor]:
     """Raw head maps that predict exactly ``box`` with ``anchor_index`` and nothing else."""
     outputs = raw_heads(model)
     for output in outputs:
@@ -142,9 +155,13 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
     model = YOLOv3Tiny(num_classes=2, input_size=64)
     loss = YOLOLoss(model.head_anchors(), model.strides, num_classes=2)
     images = torch.rand(2, 3, 64, 64)
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([0])},
-               {"boxes": torch.tensor([[20.0, 20.0, 60.0, 50.0], [2.0, 2.0, 12.0, 12.0]]),
-                "labels": torch.tensor([1, 0])}]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([0])},
+        {
+            "boxes": torch.tensor([[20.0, 20.0, 60.0, 50.0], [2.0, 2.0, 12.0, 12.0]]),
+            "labels": torch.tensor([1, 0]),
+        },
+    ]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = None
     for _ in range(25):
@@ -180,20 +197,36 @@ def test_postprocess_keeps_one_of_two_duplicates_and_applies_the_thresholds():
     assert len(postprocess(predictions, score_threshold=0.0, max_detections=5)[0]["boxes"]) == 5
 
 
-@pytest.mark.parametrize("quantizer, signed_type", [("dorefa", DoReFaSignedActivation),
-                                                     ("pact", PACTSymmetricActivation),
-                                                     ("pact_symmetric", PACTSymmetricActivation)])
-def test_quantized_yolo_has_8_bit_outputs_and_signed_inputs_after_leaky_relu(quantizer,
-                                                                            signed_type):
-    model = quantize_model(YOLOv3Tiny(num_classes=2, input_size=64), quantizer=quantizer,
-                           wbits=4, abits=4, gbits=32, first_layer_bits=8, last_layer_bits=8,
-                           input_shape=(3, 64, 64))
+@pytest.mark.parametrize(
+    "quantizer, signed_type",
+    [
+        ("dorefa", DoReFaSignedActivation),
+        ("pact", PACTSymmetricActivation),
+        ("pact_symmetric", PACTSymmetricActivation),
+    ],
+)
+def test_quantized_yolo_has_8_bit_outputs_and_signed_inputs_after_leaky_relu(
+    quantizer, signed_type
+):
+    model = quantize_model(
+        YOLOv3Tiny(num_classes=2, input_size=64),
+        quantizer=quantizer,
+        wbits=4,
+        abits=4,
+        gbits=32,
+        first_layer_bits=8,
+        last_layer_bits=8,
+        input_shape=(3, 64, 64),
+    )
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLayer)}
     assert len(layers) == 13
     for name in model.last_layers:
         assert layers[name].wbits == 8 and layers[name].abits == 8
-    inner = [m for name, m in layers.items()
-             if name not in model.last_layers and name != "backbone_to_route.0.0"]
+    inner = [
+        m
+        for name, m in layers.items()
+        if name not in model.last_layers and name != "backbone_to_route.0.0"
+    ]
     assert all(m.wbits == 4 and m.abits == 4 for m in inner)
     # Every input after the image follows a leaky ReLU (or its max-pool/upsample): all signed.
     assert all(isinstance(m.input_quantizer, signed_type) for m in inner)

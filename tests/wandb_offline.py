@@ -40,8 +40,8 @@ def records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
         if left_in_block < RECORD_HEADER:  # the tail of a block is padding
             position += left_in_block
             continue
-        _checksum, length, kind = struct.unpack("<IHB", data[position:position + RECORD_HEADER])
-        payload = data[position + RECORD_HEADER:position + RECORD_HEADER + length]
+        _checksum, length, kind = struct.unpack("<IHB", data[position : position + RECORD_HEADER])
+        payload = data[position + RECORD_HEADER : position + RECORD_HEADER + length]
         position += RECORD_HEADER + length
         if kind == 0 and length == 0:
             break
@@ -105,11 +105,15 @@ def md5_base64(path: Path) -> str:
 
 def read_artifact(record) -> OfflineArtifact:
     return OfflineArtifact(
-        name=record.name, type=record.type, aliases=list(record.aliases),
+        name=record.name,
+        type=record.type,
+        aliases=list(record.aliases),
         metadata=json.loads(record.metadata) if record.metadata else {},
-        files={entry.path: {"digest": entry.digest, "size": entry.size,
-                            "local_path": entry.local_path}
-               for entry in record.manifest.contents})
+        files={
+            entry.path: {"digest": entry.digest, "size": entry.size, "local_path": entry.local_path}
+            for entry in record.manifest.contents
+        },
+    )
 
 
 def finished_records(log: Path, wait_s: float) -> list[wandb_internal_pb2.Record]:
@@ -118,8 +122,7 @@ def finished_records(log: Path, wait_s: float) -> list[wandb_internal_pb2.Record
     deadline = time.monotonic() + wait_s
     while True:
         found = list(records(log))
-        if any(r.WhichOneof("record_type") == "exit" for r in found) or \
-                time.monotonic() > deadline:
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
 
@@ -147,8 +150,10 @@ def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> OfflineRun:
                 set_nested(run.summary, item)
         elif kind == "metric" and record.metric.name:  # not a glob ("*")
             run.metrics[record.metric.name] = [
-                op for op in ("min", "max", "mean", "last", "first", "none")
-                if getattr(record.metric.summary, op)]
+                op
+                for op in ("min", "max", "mean", "last", "first", "none")
+                if getattr(record.metric.summary, op)
+            ]
         elif kind == "artifact":
             run.artifacts.append(read_artifact(record.artifact))
         elif kind == "history":

@@ -28,7 +28,7 @@ DATA_ARGUMENTS = ("num_classes", "class_names")
 
 
 def kind_of(part: Any) -> str:
-    """"classification" or "detection": what a model, data set or task class says it does."""
+    """ "classification" or "detection": what a model, data set or task class says it does."""
     return getattr(part, TASK_KIND, DEFAULT_KIND)
 
 
@@ -41,8 +41,9 @@ def build_datamodule(cfg: DictConfig):
     except Exception as error:  # a bad argument in the dataset node
         if isinstance(error.__cause__, ConfigError):  # the data set's own check, Hydra-wrapped
             raise error.__cause__ from None
-        raise ConfigError(f"dataset: cannot build {cfg.dataset.get('_target_')}: "
-                          f"{one_line(error)}") from None
+        raise ConfigError(
+            f"dataset: cannot build {cfg.dataset.get('_target_')}: {one_line(error)}"
+        ) from None
 
 
 def import_target(node: DictConfig, group: str) -> type:
@@ -67,8 +68,12 @@ def check_model_fits_data(cfg: DictConfig, model_class: type, datamodule) -> Non
         raise ConfigError(
             f"model={model_name} is a {model_kind} model but "
             f"dataset={dataset_name} is a {data_kind} data set: "
-            + ("use a detection data set such as dataset=shapes_det" if model_kind == "detection"
-               else "use a detection model such as model=yolov3_tiny"))
+            + (
+                "use a detection data set such as dataset=shapes_det"
+                if model_kind == "detection"
+                else "use a detection model such as model=yolov3_tiny"
+            )
+        )
 
 
 def check_task_fits_data(cfg: DictConfig, datamodule) -> None:
@@ -76,9 +81,11 @@ def check_task_fits_data(cfg: DictConfig, datamodule) -> None:
     task = task_class(cfg)
     if kind_of(task) != kind_of(datamodule):
         dataset_name = chosen_option("dataset") or datamodule.name
-        raise ConfigError(f"the task {task.__name__} is for {kind_of(task)} but "
-                          f"dataset={dataset_name} is a {kind_of(datamodule)} data set: drop "
-                          f"task= (the data set chooses its task, conf/task/)")
+        raise ConfigError(
+            f"the task {task.__name__} is for {kind_of(task)} but "
+            f"dataset={dataset_name} is a {kind_of(datamodule)} data set: drop "
+            f"task= (the data set chooses its task, conf/task/)"
+        )
 
 
 def build_model(cfg: DictConfig, datamodule) -> nn.Module:
@@ -100,13 +107,15 @@ def build_model(cfg: DictConfig, datamodule) -> nn.Module:
         if configured is not None and configured != size:
             raise ConfigError(
                 f"model.input_size={configured} but the dataset's images are {size} pixels: "
-                f"drop model.input_size (it follows dataset.image_size)")
+                f"drop model.input_size (it follows dataset.image_size)"
+            )
         from_data["input_size"] = size
     try:
         return instantiate(cfg.model, **from_data)
     except Exception as error:
-        raise ConfigError(f"model: cannot build {cfg.model.get('_target_')}: "
-                          f"{one_line(error)}") from None
+        raise ConfigError(
+            f"model: cannot build {cfg.model.get('_target_')}: {one_line(error)}"
+        ) from None
 
 
 def quant_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -133,7 +142,11 @@ def build_task(cfg: DictConfig, datamodule, model: nn.Module) -> pl.LightningMod
         from_data["class_names"] = list(from_data["class_names"])
     # Plain containers and paths as strings: the task's saved hyperparameters then load back
     # with weights_only=True (``load_from_checkpoint``).
-    return instantiate(cfg.task, model, _convert_="all",
-                       optimizer=instantiate(cfg.optimizer),
-                       scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                       **from_data)
+    return instantiate(
+        cfg.task,
+        model,
+        _convert_="all",
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        **from_data,
+    )

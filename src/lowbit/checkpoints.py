@@ -51,15 +51,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"checkpoint {path} holds more than tensors and plain containers ({reason[:120]}); "
             f"lowbit loads checkpoints with torch.load(weights_only=True) and runs no code from "
-            f"files: use a checkpoint written by lowbit") from None
+            f"files: use a checkpoint written by lowbit"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         reason = " ".join(str(error).split())[:120]
         raise ConfigError(
             f"checkpoint {path} is truncated or not a PyTorch checkpoint ({reason}); use an intact "
-            f"checkpoints/*.ckpt of a lowbit run") from None
+            f"checkpoints/*.ckpt of a lowbit run"
+        ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (it has no state_dict): "
-                          f"use checkpoints/last.ckpt or the best checkpoint of a lowbit run")
+        raise ConfigError(
+            f"checkpoint {path} is not a Lightning checkpoint (it has no state_dict): "
+            f"use checkpoints/last.ckpt or the best checkpoint of a lowbit run"
+        )
     return checkpoint
 
 
@@ -69,29 +73,38 @@ def check_checkpoint(path: Path, model: nn.Module) -> None:
     Compared: every parameter and buffer name with its shape. A checkpoint of another model, of
     another quantizer (PACT has alphas, DoReFa none) or of another number of classes differs.
     """
-    saved = {name[len(MODEL_PREFIX):]: tensor
-             for name, tensor in load_checkpoint(path)["state_dict"].items()
-             if name.startswith(MODEL_PREFIX)}
+    saved = {
+        name[len(MODEL_PREFIX) :]: tensor
+        for name, tensor in load_checkpoint(path)["state_dict"].items()
+        if name.startswith(MODEL_PREFIX)
+    }
     expected = model.state_dict()
     missing = [name for name in expected if name not in saved]
     unexpected = [name for name in saved if name not in expected]
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} of this model's weights are not in it "
-                         f"({', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''})")
+            parts.append(
+                f"{len(missing)} of this model's weights are not in it "
+                f"({', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''})"
+            )
         if unexpected:
-            parts.append(f"it has {len(unexpected)} weights this model lacks "
-                         f"({', '.join(unexpected[:SHOWN])}"
-                         f"{', ...' if len(unexpected) > SHOWN else ''})")
-        raise ConfigError(f"checkpoint {path} is one of another model: {'; '.join(parts)}; "
-                          f"resume with the model, quantizer and dataset it was trained with")
+            parts.append(
+                f"it has {len(unexpected)} weights this model lacks "
+                f"({', '.join(unexpected[:SHOWN])}"
+                f"{', ...' if len(unexpected) > SHOWN else ''})"
+            )
+        raise ConfigError(
+            f"checkpoint {path} is one of another model: {'; '.join(parts)}; "
+            f"resume with the model, quantizer and dataset it was trained with"
+        )
     for name, tensor in expected.items():
         if tuple(saved[name].shape) != tuple(tensor.shape):
             raise ConfigError(
                 f"checkpoint {path} does not fit this model: {name} has shape "
                 f"{list(saved[name].shape)} there and {list(tensor.shape)} here; resume with the "
-                f"model, number of classes and dataset it was trained with")
+                f"model, number of classes and dataset it was trained with"
+            )
 
 
 class Interrupted(SystemExit):
@@ -103,15 +116,17 @@ class Interrupted(SystemExit):
     def __init__(self, signal_name: str, run_dir: Path):
         super().__init__(128 + int(getattr(signal, signal_name)))
         saved = (Path(run_dir) / "checkpoints" / "last.ckpt").is_file()
-        self.message = (f"run stopped by {signal_name}; continue it with: python train.py "
-                        f"resume={run_dir}" if saved else
-                        f"run stopped by {signal_name} before its first checkpoint: start it again")
+        self.message = (
+            f"run stopped by {signal_name}; continue it with: python train.py resume={run_dir}"
+            if saved
+            else f"run stopped by {signal_name} before its first checkpoint: start it again"
+        )
 
     def __str__(self) -> str:
         return self.message
 
     @classmethod
-    def from_exception(cls, error: BaseException, run_dir: Path) -> "Interrupted":
+    def from_exception(cls, error: BaseException, run_dir: Path) -> Interrupted:
         """Lightning ends fit() with SIGTERMException on SIGTERM, with SystemExit on Ctrl-C."""
         return cls("SIGTERM" if isinstance(error, SIGTERMException) else "SIGINT", run_dir)
 
@@ -154,9 +169,11 @@ class SaveOnInterrupt(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_handler()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                     exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._restore_handler()
         if trainer.state.fn == TrainerFn.FITTING and isinstance(
-                exception, (KeyboardInterrupt, SIGTERMException)):
+            exception, (KeyboardInterrupt, SIGTERMException)
+        ):
             trainer.save_checkpoint(self.path)

@@ -46,10 +46,18 @@ def split_argv(argv: list[str]) -> tuple[list[str], str, bool] | None:
     if any(getattr(args, name) for name in NOT_A_RUN):
         return None
     if unparsed:  # Hydra would answer with its usage text: overrides after a flag
-        flag = next((arg for arg in argv[argv.index(args.overrides[0]):]
-                     if arg.startswith("-")), unparsed[0]) if args.overrides else unparsed[0]
-        raise ConfigError(f"{flag} must come before the overrides: "
-                          f"python train.py {flag} {' '.join(args.overrides + unparsed)} ...")
+        flag = (
+            next(
+                (arg for arg in argv[argv.index(args.overrides[0]) :] if arg.startswith("-")),
+                unparsed[0],
+            )
+            if args.overrides
+            else unparsed[0]
+        )
+        raise ConfigError(
+            f"{flag} must come before the overrides: "
+            f"python train.py {flag} {' '.join(args.overrides + unparsed)} ..."
+        )
     return args.overrides, args.config_name or "train", args.multirun
 
 
@@ -120,7 +128,7 @@ def job_variants(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
     variants = [base]
     for index, options in enumerate(choices):
         for option in options[1:]:
-            variants.append(base[:index] + [option] + base[index + 1:])
+            variants.append(base[:index] + [option] + base[index + 1 :])
     return variants, fixed
 
 
@@ -135,8 +143,10 @@ def sweep_values(override) -> list[str]:
         interval = override.value()
         return [str(interval.start), str(interval.end)]
     key = override.get_key_element()
-    raise ConfigError(f"{key}: only lists, choice(), range() and interval() sweeps are checked "
-                      f"here (not glob()); use explicit values like {key}=2,4,8")
+    raise ConfigError(
+        f"{key}: only lists, choice(), range() and interval() sweeps are checked "
+        f"here (not glob()); use explicit values like {key}=2,4,8"
+    )
 
 
 def override_key(override: str) -> str:
@@ -195,9 +205,11 @@ def hydra_error_line(error: BaseException) -> str:
     text = str(error)
     if text.startswith("Could not override '"):  # Hydra's hint to use + is rarely what is meant
         key = text.split("'")[1]
-        return (f"unknown setting {key!r}: it is not in the composed config; check the spelling "
-                f"and the chosen groups (e.g. quant.alpha_init needs quantizer=pact), or "
-                f"prefix + to add a new key")
+        return (
+            f"unknown setting {key!r}: it is not in the composed config; check the spelling "
+            f"and the chosen groups (e.g. quant.alpha_init needs quantizer=pact), or "
+            f"prefix + to add a new key"
+        )
     lines = [line for line in text.splitlines() if "HYDRA_FULL_ERROR" not in line]
     return one_line("\n".join(lines), max_lines=2) or type(error).__name__
 
@@ -207,8 +219,9 @@ def compose(config_name: str, overrides: list[str], return_hydra_config: bool = 
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides,
-                             return_hydra_config=return_hydra_config)
+        return hydra_compose(
+            config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config
+        )
 
 
 def check_run_dir(config_name: str, overrides: list[str], multirun: bool) -> None:
@@ -245,8 +258,10 @@ def preflight(argv: list[str]) -> None:
         check_group_choices(fixed, groups)
         preset = [o for o in fixed if override_key(o) == "sweep" and not o.endswith("=null")]
         if preset and not multirun:
-            raise ConfigError(f"{preset[0]} is a sweep preset and needs a multirun: "
-                              f"python train.py -m {' '.join(overrides)}")
+            raise ConfigError(
+                f"{preset[0]} is a sweep preset and needs a multirun: "
+                f"python train.py -m {' '.join(overrides)}"
+            )
         if multirun:
             try:  # Hydra composes the non-sweep overrides on the default groups before sweeping
                 sweeps = preset_sweeps(config_name, overrides)
@@ -257,9 +272,11 @@ def preflight(argv: list[str]) -> None:
                     f"some of the swept options have)"
                 ) from None
             if sweeps != [[]]:  # a preset's grids: each checked with the command line on top
-                variants = [variant for preset_overrides in sweeps
-                            for variant in job_variants(merge_overrides(preset_overrides,
-                                                                        overrides))[0]]
+                variants = [
+                    variant
+                    for preset_overrides in sweeps
+                    for variant in job_variants(merge_overrides(preset_overrides, overrides))[0]
+                ]
         for variant in variants:
             check_group_choices(variant, groups)
             try:
@@ -328,8 +345,11 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
             fail(str(error), error.code)
         except StageFailed as error:  # the traceback is in the log
             print_summary(error.results)
-            fail(f"{error}; the metrics measured are kept in "
-                 f"{Path(error.results['run_dir']) / RESULTS_FILE}", EXIT_STAGE_FAILED)
+            fail(
+                f"{error}; the metrics measured are kept in "
+                f"{Path(error.results['run_dir']) / RESULTS_FILE}",
+                EXIT_STAGE_FAILED,
+            )
         print_summary(results)
         return objective_values(cfg, results["metrics"])
 

@@ -5,15 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 # Metrics shown first, in this order; any others follow alphabetically.
-HEADLINE = ("val/acc_best", "val/acc", "test/acc", "test/acc_top5",
-            "val/map50_best", "val/map50", "val/map", "test/map50", "test/map", "model/params",
-            "model/size_bytes", "model/size_fp32_bytes", "model/compression", "model/macs",
-            "latency/ms", "latency/threads")
+HEADLINE = (
+    "val/acc_best",
+    "val/acc",
+    "test/acc",
+    "test/acc_top5",
+    "val/map50_best",
+    "val/map50",
+    "val/map",
+    "test/map50",
+    "test/map",
+    "model/params",
+    "model/size_bytes",
+    "model/size_fp32_bytes",
+    "model/compression",
+    "model/macs",
+    "latency/ms",
+    "latency/threads",
+)
 
 
 def format_value(key: str, value: Any) -> str:
     if isinstance(value, float) and key.endswith(
-            ("acc", "acc_best", "acc_top5", "loss", "map", "map50", "map50_best")):
+        ("acc", "acc_best", "acc_top5", "loss", "map", "map50", "map50_best")
+    ):
         return f"{value:.4f}"
     if key.endswith(("bytes", "params", "macs")):
         return f"{int(value):,}"

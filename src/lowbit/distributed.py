@@ -34,13 +34,18 @@ def is_global_zero() -> bool:
 
 def replica_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """The state that DDP does not keep equal through the gradients: alphas, BN statistics."""
-    alphas = [m.alpha.detach().reshape(-1) for m in module.modules()
-              if isinstance(m, LearnedClip)]
-    statistics = [buffer.detach().reshape(-1).double()
-                  for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  for buffer in (m.running_mean, m.running_var) if buffer is not None]
-    return {"alpha": torch.cat(alphas).double() if alphas else torch.zeros(0, dtype=torch.float64),
-            "bn": torch.cat(statistics) if statistics else torch.zeros(0, dtype=torch.float64)}
+    alphas = [m.alpha.detach().reshape(-1) for m in module.modules() if isinstance(m, LearnedClip)]
+    statistics = [
+        buffer.detach().reshape(-1).double()
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buffer in (m.running_mean, m.running_var)
+        if buffer is not None
+    ]
+    return {
+        "alpha": torch.cat(alphas).double() if alphas else torch.zeros(0, dtype=torch.float64),
+        "bn": torch.cat(statistics) if statistics else torch.zeros(0, dtype=torch.float64),
+    }
 
 
 class ReplicaSync(pl.Callback):

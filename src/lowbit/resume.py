@@ -41,8 +41,10 @@ def override_value(override: str) -> str:
 def quoted(value: str) -> str:
     """``value`` as a quoted Hydra override value (paths may hold characters Hydra parses)."""
     if "'" in value or "\\" in value:
-        raise ConfigError(f"the path {value!r} contains a quote or a backslash: move the run to "
-                          f"a folder without them")
+        raise ConfigError(
+            f"the path {value!r} contains a quote or a backslash: move the run to "
+            f"a folder without them"
+        )
     return f"'{value}'"
 
 
@@ -54,12 +56,16 @@ def run_dir_to_resume(value: str) -> Path:
     """The run folder that ``resume=value`` names, checked: it exists and has last.ckpt."""
     run_dir = Path(unquoted(value)).expanduser().resolve()
     if not run_dir.is_dir():
-        raise ConfigError(f"resume={value}: no such run dir; give a run's folder "
-                          f"(outputs/runs/<date>_<time>_<name>) that holds {LAST_CHECKPOINT}")
+        raise ConfigError(
+            f"resume={value}: no such run dir; give a run's folder "
+            f"(outputs/runs/<date>_<time>_<name>) that holds {LAST_CHECKPOINT}"
+        )
     if not (run_dir / LAST_CHECKPOINT).is_file():
-        raise ConfigError(f"resume={run_dir} has no {LAST_CHECKPOINT} to continue from (the run "
-                          f"stopped before its first epoch ended, or ran with callbacks=none): "
-                          f"start it again instead")
+        raise ConfigError(
+            f"resume={run_dir} has no {LAST_CHECKPOINT} to continue from (the run "
+            f"stopped before its first epoch ended, or ran with callbacks=none): "
+            f"start it again instead"
+        )
     return run_dir
 
 
@@ -80,35 +86,50 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str] 
     RUN_DIR (also in the processes that Lightning's DDP starts, which see the expanded command
     line and expand it again to the same result).
     """
-    resumes = [o for o in overrides
-               if override_key(o) == RESUME_KEY and override_value(o) not in ("", "null")]
+    resumes = [
+        o
+        for o in overrides
+        if override_key(o) == RESUME_KEY and override_value(o) not in ("", "null")
+    ]
     if not resumes:
         return None
     if len(resumes) > 1:
         raise ConfigError("resume= is given more than once: name one run dir")
     if multirun:
-        raise ConfigError("resume= continues one run: drop -m/--multirun (resume each job of a "
-                          "sweep from its own folder)")
+        raise ConfigError(
+            "resume= continues one run: drop -m/--multirun (resume each job of a "
+            "sweep from its own folder)"
+        )
     run_dir = run_dir_to_resume(override_value(resumes[0]))
-    if any(override_key(o) == CKPT_KEY and override_value(o) not in ("", "null")
-           for o in overrides):
-        raise ConfigError("resume= and ckpt_path= both given: resume=RUN_DIR takes that run's "
-                          "last.ckpt; ckpt_path=FILE starts a new run from FILE")
+    if any(
+        override_key(o) == CKPT_KEY and override_value(o) not in ("", "null") for o in overrides
+    ):
+        raise ConfigError(
+            "resume= and ckpt_path= both given: resume=RUN_DIR takes that run's "
+            "last.ckpt; ckpt_path=FILE starts a new run from FILE"
+        )
     given = [o for o in overrides if override_key(o) != RUN_DIR_KEY]
     given_keys = {override_key(o) for o in given}
-    kept = [o for o in saved_overrides(run_dir)
-            if override_key(o) not in given_keys | {RESUME_KEY, CKPT_KEY}]
-    given = [f"{RESUME_KEY}={quoted(str(run_dir))}" if override_key(o) == RESUME_KEY else o
-             for o in given]
+    kept = [
+        o
+        for o in saved_overrides(run_dir)
+        if override_key(o) not in given_keys | {RESUME_KEY, CKPT_KEY}
+    ]
+    given = [
+        f"{RESUME_KEY}={quoted(str(run_dir))}" if override_key(o) == RESUME_KEY else o
+        for o in given
+    ]
     return [*kept, *given, f"{RUN_DIR_KEY}={quoted(str(run_dir))}"]
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
-    """The checkpoint that training restarts from: ``resume``'s last.ckpt, ``ckpt_path``, or None."""
+    """The checkpoint training restarts from: ``resume``'s last.ckpt, ``ckpt_path``, or None."""
     resume, ckpt_path = cfg.get(RESUME_KEY), cfg.get(CKPT_KEY)
     if resume and ckpt_path:
-        raise ConfigError("resume= and ckpt_path= both given: resume=RUN_DIR takes that run's "
-                          "last.ckpt; ckpt_path=FILE starts a new run from FILE")
+        raise ConfigError(
+            "resume= and ckpt_path= both given: resume=RUN_DIR takes that run's "
+            "last.ckpt; ckpt_path=FILE starts a new run from FILE"
+        )
     if resume:
         return run_dir_to_resume(str(resume)) / LAST_CHECKPOINT
     if ckpt_path:

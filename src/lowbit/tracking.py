@@ -92,14 +92,20 @@ def check_wandb_options(options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - known)
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f"did you mean {close[0]}?" if close else \
-            f"known: {', '.join(sorted(known - {'_target_'}))}"
-        raise ConfigError(f"logger.wandb.{unknown[0]}: not an option of Lightning's WandbLogger "
-                          f"or of wandb.init; {hint}")
+        hint = (
+            f"did you mean {close[0]}?"
+            if close
+            else f"known: {', '.join(sorted(known - {'_target_'}))}"
+        )
+        raise ConfigError(
+            f"logger.wandb.{unknown[0]}: not an option of Lightning's WandbLogger "
+            f"or of wandb.init; {hint}"
+        )
     settings = options.get("settings") or {}
     if not isinstance(settings, Mapping):
-        raise ConfigError(f"logger.wandb.settings: must be a mapping of wandb.Settings fields, "
-                          f"got {settings!r}")
+        raise ConfigError(
+            f"logger.wandb.settings: must be a mapping of wandb.Settings fields, got {settings!r}"
+        )
     try:
         wandb.Settings(**{**DEFAULT_SETTINGS, **settings})
     except Exception as error:  # pydantic's ValidationError, several lines
@@ -110,8 +116,9 @@ def check_logger_config(cfg: Any) -> None:
     """``check_wandb_options`` on the composed config's ``logger.wandb`` node, if it has one."""
     node = (cfg.get("logger") or {}).get("wandb")
     if node is not None:
-        check_wandb_options({key: plain(node.get(key)) if key == "settings" else None
-                             for key in node.keys()})
+        check_wandb_options(
+            {key: plain(node.get(key)) if key == "settings" else None for key in node.keys()}
+        )
 
 
 def plain(value: Any) -> Any:

@@ -11,9 +11,10 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -21,8 +22,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lowbit.build import (build_datamodule, build_model, build_task, check_task_fits_data,
-                          kind_of, quant_settings, quantize)
+from lowbit.build import (
+    build_datamodule,
+    build_model,
+    build_task,
+    check_task_fits_data,
+    kind_of,
+    quant_settings,
+    quantize,
+)
 from lowbit.checkpoints import Interrupted, check_checkpoint
 from lowbit.compiled import compile_requested
 from lowbit.config import chosen_option
@@ -35,13 +43,19 @@ from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
 from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
 from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from here)
-    PACKED_FILE, RESULTS_FILE, STATUS_DIVERGED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK,
-    check_writable)
+    PACKED_FILE,
+    RESULTS_FILE,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    STATUS_OK,
+    check_writable,
+)
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config, write_json_atomically
-from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard
 from lowbit.validation import validate
+from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +107,9 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
     return config
 
 
-
-
-def measure_costs(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
-                  cfg: DictConfig) -> dict[str, float]:
+def measure_costs(
+    model: nn.Module, input_shape: tuple[int, ...], device: torch.device, cfg: DictConfig
+) -> dict[str, float]:
     """Parameters, size limit, MACs, BOPs and latency of the fake-quant model on ``device``."""
     size = model_size(model)
     macs = sum(count_macs(model, input_shape).values())
@@ -122,12 +135,15 @@ def pack_costs(model: nn.Module, output_dir: Path) -> dict[str, float]:
         log.warning("no packed checkpoint, so no measured model/size_bytes: %s", error)
         return {}
     size_bytes = packed.stat().st_size
-    return {"model/size_bytes": size_bytes,
-            "model/compression": model_size(model).size_fp32_bytes / size_bytes}
+    return {
+        "model/size_bytes": size_bytes,
+        "model/compression": model_size(model).size_fp32_bytes / size_bytes,
+    }
 
 
-def export_costs(model: nn.Module, datamodule, cfg: DictConfig,
-                 output_dir: Path) -> dict[str, float]:
+def export_costs(
+    model: nn.Module, datamodule, cfg: DictConfig, output_dir: Path
+) -> dict[str, float]:
     """The integer ONNX export and what it measures (``lowbit.export.onnx_run.export_model``):
     ``latency/int8_ms`` (ONNX Runtime), ``latency/fp32_ms`` (PyTorch eager, float model),
     ``export/top1_agreement`` (a detector: ``export/map50_int8``), timed with the ``latency``
@@ -141,12 +157,17 @@ def export_costs(model: nn.Module, datamodule, cfg: DictConfig,
 
     latency = cfg.get("latency") or {}
     try:
-        return export_model(model.cpu(), datamodule, output_dir,
-                            threads=int(settings.get("threads", THREADS)),
-                            warmup=int(latency.get("warmup", 10)),
-                            repeats=int(latency.get("repeats", 50)),
-                            decoding=OmegaConf.to_container(cfg.detection, resolve=True)
-                            if cfg.get("detection") else None)
+        return export_model(
+            model.cpu(),
+            datamodule,
+            output_dir,
+            threads=int(settings.get("threads", THREADS)),
+            warmup=int(latency.get("warmup", 10)),
+            repeats=int(latency.get("repeats", 50)),
+            decoding=OmegaConf.to_container(cfg.detection, resolve=True)
+            if cfg.get("detection")
+            else None,
+        )
     except UnsupportedModel as error:
         log.warning("no integer ONNX export: %s", error)
         return {}
@@ -172,8 +193,9 @@ class StageFailed(RuntimeError):
         self.results = results
 
 
-def measuring_stages(model: nn.Module, datamodule, device: torch.device, cfg: DictConfig,
-                     output_dir: Path) -> list[Stage]:
+def measuring_stages(
+    model: nn.Module, datamodule, device: torch.device, cfg: DictConfig, output_dir: Path
+) -> list[Stage]:
     """The work after testing, as named stages in the order they run. Each needs only the
     trained model, never another stage's result, so a failed stage does not stop the next one:
     the model is still packed when its latency could not be measured, and exported when it
@@ -262,26 +284,36 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         start_dashboard(loggers)  # W&B: best-of summaries, the run's address printed now
         callbacks = make_callbacks(cfg)
         if not loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
-            callbacks = [c for c in callbacks
-                         if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+            callbacks = [
+                c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)
+            ]
         replica_sync = ReplicaSync()
         callbacks += [RandomState(cfg.get("seed")), replica_sync]
         # Checkpoints are the callbacks group's business: none configured, none written.
         saves_checkpoints = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
-        trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                          callbacks=callbacks,
-                                          enable_checkpointing=saves_checkpoints)
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=callbacks,
+            enable_checkpointing=saves_checkpoints,
+        )
         resume_from = checkpoint_to_resume(cfg)
         if resume_from is not None:
             results["resumed_from"] = str(resume_from)
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         metrics = results["metrics"]  # filled in place: whatever fails later, these are kept
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
-                        if k.startswith(("val/", "train/"))})
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if k.startswith(("val/", "train/"))
+            }
+        )
         if cfg.get("test", True):
             ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
-            tested = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
-                                  weights_only=True)
+            tested = trainer.test(
+                task, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True
+            )
             metrics.update({k: float(v) for k, v in tested[0].items()})
         if replica_sync.report is not None:
             results["distributed"] = replica_sync.report
@@ -290,14 +322,17 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results.update({"alpha": {}, **learned_values(task.model)})
         failure = None
         if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
-            stages = measuring_stages(task.model, datamodule, trainer.strategy.root_device,
-                                      cfg, output_dir)
+            stages = measuring_stages(
+                task.model, datamodule, trainer.strategy.root_device, cfg, output_dir
+            )
             # W&B: the per-layer table and the files the stages wrote, as artifacts
-            stages.append(dashboard_stage(loggers, task.model, datamodule.image_shape,
-                                          output_dir, results))
+            stages.append(
+                dashboard_stage(loggers, task.model, datamodule.image_shape, output_dir, results)
+            )
             failure = run_stages(stages, metrics)
-        results["status"] = STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) \
-            else STATUS_OK
+        results["status"] = (
+            STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) else STATUS_OK
+        )
         if failure is not None:
             results.update(status=STATUS_FAILED, failed_stage=failure.stage, error=failure.error)
     except Diverged as error:
@@ -308,8 +343,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results.update(status=STATUS_INTERRUPTED, error=str(stopped))
         raise stopped from None
     except BaseException as error:  # bad input or a bug: recorded, then re-raised
-        results["error"] = (str(error) if isinstance(error, ConfigError)
-                            else f"{type(error).__name__}: {error}")
+        results["error"] = (
+            str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+        )
         raise
     finally:
         results["duration_s"] = round(time.time() - started, 2)

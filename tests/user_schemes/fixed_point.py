@@ -18,7 +18,7 @@ class FixedPointQuantizer(Quantizer):
 
     def __init__(self, bits: int, frac_bits: int, signed: bool = True):
         super().__init__(bits)
-        self.step = 2.0 ** -frac_bits
+        self.step = 2.0**-frac_bits
         self.signed = signed
 
     def code_range(self) -> tuple[int, int]:
@@ -38,8 +38,7 @@ class FixedPointQuantizer(Quantizer):
         if not self.is_active:
             return None
         step = torch.tensor(self.step)
-        return (symmetric_grid(self.bits, step) if self.signed
-                else unsigned_grid(self.bits, step))
+        return symmetric_grid(self.bits, step) if self.signed else unsigned_grid(self.bits, step)
 
 
 class PassThrough(Quantizer):

@@ -7,7 +7,8 @@ the launcher, multirun.yaml, job numbering) is the basic sweeper's.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -18,9 +19,12 @@ from lowbit.sweep.grids import grid_override_lists
 class GridsSweeper(BasicSweeper):
     """The basic sweeper over ``grids``: their jobs in order, each grid a Cartesian product."""
 
-    def __init__(self, max_batch_size: int | None = None,
-                 params: Mapping[str, Any] | None = None,
-                 grids: Sequence[Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: Mapping[str, Any] | None = None,
+        grids: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=dict(params or {}))
         self.grids = [dict(grid) for grid in (grids or [{}])]
         self.arguments: list[str] = []

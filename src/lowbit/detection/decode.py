@@ -30,8 +30,9 @@ class HeadPredictions:
 def split_head(output: torch.Tensor, num_anchors: int) -> torch.Tensor:
     """``[B, A (5 + C), H, W]`` -> ``[B, A, H, W, 5 + C]``."""
     batch, channels, height, width = output.shape
-    return output.view(batch, num_anchors, channels // num_anchors, height, width
-                       ).permute(0, 1, 3, 4, 2)
+    return output.view(batch, num_anchors, channels // num_anchors, height, width).permute(
+        0, 1, 3, 4, 2
+    )
 
 
 def decode_head(raw: torch.Tensor, anchors: torch.Tensor, stride: int) -> torch.Tensor:
@@ -44,12 +45,16 @@ def decode_head(raw: torch.Tensor, anchors: torch.Tensor, stride: int) -> torch.
     anchors = anchors.to(raw.dtype).view(1, -1, 1, 1, 2)
     half_w = anchors[..., 0] * raw[..., 2].clamp(max=MAX_LOG_SCALE).exp() / 2
     half_h = anchors[..., 1] * raw[..., 3].clamp(max=MAX_LOG_SCALE).exp() / 2
-    return torch.stack([centre_x - half_w, centre_y - half_h,
-                        centre_x + half_w, centre_y + half_h], dim=-1)
+    return torch.stack(
+        [centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], dim=-1
+    )
 
 
-def decode_heads(outputs: list[torch.Tensor] | tuple[torch.Tensor, ...],
-                 head_anchors: list[torch.Tensor], strides: tuple[int, ...]) -> HeadPredictions:
+def decode_heads(
+    outputs: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    head_anchors: list[torch.Tensor],
+    strides: tuple[int, ...],
+) -> HeadPredictions:
     """All heads' predictions, concatenated per image."""
     boxes, objectness, classes = [], [], []
     for output, anchors, stride in zip(outputs, head_anchors, strides):
@@ -62,9 +67,13 @@ def decode_heads(outputs: list[torch.Tensor] | tuple[torch.Tensor, ...],
 
 
 @torch.no_grad()
-def postprocess(predictions: HeadPredictions, score_threshold: float = 0.001,
-                iou_threshold: float = 0.45, max_detections: int = 100,
-                image_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+def postprocess(
+    predictions: HeadPredictions,
+    score_threshold: float = 0.001,
+    iou_threshold: float = 0.45,
+    max_detections: int = 100,
+    image_size: int | None = None,
+) -> list[dict[str, torch.Tensor]]:
     """Per image ``{"boxes" [n, 4] xyxy, "scores" [n], "labels" [n]}`` after per-class NMS.
 
     A prediction's score is objectness x its best class probability (one label per box);
@@ -83,6 +92,11 @@ def postprocess(predictions: HeadPredictions, score_threshold: float = 0.001,
             boxes = boxes.clamp(0, image_size)
         kept = batched_nms(boxes.float(), image_scores.float(), image_labels, iou_threshold)
         kept = kept[:max_detections]  # batched_nms returns them by decreasing score
-        results.append({"boxes": boxes[kept].float(), "scores": image_scores[kept].float(),
-                        "labels": image_labels[kept]})
+        results.append(
+            {
+                "boxes": boxes[kept].float(),
+                "scores": image_scores[kept].float(),
+                "labels": image_labels[kept],
+            }
+        )
     return results

@@ -47,9 +47,16 @@ class YOLOLoss:
     (a list of ``{"boxes": [n, 4] xyxy pixels, "labels": [n]}``) and returns ``LossTerms``.
     """
 
-    def __init__(self, head_anchors: list[torch.Tensor], strides: tuple[int, ...],
-                 num_classes: int, box_weight: float = 1.0, objectness_weight: float = 1.0,
-                 class_weight: float = 1.0, ignore_iou: float = 0.5):
+    def __init__(
+        self,
+        head_anchors: list[torch.Tensor],
+        strides: tuple[int, ...],
+        num_classes: int,
+        box_weight: float = 1.0,
+        objectness_weight: float = 1.0,
+        class_weight: float = 1.0,
+        ignore_iou: float = 0.5,
+    ):
         self.head_anchors = [anchors.detach().float() for anchors in head_anchors]
         self.strides = tuple(strides)
         self.num_classes = num_classes
@@ -61,8 +68,9 @@ class YOLOLoss:
     def __call__(self, outputs, targets: list[dict[str, torch.Tensor]]) -> LossTerms:
         device = outputs[0].device
         batch = outputs[0].shape[0]
-        image_index = torch.cat([torch.full((len(t["labels"]),), i, dtype=torch.long)
-                                 for i, t in enumerate(targets)]).to(device)
+        image_index = torch.cat(
+            [torch.full((len(t["labels"]),), i, dtype=torch.long) for i, t in enumerate(targets)]
+        ).to(device)
         gt_boxes = torch.cat([t["boxes"] for t in targets]).to(device).float().reshape(-1, 4)
         gt_labels = torch.cat([t["labels"] for t in targets]).to(device).long()
         gt_sizes = (gt_boxes[:, 2:] - gt_boxes[:, :2]).clamp(min=1e-6)
@@ -94,23 +102,32 @@ class YOLOLoss:
             considered = ~self.ignored(boxes.detach(), image_index, gt_boxes, batch)
             considered[b, anchor, row, col] = True
             objectness_loss = objectness_loss + F.binary_cross_entropy_with_logits(
-                raw[..., 4][considered], objectness_target[considered], reduction="sum")
+                raw[..., 4][considered], objectness_target[considered], reduction="sum"
+            )
             if mine.any():
                 box_loss = box_loss + generalized_box_iou_loss(
-                    boxes[b, anchor, row, col], gt_boxes[mine], reduction="sum")
+                    boxes[b, anchor, row, col], gt_boxes[mine], reduction="sum"
+                )
                 class_target = F.one_hot(gt_labels[mine], self.num_classes).to(raw.dtype)
                 class_loss = class_loss + F.binary_cross_entropy_with_logits(
-                    raw[b, anchor, row, col, 5:], class_target, reduction="sum")
+                    raw[b, anchor, row, col, 5:], class_target, reduction="sum"
+                )
 
-        box_loss, objectness_loss, class_loss = (term / batch for term in
-                                                 (box_loss, objectness_loss, class_loss))
-        total = (self.box_weight * box_loss + self.objectness_weight * objectness_loss
-                 + self.class_weight * class_loss)
-        return LossTerms(total, box_loss.detach(), objectness_loss.detach(),
-                         class_loss.detach(), assigned)
+        box_loss, objectness_loss, class_loss = (
+            term / batch for term in (box_loss, objectness_loss, class_loss)
+        )
+        total = (
+            self.box_weight * box_loss
+            + self.objectness_weight * objectness_loss
+            + self.class_weight * class_loss
+        )
+        return LossTerms(
+            total, box_loss.detach(), objectness_loss.detach(), class_loss.detach(), assigned
+        )
 
-    def ignored(self, boxes: torch.Tensor, image_index: torch.Tensor, gt_boxes: torch.Tensor,
-                batch: int) -> torch.Tensor:
+    def ignored(
+        self, boxes: torch.Tensor, image_index: torch.Tensor, gt_boxes: torch.Tensor, batch: int
+    ) -> torch.Tensor:
         """``[B, A, H, W]`` True where a prediction overlaps a ground truth by > ignore_iou."""
         flat = boxes.reshape(batch, -1, 4)
         ignored = torch.zeros(flat.shape[:2], dtype=torch.bool, device=boxes.device)

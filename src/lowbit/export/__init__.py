@@ -4,11 +4,16 @@ from lowbit.export.packing import load_packed, payload_bytes, save_packed
 
 # The ONNX names load onnx/onnxruntime on first use only: training imports this package.
 ONNX_NAMES = {
-    "export_int8_onnx": "lowbit.export.onnx", "export_fp32_onnx": "lowbit.export.onnx",
-    "ort_static_qdq": "lowbit.export.onnx", "onnx_latency_ms": "lowbit.export.onnx",
-    "onnx_latency_table": "lowbit.export.onnx", "onnx_predict": "lowbit.export.onnx",
-    "top1_agreement": "lowbit.export.onnx", "UnsupportedModel": "lowbit.export.onnx_graph",
-    "export_run": "lowbit.export.onnx_run", "export_model": "lowbit.export.onnx_run",
+    "export_int8_onnx": "lowbit.export.onnx",
+    "export_fp32_onnx": "lowbit.export.onnx",
+    "ort_static_qdq": "lowbit.export.onnx",
+    "onnx_latency_ms": "lowbit.export.onnx",
+    "onnx_latency_table": "lowbit.export.onnx",
+    "onnx_predict": "lowbit.export.onnx",
+    "top1_agreement": "lowbit.export.onnx",
+    "UnsupportedModel": "lowbit.export.onnx_graph",
+    "export_run": "lowbit.export.onnx_run",
+    "export_model": "lowbit.export.onnx_run",
 }
 
 

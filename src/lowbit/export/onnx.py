@@ -21,8 +21,8 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -40,8 +40,14 @@ INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger")
 
 # -- export -----------------------------------------------------------------------------------
 
-def export_int8_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path,
-                     calibration: torch.Tensor | None = None, opset: int = 17) -> Path:
+
+def export_int8_onnx(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    path: str | Path,
+    calibration: torch.Tensor | None = None,
+    opset: int = 17,
+) -> Path:
     """Write the integer QDQ ONNX model of ``model`` (a ``quantize_model``-ed network) to ``path``.
 
     BatchNorm is folded, weights are int8 codes on each layer's grid with per-channel scales,
@@ -63,19 +69,34 @@ def float_model(model: nn.Module) -> nn.Module:
     folded = fold_bn(model)
     for name, module in list(folded.named_modules()):
         if isinstance(module, FoldedQuantConv2d):
-            plain = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                              module.stride, module.padding, module.dilation, module.groups,
-                              bias=True, padding_mode=module.padding_mode)
+            plain = nn.Conv2d(
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+                bias=True,
+                padding_mode=module.padding_mode,
+            )
             plain.weight, plain.bias = module.weight, module.bias
         elif isinstance(module, QuantConv2d):
-            plain = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                              module.stride, module.padding, module.dilation, module.groups,
-                              bias=module.bias is not None, padding_mode=module.padding_mode)
+            plain = nn.Conv2d(
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+                bias=module.bias is not None,
+                padding_mode=module.padding_mode,
+            )
             plain.weight = nn.Parameter(module.quantized_weight().detach())
             plain.bias = module.bias
         elif isinstance(module, QuantLinear):
-            plain = nn.Linear(module.in_features, module.out_features,
-                              bias=module.bias is not None)
+            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
             plain.weight = nn.Parameter(module.quantized_weight().detach())
             plain.bias = module.bias
         else:
@@ -85,8 +106,9 @@ def float_model(model: nn.Module) -> nn.Module:
     return folded.eval()
 
 
-def export_fp32_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path,
-                     opset: int = 17) -> Path:
+def export_fp32_onnx(
+    model: nn.Module, input_shape: tuple[int, int, int], path: str | Path, opset: int = 17
+) -> Path:
     """Write the float32 ONNX model of ``model`` (``float_model``: BN folded, no quantizers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +119,16 @@ def export_fp32_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: 
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore")
         # dynamo=False: the torch.export-based exporter needs onnxscript, not a lowbit dependency.
-        torch.onnx.export(network, (torch.zeros(1, *input_shape),), str(path), dynamo=False,
-                          opset_version=opset, input_names=[INPUT], output_names=outputs,
-                          dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]})
+        torch.onnx.export(
+            network,
+            (torch.zeros(1, *input_shape),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]},
+        )
     return path
 
 
@@ -107,26 +136,31 @@ class _Batches:
     """onnxruntime.quantization's CalibrationDataReader over one tensor, in batches."""
 
     def __init__(self, images: torch.Tensor, batch_size: int = 32):
-        self.batches = iter([{INPUT: chunk.float().cpu().numpy()}
-                             for chunk in images.split(batch_size)])
+        self.batches = iter(
+            [{INPUT: chunk.float().cpu().numpy()} for chunk in images.split(batch_size)]
+        )
 
     def get_next(self):
         return next(self.batches, None)
 
 
-def ort_static_qdq(fp32_onnx_path: str | Path, calibration: torch.Tensor,
-                   path: str | Path) -> Path:
+def ort_static_qdq(fp32_onnx_path: str | Path, calibration: torch.Tensor, path: str | Path) -> Path:
     """ORT's own static quantization of a float ONNX model: QDQ, per-channel int8 weights,
     uint8 activations (ORT's recommended u8s8 on x86), min/max calibration on ``calibration``."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    quantize_static(str(fp32_onnx_path), str(path), _Batches(calibration),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(
+        str(fp32_onnx_path),
+        str(path),
+        _Batches(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     return path
 
 
@@ -139,8 +173,10 @@ def save(proto: onnx.ModelProto, path: str | Path) -> Path:
 
 # -- running ----------------------------------------------------------------------------------
 
-def session(path: str | Path, threads: int = DEFAULT_THREADS,
-            optimized_path: str | Path | None = None) -> ort.InferenceSession:
+
+def session(
+    path: str | Path, threads: int = DEFAULT_THREADS, optimized_path: str | Path | None = None
+) -> ort.InferenceSession:
     """A CPU InferenceSession with all graph optimizations and ``threads`` intra-op threads."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
@@ -159,17 +195,20 @@ def optimized_op_types(path: str | Path, scratch: str | Path) -> list[str]:
     return [node.op_type for node in onnx.load(str(scratch)).graph.node]
 
 
-def onnx_outputs(path: str | Path, images: torch.Tensor, threads: int = DEFAULT_THREADS,
-                 batch_size: int = 256) -> list[torch.Tensor]:
+def onnx_outputs(
+    path: str | Path, images: torch.Tensor, threads: int = DEFAULT_THREADS, batch_size: int = 256
+) -> list[torch.Tensor]:
     """Every output of the model for ``images``, computed by ORT (a detector has two)."""
     runner = session(path, threads)
-    batches = [runner.run(None, {INPUT: chunk.float().cpu().numpy()})
-               for chunk in images.split(batch_size)]
+    batches = [
+        runner.run(None, {INPUT: chunk.float().cpu().numpy()}) for chunk in images.split(batch_size)
+    ]
     return [torch.from_numpy(np.concatenate(parts)) for parts in zip(*batches)]
 
 
-def onnx_predict(path: str | Path, images: torch.Tensor, threads: int = DEFAULT_THREADS,
-                 batch_size: int = 256) -> torch.Tensor:
+def onnx_predict(
+    path: str | Path, images: torch.Tensor, threads: int = DEFAULT_THREADS, batch_size: int = 256
+) -> torch.Tensor:
     """The model's first output (a classifier's logits) for ``images``, computed by ORT."""
     return onnx_outputs(path, images, threads, batch_size)[0]
 
@@ -181,13 +220,22 @@ def _timed(runner: ort.InferenceSession, feed: dict) -> float:
 
 
 def _summary(times: list[float], threads: int) -> dict[str, float]:
-    return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "threads": threads}
+    return {
+        "ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "threads": threads,
+    }
 
 
-def onnx_latency_table(paths: Mapping[str, str | Path], input_shape: tuple[int, ...],
-                       threads: int = DEFAULT_THREADS, warmup: int = 10,
-                       repeats: int = 50, block: int = 25) -> dict[str, dict[str, float]]:
+def onnx_latency_table(
+    paths: Mapping[str, str | Path],
+    input_shape: tuple[int, ...],
+    threads: int = DEFAULT_THREADS,
+    warmup: int = 10,
+    repeats: int = 50,
+    block: int = 25,
+) -> dict[str, dict[str, float]]:
     """Batch-1 latency of several ONNX models measured side by side, in ORT's default settings.
 
     The models take turns in blocks of ``block`` timed runs, each block after ``warmup`` untimed
@@ -211,16 +259,24 @@ def onnx_latency_table(paths: Mapping[str, str | Path], input_shape: tuple[int, 
     return {name: _summary(values, threads) for name, values in times.items()}
 
 
-def onnx_latency_ms(path: str | Path, input_shape: tuple[int, ...],
-                    threads: int = DEFAULT_THREADS, warmup: int = 10,
-                    repeats: int = 50) -> dict[str, float]:
+def onnx_latency_ms(
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    threads: int = DEFAULT_THREADS,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> dict[str, float]:
     """{"ms": median, "min_ms", "max_ms", "threads"} of batch-1 runs of one ONNX model in ORT."""
     return onnx_latency_table({"model": path}, input_shape, threads, warmup, repeats)["model"]
 
 
 @torch.no_grad()
-def top1_agreement(model: nn.Module, onnx_path: str | Path,
-                   images: torch.Tensor | Iterable, threads: int = DEFAULT_THREADS) -> float:
+def top1_agreement(
+    model: nn.Module,
+    onnx_path: str | Path,
+    images: torch.Tensor | Iterable,
+    threads: int = DEFAULT_THREADS,
+) -> float:
     """Fraction of inputs whose ORT argmax equals the PyTorch model's (in eval mode).
 
     ``images``: one tensor, or an iterable of (images, labels) batches (a DataLoader).
@@ -244,6 +300,17 @@ def top1_agreement(model: nn.Module, onnx_path: str | Path,
     return agree / total
 
 
-__all__ = ["INTEGER_CONV_OPS", "UnsupportedModel", "export_fp32_onnx", "export_int8_onnx",
-           "float_model", "onnx_latency_ms", "onnx_latency_table", "onnx_outputs", "onnx_predict",
-           "optimized_op_types", "ort_static_qdq", "top1_agreement"]
+__all__ = [
+    "INTEGER_CONV_OPS",
+    "UnsupportedModel",
+    "export_fp32_onnx",
+    "export_int8_onnx",
+    "float_model",
+    "onnx_latency_ms",
+    "onnx_latency_table",
+    "onnx_outputs",
+    "onnx_predict",
+    "optimized_op_types",
+    "ort_static_qdq",
+    "top1_agreement",
+]

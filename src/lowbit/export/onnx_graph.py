@@ -71,6 +71,7 @@ class UnsupportedModel(ValueError):
 
 # -- grids ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Grid:
     """How one float tensor becomes uint8 codes at runtime: q = clip(round(x / q_scale) +
@@ -87,10 +88,11 @@ class Grid:
     numpy_type = np.uint8
     saturation = (0, 255)
 
-    def at_least(self, low: int) -> "Grid":
+    def at_least(self, low: int) -> Grid:
         """The same grid with its lower clip raised to ``low`` (a ReLU absorbed: low = zp)."""
-        return Grid(self.q_scale, self.dq_scale, max(self.lo, low), self.hi, self.zero_point,
-                    self.exact)
+        return Grid(
+            self.q_scale, self.dq_scale, max(self.lo, low), self.hi, self.zero_point, self.exact
+        )
 
 
 def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
@@ -102,18 +104,28 @@ def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
     if contract.bits > 8:
         raise UnsupportedModel(
             f"{where}: {contract.bits}-bit activations do not fit the 8-bit integer runtime "
-            f"(export needs abits <= 8)")
+            f"(export needs abits <= 8)"
+        )
     if contract.per_channel or contract.code_step != 1:
-        raise UnsupportedModel(f"{where}: the integer runtime quantizes activations per tensor "
-                               f"on consecutive codes; {type(quantizer).__name__}'s grid is not")
+        raise UnsupportedModel(
+            f"{where}: the integer runtime quantizes activations per tensor "
+            f"on consecutive codes; {type(quantizer).__name__}'s grid is not"
+        )
     # Signed codes travel as uint8 shifted by 128 (zero point 128): the same values, and ORT on
     # x86 fuses QLinearConv only for uint8 activations (its int8-activation kernels are ARM's).
     shift = UINT8_SHIFT if contract.signed else 0
-    grid = Grid(float(contract.quantize_scale), float(contract.scale),
-                contract.qmin + shift, contract.qmax + shift, contract.zero_point + shift)
+    grid = Grid(
+        float(contract.quantize_scale),
+        float(contract.scale),
+        contract.qmin + shift,
+        contract.qmax + shift,
+        contract.zero_point + shift,
+    )
     if not (0 <= grid.lo <= grid.hi <= 255 and 0 <= grid.zero_point <= 255):
-        raise UnsupportedModel(f"{where}: codes {contract.qmin}..{contract.qmax} (zero point "
-                               f"{contract.zero_point}) do not fit 8 bits")
+        raise UnsupportedModel(
+            f"{where}: codes {contract.qmin}..{contract.qmax} (zero point "
+            f"{contract.zero_point}) do not fit 8 bits"
+        )
     return grid
 
 
@@ -126,7 +138,7 @@ def stated_grid(quantizer: Quantizer, x: torch.Tensor | None, where: str):
 
 
 def calibrated_grid(low: float, high: float) -> Grid:
-    """uint8 asymmetric min/max grid (zero exactly representable) for a tensor lowbit keeps float."""
+    """uint8 asymmetric min/max grid (zero exactly representable), for a tensor kept float."""
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / 255 if high > low else 1.0
     zero_point = int(np.clip(round(-low / scale), 0, 255))
@@ -134,6 +146,7 @@ def calibrated_grid(low: float, high: float) -> Grid:
 
 
 # -- weights ----------------------------------------------------------------------------------
+
 
 @dataclass
 class IntegerWeight:
@@ -150,8 +163,10 @@ def grid_codes(source: nn.Module, weight: torch.Tensor, where: str):
     if grid is None:
         return None
     if grid.zero_point != 0 or (grid.per_channel and grid.axis != 0):
-        raise UnsupportedModel(f"{where}: integer convolutions take weights with zero point 0 "
-                               f"and scales per output channel (axis 0)")
+        raise UnsupportedModel(
+            f"{where}: integer convolutions take weights with zero point 0 "
+            f"and scales per output channel (axis 0)"
+        )
     codes = quantizer.integer_codes(weight).double()
     step = grid.scale.double()
     return codes, (step if grid.per_channel else step.expand(weight.shape[0]))
@@ -161,8 +176,9 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
     """What the layer computes with: BN folded in, or the quantized weight of an unfolded layer
     (a conv with no BatchNorm after it: the squeeze-excite convs, a classifier)."""
     with torch.no_grad():
-        return (layer.quantized_weight() if isinstance(layer, QuantizedLayer)
-                else layer.weight).detach()
+        return (
+            layer.quantized_weight() if isinstance(layer, QuantizedLayer) else layer.weight
+        ).detach()
 
 
 def exceeds_int8(layer: nn.Module, where: str) -> bool:
@@ -214,6 +230,7 @@ def integer_weight(layer: nn.Module, where: str) -> IntegerWeight:
 
 # -- the graph ------------------------------------------------------------------------------
 
+
 @dataclass
 class Value:
     """An fx node's ONNX tensor: float, or integers on ``grid``."""
@@ -244,11 +261,13 @@ class Builder:
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, output: str | None = None,
-             **attributes) -> str:
+    def node(
+        self, op: str, inputs: list[str], name: str, output: str | None = None, **attributes
+    ) -> str:
         output = output or self.unique(name)
-        self.nodes.append(helper.make_node(op, inputs, [output], name=self.unique(f"{name}_{op}"),
-                                           **attributes))
+        self.nodes.append(
+            helper.make_node(op, inputs, [output], name=self.unique(f"{name}_{op}"), **attributes)
+        )
         return output
 
     def quantize(self, x: str, grid: Grid, name: str) -> Value:
@@ -287,15 +306,18 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         graph = Tracer().trace(model)
     except Exception as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UnsupportedModel(f"cannot trace {type(model).__name__} with torch.fx ({first})") \
-            from None
+        raise UnsupportedModel(
+            f"cannot trace {type(model).__name__} with torch.fx ({first})"
+        ) from None
     return torch.fx.GraphModule(model, graph)
 
 
 def is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    return ((node.op == "call_module" and isinstance(modules[node.target], nn.ReLU))
-            or (node.op == "call_function" and node.target in (F.relu, torch.relu))
-            or (node.op == "call_method" and node.target == "relu"))
+    return (
+        (node.op == "call_module" and isinstance(modules[node.target], nn.ReLU))
+        or (node.op == "call_function" and node.target in (F.relu, torch.relu))
+        or (node.op == "call_method" and node.target == "relu")
+    )
 
 
 def passes_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -322,7 +344,9 @@ def pad_mode(node: torch.fx.Node) -> str:
     return node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
 
 
-def input_grid(layer: nn.Module, name: str, observed: dict[str, tuple[float, float]]) -> Grid | None:
+def input_grid(
+    layer: nn.Module, name: str, observed: dict[str, tuple[float, float]]
+) -> Grid | None:
     quantizer = getattr(layer, "input_quantizer", None)
     grid = quantizer_grid(quantizer, name) if quantizer is not None else None
     if grid is None and name in observed:
@@ -341,8 +365,11 @@ def plan_quantize_points(gm: torch.fx.GraphModule, grids: dict[str, Grid]):
         grid = grids[node.target]
         source = node.args[0]
         relu = False
-        while (passes_through(source, modules) and len(source.users) == 1
-               and source.op != "placeholder"):
+        while (
+            passes_through(source, modules)
+            and len(source.users) == 1
+            and source.op != "placeholder"
+        ):
             relu |= is_relu(source, modules)
             source = source.args[0]
         if len(source.users) == 1 and source not in points:
@@ -353,8 +380,9 @@ def plan_quantize_points(gm: torch.fx.GraphModule, grids: dict[str, Grid]):
 
 
 @torch.no_grad()
-def observe_layers(model: nn.Module, inputs_of: list[str], outputs_of: list[str],
-                   images: torch.Tensor):
+def observe_layers(
+    model: nn.Module, inputs_of: list[str], outputs_of: list[str], images: torch.Tensor
+):
     """(min, max) over ``images`` of the input of each layer in ``inputs_of`` and of the output
     of each layer in ``outputs_of``: two dicts by layer name."""
     seen = ({}, {})
@@ -366,11 +394,17 @@ def observe_layers(model: nn.Module, inputs_of: list[str], outputs_of: list[str]
         ranges[name] = (min(old[0], low), max(old[1], high))
 
     for name in inputs_of:
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, args, name=name: record(seen[0], name, args[0])))
+        hooks.append(
+            model.get_submodule(name).register_forward_pre_hook(
+                lambda _m, args, name=name: record(seen[0], name, args[0])
+            )
+        )
     for name in outputs_of:
-        hooks.append(model.get_submodule(name).register_forward_hook(
-            lambda _m, _args, out, name=name: record(seen[1], name, out)))
+        hooks.append(
+            model.get_submodule(name).register_forward_hook(
+                lambda _m, _args, out, name=name: record(seen[1], name, out)
+            )
+        )
     try:
         model(images)
     finally:
@@ -379,8 +413,12 @@ def observe_layers(model: nn.Module, inputs_of: list[str], outputs_of: list[str]
     return seen
 
 
-def plan_requantization(gm: torch.fx.GraphModule, grids: dict[str, Grid], points: dict,
-                        observed_outputs: dict[str, tuple[float, float]]):
+def plan_requantization(
+    gm: torch.fx.GraphModule,
+    grids: dict[str, Grid],
+    points: dict,
+    observed_outputs: dict[str, tuple[float, float]],
+):
     """{layer node: calibrated uint8 grid} for each integer-input layer whose output no lowbit
     quantizer reads directly (a conv before hard-swish, leaky ReLU, a residual add or squeeze-
     excite's product). The fake-quant model keeps those outputs in float; an integer runtime
@@ -395,11 +433,18 @@ def plan_requantization(gm: torch.fx.GraphModule, grids: dict[str, Grid], points
     for node in reversed(gm.graph.nodes):
         feeds_layer[node] = any(
             (user.op == "call_module" and isinstance(modules[user.target], LAYERS))
-            or feeds_layer.get(user, False) for user in node.users)
+            or feeds_layer.get(user, False)
+            for user in node.users
+        )
     requantized = {}
     for node in gm.graph.nodes:
-        if (node.op == "call_module" and node.target in grids and node not in points
-                and node.target in observed_outputs and feeds_layer[node]):
+        if (
+            node.op == "call_module"
+            and node.target in grids
+            and node not in points
+            and node.target in observed_outputs
+            and feeds_layer[node]
+        ):
             requantized[node] = calibrated_grid(*observed_outputs[node.target])
     return requantized
 
@@ -432,15 +477,22 @@ def float_input_layers(model: nn.Module) -> list[str]:
 def check_layers(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.BatchNorm2d):
-            raise UnsupportedModel(f"{name}: BatchNorm2d that does not directly follow a Conv2d "
-                                   f"in an nn.Sequential cannot be folded")
-        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros"
-                                              or isinstance(module.padding, str)):
+            raise UnsupportedModel(
+                f"{name}: BatchNorm2d that does not directly follow a Conv2d "
+                f"in an nn.Sequential cannot be folded"
+            )
+        if isinstance(module, nn.Conv2d) and (
+            module.padding_mode != "zeros" or isinstance(module.padding, str)
+        ):
             raise UnsupportedModel(f"{name}: only zero padding given as numbers is supported")
 
 
-def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
-                     calibration: torch.Tensor | None = None, opset: int = 17) -> onnx.ModelProto:
+def build_int8_graph(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    calibration: torch.Tensor | None = None,
+    opset: int = 17,
+) -> onnx.ModelProto:
     """The integer QDQ ONNX model of ``model`` (module docstring); UnsupportedModel if it cannot.
 
     With ``calibration`` images, float inputs of layers are quantized (``calibrated_grid``) and
@@ -455,7 +507,8 @@ def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
     observed_inputs, observed_outputs = {}, {}
     if calibration is not None:
         observed_inputs, observed_outputs = observe_layers(
-            folded, float_input_layers(folded), layer_names, calibration.float())
+            folded, float_input_layers(folded), layer_names, calibration.float()
+        )
     with torch.no_grad():
         example = folded(torch.zeros(1, *input_shape))
     examples = list(example) if isinstance(example, (tuple, list)) else [example]
@@ -465,8 +518,10 @@ def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
         if grid is not None:
             grids[name] = grid
     if not grids:
-        raise UnsupportedModel(f"{type(model).__name__} has no quantized layer input: quantize it "
-                               f"with lowbit.quant.quantize_model or pass calibration images")
+        raise UnsupportedModel(
+            f"{type(model).__name__} has no quantized layer input: quantize it "
+            f"with lowbit.quant.quantize_model or pass calibration images"
+        )
     results = graph_outputs(gm)
     points, direct = plan_quantize_points(gm, grids)
     requantized = plan_requantization(gm, grids, points, observed_outputs)
@@ -489,8 +544,14 @@ def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
                 b.node("Identity", [as_float(result, f"output_{i}")], f"output_{i}", output=output)
             continue
         elif node.op == "call_module" and isinstance(modules[node.target], LAYERS):
-            value = emit_layer(b, node, modules[node.target], env[node.args[0]],
-                               direct.get(node), fused=node in points or node in requantized)
+            value = emit_layer(
+                b,
+                node,
+                modules[node.target],
+                env[node.args[0]],
+                direct.get(node),
+                fused=node in points or node in requantized,
+            )
         elif fetch_is_int(node, env) and passes_through(node, modules):
             value = emit_integer_pass(b, node, modules, env[node.args[0]])
         else:
@@ -502,19 +563,30 @@ def build_int8_graph(model: nn.Module, input_shape: tuple[int, ...],
         env[node] = value
 
     graph = helper.make_graph(
-        b.nodes, type(model).__name__ + "_int8",
+        b.nodes,
+        type(model).__name__ + "_int8",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", *input_shape])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", *tensor.shape[1:]])
-         for output, tensor in zip(names, examples)],
-        initializer=b.initializers)
+        [
+            helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", *tensor.shape[1:]])
+            for output, tensor in zip(names, examples)
+        ],
+        initializer=b.initializers,
+    )
     opsets = [helper.make_opsetid("", opset)]
     # The oldest IR version that carries the opset: runtimes older than the onnx package read it.
-    proto = helper.make_model(graph, opset_imports=opsets, producer_name="lowbit",
-                              ir_version=helper.find_min_ir_version_for(opsets))
-    helper.set_model_props(proto, {
-        REQUANTIZED_KEY: ",".join(n.target for n in requantized),
-        LAYER_INPUTS_KEY: json.dumps(b.layer_inputs),
-    })
+    proto = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="lowbit",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
+    helper.set_model_props(
+        proto,
+        {
+            REQUANTIZED_KEY: ",".join(n.target for n in requantized),
+            LAYER_INPUTS_KEY: json.dumps(b.layer_inputs),
+        },
+    )
     onnx.checker.check_model(proto)
     return proto
 
@@ -524,8 +596,9 @@ def fetch_is_int(node: torch.fx.Node, env: dict) -> bool:
     return isinstance(arg, torch.fx.Node) and arg in env and env[arg].grid is not None
 
 
-def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
-               grid: Grid | None, fused: bool) -> Value:
+def emit_layer(
+    b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value, grid: Grid | None, fused: bool
+) -> Value:
     """Conv2d/Linear: DQ(x) and DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, float output.
 
     ``fused``: a Q follows (the layer runs as an integer kernel). A layer with a float output
@@ -541,33 +614,47 @@ def emit_layer(b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value,
     bias = layer.bias.detach().double().numpy() if layer.bias is not None else None
     if x.grid is None or (not fused and exceeds_int8(layer, name)):
         # a float layer, with the weight the layer computes with
-        inputs = [x_float, b.constant(f"{name}_weight",
-                                      effective_weight(layer).float().numpy())]
+        inputs = [x_float, b.constant(f"{name}_weight", effective_weight(layer).float().numpy())]
         if bias is not None:
             inputs.append(b.constant(f"{name}_bias", bias.astype(np.float32)))
     else:
         weight = integer_weight(layer, name)
         codes = b.constant(f"{name}_weight_codes", weight.codes)
         w_scale = b.constant(f"{name}_weight_scale", weight.scale)
-        w_zero = b.constant(f"{name}_weight_zero_point", np.zeros_like(weight.codes,
-                                                                       shape=weight.scale.shape))
-        inputs = [x_float, b.node("DequantizeLinear", [codes, w_scale, w_zero],
-                                  f"{name}_weight_dq", axis=0)]
+        w_zero = b.constant(
+            f"{name}_weight_zero_point", np.zeros_like(weight.codes, shape=weight.scale.shape)
+        )
+        inputs = [
+            x_float,
+            b.node("DequantizeLinear", [codes, w_scale, w_zero], f"{name}_weight_dq", axis=0),
+        ]
         if bias is not None:
             b_scale = (np.float32(x.grid.dq_scale) * weight.scale).astype(np.float32)
             b_codes = np.round(bias / b_scale.astype(np.float64))
             if np.abs(b_codes).max(initial=0) >= 2**31:
-                raise UnsupportedModel(f"{name}: the bias does not fit int32 at the scale "
-                                       f"input_scale * weight_scale")
-            inputs.append(b.node("DequantizeLinear", [
-                b.constant(f"{name}_bias_codes", b_codes.astype(np.int32)),
-                b.constant(f"{name}_bias_scale", b_scale),
-                b.constant(f"{name}_bias_zero_point", np.zeros(b_scale.shape, np.int32)),
-            ], f"{name}_bias_dq", axis=0))
+                raise UnsupportedModel(
+                    f"{name}: the bias does not fit int32 at the scale input_scale * weight_scale"
+                )
+            inputs.append(
+                b.node(
+                    "DequantizeLinear",
+                    [
+                        b.constant(f"{name}_bias_codes", b_codes.astype(np.int32)),
+                        b.constant(f"{name}_bias_scale", b_scale),
+                        b.constant(f"{name}_bias_zero_point", np.zeros(b_scale.shape, np.int32)),
+                    ],
+                    f"{name}_bias_dq",
+                    axis=0,
+                )
+            )
     if isinstance(layer, nn.Conv2d):
-        attributes = dict(kernel_shape=pair(layer.kernel_size), strides=pair(layer.stride),
-                          pads=pair(layer.padding) * 2, dilations=pair(layer.dilation),
-                          group=layer.groups)
+        attributes = dict(
+            kernel_shape=pair(layer.kernel_size),
+            strides=pair(layer.stride),
+            pads=pair(layer.padding) * 2,
+            dilations=pair(layer.dilation),
+            group=layer.groups,
+        )
         return Value(b.node("Conv", inputs, name, **attributes))
     return Value(b.node("Gemm", inputs, name, transB=1))
 
@@ -581,8 +668,12 @@ def emit_integer_pass(b: Builder, node: torch.fx.Node, modules, x: Value) -> Val
         low = b.constant(f"{node.name}_lo", grid.numpy_type(grid.lo))
         high = b.constant(f"{node.name}_hi", grid.numpy_type(grid.hi))
         return Value(b.node("Clip", [x.name, low, high], node.name), grid)
-    if node.op == "call_function" and node.target is F.pad and pad_mode(node) == "constant" \
-            and float(node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0.0)):
+    if (
+        node.op == "call_function"
+        and node.target is F.pad
+        and pad_mode(node) == "constant"
+        and float(node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0.0))
+    ):
         raise UnsupportedModel(f"{node.name}: constant padding with a value other than 0")
     emitted = emit_shape_op(b, node, modules, x.name, x.grid)
     return x if emitted is None else Value(emitted, x.grid)
@@ -605,30 +696,49 @@ def emit_shape_op(b: Builder, node: torch.fx.Node, modules, x: str, grid: Grid |
         factors = [float(f) for f in pair(factor)]
         scales = b.constant(f"{name}_scales", np.array([1.0, 1.0, *factors], np.float32))
         # PyTorch's nearest: source index floor(i / factor), ONNX's asymmetric + floor.
-        return b.node("Resize", [x, "", scales], name, mode="nearest",
-                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return b.node(
+            "Resize",
+            [x, "", scales],
+            name,
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        )
     if node.op == "call_function" and node.target is F.pad:
         amounts = list(node.args[1])
         if len(amounts) != 4 or pad_mode(node) not in PAD_MODES:
             raise UnsupportedModel(f"{name}: only 2-D zero or replicate padding")
         left, right, top, bottom = amounts
-        zero = b.constant(f"{name}_zero", (grid.numpy_type if grid else np.float32)(
-            grid.zero_point if grid else 0))
-        pads = b.constant(f"{name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right],
-                                                   np.int64))
+        zero = b.constant(
+            f"{name}_zero",
+            (grid.numpy_type if grid else np.float32)(grid.zero_point if grid else 0),
+        )
+        pads = b.constant(
+            f"{name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
+        )
         return b.node("Pad", [x, pads, zero], name, mode=PAD_MODES[pad_mode(node)])
     return None
 
 
 def maxpool_attributes(module: nn.MaxPool2d) -> dict:
     stride = module.stride if module.stride is not None else module.kernel_size
-    return dict(kernel_shape=pair(module.kernel_size), strides=pair(stride),
-                pads=pair(module.padding) * 2, dilations=pair(module.dilation),
-                ceil_mode=int(module.ceil_mode))
+    return dict(
+        kernel_shape=pair(module.kernel_size),
+        strides=pair(stride),
+        pads=pair(module.padding) * 2,
+        dilations=pair(module.dilation),
+        ceil_mode=int(module.ceil_mode),
+    )
 
 
-ELEMENTWISE = {operator.add: "Add", torch.add: "Add", operator.mul: "Mul", torch.mul: "Mul",
-               operator.sub: "Sub", torch.sub: "Sub"}
+ELEMENTWISE = {
+    operator.add: "Add",
+    torch.add: "Add",
+    operator.mul: "Mul",
+    torch.mul: "Mul",
+    operator.sub: "Sub",
+    torch.sub: "Sub",
+}
 ACTIVATIONS = (nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.Sigmoid, nn.ReLU6)
 
 
@@ -658,44 +768,81 @@ def emit_float_op(b: Builder, node: torch.fx.Node, modules, as_float) -> Value:
     if isinstance(module, ACTIVATIONS):
         return Value(emit_activation(b, module, as_float(args[0], name), name))
     if node.op == "call_function" and target in ELEMENTWISE and len(args) == 2:
-        operands = [as_float(arg, f"{name}_{i}") if isinstance(arg, torch.fx.Node)
-                    else b.constant(f"{name}_const", np.float32(arg))
-                    for i, arg in enumerate(args)]
+        operands = [
+            as_float(arg, f"{name}_{i}")
+            if isinstance(arg, torch.fx.Node)
+            else b.constant(f"{name}_const", np.float32(arg))
+            for i, arg in enumerate(args)
+        ]
         return Value(b.node(ELEMENTWISE[target], operands, name))
     if node.op == "call_function" and target is torch.cat:
         tensors = args[0]
         axis = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
-        return Value(b.node("Concat", [as_float(t, f"{name}_{i}") for i, t in enumerate(tensors)],
-                            name, axis=int(axis)))
-    if passes_through(node, modules) or isinstance(module, (nn.Upsample, nn.MaxPool2d)) or (
-            node.op == "call_function" and target in (F.pad, F.max_pool2d)):
+        return Value(
+            b.node(
+                "Concat",
+                [as_float(t, f"{name}_{i}") for i, t in enumerate(tensors)],
+                name,
+                axis=int(axis),
+            )
+        )
+    if (
+        passes_through(node, modules)
+        or isinstance(module, (nn.Upsample, nn.MaxPool2d))
+        or (node.op == "call_function" and target in (F.pad, F.max_pool2d))
+    ):
         x = as_float(args[0], name)
         emitted = emit_shape_op(b, node, modules, x, None)
         return Value(x if emitted is None else emitted)
     if isinstance(module, nn.AdaptiveAvgPool2d) and pair(module.output_size) == [1, 1]:
         return Value(b.node("GlobalAveragePool", [as_float(args[0], name)], name))
     if isinstance(module, nn.AvgPool2d) and module.divisor_override is None:
-        return Value(b.node("AveragePool", [as_float(args[0], name)], name,
-                            kernel_shape=pair(module.kernel_size),
-                            strides=pair(module.stride or module.kernel_size),
-                            pads=pair(module.padding) * 2, ceil_mode=int(module.ceil_mode),
-                            count_include_pad=int(module.count_include_pad)))
+        return Value(
+            b.node(
+                "AveragePool",
+                [as_float(args[0], name)],
+                name,
+                kernel_shape=pair(module.kernel_size),
+                strides=pair(module.stride or module.kernel_size),
+                pads=pair(module.padding) * 2,
+                ceil_mode=int(module.ceil_mode),
+                count_include_pad=int(module.count_include_pad),
+            )
+        )
     if isinstance(module, nn.Flatten) or (
-            (node.op == "call_method" and target == "flatten")
-            or (node.op == "call_function" and target is torch.flatten)):
-        start = module.start_dim if module is not None else (
-            args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0))
-        end = module.end_dim if module is not None else (
-            args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1))
+        (node.op == "call_method" and target == "flatten")
+        or (node.op == "call_function" and target is torch.flatten)
+    ):
+        start = (
+            module.start_dim
+            if module is not None
+            else (args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0))
+        )
+        end = (
+            module.end_dim
+            if module is not None
+            else (args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1))
+        )
         if start == 1 and end == -1:
             return Value(b.node("Flatten", [as_float(args[0], name)], name, axis=1))
-    what = f"module {target} ({type(module).__name__})" if module is not None else \
-        f"{node.op} {getattr(target, '__name__', target)}"
-    raise UnsupportedModel(f"cannot export {what} to integer ONNX: supported are Conv2d, Linear, "
-                           f"ReLU, ReLU6, LeakyReLU, Hardswish, Hardsigmoid, Sigmoid, add, mul, "
-                           f"cat, MaxPool2d, AvgPool2d, global average pooling, nearest "
-                           f"Upsample, zero/replicate padding, Flatten, Identity and Dropout")
+    what = (
+        f"module {target} ({type(module).__name__})"
+        if module is not None
+        else f"{node.op} {getattr(target, '__name__', target)}"
+    )
+    raise UnsupportedModel(
+        f"cannot export {what} to integer ONNX: supported are Conv2d, Linear, "
+        f"ReLU, ReLU6, LeakyReLU, Hardswish, Hardsigmoid, Sigmoid, add, mul, "
+        f"cat, MaxPool2d, AvgPool2d, global average pooling, nearest "
+        f"Upsample, zero/replicate padding, Flatten, Identity and Dropout"
+    )
 
 
-__all__ = ["Grid", "IntegerWeight", "UnsupportedModel", "build_int8_graph", "integer_weight",
-           "quantizer_grid"]
+__all__ = [
+    "Grid",
+    "IntegerWeight",
+    "UnsupportedModel",
+    "build_int8_graph",
+    "integer_weight",
+    "quantizer_grid",
+]

@@ -43,11 +43,12 @@ THREADS = 2
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    """The run dir, resolved, if it holds a finished run with weights; else ConfigError (one line)."""
+    """The run dir, resolved, if it holds a finished run with weights; else a ConfigError."""
     run_dir = Path(run_dir).expanduser().resolve()
     if not run_dir.is_dir():
-        raise ConfigError(f"no such run dir {run_dir}: give a run's folder "
-                          f"(outputs/runs/<date>_<time>_<name>)")
+        raise ConfigError(
+            f"no such run dir {run_dir}: give a run's folder (outputs/runs/<date>_<time>_<name>)"
+        )
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} is not a lowbit run dir: it has no {CONFIG_FILE}")
     results = run_dir / RESULTS_FILE
@@ -58,8 +59,10 @@ def check_run_dir(run_dir: str | Path) -> Path:
     except (OSError, ValueError, AttributeError):
         raise ConfigError(f"{results} cannot be read as JSON") from None
     if status != STATUS_OK:
-        raise ConfigError(f"{run_dir} ended with status {status!r}: export needs a run that "
-                          f"finished with status {STATUS_OK!r}")
+        raise ConfigError(
+            f"{run_dir} ended with status {status!r}: export needs a run that "
+            f"finished with status {STATUS_OK!r}"
+        )
     if weights_file(run_dir) is None:
         raise ConfigError(f"{run_dir} has neither {PACKED_FILE} nor a checkpoints/*.ckpt")
     return run_dir
@@ -89,8 +92,13 @@ def load_run_model(run_dir: Path):
         load_packed(source, model)
     else:
         state = load_checkpoint(source)["state_dict"]
-        model.load_state_dict({name[len(MODEL_PREFIX):]: tensor for name, tensor in state.items()
-                               if name.startswith(MODEL_PREFIX)})
+        model.load_state_dict(
+            {
+                name[len(MODEL_PREFIX) :]: tensor
+                for name, tensor in state.items()
+                if name.startswith(MODEL_PREFIX)
+            }
+        )
     datamodule.setup()
     return model.eval(), datamodule, cfg
 
@@ -101,8 +109,9 @@ def calibration_images(datamodule, count: int = CALIBRATION_IMAGES) -> torch.Ten
 
 
 @torch.no_grad()
-def torch_latency_ms(model: nn.Module, input_shape, threads: int, warmup: int = 10,
-                     repeats: int = 50) -> float:
+def torch_latency_ms(
+    model: nn.Module, input_shape, threads: int, warmup: int = 10, repeats: int = 50
+) -> float:
     from lowbit.measure import measure_latency
 
     previous = torch.get_num_threads()
@@ -114,8 +123,13 @@ def torch_latency_ms(model: nn.Module, input_shape, threads: int, warmup: int = 
 
 
 @torch.no_grad()
-def detection_agreement(model: nn.Module, int8_path: Path, dataloader, threads: int,
-                        decoding: dict[str, Any] | None = None) -> dict[str, float]:
+def detection_agreement(
+    model: nn.Module,
+    int8_path: Path,
+    dataloader,
+    threads: int,
+    decoding: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """mAP@0.5 on ``dataloader`` of the integer export's heads and of the fake-quant model's,
     both decoded by ``lowbit.detection`` (``decode_heads`` and ``postprocess`` with the run's
     ``detection`` settings), as the training task decodes them."""
@@ -125,44 +139,72 @@ def detection_agreement(model: nn.Module, int8_path: Path, dataloader, threads: 
     from lowbit.export.onnx import INPUT, session
 
     runner = session(int8_path, threads)
-    settings = {key: value for key, value in (decoding or {}).items()
-                if key in ("score_threshold", "iou_threshold", "max_detections")}
-    metrics = {"int8": MeanAveragePrecision(box_format="xyxy", iou_type="bbox"),
-               "fake_quant": MeanAveragePrecision(box_format="xyxy", iou_type="bbox")}
+    settings = {
+        key: value
+        for key, value in (decoding or {}).items()
+        if key in ("score_threshold", "iou_threshold", "max_detections")
+    }
+    metrics = {
+        "int8": MeanAveragePrecision(box_format="xyxy", iou_type="bbox"),
+        "fake_quant": MeanAveragePrecision(box_format="xyxy", iou_type="bbox"),
+    }
     anchors, strides = model.head_anchors(), model.strides
     for images, targets in dataloader:
-        heads = {"fake_quant": model(images),
-                 "int8": [torch.from_numpy(out) for out in
-                          runner.run(None, {INPUT: images.float().numpy()})]}
+        heads = {
+            "fake_quant": model(images),
+            "int8": [
+                torch.from_numpy(out) for out in runner.run(None, {INPUT: images.float().numpy()})
+            ],
+        }
         for name, outputs in heads.items():
-            detections = postprocess(decode_heads(outputs, anchors, strides),
-                                     image_size=images.shape[-1], **settings)
+            detections = postprocess(
+                decode_heads(outputs, anchors, strides), image_size=images.shape[-1], **settings
+            )
             metrics[name].update(detections, targets)
-    return {f"export/map50_{name}": max(float(metric.compute()["map_50"]), 0.0)
-            for name, metric in metrics.items()}
+    return {
+        f"export/map50_{name}": max(float(metric.compute()["map_50"]), 0.0)
+        for name, metric in metrics.items()
+    }
 
 
-def export_model(model: nn.Module, datamodule, out_dir: str | Path, threads: int = THREADS,
-                 warmup: int = 10, repeats: int = 50,
-                 decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_model(
+    model: nn.Module,
+    datamodule,
+    out_dir: str | Path,
+    threads: int = THREADS,
+    warmup: int = 10,
+    repeats: int = 50,
+    decoding: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write model_int8.onnx and model_fp32.onnx of a trained (quantized) model into ``out_dir``
     and measure them (module docstring); returns the metrics. ``datamodule`` must be set up.
     ``warmup``/``repeats``: the batch-1 latency runs; ``decoding``: a detector's ``detection``
     settings. What train.py calls after training (``task.model``, its datamodule, the run dir).
     """
-    from lowbit.export.onnx import (export_fp32_onnx, export_int8_onnx, float_model,
-                                    onnx_latency_table, top1_agreement)
+    from lowbit.export.onnx import (
+        export_fp32_onnx,
+        export_int8_onnx,
+        float_model,
+        onnx_latency_table,
+        top1_agreement,
+    )
     from lowbit.export.parity import requantized_layers
 
     out_dir = Path(out_dir)
     model = model.eval()
     shape = tuple(datamodule.image_shape)
-    int8 = export_int8_onnx(model, shape, out_dir / INT8_FILE,
-                            calibration=calibration_images(datamodule))
+    int8 = export_int8_onnx(
+        model, shape, out_dir / INT8_FILE, calibration=calibration_images(datamodule)
+    )
     fp32 = export_fp32_onnx(model, shape, out_dir / FP32_FILE)
-    onnx_latency = onnx_latency_table({"int8": int8, "fp32": fp32}, shape, threads=threads,
-                                      warmup=warmup, repeats=repeats,
-                                      block=max(1, min(25, repeats)))
+    onnx_latency = onnx_latency_table(
+        {"int8": int8, "fp32": fp32},
+        shape,
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        block=max(1, min(25, repeats)),
+    )
     metrics = {
         "latency/fp32_ms": torch_latency_ms(float_model(model), shape, threads, warmup, repeats),
         "latency/int8_ms": onnx_latency["int8"]["ms"],
@@ -172,12 +214,13 @@ def export_model(model: nn.Module, datamodule, out_dir: str | Path, threads: int
         "export/requantized_layers": len(requantized_layers(int8)),
     }
     if getattr(datamodule, "task", "classification") == "detection":
-        metrics.update(detection_agreement(model, int8, datamodule.val_dataloader(), threads,
-                                           decoding))
+        metrics.update(
+            detection_agreement(model, int8, datamodule.val_dataloader(), threads, decoding)
+        )
     else:
-        metrics["export/top1_agreement"] = top1_agreement(model, int8,
-                                                          datamodule.val_dataloader(),
-                                                          threads=threads)
+        metrics["export/top1_agreement"] = top1_agreement(
+            model, int8, datamodule.val_dataloader(), threads=threads
+        )
     return metrics
 
 
@@ -211,8 +254,9 @@ def validation_images(datamodule, count: int = PARITY_IMAGES) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
 
 
-def parity_run(run_dir: str | Path, threads: int = THREADS,
-               images: int = PARITY_IMAGES) -> list[dict[str, Any]]:
+def parity_run(
+    run_dir: str | Path, threads: int = THREADS, images: int = PARITY_IMAGES
+) -> list[dict[str, Any]]:
     """Layer-by-layer parity (``lowbit.export.parity``) of a finished run's integer export
     (written anew into the run dir) against its fake-quant model, on its first val images."""
     from lowbit.export.onnx import export_int8_onnx
@@ -221,8 +265,9 @@ def parity_run(run_dir: str | Path, threads: int = THREADS,
     run_dir = check_run_dir(run_dir)
     model, datamodule, _ = load_run_model(run_dir)
     shape = tuple(datamodule.image_shape)
-    path = export_int8_onnx(model, shape, run_dir / INT8_FILE,
-                            calibration=calibration_images(datamodule))
+    path = export_int8_onnx(
+        model, shape, run_dir / INT8_FILE, calibration=calibration_images(datamodule)
+    )
     return layer_parity(model, path, validation_images(datamodule, images), threads)
 
 

@@ -56,6 +56,7 @@ CODES, SCALE = "codes", "scale"
 
 # -- bit packing ------------------------------------------------------------------------------
 
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer codes in [0, 2^bits) as a uint8 tensor of ceil(numel * bits / 8) bytes.
 
@@ -80,6 +81,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 
 # -- grids: integer codes <-> the quantizer's float values ------------------------------------
+
 
 @dataclass(frozen=True)
 class PackedWeight:
@@ -109,27 +111,46 @@ def encode_weight(layer: QuantizedLayer) -> PackedWeight:
         grid.check_codes(codes, type(quantizer).__name__)
         restored = quantizer(quantizer.latent_weight(codes, grid))
     if not torch.equal(restored, fake_quant):
-        raise NotImplementedError(f"no exact packed form for {type(quantizer).__name__} at "
-                                  f"{grid.bits} bits: its latent_weight does not restore the "
-                                  f"fake-quant weight bit for bit")
+        raise NotImplementedError(
+            f"no exact packed form for {type(quantizer).__name__} at "
+            f"{grid.bits} bits: its latent_weight does not restore the "
+            f"fake-quant weight bit for bit"
+        )
     return PackedWeight(grid, tuple(weight.shape), codes)
 
 
 def grid_header(grid: IntegerGrid) -> dict:
     """The grid's description in the file's JSON header; a per-channel scale is a tensor."""
-    header = {"bits": grid.bits, "signed": grid.signed, "qmin": grid.qmin, "qmax": grid.qmax,
-              "zero_point": grid.zero_point, "code_step": grid.code_step, "axis": grid.axis}
+    header = {
+        "bits": grid.bits,
+        "signed": grid.signed,
+        "qmin": grid.qmin,
+        "qmax": grid.qmax,
+        "zero_point": grid.zero_point,
+        "code_step": grid.code_step,
+        "axis": grid.axis,
+    }
     if not grid.per_channel:  # float32 -> JSON double -> float32 is exact
         header["scale"] = float(grid.scale)
     return header
 
 
 def grid_from_header(entry: dict, channel_scale: torch.Tensor | None) -> IntegerGrid:
-    scale = channel_scale if entry["axis"] is not None else torch.tensor(entry["scale"],
-                                                                         dtype=torch.float32)
-    return IntegerGrid(int(entry["bits"]), bool(entry["signed"]), scale, int(entry["qmin"]),
-                       int(entry["qmax"]), int(entry["zero_point"]),
-                       entry["axis"], int(entry["code_step"]))
+    scale = (
+        channel_scale
+        if entry["axis"] is not None
+        else torch.tensor(entry["scale"], dtype=torch.float32)
+    )
+    return IntegerGrid(
+        int(entry["bits"]),
+        bool(entry["signed"]),
+        scale,
+        int(entry["qmin"]),
+        int(entry["qmax"]),
+        int(entry["zero_point"]),
+        entry["axis"],
+        int(entry["code_step"]),
+    )
 
 
 BATCHNORM_MODES = ("affine", "keep")
@@ -137,9 +158,14 @@ BATCHNORM_MODES = ("affine", "keep")
 
 def batchnorm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     """Name -> BatchNorm layer, for those with an affine map and running statistics."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
-            and m.track_running_stats and m.running_mean is not None}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.affine
+        and m.track_running_stats
+        and m.running_mean is not None
+    }
 
 
 def unit_variance(eps: float) -> torch.Tensor:
@@ -168,8 +194,9 @@ def kernel_affine(layer: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def affine_batchnorm(layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor,
-                     shift: torch.Tensor) -> nn.modules.batchnorm._BatchNorm:
+def affine_batchnorm(
+    layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor, shift: torch.Tensor
+) -> nn.modules.batchnorm._BatchNorm:
     """A copy of ``layer`` on the CPU that computes a x + b from mean 0 and unit variance."""
     restored = copy.deepcopy(layer).float().cpu().eval()
     restored.weight.copy_(scale)
@@ -180,23 +207,30 @@ def affine_batchnorm(layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor
 
 
 @torch.no_grad()
-def restores_exactly(layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor,
-                     shift: torch.Tensor) -> bool:
+def restores_exactly(
+    layer: nn.modules.batchnorm._BatchNorm, scale: torch.Tensor, shift: torch.Tensor
+) -> bool:
     """Whether the affine form gives the layer's eval outputs bit for bit on a probe batch."""
     spatial = (5, 7) if isinstance(layer, nn.BatchNorm2d) else ()
-    probe = torch.randn((3, layer.num_features, *spatial),
-                        generator=torch.Generator().manual_seed(0)) * 4
+    probe = (
+        torch.randn((3, layer.num_features, *spatial), generator=torch.Generator().manual_seed(0))
+        * 4
+    )
     original = copy.deepcopy(layer).float().cpu().eval()
     return torch.equal(original(probe), affine_batchnorm(layer, scale, shift)(probe))
 
 
 def quantized_weights(model: nn.Module) -> dict[str, QuantizedLayer]:
     """State-dict key of each quantized weight -> its layer (layers kept in float excluded)."""
-    return {f"{name}.weight": module for name, module in model.named_modules()
-            if isinstance(module, QuantizedLayer) and module.wbits < FULL_PRECISION}
+    return {
+        f"{name}.weight": module
+        for name, module in model.named_modules()
+        if isinstance(module, QuantizedLayer) and module.wbits < FULL_PRECISION
+    }
 
 
 # -- files ------------------------------------------------------------------------------------
+
 
 def save_packed(model: nn.Module, path: str | Path, batchnorm: str = "affine") -> Path:
     """Write ``model`` as a packed safetensors file; returns the path.
@@ -222,12 +256,16 @@ def save_packed(model: nn.Module, path: str | Path, batchnorm: str = "affine") -
                 continue  # kept with its statistics: exactness comes first
             affine[name] = float(layer.eps)
             replaced[f"{name}.weight"], replaced[f"{name}.bias"] = scale, shift
-    skipped = {f"{name}.{buffer}" for name in affine
-               for buffer in ("running_mean", "running_var", "num_batches_tracked")}
+    skipped = {
+        f"{name}.{buffer}"
+        for name in affine
+        for buffer in ("running_mean", "running_var", "num_batches_tracked")
+    }
     for key, layer in layers.items():
         packed = encode_weight(layer)
-        tensors[f"packed/{key}/{CODES}"] = pack_codes(packed.grid.indices(packed.codes),
-                                                      packed.bits)
+        tensors[f"packed/{key}/{CODES}"] = pack_codes(
+            packed.grid.indices(packed.codes), packed.bits
+        )
         if packed.grid.per_channel:
             tensors[f"packed/{key}/{SCALE}"] = packed.grid.scale.float().contiguous()
         header[key] = {**grid_header(packed.grid), "shape": list(packed.shape)}
@@ -238,9 +276,17 @@ def save_packed(model: nn.Module, path: str | Path, batchnorm: str = "affine") -
         if value.is_floating_point():
             value = value.to(torch.float32)
         tensors[f"state/{key}"] = value.clone().contiguous()  # safetensors refuses shared storage
-    metadata = {"lowbit": json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
-                                      "weights": header, "affine_batchnorm": affine},
-                                     sort_keys=True)}
+    metadata = {
+        "lowbit": json.dumps(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "weights": header,
+                "affine_batchnorm": affine,
+            },
+            sort_keys=True,
+        )
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
@@ -265,8 +311,11 @@ def read_packed(path: str | Path) -> tuple[dict[str, PackedWeight], dict[str, to
         count = math.prod(shape)
         indices = unpack_codes(tensors[f"packed/{key}/{CODES}"], grid.bits, count)
         weights[key] = PackedWeight(grid, shape, grid.codes_of(indices).reshape(shape))
-    state = {name.removeprefix("state/"): value for name, value in tensors.items()
-             if name.startswith("state/")}
+    state = {
+        name.removeprefix("state/"): value
+        for name, value in tensors.items()
+        if name.startswith("state/")
+    }
     for name, eps in info.get("affine_batchnorm", {}).items():
         channels = state[f"{name}.weight"].numel()
         state[f"{name}.running_mean"] = torch.zeros(channels)
@@ -290,16 +339,20 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
         )
     for key, packed in weights.items():
         if packed.bits != layers[key].wbits:
-            raise ValueError(f"{path}: {key} is packed at {packed.bits} bits, "
-                             f"the model quantizes it to {layers[key].wbits}")
+            raise ValueError(
+                f"{path}: {key} is packed at {packed.bits} bits, "
+                f"the model quantizes it to {layers[key].wbits}"
+            )
         state[key] = layers[key].weight_quantizer.latent_weight(packed.codes, packed.grid)
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         for key, packed in weights.items():
             quantizer = layers[key].weight_quantizer
             restored = layers[key].weight.detach().float().cpu()
-            if not (torch.equal(quantizer.integer_codes(restored), packed.codes)
-                    and torch.equal(quantizer.grid(restored).scale.float(), packed.grid.scale)):
+            if not (
+                torch.equal(quantizer.integer_codes(restored), packed.codes)
+                and torch.equal(quantizer.grid(restored).scale.float(), packed.grid.scale)
+            ):
                 raise AssertionError(f"{key}: the restored weight does not quantize back exactly")
     return model
 

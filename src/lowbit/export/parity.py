@@ -68,8 +68,10 @@ def onnx_codes(path: str | Path, images: torch.Tensor, threads: int = 2) -> dict
     made a graph output of a copy of the model (its other nodes unchanged)."""
     proto = onnx.load(str(path))
     layer_inputs = json.loads(metadata(proto).get(LAYER_INPUTS_KEY, "{}"))
-    proto.graph.output.extend(helper.make_tensor_value_info(tensor, TensorProto.UINT8, None)
-                              for tensor in layer_inputs.values())
+    proto.graph.output.extend(
+        helper.make_tensor_value_info(tensor, TensorProto.UINT8, None)
+        for tensor in layer_inputs.values()
+    )
     scratch = Path(path).with_suffix(".parity.onnx")
     onnx.save(proto, str(scratch))
     try:
@@ -82,16 +84,21 @@ def onnx_codes(path: str | Path, images: torch.Tensor, threads: int = 2) -> dict
     return {layer: by_tensor[tensor].astype(np.float64) for layer, tensor in layer_inputs.items()}
 
 
-def layer_parity(model: nn.Module, path: str | Path, images: torch.Tensor,
-                 threads: int = 2) -> list[dict]:
+def layer_parity(
+    model: nn.Module, path: str | Path, images: torch.Tensor, threads: int = 2
+) -> list[dict]:
     """One row per layer with an integer input, in graph order (module docstring)."""
     exported = onnx_codes(path, images, threads)
     trained = fake_quant_codes(model, list(exported), images)
     requantized = set(requantized_layers(path))
     rows = []
     for layer, actual in exported.items():
-        row = {"layer": layer, "differ": None, "max_steps": None,
-               "requantized_output": layer in requantized}
+        row = {
+            "layer": layer,
+            "differ": None,
+            "max_steps": None,
+            "requantized_output": layer in requantized,
+        }
         if layer in trained:
             difference = np.abs(actual - trained[layer].reshape(actual.shape))
             row["differ"] = float((difference > 0).mean())

@@ -25,9 +25,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(
-                lambda m, _inputs, output, name=name: counts.__setitem__(name, layer_macs(m, output))
-            ))
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, _inputs, output, name=name: counts.__setitem__(
+                        name, layer_macs(m, output)
+                    )
+                )
+            )
     was_training = model.training
     try:
         model.eval()
@@ -46,7 +50,11 @@ def count_bops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     The BOPs measure of mixed-precision work (UNIQ, Baskin et al.); a float layer costs 32 x 32
     per MAC, the first layer wbits x ``input_bits`` (the image's bits; 32 when kept float).
     """
-    bits = {name: (getattr(m, "wbits", FULL_PRECISION), getattr(m, "abits", FULL_PRECISION))
-            for name, m in model.named_modules()}
-    return {name: macs * bits[name][0] * bits[name][1]
-            for name, macs in count_macs(model, input_shape).items()}
+    bits = {
+        name: (getattr(m, "wbits", FULL_PRECISION), getattr(m, "abits", FULL_PRECISION))
+        for name, m in model.named_modules()
+    }
+    return {
+        name: macs * bits[name][0] * bits[name][1]
+        for name, macs in count_macs(model, input_shape).items()
+    }

@@ -39,8 +39,11 @@ class ModelSize:
 
 def quantized_weight_bits(model: nn.Module) -> dict[int, int]:
     """Bit width of each quantized weight tensor, by the tensor's id."""
-    return {id(m.weight): m.wbits for m in model.modules()
-            if isinstance(m, QuantizedLayer) and m.wbits < FULL_PRECISION}
+    return {
+        id(m.weight): m.wbits
+        for m in model.modules()
+        if isinstance(m, QuantizedLayer) and m.wbits < FULL_PRECISION
+    }
 
 
 def parameter_bytes(model: nn.Module) -> dict[str, int]:
@@ -65,5 +68,9 @@ def size_limit_bytes(model: nn.Module) -> float:
 def model_size(model: nn.Module) -> ModelSize:
     """Computed sizes: ``size_bytes`` packed weights plus one scale each, and the limit."""
     params = sum(p.numel() for p in model.parameters())
-    return ModelSize(params=params, size_bytes=sum(parameter_bytes(model).values()),
-                     size_fp32_bytes=params * 4, size_limit_bytes=size_limit_bytes(model))
+    return ModelSize(
+        params=params,
+        size_bytes=sum(parameter_bytes(model).values()),
+        size_fp32_bytes=params * 4,
+        size_limit_bytes=size_limit_bytes(model),
+    )

@@ -44,35 +44,60 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Laye
     rows = []
     for name, layer in quantizable_layers(model):
         own = [f"{name}.{p}" for p, _ in layer.named_parameters(recurse=False)]
-        rows.append(LayerRow(
-            name=name,
-            kind=describe_layer(layer),
-            bits=layer_bits(layer),
-            params=sum(p.numel() for p in layer.parameters(recurse=False)),
-            macs=macs.get(name, 0),
-            size_bytes=sum(sizes[n] for n in own if n in sizes),
-        ))
+        rows.append(
+            LayerRow(
+                name=name,
+                kind=describe_layer(layer),
+                bits=layer_bits(layer),
+                params=sum(p.numel() for p in layer.parameters(recurse=False)),
+                macs=macs.get(name, 0),
+                size_bytes=sum(sizes[n] for n in own if n in sizes),
+            )
+        )
     size = model_size(model)
-    totals = {"params": size.params, "macs": sum(macs.values()), "size_bytes": size.size_bytes,
-              "size_fp32_bytes": size.size_fp32_bytes}
+    totals = {
+        "params": size.params,
+        "macs": sum(macs.values()),
+        "size_bytes": size.size_bytes,
+        "size_fp32_bytes": size.size_fp32_bytes,
+    }
     return rows, totals
 
 
 def format_table(rows: list[LayerRow], totals: dict) -> list[str]:
     header = ("layer", "kind", "W/A/G", "params", "MACs", "bytes")
-    body = [(r.name, r.kind, r.bits, f"{r.params:,}", f"{r.macs:,}", f"{r.size_bytes:,}")
-            for r in rows]
+    body = [
+        (r.name, r.kind, r.bits, f"{r.params:,}", f"{r.macs:,}", f"{r.size_bytes:,}") for r in rows
+    ]
     other_params = totals["params"] - sum(r.params for r in rows)
     other_bytes = totals["size_bytes"] - sum(r.size_bytes for r in rows)
-    body.append(("(other parameters)", "norm, alpha, ...", "fp32", f"{other_params:,}", "",
-                 f"{other_bytes:,}"))
-    body.append(("total", "", "", f"{totals['params']:,}", f"{totals['macs']:,}",
-                 f"{totals['size_bytes']:,}"))
+    body.append(
+        (
+            "(other parameters)",
+            "norm, alpha, ...",
+            "fp32",
+            f"{other_params:,}",
+            "",
+            f"{other_bytes:,}",
+        )
+    )
+    body.append(
+        (
+            "total",
+            "",
+            "",
+            f"{totals['params']:,}",
+            f"{totals['macs']:,}",
+            f"{totals['size_bytes']:,}",
+        )
+    )
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = []
     for index, row in enumerate([header, *body]):
-        cells = [cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in
-                 enumerate(zip(row, widths))]
+        cells = [
+            cell.ljust(w) if i < 3 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        ]
         lines.append("  ".join(cells))
         if index == 0 or index == len(body) - 1:
             lines.append("  ".join("-" * w for w in widths))

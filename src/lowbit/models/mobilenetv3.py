@@ -120,12 +120,25 @@ def make_divisible(channels: float, divisor: int = CHANNEL_DIVISOR) -> int:
     return rounded
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-            groups: int = 1, activation: type[nn.Module] | None = None) -> nn.Sequential:
+def conv_bn(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    groups: int = 1,
+    activation: type[nn.Module] | None = None,
+) -> nn.Sequential:
     """Conv (no bias: BatchNorm follows) -> BatchNorm -> optional activation."""
     layers: OrderedDict[str, nn.Module] = OrderedDict(
-        conv=nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                       padding=kernel_size // 2, groups=groups, bias=False),
+        conv=nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        ),
         bn=nn.BatchNorm2d(out_channels, eps=BATCHNORM_EPS),
     )
     if activation is not None:
@@ -161,17 +174,35 @@ class InvertedResidual(nn.Module):
     added back when the block keeps both the resolution and the width.
     """
 
-    def __init__(self, in_channels: int, expanded_channels: int, out_channels: int,
-                 kernel_size: int, stride: int, squeeze_excite: bool, nonlinearity: str):
+    def __init__(
+        self,
+        in_channels: int,
+        expanded_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        squeeze_excite: bool,
+        nonlinearity: str,
+    ):
         super().__init__()
         activation = NONLINEARITIES[nonlinearity]
-        self.expand = (conv_bn(in_channels, expanded_channels, 1, activation=activation)
-                       if expanded_channels != in_channels else nn.Identity())
-        self.depthwise = conv_bn(expanded_channels, expanded_channels, kernel_size,
-                                 stride=stride, groups=expanded_channels, activation=activation)
+        self.expand = (
+            conv_bn(in_channels, expanded_channels, 1, activation=activation)
+            if expanded_channels != in_channels
+            else nn.Identity()
+        )
+        self.depthwise = conv_bn(
+            expanded_channels,
+            expanded_channels,
+            kernel_size,
+            stride=stride,
+            groups=expanded_channels,
+            activation=activation,
+        )
         self.squeeze_excite = (
             SqueezeExcite(expanded_channels, make_divisible(expanded_channels // 4))
-            if squeeze_excite else nn.Identity()
+            if squeeze_excite
+            else nn.Identity()
         )
         self.project = conv_bn(expanded_channels, out_channels, 1)
         self.residual = stride == 1 and in_channels == out_channels
@@ -205,13 +236,23 @@ class MobileNetV3(nn.Module):
             by default; torchvision trains ImageNet with 0.01, which the ImageNet preset sets.
     """
 
-    def __init__(self, arch: str = "small", num_classes: int = 1000, width_mult: float = 1.0,
-                 stem: str = "cifar", in_channels: int = 3, dropout: float = 0.2,
-                 bn_momentum: float = DEFAULT_BN_MOMENTUM):
+    def __init__(
+        self,
+        arch: str = "small",
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        stem: str = "cifar",
+        in_channels: int = 3,
+        dropout: float = 0.2,
+        bn_momentum: float = DEFAULT_BN_MOMENTUM,
+    ):
         super().__init__()
         check_arguments(arch, num_classes, width_mult, stem, in_channels, dropout)
-        if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) \
-                or not 0 < bn_momentum <= 1:
+        if (
+            isinstance(bn_momentum, bool)
+            or not isinstance(bn_momentum, (int, float))
+            or not 0 < bn_momentum <= 1
+        ):
             raise ConfigError(f"MobileNetV3 bn_momentum must be in (0, 1], got {bn_momentum!r}")
         bottlenecks, classifier_hidden = ARCHITECTURES[arch]
         if stem == "cifar":
@@ -221,26 +262,36 @@ class MobileNetV3(nn.Module):
             return make_divisible(channels * width_mult)
 
         channels = width(STEM_CHANNELS)
-        self.stem = conv_bn(in_channels, channels, 3, stride=STEM_STRIDES[stem],
-                            activation=nn.Hardswish)
+        self.stem = conv_bn(
+            in_channels, channels, 3, stride=STEM_STRIDES[stem], activation=nn.Hardswish
+        )
         blocks = []
         for row in bottlenecks:
-            blocks.append(InvertedResidual(
-                channels, width(row.expanded_channels), width(row.out_channels),
-                row.kernel_size, row.stride, row.squeeze_excite, row.nonlinearity,
-            ))
+            blocks.append(
+                InvertedResidual(
+                    channels,
+                    width(row.expanded_channels),
+                    width(row.out_channels),
+                    row.kernel_size,
+                    row.stride,
+                    row.squeeze_excite,
+                    row.nonlinearity,
+                )
+            )
             channels = width(row.out_channels)
         self.blocks = nn.Sequential(*blocks)
         last_channels = LAST_CONV_EXPANSION * channels
         self.last_conv = conv_bn(channels, last_channels, 1, activation=nn.Hardswish)
         self.pool = nn.AdaptiveAvgPool2d(1)
         hidden = width(classifier_hidden)
-        self.classifier = nn.Sequential(OrderedDict(
-            hidden=nn.Linear(last_channels, hidden),
-            act=nn.Hardswish(),
-            dropout=nn.Dropout(dropout),
-            logits=nn.Linear(hidden, num_classes),
-        ))
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                hidden=nn.Linear(last_channels, hidden),
+                act=nn.Hardswish(),
+                dropout=nn.Dropout(dropout),
+                logits=nn.Linear(hidden, num_classes),
+            )
+        )
         self.num_classes = num_classes
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -274,24 +325,27 @@ def stride_one_at_first_downsampling(
 ) -> tuple[Bottleneck, ...]:
     """The table with its first stride-2 row run at stride 1 (the "cifar" stem)."""
     first = next(i for i, row in enumerate(bottlenecks) if row.stride == 2)
-    return bottlenecks[:first] + (bottlenecks[first]._replace(stride=1),) + bottlenecks[first + 1:]
+    return bottlenecks[:first] + (bottlenecks[first]._replace(stride=1),) + bottlenecks[first + 1 :]
 
 
-def check_arguments(arch: str, num_classes: int, width_mult: float, stem: str,
-                    in_channels: int, dropout: float) -> None:
+def check_arguments(
+    arch: str, num_classes: int, width_mult: float, stem: str, in_channels: int, dropout: float
+) -> None:
     """ConfigError, in one line naming what is allowed, for any argument the model cannot take."""
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown MobileNetV3 arch {arch!r}: use {' or '.join(ARCHITECTURES)}")
     if stem not in STEM_STRIDES:
         raise ConfigError(f"unknown MobileNetV3 stem {stem!r}: use {' or '.join(STEM_STRIDES)}")
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) \
-            or not width_mult > 0:
+    if (
+        isinstance(width_mult, bool)
+        or not isinstance(width_mult, (int, float))
+        or not width_mult > 0
+    ):
         raise ConfigError(f"MobileNetV3 width_mult must be a number > 0, got {width_mult!r}")
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"MobileNetV3 {name} must be an integer >= 1, got {value!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-            or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"MobileNetV3 dropout must be in [0, 1), got {dropout!r}")
 
 

@@ -29,7 +29,13 @@ from torch import nn
 
 # darknet's yolov3-tiny anchors (width, height) in pixels of a 416 x 416 input.
 DARKNET_ANCHORS: tuple[tuple[int, int], ...] = (
-    (10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))
+    (10, 14),
+    (23, 27),
+    (37, 58),
+    (81, 82),
+    (135, 169),
+    (344, 319),
+)
 DARKNET_INPUT_SIZE = 416
 # Which anchors each head predicts, coarse head first (the cfg's "mask" lines).
 ANCHOR_MASKS: tuple[tuple[int, ...], ...] = ((3, 4, 5), (0, 1, 2))
@@ -70,8 +76,9 @@ class YOLOv3Tiny(nn.Module):
     last_layers = ("head_large.1", "head_small.1")
     task = "detection"  # train.py pairs it with detection data and DetectionTask
 
-    def __init__(self, num_classes: int = 80, input_size: int = DARKNET_INPUT_SIZE,
-                 in_channels: int = 3):
+    def __init__(
+        self, num_classes: int = 80, input_size: int = DARKNET_INPUT_SIZE, in_channels: int = 3
+    ):
         super().__init__()
         if input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
@@ -92,19 +99,23 @@ class YOLOv3Tiny(nn.Module):
         layers += [conv_bn_leaky(512, 1024, 3), conv_bn_leaky(1024, 256, 1)]
         self.backbone_rest = nn.Sequential(*layers)
         self.head_large = nn.Sequential(conv_bn_leaky(256, 512, 3), nn.Conv2d(512, outputs, 1))
-        self.lateral = nn.Sequential(conv_bn_leaky(256, 128, 1),
-                                     nn.Upsample(scale_factor=2, mode="nearest"))
-        self.head_small = nn.Sequential(conv_bn_leaky(128 + 256, 256, 3),
-                                        nn.Conv2d(256, outputs, 1))
+        self.lateral = nn.Sequential(
+            conv_bn_leaky(256, 128, 1), nn.Upsample(scale_factor=2, mode="nearest")
+        )
+        self.head_small = nn.Sequential(
+            conv_bn_leaky(128 + 256, 256, 3), nn.Conv2d(256, outputs, 1)
+        )
 
         for output_conv in (self.head_large[1], self.head_small[1]):
             with torch.no_grad():  # bias rows laid out per anchor as (tx, ty, tw, th, obj, ...)
                 output_conv.bias.view(len(ANCHOR_MASKS[0]), -1)[:, 4].fill_(
-                    math.log(OBJECTNESS_PRIOR / (1 - OBJECTNESS_PRIOR)))
+                    math.log(OBJECTNESS_PRIOR / (1 - OBJECTNESS_PRIOR))
+                )
 
         scale = input_size / DARKNET_INPUT_SIZE
-        self.register_buffer("anchors", torch.tensor(DARKNET_ANCHORS, dtype=torch.float32) * scale,
-                             persistent=False)
+        self.register_buffer(
+            "anchors", torch.tensor(DARKNET_ANCHORS, dtype=torch.float32) * scale, persistent=False
+        )
         self.anchor_masks = ANCHOR_MASKS
         self.strides = STRIDES
 

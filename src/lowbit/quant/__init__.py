@@ -5,7 +5,7 @@ A quantizer of your own subclasses ``Quantizer`` and states its ``IntegerGrid``;
 your own subclasses ``Scheme`` and registers it (README, "Write your own quantizer")."""
 
 from lowbit.quant import functional
-from lowbit.quant.convert import LayerBits, SUPPORTED_BITS, plan_bits, quantize_model
+from lowbit.quant.convert import SUPPORTED_BITS, LayerBits, plan_bits, quantize_model
 from lowbit.quant.fold import fold_bn
 from lowbit.quant.functional import (
     dorefa_activation,
@@ -14,12 +14,28 @@ from lowbit.quant.functional import (
     quantize_k,
 )
 from lowbit.quant.grid import IntegerGrid, symmetric_grid, unsigned_grid
-from lowbit.quant.modules import QuantConv2d, QuantLinear, QuantizedLayer, Quantizer
+from lowbit.quant.modules import QuantConv2d, QuantizedLayer, Quantizer, QuantLinear
 from lowbit.quant.schemes import SCHEMES, Scheme, register_scheme
 
 __all__ = [
-    "IntegerGrid", "LayerBits", "QuantConv2d", "QuantLinear", "QuantizedLayer", "Quantizer",
-    "SCHEMES", "SUPPORTED_BITS", "Scheme", "dorefa_activation", "dorefa_gradient",
-    "dorefa_weight", "fold_bn", "functional", "plan_bits", "quantize_k", "quantize_model",
-    "register_scheme", "symmetric_grid", "unsigned_grid",
+    "IntegerGrid",
+    "LayerBits",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantizedLayer",
+    "Quantizer",
+    "SCHEMES",
+    "SUPPORTED_BITS",
+    "Scheme",
+    "dorefa_activation",
+    "dorefa_gradient",
+    "dorefa_weight",
+    "fold_bn",
+    "functional",
+    "plan_bits",
+    "quantize_k",
+    "quantize_model",
+    "register_scheme",
+    "symmetric_grid",
+    "unsigned_grid",
 ]

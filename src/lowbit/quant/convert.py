@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,9 +80,7 @@ def check_bits(name: str, value: Any) -> int:
             f"got {value!r} ({type(value).__name__})"
         )
     if value not in SUPPORTED_BITS:
-        raise ConfigError(
-            f"{name}={value} is not supported: use 1-16, or 32 for full precision"
-        )
+        raise ConfigError(f"{name}={value} is not supported: use 1-16, or 32 for full precision")
     return value
 
 
@@ -113,8 +112,10 @@ def plan_bits(
     check_bits("quant.first_layer_bits", first_layer_bits)
     check_bits("quant.last_layer_bits", last_layer_bits)
     if check_bits("quant.input_bits", input_bits) not in INPUT_BITS:
-        raise ConfigError(f"quant.input_bits={input_bits}: the image is quantized to 2-8 bits "
-                          f"(an integer runtime's uint8 input), or 32 to keep it float")
+        raise ConfigError(
+            f"quant.input_bits={input_bits}: the image is quantized to 2-8 bits "
+            f"(an integer runtime's uint8 input), or 32 to keep it float"
+        )
     if not layer_names:
         raise ConfigError("the model has no Conv2d or Linear layer to quantize")
 
@@ -168,10 +169,12 @@ def probe_signed_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> set[s
         def hook(_module, inputs):
             if inputs and torch.is_tensor(inputs[0]) and bool((inputs[0] < 0).any()):
                 signed.add(name)
+
         return hook
 
-    hooks = [layer.register_forward_pre_hook(record(name))
-             for name, layer in quantizable_layers(model)]
+    hooks = [
+        layer.register_forward_pre_hook(record(name)) for name, layer in quantizable_layers(model)
+    ]
     was_training = model.training
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -206,11 +209,14 @@ def scheme_class(quantizer: str, target: str | None = None) -> type[Scheme]:
         found = get_class(target)
     except Exception as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"quantizer={quantizer}: cannot import its _target_ {target} "
-                          f"({first}); is its module on PYTHONPATH?") from None
+        raise ConfigError(
+            f"quantizer={quantizer}: cannot import its _target_ {target} "
+            f"({first}); is its module on PYTHONPATH?"
+        ) from None
     if not (isinstance(found, type) and issubclass(found, Scheme)):
-        raise ConfigError(f"quantizer={quantizer}: _target_ {target} is not a "
-                          f"lowbit.quant.Scheme subclass")
+        raise ConfigError(
+            f"quantizer={quantizer}: _target_ {target} is not a lowbit.quant.Scheme subclass"
+        )
     return found
 
 
@@ -261,17 +267,34 @@ def plan_quantization(
     names = [name for name, _ in quantizable_layers(model)]
     if names and names[0] == "":
         raise ConfigError("quantize_model needs a model that contains layers, not a bare layer")
-    plan = plan_bits(names, wbits, abits, gbits, first_layer_bits, last_layer_bits, overrides,
-                     last_layers=getattr(model, "last_layers", None), input_bits=input_bits)
+    plan = plan_bits(
+        names,
+        wbits,
+        abits,
+        gbits,
+        first_layer_bits,
+        last_layer_bits,
+        overrides,
+        last_layers=getattr(model, "last_layers", None),
+        input_bits=input_bits,
+    )
     if input_shape is not None and signed_inputs == "auto":
         signed = probe_signed_inputs(model, tuple(input_shape))
-        plan = {name: replace(bits, signed_input=bits.quantize_input and name in signed)
-                for name, bits in plan.items()}
+        plan = {
+            name: replace(bits, signed_input=bits.quantize_input and name in signed)
+            for name, bits in plan.items()
+        }
     # The user's own numbers first, so that the message names what they typed. The image's
     # bits are lowbit's (ImageQuantizer), not the method's: not the scheme's to check.
-    scheme.check({"quant": LayerBits(wbits, abits, gbits),
-                  **{name: bits if bits.quantize_input else replace(bits, abits=FULL_PRECISION)
-                     for name, bits in plan.items()}})
+    scheme.check(
+        {
+            "quant": LayerBits(wbits, abits, gbits),
+            **{
+                name: bits if bits.quantize_input else replace(bits, abits=FULL_PRECISION)
+                for name, bits in plan.items()
+            },
+        }
+    )
     return scheme, plan
 
 
@@ -298,8 +321,11 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
         new = quantized_copy(
             layer,
             weight=scheme.weight(bits.wbits),
-            input=(scheme.activation(bits.abits, signed=bits.signed_input)
-                   if bits.quantize_input else image_quantizer(bits.abits)),
+            input=(
+                scheme.activation(bits.abits, signed=bits.signed_input)
+                if bits.quantize_input
+                else image_quantizer(bits.abits)
+            ),
             gradient=scheme.gradient(bits.gbits),
         )
         parent_name, _, child_name = name.rpartition(".")

@@ -48,16 +48,23 @@ class FoldedQuantConv2d(nn.Conv2d):
 
 @torch.no_grad()
 def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """One conv computing bn(conv(x)) in eval mode (a ``FoldedQuantConv2d`` if conv is quantized)."""
+    """One conv computing bn(conv(x)) in eval mode (``FoldedQuantConv2d`` if conv is quantized)."""
     weight = conv.quantized_weight() if isinstance(conv, QuantizedLayer) else conv.weight
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     new_bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
     folded_class = FoldedQuantConv2d if isinstance(conv, QuantizedLayer) else nn.Conv2d
     folded = folded_class(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-        padding_mode=conv.padding_mode, device=conv.weight.device,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
     )
     shape = (-1,) + (1,) * (weight.dim() - 1)
     folded.weight.copy_((weight.double() * scale.reshape(shape)).to(weight.dtype))
@@ -80,8 +87,12 @@ def fold_bn(model: nn.Module) -> nn.Module:
             continue
         children = list(parent.named_children())
         for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d
-                    and bn.track_running_stats and bn.affine):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and type(bn) is nn.BatchNorm2d
+                and bn.track_running_stats
+                and bn.affine
+            ):
                 setattr(parent, conv_name, folded_conv(conv, bn))
                 setattr(parent, bn_name, nn.Identity())
     return folded_model

@@ -340,12 +340,32 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, alpha = ctx.saved_tensors
+        if _is_eager(x) and x.dtype == alpha.dtype:
+            # One pass per gradient: torch's fused masks, their strict bounds moved one float
+            # step (same dtype as x) so that they are [0, alpha) and x >= alpha exactly.
+            level = float(alpha)
+            grad_x = torch.ops.aten.hardtanh_backward(grad_output, x, _below(0.0, x.dtype),
+                                                      level)
+            above = torch.ops.aten.threshold_backward(grad_output, x, _below(level, x.dtype))
+            return grad_x, above.sum().reshape(alpha.shape), None
         above = x >= alpha
         # Eq. 3: d y_q / d alpha = 1 where x >= alpha, else 0, summed over the tensor.
         grad_alpha = (grad_output * above).sum().reshape(alpha.shape)
         inside = torch.ge(x, 0).logical_and_(above.logical_not_())
         grad_x = grad_output * inside
         return grad_x, grad_alpha, None
+
+
+def _below(value: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` number below ``value``: x > it is x >= value for x of that dtype."""
+    return torch.nextafter(torch.tensor(value, dtype=dtype),
+                           torch.tensor(-math.inf, dtype=dtype)).item()
+
+
+def _above(value: float, dtype: torch.dtype) -> float:
+    """The smallest ``dtype`` number above ``value``: x < it is x <= value."""
+    return torch.nextafter(torch.tensor(value, dtype=dtype),
+                           torch.tensor(math.inf, dtype=dtype)).item()
 
 
 def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
@@ -373,6 +393,14 @@ class _PACTSymmetric(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, alpha = ctx.saved_tensors
+        if _is_eager(x) and x.dtype == alpha.dtype:
+            # One pass per mask (see _PACT): x on [-alpha, alpha], alpha above and below.
+            level = float(alpha)
+            grad_x = torch.ops.aten.hardtanh_backward(grad_output, x, _below(-level, x.dtype),
+                                                      _above(level, x.dtype))
+            above = torch.ops.aten.threshold_backward(grad_output, x, level).sum()
+            below = torch.ops.aten.hardtanh_backward(grad_output, x, -math.inf, -level).sum()
+            return grad_x, (above - below).reshape(alpha.shape), None
         above, below = x > alpha, x < -alpha
         # d y / d alpha = [x > alpha] - [x < -alpha]
         grad_alpha = ((grad_output * above).sum() - (grad_output * below).sum()).reshape(

@@ -104,19 +104,22 @@ class IntegerGrid:
         off_range = bool((codes < self.qmin).any() or (codes > self.qmax).any())
         off_step = bool(((codes - self.qmin) % self.code_step).any())
         if off_range or off_step:
-            raise ValueError(f"{where}: codes outside {self.qmin}..{self.qmax} "
-                             f"(step {self.code_step})")
+            raise ValueError(
+                f"{where}: codes outside {self.qmin}..{self.qmax} (step {self.code_step})"
+            )
 
 
-def symmetric_grid(bits: int, scale: torch.Tensor, axis: int | None = None,
-                   input_scale: torch.Tensor | None = None) -> IntegerGrid:
+def symmetric_grid(
+    bits: int, scale: torch.Tensor, axis: int | None = None, input_scale: torch.Tensor | None = None
+) -> IntegerGrid:
     """Signed, zero point 0, codes -m..m with m = 2^(k-1) - 1 (the symmetric methods' grid)."""
     m = (1 << (bits - 1)) - 1
     return IntegerGrid(bits, True, scale, -m, m, axis=axis, input_scale=input_scale)
 
 
-def unsigned_grid(bits: int, scale: torch.Tensor,
-                  input_scale: torch.Tensor | None = None) -> IntegerGrid:
+def unsigned_grid(
+    bits: int, scale: torch.Tensor, input_scale: torch.Tensor | None = None
+) -> IntegerGrid:
     """Unsigned, zero point 0, codes 0..n with n = 2^k - 1 (clip(x, 0, .) methods' grid)."""
     return IntegerGrid(bits, False, scale, 0, (1 << bits) - 1, input_scale=input_scale)
 

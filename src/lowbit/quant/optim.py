@@ -22,9 +22,12 @@ ROLES = {"input_quantizer": "", "weight_quantizer": ".weight"}
 
 
 def learned_clips(model: nn.Module) -> dict[str, LearnedClip]:
-    """PACT quantizers by the name of the layer they serve ("features.1.0", not "...input_quantizer")."""
-    return {name.rpartition(".")[0]: module for name, module in model.named_modules()
-            if isinstance(module, LearnedClip)}
+    """PACT quantizers by the name of the layer they serve: "features.1.0", not its quantizer's."""
+    return {
+        name.rpartition(".")[0]: module
+        for name, module in model.named_modules()
+        if isinstance(module, LearnedClip)
+    }
 
 
 def quantizers_with_parameters(model: nn.Module) -> dict[str, Quantizer]:
@@ -50,9 +53,11 @@ def learned_values(model: nn.Module) -> dict[str, dict[str, float]]:
 
 def logged_values(model: nn.Module) -> dict[str, torch.Tensor]:
     """``kind/where`` -> value (detached) of every learned quantizer parameter, for the logger."""
-    return {f"{kind}/{where}": parameter.detach().float().mean()
-            for where, quantizer in quantizers_with_parameters(model).items()
-            for kind, parameter in quantizer.learned_parameters().items()}
+    return {
+        f"{kind}/{where}": parameter.detach().float().mean()
+        for where, quantizer in quantizers_with_parameters(model).items()
+        for kind, parameter in quantizer.learned_parameters().items()
+    }
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -71,8 +76,9 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
         for kind, parameter in quantizer.learned_parameters().items():
             if id(parameter) in taken:
                 continue
-            group = groups.setdefault((kind, decay, lr_mult),
-                                      {"params": [], "name": kind, LR_MULT_KEY: lr_mult})
+            group = groups.setdefault(
+                (kind, decay, lr_mult), {"params": [], "name": kind, LR_MULT_KEY: lr_mult}
+            )
             if decay is not None:
                 group["weight_decay"] = decay
             group["params"].append(parameter)

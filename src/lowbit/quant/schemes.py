@@ -7,7 +7,8 @@ schemes up by the name the user writes (``quantizer=dorefa``); ``register_scheme
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from lowbit.errors import ConfigError
 from lowbit.quant.functional import FULL_PRECISION
@@ -51,8 +52,11 @@ class Scheme:
                 if key == "abits" and getattr(bits, "signed_input", False):
                     allowed = allowed - {1}  # a signed grid needs a sign bit
                 if value != FULL_PRECISION and value not in allowed:
-                    shown = (f"{min(allowed)}-{max(allowed)} or 32" if allowed
-                             else "only 32; choose a quantizer such as quantizer=dorefa")
+                    shown = (
+                        f"{min(allowed)}-{max(allowed)} or 32"
+                        if allowed
+                        else "only 32; choose a quantizer such as quantizer=dorefa"
+                    )
                     target = f"quant.{key}" if where == "quant" else f"{key} of layer {where}"
                     raise ConfigError(
                         f"quantizer={self.name} cannot quantize to {target}={value} "
@@ -149,9 +153,14 @@ class PACT(Scheme):
 
     symmetric_everywhere = False
 
-    def __init__(self, alpha_init: float = 10.0, alpha_decay: float | None = None,
-                 alpha_lr_mult: float = 1.0, weight_quantizer: str = "dorefa",
-                 alpha_calibration: float | None = None):
+    def __init__(
+        self,
+        alpha_init: float = 10.0,
+        alpha_decay: float | None = None,
+        alpha_lr_mult: float = 1.0,
+        weight_quantizer: str = "dorefa",
+        alpha_calibration: float | None = None,
+    ):
         if not alpha_init > 0:
             raise ConfigError(f"quant.alpha_init must be > 0, got {alpha_init}")
         if alpha_decay is not None and alpha_decay < 0:
@@ -168,9 +177,12 @@ class PACT(Scheme):
                 f"quant.alpha_calibration must be a percentile in (0, 100] or null, "
                 f"got {alpha_calibration}"
             )
-        self.alpha = {"alpha_init": float(alpha_init), "alpha_decay": alpha_decay,
-                      "alpha_lr_mult": float(alpha_lr_mult),
-                      "alpha_calibration": alpha_calibration}
+        self.alpha = {
+            "alpha_init": float(alpha_init),
+            "alpha_decay": alpha_decay,
+            "alpha_lr_mult": float(alpha_lr_mult),
+            "alpha_calibration": alpha_calibration,
+        }
         self.weight_class = WEIGHT_QUANTIZERS[weight_quantizer]
         if weight_quantizer == "channel_wise_abs_max":
             self.weight_bits = frozenset(range(2, 17))  # a symmetric grid needs a sign bit

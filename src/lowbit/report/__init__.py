@@ -8,16 +8,28 @@ records and merges them with the local ones."""
 from lowbit.report.configs import Configuration, group_configurations
 from lowbit.report.page import build_report, write_report
 from lowbit.report.runs import (
-                                DEPLOYED_LATENCY,
-                                Cost,
-                                RunRecord,
-                                default_accuracy,
-                                load_runs,
-                                load_runs_or_explain,
-                                pareto_front,
+    DEPLOYED_LATENCY,
+    Cost,
+    RunRecord,
+    default_accuracy,
+    load_runs,
+    load_runs_or_explain,
+    pareto_front,
 )
 from lowbit.report.table import configurations_markdown, markdown_table
 
-__all__ = ["DEPLOYED_LATENCY", "Configuration", "Cost", "RunRecord", "build_report",
-           "configurations_markdown", "default_accuracy", "group_configurations", "load_runs",
-           "load_runs_or_explain", "markdown_table", "pareto_front", "write_report"]
+__all__ = [
+    "DEPLOYED_LATENCY",
+    "Configuration",
+    "Cost",
+    "RunRecord",
+    "build_report",
+    "configurations_markdown",
+    "default_accuracy",
+    "group_configurations",
+    "load_runs",
+    "load_runs_or_explain",
+    "markdown_table",
+    "pareto_front",
+    "write_report",
+]

@@ -51,8 +51,12 @@ def quantizer_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
     for c in configurations:
         if c.quantizer != FULL_PRECISION:
             groups[(c.model, c.dataset, c.bits_label)].append(c)
-    return [(a, b) for group in groups.values() for a, b in combinations(group, 2)
-            if a.quantizer != b.quantizer]
+    return [
+        (a, b)
+        for group in groups.values()
+        for a, b in combinations(group, 2)
+        if a.quantizer != b.quantizer
+    ]
 
 
 def adjacent_bit_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
@@ -94,28 +98,38 @@ def verdict_line(comparison: Comparison) -> str:
     p = 0.020): exceeds noise"."""
     d = comparison.difference
     scale, unit, digits = (100.0, " points", 1) if is_fraction(comparison.metric) else (1.0, "", 4)
-    text = (f"{comparison.better.name} vs {comparison.worse.name}: "
-            f"{signed(d.delta * scale, digits)}{unit}")
+    text = (
+        f"{comparison.better.name} vs {comparison.worse.name}: "
+        f"{signed(d.delta * scale, digits)}{unit}"
+    )
     counts = f"n = {comparison.better.n} vs {comparison.worse.n}"
     if d.verdict == CANNOT_TELL:
         return f"{text} ({counts}): cannot tell, {d.reason}"
-    return (f"{text}, 95% CI [{signed(d.ci_low * scale, digits)}, "
-            f"{signed(d.ci_high * scale, digits)}] ({counts}, p = {d.p_value:.3f}): {d.verdict}")
+    return (
+        f"{text}, 95% CI [{signed(d.ci_low * scale, digits)}, "
+        f"{signed(d.ci_high * scale, digits)}] ({counts}, p = {d.p_value:.3f}): {d.verdict}"
+    )
 
 
 def verdict_counts(comparisons: Sequence[Comparison]) -> str:
     """E.g. "12 comparisons: 3 exceed the noise, 7 within noise, 2 cannot tell"."""
-    counts = {v: sum(c.difference.verdict == v for c in comparisons)
-              for v in (EXCEEDS, WITHIN, CANNOT_TELL)}
-    return (f"{len(comparisons)} comparison{'s' if len(comparisons) != 1 else ''}: "
-            f"{counts[EXCEEDS]} exceed the noise, {counts[WITHIN]} within noise, "
-            f"{counts[CANNOT_TELL]} cannot tell")
+    counts = {
+        v: sum(c.difference.verdict == v for c in comparisons)
+        for v in (EXCEEDS, WITHIN, CANNOT_TELL)
+    }
+    return (
+        f"{len(comparisons)} comparison{'s' if len(comparisons) != 1 else ''}: "
+        f"{counts[EXCEEDS]} exceed the noise, {counts[WITHIN]} within noise, "
+        f"{counts[CANNOT_TELL]} cannot tell"
+    )
 
 
 def verdict_lines(comparisons: Sequence[Comparison], limit: int = MAX_LINES) -> list[str]:
     """One line per comparison, at most ``limit``; the last says how many were left out."""
     lines = [verdict_line(c) for c in comparisons[:limit]]
     if len(comparisons) > limit:
-        lines.append(f"... and {len(comparisons) - limit} more (truncated; all of them are in "
-                     "comparisons.csv)")
+        lines.append(
+            f"... and {len(comparisons) - limit} more (truncated; all of them are in "
+            "comparisons.csv)"
+        )
     return lines

@@ -27,8 +27,13 @@ FULL_PRECISION = "fp32"
 
 def configuration_key(run: RunRecord) -> tuple:
     """What a run is, without its seed: model, data set and every quantizer setting."""
-    return (run.model, run.dataset, json.dumps(run.settings, sort_keys=True, default=str),
-            run.quantizer, *(run.bits(k) for k in BIT_KINDS))
+    return (
+        run.model,
+        run.dataset,
+        json.dumps(run.settings, sort_keys=True, default=str),
+        run.quantizer,
+        *(run.bits(k) for k in BIT_KINDS),
+    )
 
 
 @dataclass
@@ -94,8 +99,11 @@ class Configuration:
     @property
     def name(self) -> str:
         """E.g. "pact W2A2", "dorefa W4A4G8 (first_layer_bits=4)", "fp32"."""
-        bits = "".join(f"{k[0].upper()}{self.bits(k)}" for k in BIT_KINDS
-                       if self.bits(k) is not None and not (k == "gbits" and self.bits(k) == 32))
+        bits = "".join(
+            f"{k[0].upper()}{self.bits(k)}"
+            for k in BIT_KINDS
+            if self.bits(k) is not None and not (k == "gbits" and self.bits(k) == 32)
+        )
         label = self.quantizer or "?"
         if self.quantizer != FULL_PRECISION and bits:
             label += f" {bits}"
@@ -128,8 +136,11 @@ def summarize_runs(configuration: Configuration) -> None:
         summary = summarize([v for v in (r.metric(key) for r in counted) if v is not None])
         if summary is not None:
             configuration.summaries[key] = summary
-    durations = [r.duration_s for r in counted
-                 if isinstance(r.duration_s, (int, float)) and math.isfinite(r.duration_s)]
+    durations = [
+        r.duration_s
+        for r in counted
+        if isinstance(r.duration_s, (int, float)) and math.isfinite(r.duration_s)
+    ]
     configuration.duration = summarize(durations)
 
 
@@ -138,26 +149,39 @@ def distinguishing_settings(configurations: Sequence[Configuration]) -> None:
     in, so that no two rows or verdicts read alike."""
     namesakes: dict[tuple, list[Configuration]] = defaultdict(list)
     for configuration in configurations:
-        namesakes[(configuration.model, configuration.dataset, configuration.quantizer,
-                   configuration.bits_label)].append(configuration)
+        namesakes[
+            (
+                configuration.model,
+                configuration.dataset,
+                configuration.quantizer,
+                configuration.bits_label,
+            )
+        ].append(configuration)
     for group in namesakes.values():
         if len(group) < 2:
             continue
         keys = sorted({k for c in group for k in c.first.settings})
-        differing = [k for k in keys
-                     if len({json.dumps(c.first.settings.get(k), sort_keys=True)
-                             for c in group}) > 1]
+        differing = [
+            k
+            for k in keys
+            if len({json.dumps(c.first.settings.get(k), sort_keys=True) for c in group}) > 1
+        ]
         for configuration in group:
             configuration.distinct = ", ".join(
-                f"{k}={configuration.first.settings.get(k)}" for k in differing)
+                f"{k}={configuration.first.settings.get(k)}" for k in differing
+            )
 
 
 def configuration_order(configuration: Configuration) -> tuple:
     """Model and data set, FP32 first, then quantizer by name, then bits ascending."""
-    return (str(configuration.model), str(configuration.dataset),
-            configuration.quantizer != FULL_PRECISION, str(configuration.quantizer),
-            *((configuration.bits(k) if configuration.bits(k) is not None else -1)
-              for k in BIT_KINDS), configuration.distinct)
+    return (
+        str(configuration.model),
+        str(configuration.dataset),
+        configuration.quantizer != FULL_PRECISION,
+        str(configuration.quantizer),
+        *((configuration.bits(k) if configuration.bits(k) is not None else -1) for k in BIT_KINDS),
+        configuration.distinct,
+    )
 
 
 def group_configurations(runs: Iterable[RunRecord]) -> list[Configuration]:
@@ -183,4 +207,3 @@ def seed_counts(configurations: Sequence[Configuration]) -> str:
     if len(counts) == 1:
         return f"{counts[0]} seed{'s' if counts[0] != 1 else ''} each"
     return f"{counts[0]}-{counts[-1]} seeds"
-

@@ -28,8 +28,14 @@ from lowbit.report.runs import (
 )
 
 # One colour per quantizer, the same in every figure; others take the next free colour.
-QUANTIZER_COLOURS = {"fp32": "#333333", "dorefa": "#1f77b4", "pact": "#ff7f0e",
-                     "pact_symmetric": "#2ca02c", "lsq": "#9467bd", "lsq_plus": "#8c564b"}
+QUANTIZER_COLOURS = {
+    "fp32": "#333333",
+    "dorefa": "#1f77b4",
+    "pact": "#ff7f0e",
+    "pact_symmetric": "#2ca02c",
+    "lsq": "#9467bd",
+    "lsq_plus": "#8c564b",
+}
 # Red is the Pareto front's, so no quantizer gets it.
 SPARE_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 BIT_NAMES = {"wbits": "W", "abits": "A", "gbits": "G"}
@@ -69,12 +75,17 @@ def half_width(configuration: Configuration, key: str | None) -> float:
 
 
 def cost_half_width(configuration: Configuration, cost: Cost) -> float:
-    return half_width(configuration, cost.fallback if cost.falls_back(configuration)
-                      else cost.key)
+    return half_width(configuration, cost.fallback if cost.falls_back(configuration) else cost.key)
 
 
-def scatter_runs(axes, configurations: Sequence[Configuration], cost: Cost, accuracy: str,
-                 colour: str, stand_in: bool) -> None:
+def scatter_runs(
+    axes,
+    configurations: Sequence[Configuration],
+    cost: Cost,
+    accuracy: str,
+    colour: str,
+    stand_in: bool,
+) -> None:
     """Filled markers for a cost's own values, hollow ones for its stand-in's; error bars for
     the 95% intervals of both means."""
     if not configurations:
@@ -84,20 +95,51 @@ def scatter_runs(axes, configurations: Sequence[Configuration], cost: Cost, accu
     xerr = [cost_half_width(c, cost) for c in configurations]
     yerr = [half_width(c, accuracy) for c in configurations]
     if any(xerr) or any(yerr):  # none with one seed each, nor along a cost that never varies
-        axes.errorbar(xs, ys, xerr=xerr if any(xerr) else None, yerr=yerr if any(yerr) else None,
-                      fmt="none", ecolor=colour, elinewidth=1, capsize=3, alpha=0.8, zorder=2)
-    axes.scatter(xs, ys, s=46, facecolors="none" if stand_in else colour, edgecolors=colour,
-                 linewidths=1.5, zorder=3)
+        axes.errorbar(
+            xs,
+            ys,
+            xerr=xerr if any(xerr) else None,
+            yerr=yerr if any(yerr) else None,
+            fmt="none",
+            ecolor=colour,
+            elinewidth=1,
+            capsize=3,
+            alpha=0.8,
+            zorder=2,
+        )
+    axes.scatter(
+        xs,
+        ys,
+        s=46,
+        facecolors="none" if stand_in else colour,
+        edgecolors=colour,
+        linewidths=1.5,
+        zorder=3,
+    )
 
 
 def marker_handle(label: str, colour: str, hollow: bool = False) -> Line2D:
     """A legend entry for points drawn by ``scatter_runs`` (scatter calls carry no labels)."""
-    return Line2D([], [], linestyle="none", marker="o", markersize=7, color=colour,
-                  markerfacecolor="none" if hollow else colour, markeredgewidth=1.5, label=label)
+    return Line2D(
+        [],
+        [],
+        linestyle="none",
+        marker="o",
+        markersize=7,
+        color=colour,
+        markerfacecolor="none" if hollow else colour,
+        markeredgewidth=1.5,
+        label=label,
+    )
 
 
-def pareto_figure(runs: Sequence[Configuration], cost: str | Cost, cost_label: str,
-                  accuracy: str, accuracy_label: str) -> Figure:
+def pareto_figure(
+    runs: Sequence[Configuration],
+    cost: str | Cost,
+    cost_label: str,
+    accuracy: str,
+    accuracy_label: str,
+) -> Figure:
     """Every configuration with a finished run as a point at its means, with 95% error bars
     (colour: quantizer, label: W/A/G, hollow: the cost's stand-in value, with its own legend
     entry); the front of the means as a line."""
@@ -113,15 +155,33 @@ def pareto_figure(runs: Sequence[Configuration], cost: str | Cost, cost_label: s
     for quantizer in quantizers:
         mine = [r for r in points if (r.quantizer or "?") == quantizer]
         for stand_in in (False, True):
-            scatter_runs(axes, [r for r in mine if cost.falls_back(r) == stand_in], cost,
-                         accuracy, colours[quantizer], stand_in)
+            scatter_runs(
+                axes,
+                [r for r in mine if cost.falls_back(r) == stand_in],
+                cost,
+                accuracy,
+                colours[quantizer],
+                stand_in,
+            )
     for run in points:
-        axes.annotate(run.bits_label, (cost.value(run), run.metric(accuracy)),
-                      textcoords="offset points", xytext=(5, 4), fontsize=7, color="#444")
+        axes.annotate(
+            run.bits_label,
+            (cost.value(run), run.metric(accuracy)),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+            color="#444",
+        )
     front = pareto_front(points, cost, accuracy)
-    (front_line,) = axes.step([cost.value(r) for r in front], [r.metric(accuracy) for r in front],
-                              where="post", color="#d62728", linewidth=1.5, zorder=2,
-                              label="Pareto front")
+    (front_line,) = axes.step(
+        [cost.value(r) for r in front],
+        [r.metric(accuracy) for r in front],
+        where="post",
+        color="#d62728",
+        linewidth=1.5,
+        zorder=2,
+        label="Pareto front",
+    )
     handles = [marker_handle(q, colours[q]) for q in quantizers] + [front_line]
     if any(cost.falls_back(r) for r in points):
         handles.append(marker_handle(cost.fallback_label, "#444444", hollow=True))
@@ -131,8 +191,9 @@ def pareto_figure(runs: Sequence[Configuration], cost: str | Cost, cost_label: s
     axes.set_xlabel(cost_label)
     axes.set_ylabel(accuracy_label)
     axes.grid(True, alpha=0.3)
-    axes.legend(handles=handles, fontsize=8, loc="upper left",
-                bbox_to_anchor=(1.01, 1.0))  # off the points
+    axes.legend(
+        handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )  # off the points
     return figure
 
 
@@ -142,8 +203,9 @@ def bits_figure(runs: Sequence[Configuration], accuracy: str, accuracy_label: st
     "W = A bits"); the best FP32 mean as a dashed reference line."""
     finished = [r for r in runs if r.ok and r.metric(accuracy) is not None]
     quantized = [r for r in finished if r.quantizer != FULL_PRECISION]
-    baseline = max((r.metric(accuracy) for r in finished if r.quantizer == FULL_PRECISION),
-                   default=None)
+    baseline = max(
+        (r.metric(accuracy) for r in finished if r.quantizer == FULL_PRECISION), default=None
+    )
     names = quantizer_order({r.quantizer or "?" for r in quantized})
     figure = Figure(figsize=(max(4.0, 3.6 * max(1, len(names))), 4.2))
     if not quantized:
@@ -161,15 +223,28 @@ def bits_figure(runs: Sequence[Configuration], accuracy: str, accuracy_label: st
                 lines[(*(run.bits(k) for k in others), run.distinct)].append(run)
         for setting, members in sorted(lines.items(), key=lambda item: str(item[0])):
             members.sort(key=lambda r: r.bits(kind) or 0)
-            label = " ".join([*(f"{BIT_NAMES[k]}{v}" for k, v in zip(others, setting)),
-                              setting[-1]]).strip() or quantizer
-            axes.errorbar([r.bits(kind) for r in members],
-                          [r.metric(accuracy) for r in members],
-                          yerr=[half_width(r, accuracy) for r in members], marker="o",
-                          capsize=3, label=label)
+            label = (
+                " ".join(
+                    [*(f"{BIT_NAMES[k]}{v}" for k, v in zip(others, setting)), setting[-1]]
+                ).strip()
+                or quantizer
+            )
+            axes.errorbar(
+                [r.bits(kind) for r in members],
+                [r.metric(accuracy) for r in members],
+                yerr=[half_width(r, accuracy) for r in members],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         if baseline is not None:
-            axes.axhline(baseline, color=QUANTIZER_COLOURS[FULL_PRECISION], linestyle="--",
-                         linewidth=1, label="fp32")
+            axes.axhline(
+                baseline,
+                color=QUANTIZER_COLOURS[FULL_PRECISION],
+                linestyle="--",
+                linewidth=1,
+                label="fp32",
+            )
         values = sorted({r.bits(kind) for r in quantized if r.bits(kind) is not None})
         axes.set_xscale("log", base=2)
         axes.set_xticks(values, [str(v) for v in values])

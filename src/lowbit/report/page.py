@@ -43,17 +43,32 @@ from lowbit.report.table import (
     table_cells,
 )
 
-ACCURACY_LABELS = {"val/acc_best": "validation accuracy (best epoch)", "test/acc": "test accuracy",
-                   "val/map50_best": "validation mAP@0.5 (best epoch)",
-                   "test/map50": "test mAP@0.5"}
+ACCURACY_LABELS = {
+    "val/acc_best": "validation accuracy (best epoch)",
+    "test/acc": "test accuracy",
+    "val/map50_best": "validation mAP@0.5 (best epoch)",
+    "test/map50": "test mAP@0.5",
+}
 # (file stem, title, cost, axis label); the fronts minimise cost and maximise accuracy.
 PARETO_PLOTS: list[tuple[str, str, str | Cost, str]] = [
-    ("pareto_size", "Accuracy vs model size", "model/size_bytes",
-     "model size (bytes, packed file)"),
-    ("pareto_latency", "Accuracy vs latency", DEPLOYED_LATENCY,
-     "latency, batch 1 (ms, ONNX Runtime int8 model unless marked)"),
-    ("pareto_bops", "Accuracy vs bit operations", "model/bops",
-     "bit operations (BOPs: MACs x weight bits x activation bits)"),
+    (
+        "pareto_size",
+        "Accuracy vs model size",
+        "model/size_bytes",
+        "model size (bytes, packed file)",
+    ),
+    (
+        "pareto_latency",
+        "Accuracy vs latency",
+        DEPLOYED_LATENCY,
+        "latency, batch 1 (ms, ONNX Runtime int8 model unless marked)",
+    ),
+    (
+        "pareto_bops",
+        "Accuracy vs bit operations",
+        "model/bops",
+        "bit operations (BOPs: MACs x weight bits x activation bits)",
+    ),
 ]
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -74,8 +89,8 @@ STATISTICS = (
     f"is judged on {{metric}} by {TEST_NAME}, with Welch-Satterthwaite degrees of freedom: it "
     "exceeds the noise when the 95% interval of the difference leaves out zero (p < 0.05), and "
     "is within noise otherwise, which means the seeds cannot separate the two, not that they "
-    "are equal. With one seed on either side there is no spread to judge by: cannot tell.")
-
+    "are equal. With one seed on either side there is no spread to judge by: cannot tell."
+)
 
 
 @dataclass(frozen=True)
@@ -116,39 +131,49 @@ class Report:
         dozen)."""
         if not self.comparisons:
             return "No comparison to draw: no two quantizers at the same bits, no adjacent bits."
-        return "\n".join([verdict_counts(self.comparisons) + f" ({self.accuracy}).",
-                          *verdict_lines(self.comparisons)])
+        return "\n".join(
+            [
+                verdict_counts(self.comparisons) + f" ({self.accuracy}).",
+                *verdict_lines(self.comparisons),
+            ]
+        )
 
 
 def build_report(runs: Sequence[RunRecord], accuracy: str) -> Report:
     """The runs grouped into configurations over seeds, compared, and drawn."""
     configurations = group_configurations(runs)
-    return Report(list(runs), accuracy, configurations,
-                  draw_comparisons(configurations, accuracy),
-                  make_figures(configurations, accuracy))
+    return Report(
+        list(runs),
+        accuracy,
+        configurations,
+        draw_comparisons(configurations, accuracy),
+        make_figures(configurations, accuracy),
+    )
 
 
 def accuracy_label(accuracy: str) -> str:
     return ACCURACY_LABELS.get(accuracy, accuracy)
 
 
-def stand_in_sentence(configurations: Sequence[Configuration], cost: Cost,
-                      accuracy: str) -> str:
+def stand_in_sentence(configurations: Sequence[Configuration], cost: Cost, accuracy: str) -> str:
     """How many points are the cost's stand-in, so that the caption says it without the figure."""
     points = measured_runs(configurations, cost, accuracy)
     marked = sum(cost.falls_back(c) for c in points)
-    return f"Hollow markers ({marked} of {len(points)} configurations): {cost.fallback_label}." \
-        if marked else ""
+    return (
+        f"Hollow markers ({marked} of {len(points)} configurations): {cost.fallback_label}."
+        if marked
+        else ""
+    )
 
 
-def front_caption(configurations: Sequence[Configuration], cost: str | Cost,
-                  accuracy: str) -> str:
+def front_caption(configurations: Sequence[Configuration], cost: str | Cost, accuracy: str) -> str:
     cost = as_cost(cost)
     front = pareto_front(configurations, cost, accuracy)
     if not front:
         return f"No finished run recorded {cost}."
     listed = "On the Pareto front of the means (cheapest first): " + ", ".join(
-        f"{c.name} ({c.metric(accuracy):.4f}, n = {c.n})" for c in front)
+        f"{c.name} ({c.metric(accuracy):.4f}, n = {c.n})" for c in front
+    )
     return ". ".join(filter(None, [listed, stand_in_sentence(configurations, cost, accuracy)]))
 
 
@@ -157,13 +182,23 @@ ERROR_BARS = "Points are means over seeds; error bars, their 95% confidence inte
 
 def make_figures(configurations: Sequence[Configuration], accuracy: str) -> list[ReportFigure]:
     label = accuracy_label(accuracy)
-    figures = [ReportFigure(stem, title,
-                            png_bytes(pareto_figure(configurations, cost, axis, accuracy, label)),
-                            f"{ERROR_BARS} {front_caption(configurations, cost, accuracy)}")
-               for stem, title, cost, axis in PARETO_PLOTS]
-    figures.append(ReportFigure("accuracy_vs_bits", "Accuracy vs bits, per quantizer",
-                                png_bytes(bits_figure(configurations, accuracy, label)),
-                                f"{ERROR_BARS} Dashed: the best FP32 mean. Finished runs only."))
+    figures = [
+        ReportFigure(
+            stem,
+            title,
+            png_bytes(pareto_figure(configurations, cost, axis, accuracy, label)),
+            f"{ERROR_BARS} {front_caption(configurations, cost, accuracy)}",
+        )
+        for stem, title, cost, axis in PARETO_PLOTS
+    ]
+    figures.append(
+        ReportFigure(
+            "accuracy_vs_bits",
+            "Accuracy vs bits, per quantizer",
+            png_bytes(bits_figure(configurations, accuracy, label)),
+            f"{ERROR_BARS} Dashed: the best FP32 mean. Finished runs only.",
+        )
+    )
     return figures
 
 
@@ -180,13 +215,16 @@ def configurations_line(configurations: Sequence[Configuration]) -> str:
     text = f"{len(configurations)} configurations, {seed_counts(configurations)}"
     repeats = [r for c in configurations for r in c.repeats]
     if repeats:
-        text += (f"; {len(repeats)} repeated seed{'s' if len(repeats) > 1 else ''} left out: "
-                 + ", ".join(f"{r.name} (seed {r.seed})" for r in repeats))
+        text += (
+            f"; {len(repeats)} repeated seed{'s' if len(repeats) > 1 else ''} left out: "
+            + ", ".join(f"{r.name} (seed {r.seed})" for r in repeats)
+        )
     return text
 
 
-def html_rows(headers: list[str], rows: list[list[str]], classes: list[str],
-              titles: list[str | None]) -> str:
+def html_rows(
+    headers: list[str], rows: list[list[str]], classes: list[str], titles: list[str | None]
+) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
     for row, css, title in zip(rows, classes, titles):
@@ -200,9 +238,9 @@ def html_configurations(configurations: Sequence[Configuration]) -> str:
     headers, rows = configuration_cells(configurations)
     seeds = [f"seeds {' '.join(str(s) for s in c.seeds)}" for c in configurations]
     note = configurations_note(configurations)
-    return (html_rows(headers, rows, ["configuration" if c.ok else "failed"
-                                      for c in configurations], seeds)
-            + (f'<p class="note">{html.escape(note)}</p>' if note else ""))
+    return html_rows(
+        headers, rows, ["configuration" if c.ok else "failed" for c in configurations], seeds
+    ) + (f'<p class="note">{html.escape(note)}</p>' if note else "")
 
 
 def html_verdicts(report: Report) -> str:
@@ -210,18 +248,20 @@ def html_verdicts(report: Report) -> str:
         return f"<p>{html.escape(report.verdicts)}</p>"
     counts, *lines = report.verdicts.split("\n")
     css = {"exceeds noise": "exceeds", "within noise": "within", "cannot tell": "cannot"}
-    items = [f'<li class="{css[c.difference.verdict]}">{html.escape(line)}</li>'
-             for c, line in zip(report.comparisons, lines)]
-    items += [f"<li>{html.escape(line)}</li>" for line in lines[len(items):]]  # truncation
-    return f"<p>{html.escape(counts)}</p><ul class=\"verdicts\">{''.join(items)}</ul>"
+    items = [
+        f'<li class="{css[c.difference.verdict]}">{html.escape(line)}</li>'
+        for c, line in zip(report.comparisons, lines)
+    ]
+    items += [f"<li>{html.escape(line)}</li>" for line in lines[len(items) :]]  # truncation
+    return f'<p>{html.escape(counts)}</p><ul class="verdicts">{"".join(items)}</ul>'
 
 
 def html_table(runs: Sequence[RunRecord]) -> str:
     headers, rows = table_cells(runs)
     note = stand_in_note(runs)
-    return (html_rows(headers, rows, ["ok" if r.ok else "failed" for r in runs],
-                      [r.error for r in runs])
-            + (f'<p class="note">{html.escape(note)}</p>' if note else ""))
+    return html_rows(
+        headers, rows, ["ok" if r.ok else "failed" for r in runs], [r.error for r in runs]
+    ) + (f'<p class="note">{html.escape(note)}</p>' if note else "")
 
 
 def html_page(title: str, report: Report) -> str:
@@ -232,7 +272,8 @@ def html_page(title: str, report: Report) -> str:
         sections.append(
             f"<h2>{html.escape(figure.title)}</h2>"
             f'<img alt="{html.escape(figure.title)}" src="data:image/png;base64,{data}">'
-            f'<p class="note">{html.escape(figure.caption)}</p>')
+            f'<p class="note">{html.escape(figure.caption)}</p>'
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head>
@@ -248,15 +289,16 @@ graph's in PyTorch float32 for runs without an int8 export; BOPs weigh each MAC 
 <h2>Comparisons</h2>
 {html_verdicts(report)}
 <p class="note">{html.escape(report.statistics)}</p>
-{''.join(sections)}
+{"".join(sections)}
 <h2>Runs</h2>
 {html_table(runs)}
 </body></html>
 """
 
 
-def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str,
-                 accuracy: str = "val/acc_best") -> ReportFiles:
+def write_report(
+    runs: Sequence[RunRecord], out_dir: Path, title: str, accuracy: str = "val/acc_best"
+) -> ReportFiles:
     """index.html, configurations.md, runs.md, configurations.csv, comparisons.csv and one PNG
     per figure in ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,35 +309,68 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str,
         path.write_bytes(figure.png)
         pngs.append(path)
     markdown = out_dir / "runs.md"
-    markdown.write_text(f"# {title}\n\n{summary_line(runs)}.\n\n{markdown_table(runs)}",
-                        encoding="utf-8")  # the table may carry a dagger
+    markdown.write_text(
+        f"# {title}\n\n{summary_line(runs)}.\n\n{markdown_table(runs)}", encoding="utf-8"
+    )  # the table may carry a dagger
     aggregated = out_dir / "configurations.md"
     aggregated.write_text(
         f"# {title}\n\n{configurations_line(report.configurations)}.\n\n"
         f"{configurations_markdown(report.configurations)}\n## Comparisons\n\n"
         + "".join(f"- {line}\n" for line in report.verdicts.split("\n"))
-        + f"\n{report.statistics}\n", encoding="utf-8")
-    tables = [write_csv(out_dir / "configurations.csv", SUMMARY_FIELDS,
-                        summary_rows(report.configurations)),
-              write_csv(out_dir / "comparisons.csv", COMPARISON_FIELDS,
-                        comparison_rows(report.comparisons))]
+        + f"\n{report.statistics}\n",
+        encoding="utf-8",
+    )
+    tables = [
+        write_csv(
+            out_dir / "configurations.csv", SUMMARY_FIELDS, summary_rows(report.configurations)
+        ),
+        write_csv(
+            out_dir / "comparisons.csv", COMPARISON_FIELDS, comparison_rows(report.comparisons)
+        ),
+    ]
     page = out_dir / "index.html"
     page.write_text(html_page(title, report), encoding="utf-8")
-    return ReportFiles(html=page, markdown=markdown, figures=pngs, configurations=aggregated,
-                       tables=tables)
+    return ReportFiles(
+        html=page, markdown=markdown, figures=pngs, configurations=aggregated, tables=tables
+    )
 
 
-COMPARISON_FIELDS = ["kind", "better", "worse", "metric", "n_better", "n_worse", "difference",
-                     "ci_low", "ci_high", "dof", "p_value", "verdict", "reason"]
+COMPARISON_FIELDS = [
+    "kind",
+    "better",
+    "worse",
+    "metric",
+    "n_better",
+    "n_worse",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "dof",
+    "p_value",
+    "verdict",
+    "reason",
+]
 
 
 def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict[str, object]]:
-    return [{"kind": c.kind, "better": c.better.name, "worse": c.worse.name, "metric": c.metric,
-             "n_better": c.better.n, "n_worse": c.worse.n, "difference": c.difference.delta,
-             "ci_low": c.difference.ci_low, "ci_high": c.difference.ci_high,
-             "dof": c.difference.dof, "p_value": c.difference.p_value,
-             "verdict": c.difference.verdict, "reason": c.difference.reason}
-            for c in comparisons]
+    return [
+        {
+            "kind": c.kind,
+            "better": c.better.name,
+            "worse": c.worse.name,
+            "metric": c.metric,
+            "n_better": c.better.n,
+            "n_worse": c.worse.n,
+            "difference": c.difference.delta,
+            "ci_low": c.difference.ci_low,
+            "ci_high": c.difference.ci_high,
+            "dof": c.difference.dof,
+            "p_value": c.difference.p_value,
+            "verdict": c.difference.verdict,
+            "reason": c.difference.reason,
+        }
+        for c in comparisons
+    ]
 
 
 def write_csv(path: Path, fields: list[str], rows: list[dict[str, object]]) -> Path:

@@ -68,8 +68,11 @@ def varying_bit_kind(runs: Sequence[RunRecord]) -> str:
 
 def tied_bit_kinds(runs: Sequence[RunRecord], kind: str) -> list[str]:
     """The other bit widths equal to ``kind`` in every run (a W = A study sweeps them together)."""
-    return [other for other in BIT_KINDS if other != kind
-            and all(r.bits(other) == r.bits(kind) for r in runs)]
+    return [
+        other
+        for other in BIT_KINDS
+        if other != kind and all(r.bits(other) == r.bits(kind) for r in runs)
+    ]
 
 
 def as_int(value: Any) -> int | None:
@@ -126,8 +129,7 @@ def run_order(run: RunRecord) -> tuple[int, str]:
 
 def load_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     """Every run under the given sweep dirs, run dirs or results.json files, in job order."""
-    runs = [run_from_results(read_results(path), Path(path).parent)
-            for path in find_results(paths)]
+    runs = [run_from_results(read_results(path), Path(path).parent) for path in find_results(paths)]
     return sorted(runs, key=run_order)
 
 
@@ -148,8 +150,11 @@ def load_runs_or_explain(paths: list[str], program: str) -> list[RunRecord] | No
 def default_accuracy(runs: Iterable[RunRecord]) -> str:
     """val/map50_best when every run that has a metric is a detection run, else val/acc_best:
     the figures of a detection sweep then plot mAP without being told."""
-    measured = [run for run in runs if run.metric("val/map50_best") is not None
-                or run.metric("val/acc_best") is not None]
+    measured = [
+        run
+        for run in runs
+        if run.metric("val/map50_best") is not None or run.metric("val/acc_best") is not None
+    ]
     if measured and all(run.metric("val/map50_best") is not None for run in measured):
         return "val/map50_best"
     return "val/acc_best"
@@ -184,8 +189,9 @@ class Cost:
 
 # The latency a deployment sees (ONNX Runtime, int8 model, batch 1); without an int8 export, the
 # fake-quant graph's PyTorch float32 latency, which says little about deployment.
-DEPLOYED_LATENCY = Cost("latency/int8_ms", fallback="latency/ms",
-                        fallback_label="fake-quant latency (no int8 export)")
+DEPLOYED_LATENCY = Cost(
+    "latency/int8_ms", fallback="latency/ms", fallback_label="fake-quant latency (no int8 export)"
+)
 
 
 def as_cost(cost: str | Cost) -> Cost:
@@ -193,12 +199,12 @@ def as_cost(cost: str | Cost) -> Cost:
     return cost if isinstance(cost, Cost) else Cost(cost)
 
 
-def measured_runs(runs: Iterable[RunRecord], cost: str | Cost,
-                  accuracy: str) -> list[RunRecord]:
+def measured_runs(runs: Iterable[RunRecord], cost: str | Cost, accuracy: str) -> list[RunRecord]:
     """The finished runs with both a cost and an accuracy: the points of a front's figure."""
     cost = as_cost(cost)
-    return [r for r in runs if r.ok and cost.value(r) is not None
-            and r.metric(accuracy) is not None]
+    return [
+        r for r in runs if r.ok and cost.value(r) is not None and r.metric(accuracy) is not None
+    ]
 
 
 def pareto_front(runs: Iterable[RunRecord], cost: str | Cost, accuracy: str) -> list[RunRecord]:
@@ -206,8 +212,9 @@ def pareto_front(runs: Iterable[RunRecord], cost: str | Cost, accuracy: str) -> 
     or cheaper and at least as accurate. Cheapest first; of equal points, one is kept.
     """
     cost = as_cost(cost)
-    points = sorted(measured_runs(runs, cost, accuracy),
-                    key=lambda r: (cost.value(r), -r.metric(accuracy)))
+    points = sorted(
+        measured_runs(runs, cost, accuracy), key=lambda r: (cost.value(r), -r.metric(accuracy))
+    )
     front: list[RunRecord] = []
     best = -math.inf
     for run in points:

@@ -75,11 +75,11 @@ def welch(a: Summary, b: Summary) -> Difference:
     delta = a.mean - b.mean
     if a.n < 2 or b.n < 2:
         return Difference(delta, CANNOT_TELL, reason="one seed: no spread to compare against")
-    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
+    va, vb = a.sd**2 / a.n, b.sd**2 / b.n
     if va + vb == 0:  # every seed gave the same value on both sides: t is undefined
         return Difference(delta, CANNOT_TELL, reason="the seeds gave identical values")
     se = math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    dof = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     half = t_quantile(dof) * se
     p_value = float(2 * stats.t.sf(abs(delta) / se, dof))
     low, high = delta - half, delta + half

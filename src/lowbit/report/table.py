@@ -33,15 +33,18 @@ def metric_column(header: str, key: str, pattern: str) -> Column:
 def cost_column(header: str, cost: Cost, pattern: str) -> Column:
     """A cost's value per run; a stand-in value carries the dagger, so it is never mistaken for
     the cost's own."""
-    return header, lambda run: (fmt(cost.value(run), pattern)
-                                + (STAND_IN_MARK if cost.falls_back(run) else ""))
+    return (
+        header,
+        lambda run: fmt(cost.value(run), pattern) + (STAND_IN_MARK if cost.falls_back(run) else ""),
+    )
 
 
 def latency_keys(runs: Sequence[RunRecord]) -> list[str]:
     """The latencies recorded besides the deployed one (which has its own column), the
     fake-quant one first."""
-    keys = {k for run in runs for k in run.metrics
-            if k.startswith("latency/") and k.endswith("ms")} - {DEPLOYED_LATENCY.key}
+    keys = {
+        k for run in runs for k in run.metrics if k.startswith("latency/") and k.endswith("ms")
+    } - {DEPLOYED_LATENCY.key}
     return sorted(keys, key=lambda k: (k != "latency/ms", k))
 
 
@@ -54,23 +57,34 @@ def stand_in_note(runs: Sequence[RunRecord]) -> str | None:
     """What the dagger means, for a table where some run has no int8 latency of its own."""
     if not any(DEPLOYED_LATENCY.falls_back(run) for run in runs):
         return None
-    return (f"{STAND_IN_MARK} {DEPLOYED_LATENCY.fallback_label}: {DEPLOYED_LATENCY.fallback}, "
-            "measured in PyTorch float32, not on a deployed integer model.")
+    return (
+        f"{STAND_IN_MARK} {DEPLOYED_LATENCY.fallback_label}: {DEPLOYED_LATENCY.fallback}, "
+        "measured in PyTorch float32, not on a deployed integer model."
+    )
 
 
 # The quality columns of each task; a report shows those of the tasks its runs have.
 QUALITY_COLUMNS = {
     "classification": [("val acc (best)", "val/acc_best"), ("test acc", "test/acc")],
-    "detection": [("val mAP@0.5 (best)", "val/map50_best"), ("test mAP@0.5", "test/map50"),
-                  ("test mAP@0.5:0.95", "test/map")],
+    "detection": [
+        ("val mAP@0.5 (best)", "val/map50_best"),
+        ("test mAP@0.5", "test/map50"),
+        ("test mAP@0.5:0.95", "test/map"),
+    ],
 }
 
 
 def quality_columns(runs: Sequence[RunRecord]) -> list[Column]:
-    shown = [(header, key) for headers in QUALITY_COLUMNS.values() for header, key in headers
-             if any(key in run.metrics for run in runs)]
-    return [metric_column(header, key, "{:.4f}")
-            for header, key in shown or QUALITY_COLUMNS["classification"]]
+    shown = [
+        (header, key)
+        for headers in QUALITY_COLUMNS.values()
+        for header, key in headers
+        if any(key in run.metrics for run in runs)
+    ]
+    return [
+        metric_column(header, key, "{:.4f}")
+        for header, key in shown or QUALITY_COLUMNS["classification"]
+    ]
 
 
 def columns(runs: Sequence[RunRecord]) -> list[Column]:
@@ -119,6 +133,7 @@ def seeds_cell(configuration: Configuration) -> str:
 
 def spread_columns(header: str, key: str, pattern: str) -> list[ConfigurationColumn]:
     """Mean, standard deviation and 95% interval of a metric over seeds ("-" with one seed)."""
+
     def part(configuration: Configuration, field: str) -> str:
         summary = configuration.summary(key)
         return fmt(None if summary is None else getattr(summary, field), pattern)
@@ -129,8 +144,11 @@ def spread_columns(header: str, key: str, pattern: str) -> list[ConfigurationCol
             return "-"
         return f"[{pattern.format(summary.ci_low)}, {pattern.format(summary.ci_high)}]"
 
-    return [(f"{header} mean", lambda c: part(c, "mean")), ("sd", lambda c: part(c, "sd")),
-            ("95% CI", interval)]
+    return [
+        (f"{header} mean", lambda c: part(c, "mean")),
+        ("sd", lambda c: part(c, "sd")),
+        ("95% CI", interval),
+    ]
 
 
 def mean_cell(summary: Summary | None, pattern: str) -> str:
@@ -147,16 +165,23 @@ def mean_column(header: str, key: str, pattern: str) -> ConfigurationColumn:
 
 
 def deployed_latency_cell(configuration: Configuration) -> str:
-    key = DEPLOYED_LATENCY.key if configuration.summary(DEPLOYED_LATENCY.key) \
+    key = (
+        DEPLOYED_LATENCY.key
+        if configuration.summary(DEPLOYED_LATENCY.key)
         else DEPLOYED_LATENCY.fallback
+    )
     cell = mean_cell(configuration.summary(key), "{:.2f}")
     return cell + (STAND_IN_MARK if DEPLOYED_LATENCY.falls_back(configuration) else "")
 
 
 def configuration_columns(configurations: Sequence[Configuration]) -> list[ConfigurationColumn]:
     runs = [run for c in configurations for run in c.runs]
-    shown = [(header, key) for headers in QUALITY_COLUMNS.values() for header, key in headers
-             if any(key in run.metrics for run in runs)] or QUALITY_COLUMNS["classification"]
+    shown = [
+        (header, key)
+        for headers in QUALITY_COLUMNS.values()
+        for header, key in headers
+        if any(key in run.metrics for run in runs)
+    ] or QUALITY_COLUMNS["classification"]
     return [
         ("configuration", lambda c: c.name),
         ("model", lambda c: f"{c.model or '-'}/{c.dataset or '-'}"),
@@ -170,8 +195,9 @@ def configuration_columns(configurations: Sequence[Configuration]) -> list[Confi
     ]
 
 
-def configuration_cells(configurations: Sequence[Configuration]) -> tuple[list[str],
-                                                                           list[list[str]]]:
+def configuration_cells(
+    configurations: Sequence[Configuration],
+) -> tuple[list[str], list[list[str]]]:
     cols = configuration_columns(configurations)
     return [h for h, _ in cols], [[get(c) for _, get in cols] for c in configurations]
 
@@ -186,8 +212,10 @@ def configurations_note(configurations: Sequence[Configuration]) -> str | None:
     """What the dagger means in the aggregated table, where some configuration has it."""
     if not any(DEPLOYED_LATENCY.falls_back(c) for c in configurations):
         return None
-    return (f"{STAND_IN_MARK} {DEPLOYED_LATENCY.fallback_label}: {DEPLOYED_LATENCY.fallback}, "
-            "measured in PyTorch float32, not on a deployed integer model.")
+    return (
+        f"{STAND_IN_MARK} {DEPLOYED_LATENCY.fallback_label}: {DEPLOYED_LATENCY.fallback}, "
+        "measured in PyTorch float32, not on a deployed integer model."
+    )
 
 
 def configurations_markdown(configurations: Sequence[Configuration]) -> str:
@@ -197,8 +225,22 @@ def configurations_markdown(configurations: Sequence[Configuration]) -> str:
     return markdown_rows(headers, rows) + (f"\n{note}\n" if note else "")
 
 
-SUMMARY_FIELDS = ["configuration", "model", "dataset", "quantizer", "wbits", "abits", "gbits",
-                  "seeds", "metric", "n", "mean", "sd", "ci_low", "ci_high"]
+SUMMARY_FIELDS = [
+    "configuration",
+    "model",
+    "dataset",
+    "quantizer",
+    "wbits",
+    "abits",
+    "gbits",
+    "seeds",
+    "metric",
+    "n",
+    "mean",
+    "sd",
+    "ci_low",
+    "ci_high",
+]
 
 
 def summary_rows(configurations: Sequence[Configuration]) -> list[dict[str, object]]:
@@ -206,10 +248,22 @@ def summary_rows(configurations: Sequence[Configuration]) -> list[dict[str, obje
     rows = []
     for c in configurations:
         for key, summary in sorted(c.summaries.items()):
-            rows.append({"configuration": c.name, "model": c.model, "dataset": c.dataset,
-                         "quantizer": c.quantizer, "wbits": c.bits("wbits"),
-                         "abits": c.bits("abits"), "gbits": c.bits("gbits"),
-                         "seeds": " ".join(str(s) for s in c.seeds), "metric": key,
-                         "n": summary.n, "mean": summary.mean, "sd": summary.sd,
-                         "ci_low": summary.ci_low, "ci_high": summary.ci_high})
+            rows.append(
+                {
+                    "configuration": c.name,
+                    "model": c.model,
+                    "dataset": c.dataset,
+                    "quantizer": c.quantizer,
+                    "wbits": c.bits("wbits"),
+                    "abits": c.bits("abits"),
+                    "gbits": c.bits("gbits"),
+                    "seeds": " ".join(str(s) for s in c.seeds),
+                    "metric": key,
+                    "n": summary.n,
+                    "mean": summary.mean,
+                    "sd": summary.sd,
+                    "ci_low": summary.ci_low,
+                    "ci_high": summary.ci_high,
+                }
+            )
     return rows

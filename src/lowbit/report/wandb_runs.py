@@ -18,12 +18,20 @@ from lowbit.report.runs import RunRecord, as_int, run_order
 WANDB_SOURCE, WANDB_INCOMPLETE = "W&B", "W&B (incomplete)"
 
 
-def run_from_wandb(name: str, config: Mapping[str, Any], summary: Mapping[str, Any],
-                   state: str | None = None, run_id: str | None = None) -> RunRecord:
+def run_from_wandb(
+    name: str,
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    state: str | None = None,
+    run_id: str | None = None,
+) -> RunRecord:
     """A RunRecord from one W&B run's name, config and summary (``state`` if no status)."""
     quant = config.get("quant") or {}
-    metrics = {k: v for k, v in summary.items()
-               if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics = {
+        k: v
+        for k, v in summary.items()
+        if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     return RunRecord(
         name=name,
         status=str(summary.get("status") or state or "unknown"),
@@ -42,8 +50,9 @@ def run_from_wandb(name: str, config: Mapping[str, Any], summary: Mapping[str, A
     )
 
 
-def runs_from_wandb(project: str, group: str, entity: str | None = None,
-                    api: Any = None) -> list[RunRecord]:
+def runs_from_wandb(
+    project: str, group: str, entity: str | None = None, api: Any = None
+) -> list[RunRecord]:
     """The runs of one W&B group (one sweep), through the public API (needs credentials)."""
     if api is None:
         import wandb
@@ -51,8 +60,12 @@ def runs_from_wandb(project: str, group: str, entity: str | None = None,
         api = wandb.Api()
     path = f"{entity}/{project}" if entity else project
     runs: Iterable[Any] = api.runs(path, filters={"group": group})
-    records = [run_from_wandb(run.name, dict(run.config), dict(run.summary), run.state,
-                              getattr(run, "id", None)) for run in runs]
+    records = [
+        run_from_wandb(
+            run.name, dict(run.config), dict(run.summary), run.state, getattr(run, "id", None)
+        )
+        for run in runs
+    ]
     return sorted(records, key=run_order)
 
 

@@ -19,13 +19,18 @@ package only); ``lowbit.cli.preflight`` checks the same grids before any job sta
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
-def grid_override_lists(params: Mapping[str, Any] | None,
-                        grids: Sequence[Mapping[str, Any]] | None,
-                        arguments: Sequence[str]) -> list[list[str]]:
+def grid_override_lists(
+    params: Mapping[str, Any] | None,
+    grids: Sequence[Mapping[str, Any]] | None,
+    arguments: Sequence[str],
+) -> list[list[str]]:
     """The override list of each grid: shared params, then the grid's, then the command line."""
     shared = [f"{key}={value}" for key, value in (params or {}).items()]
-    return [[*shared, *(f"{key}={value}" for key, value in grid.items()), *arguments]
-            for grid in (grids or [{}])]
+    return [
+        [*shared, *(f"{key}={value}" for key, value in grid.items()), *arguments]
+        for grid in (grids or [{}])
+    ]

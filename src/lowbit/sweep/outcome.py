@@ -46,15 +46,22 @@ def job_outcomes(sweep_dir: Path, since: float = 0.0) -> list[JobOutcome]:
     """
     since -= CLOCK_SLACK_S
     fresh = lambda path: path.is_file() and path.stat().st_mtime >= since  # noqa: E731
-    job_dirs = {marker.parent.parent
-                for marker in sweep_dir.glob(f"**/{HYDRA_JOB_MARKER.as_posix()}") if fresh(marker)}
-    job_dirs |= {results.parent for results in sweep_dir.glob(f"**/{RESULTS_FILE}")
-                 if fresh(results)}
+    job_dirs = {
+        marker.parent.parent
+        for marker in sweep_dir.glob(f"**/{HYDRA_JOB_MARKER.as_posix()}")
+        if fresh(marker)
+    }
+    job_dirs |= {
+        results.parent for results in sweep_dir.glob(f"**/{RESULTS_FILE}") if fresh(results)
+    }
     outcomes = []
     for job_dir in sorted(job_dirs, key=job_order):
         results = job_dir / RESULTS_FILE
-        status = (str(read_results(results).get("status", "unknown")) if fresh(results)
-                  else f"no {RESULTS_FILE}")
+        status = (
+            str(read_results(results).get("status", "unknown"))
+            if fresh(results)
+            else f"no {RESULTS_FILE}"
+        )
         outcomes.append(JobOutcome(job_dir.relative_to(sweep_dir).as_posix(), status))
     return outcomes
 
@@ -87,8 +94,11 @@ class SweepOutcome(Callback):
         outcomes = job_outcomes(sweep_dir, since=self.started)
         line = failure_line(outcomes)
         if line is None:
-            print(f"lowbit: {len(outcomes)} of {len(outcomes)} jobs ok; compare them with "
-                  f"python scripts/report.py {sweep_dir}", flush=True)
+            print(
+                f"lowbit: {len(outcomes)} of {len(outcomes)} jobs ok; compare them with "
+                f"python scripts/report.py {sweep_dir}",
+                flush=True,
+            )
             return
         sys.stdout.flush()
         print(line, file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -35,8 +35,12 @@ class QuantTrainingTask(pl.LightningModule):
     the rest of their arguments go into the checkpoint (the loggers get the whole composed
     config instead, ``lowbit.train.loggable_config``)."""
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerFactory | None = None,
-                 scheduler: SchedulerFactory | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+    ):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
@@ -57,9 +61,11 @@ class QuantTrainingTask(pl.LightningModule):
         """Raise ``Diverged`` on a NaN/inf loss. Agreed by every DDP process, so that all stop
         at the same step and none is left waiting for the others' gradients."""
         if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
-            raise Diverged(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
-                           f"step {self.global_step}: lower optimizer.lr or use more bits "
-                           f"(quant.wbits/abits/gbits) and start again")
+            raise Diverged(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, "
+                f"step {self.global_step}: lower optimizer.lr or use more bits "
+                f"(quant.wbits/abits/gbits) and start again"
+            )
 
     def log_learned(self) -> None:
         """The dashboard shows each layer's learned quantizer parameters as they train: PACT's
@@ -71,11 +77,16 @@ class QuantTrainingTask(pl.LightningModule):
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:
-            raise ValueError(f"{type(self).__name__} was built without an optimizer: pass "
-                             f"optimizer= (a factory taking the parameter groups) to train it")
+            raise ValueError(
+                f"{type(self).__name__} was built without an optimizer: pass "
+                f"optimizer= (a factory taking the parameter groups) to train it"
+            )
         optimizer = self.optimizer_factory(param_groups(self.model))
         apply_lr_mult(optimizer)  # alpha's learning-rate multiplier (lowbit.quant.optim)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

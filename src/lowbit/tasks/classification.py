@@ -8,8 +8,12 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lowbit.tasks.base import (NOT_HYPERPARAMETERS, OptimizerFactory, QuantTrainingTask,
-                               SchedulerFactory)
+from lowbit.tasks.base import (
+    NOT_HYPERPARAMETERS,
+    OptimizerFactory,
+    QuantTrainingTask,
+    SchedulerFactory,
+)
 
 
 class ClassificationTask(QuantTrainingTask):
@@ -47,13 +51,23 @@ class ClassificationTask(QuantTrainingTask):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         getattr(self, f"{split}_loss")(loss.detach())
-        self.log(f"{split}/loss", getattr(self, f"{split}_loss"), on_step=False, on_epoch=True,
-                 prog_bar=split != "test")
+        self.log(
+            f"{split}/loss",
+            getattr(self, f"{split}_loss"),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=split != "test",
+        )
         for k in self.top_k if split != "train" else (1,):
             metric = getattr(self, f"{split}_{self.metric_names[k]}")
             metric(logits.detach(), labels)
-            self.log(f"{split}/{self.metric_names[k]}", metric, on_step=False, on_epoch=True,
-                     prog_bar=k == 1)
+            self.log(
+                f"{split}/{self.metric_names[k]}",
+                metric,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=k == 1,
+            )
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

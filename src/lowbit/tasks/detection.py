@@ -27,8 +27,12 @@ from torchmetrics.detection import MeanAveragePrecision
 from lowbit.detection.decode import decode_heads, postprocess
 from lowbit.detection.draw import draw_detections, save_png
 from lowbit.detection.loss import YOLOLoss
-from lowbit.tasks.base import (NOT_HYPERPARAMETERS, OptimizerFactory, QuantTrainingTask,
-                               SchedulerFactory)
+from lowbit.tasks.base import (
+    NOT_HYPERPARAMETERS,
+    OptimizerFactory,
+    QuantTrainingTask,
+    SchedulerFactory,
+)
 from lowbit.wandb_log import detection_boxes
 
 LOSS_TERMS = ("box", "obj", "cls")
@@ -50,20 +54,31 @@ class DetectionTask(QuantTrainingTask):
 
     task = "detection"  # what the models and data sets it pairs with say (lowbit.build)
 
-    def __init__(self, model: nn.Module, num_classes: int,
-                 optimizer: OptimizerFactory | None = None,
-                 scheduler: SchedulerFactory | None = None, class_names: list[str] | None = None,
-                 loss: dict | None = None, score_threshold: float = 0.001,
-                 iou_threshold: float = 0.45, max_detections: int = 100,
-                 draw_score_threshold: float = 0.25, num_drawn: int = 4,
-                 predictions_dir: str | Path | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        class_names: list[str] | None = None,
+        loss: dict | None = None,
+        score_threshold: float = 0.001,
+        iou_threshold: float = 0.45,
+        max_detections: int = 100,
+        draw_score_threshold: float = 0.25,
+        num_drawn: int = 4,
+        predictions_dir: str | Path | None = None,
+    ):
         super().__init__(model, optimizer, scheduler)
         self.save_hyperparameters(ignore=NOT_HYPERPARAMETERS, logger=False)
         self.num_classes = num_classes
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.loss = YOLOLoss(model.head_anchors(), model.strides, num_classes, **(loss or {}))
-        self.decoding = {"score_threshold": score_threshold, "iou_threshold": iou_threshold,
-                         "max_detections": max_detections}
+        self.decoding = {
+            "score_threshold": score_threshold,
+            "iou_threshold": iou_threshold,
+            "max_detections": max_detections,
+        }
         self.draw_score_threshold = draw_score_threshold
         self.num_drawn = num_drawn
         self.predictions_dir = Path(predictions_dir) if predictions_dir else None
@@ -81,13 +96,18 @@ class DetectionTask(QuantTrainingTask):
         terms = self.loss(outputs, targets)
         batch = len(targets)
         getattr(self, f"{split}_loss")(terms.total.detach(), batch)
-        self.log(f"{split}/loss", getattr(self, f"{split}_loss"), on_step=False, on_epoch=True,
-                 prog_bar=split != "test", batch_size=batch)
+        self.log(
+            f"{split}/loss",
+            getattr(self, f"{split}_loss"),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=split != "test",
+            batch_size=batch,
+        )
         for term, value in zip(LOSS_TERMS, (terms.box, terms.objectness, terms.classes)):
             metric = getattr(self, f"{split}_{term}_loss")
             metric(value, batch)
-            self.log(f"{split}/{term}_loss", metric, on_step=False, on_epoch=True,
-                     batch_size=batch)
+            self.log(f"{split}/{term}_loss", metric, on_step=False, on_epoch=True, batch_size=batch)
         return terms.total
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -107,8 +127,13 @@ class DetectionTask(QuantTrainingTask):
         if split == "val" and len(self._drawn) < self.num_drawn:
             for image, found, truth in zip(images, detections, targets):
                 if len(self._drawn) < self.num_drawn:
-                    self._drawn.append((image.cpu(), {k: v.cpu() for k, v in found.items()},
-                                        {k: v.cpu() for k, v in truth.items()}))
+                    self._drawn.append(
+                        (
+                            image.cpu(),
+                            {k: v.cpu() for k, v in found.items()},
+                            {k: v.cpu() for k, v in truth.items()},
+                        )
+                    )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)
@@ -141,9 +166,12 @@ class DetectionTask(QuantTrainingTask):
         self._log_map("test")
 
     def show_predictions(self, drawn: list[tuple[torch.Tensor, dict, dict]]) -> None:
-        pictures = [draw_detections(image, found, self.class_names, truth,
-                                    min_score=self.draw_score_threshold)
-                    for image, found, truth in drawn]
+        pictures = [
+            draw_detections(
+                image, found, self.class_names, truth, min_score=self.draw_score_threshold
+            )
+            for image, found, truth in drawn
+        ]
         if not pictures:
             return
         if self.predictions_dir is not None:
@@ -151,11 +179,23 @@ class DetectionTask(QuantTrainingTask):
                 save_png(picture, self.predictions_dir / f"val_{index}.png")
         for logger in self.loggers:
             if isinstance(logger, pl.loggers.WandbLogger):
-                images = [(image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-                          .permute(1, 2, 0).numpy() for image, _, _ in drawn]
-                boxes = [detection_boxes(found, truth, self.class_names,
-                                         self.draw_score_threshold)
-                         for _, found, truth in drawn]
-                logger.log_image(key="val/predictions", images=images, boxes=boxes,
-                                 caption=[f"epoch {self.current_epoch}, val image {i}"
-                                          for i in range(len(images))])
+                images = [
+                    (image.float().clamp(0, 1) * 255)
+                    .round()
+                    .to(torch.uint8)
+                    .permute(1, 2, 0)
+                    .numpy()
+                    for image, _, _ in drawn
+                ]
+                boxes = [
+                    detection_boxes(found, truth, self.class_names, self.draw_score_threshold)
+                    for _, found, truth in drawn
+                ]
+                logger.log_image(
+                    key="val/predictions",
+                    images=images,
+                    boxes=boxes,
+                    caption=[
+                        f"epoch {self.current_epoch}, val image {i}" for i in range(len(images))
+                    ],
+                )
