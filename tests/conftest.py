@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import socket
@@ -180,3 +181,11 @@ def assert_config_mirrors_the_constructor(node: DictConfig) -> None:
         default = parameters[key].default
         if key not in ("data_dir", "num_workers") and default is not inspect.Parameter.empty:
             assert node[key] == default, key
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module (they are files, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

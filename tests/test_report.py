@@ -4,7 +4,6 @@ and verdicts, Pareto fronts, the tables, the files, a browser."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -14,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import load_script
 from sweep_results import SEEDED_ACCURACIES, example_sweep, seeded_sweep, write_job
 
 from lowbit.report import (
@@ -34,14 +33,6 @@ from lowbit.report.stats import CANNOT_TELL, EXCEEDS, WITHIN, summarize, welch
 from lowbit.report.table import configuration_cells, table_cells
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def load_script(name: str):
-    """A script of scripts/ as a module (they are files, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 report_script, results_table = load_script("report"), load_script("results_table")

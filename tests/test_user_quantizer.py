@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, ROOT, run_env
+from conftest import FAST, ROOT, load_script, run_env
 from user_schemes import fixed_point  # noqa: F401  (registers quantizer=fixed_point)
 
 from lowbit.export import load_packed, save_packed
@@ -84,6 +85,8 @@ def test_a_quantizer_without_a_grid_is_refused_with_one_line(tmp_path):
 
 USER_DIR = Path(__file__).parent  # holds user_schemes/, the researcher's own package
 
+report_script = load_script("report")
+
 
 def test_user_quantizer_runs_the_whole_pipeline_from_the_command_line(tmp_path):
     """``quantizer=fixed_point`` from the user's config folder on Hydra's search path: trains,
@@ -118,6 +121,16 @@ def test_user_quantizer_runs_the_whole_pipeline_from_the_command_line(tmp_path):
     )
     assert metrics["latency/int8_ms"] > 0 and 0 <= metrics["export/top1_agreement"] <= 1
     assert (tmp_path / "run" / "model_int8.onnx").is_file()
+
+    # The sweep report shows it like a built-in quantizer: its own row, its packed size and its
+    # int8 latency (not the fake-quant stand-in).
+    assert report_script.main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "configurations.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    means = {r["metric"]: float(r["mean"]) for r in rows if r["quantizer"] == "fixed_point"}
+    assert means["model/size_bytes"] == metrics["model/size_bytes"]
+    assert means["latency/int8_ms"] == pytest.approx(metrics["latency/int8_ms"])
+    assert "fixed_point" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_user_quantizer_options_are_checked_before_any_work(tmp_path):
