@@ -512,3 +512,11 @@ def test_report_page_renders_its_figures_in_a_real_browser(tmp_path):
     present = {rgb for _, rgb in colours}
     for rgb in [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0xD6, 0x27, 0x28)]:
         assert rgb in present, f"colour {rgb} not on the screenshot"
+
+
+def test_a_tiny_p_value_is_written_as_an_upper_bound_never_as_zero():
+    from lowbit.report.comparisons import p_text
+
+    assert p_text(0.00001) == "p < 0.001"
+    assert p_text(0.0005) == "p = 0.001"  # rounds up, so three decimals are honest
+    assert p_text(0.042) == "p = 0.042"

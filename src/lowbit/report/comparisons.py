@@ -107,8 +107,13 @@ def verdict_line(comparison: Comparison) -> str:
         return f"{text} ({counts}): cannot tell, {d.reason}"
     return (
         f"{text}, 95% CI [{signed(d.ci_low * scale, digits)}, "
-        f"{signed(d.ci_high * scale, digits)}] ({counts}, p = {d.p_value:.3f}): {d.verdict}"
+        f"{signed(d.ci_high * scale, digits)}] ({counts}, {p_text(d.p_value)}): {d.verdict}"
     )
+
+
+def p_text(p_value: float) -> str:
+    """ "p = 0.042", or "p < 0.001" where three decimals would round a real p down to zero."""
+    return "p < 0.001" if p_value < 0.0005 else f"p = {p_value:.3f}"
 
 
 def verdict_counts(comparisons: Sequence[Comparison]) -> str:
