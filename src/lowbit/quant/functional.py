@@ -330,7 +330,7 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
         ctx.save_for_backward(x, alpha)
-        y = torch.clamp(x, min=0).clamp_max_(alpha)  # one buffer, quantized in place
+        y = torch.clamp(x, x.new_zeros(()), alpha)  # one pass, one buffer, quantized in place
         if bits >= FULL_PRECISION:
             return y
         n = levels(bits)
