@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import load_script
@@ -520,3 +521,30 @@ def test_a_tiny_p_value_is_written_as_an_upper_bound_never_as_zero():
     assert p_text(0.00001) == "p < 0.001"
     assert p_text(0.0005) == "p = 0.001"  # rounds up, so three decimals are honest
     assert p_text(0.042) == "p = 0.042"
+
+
+def test_runs_trained_differently_are_two_configurations_however_alike_their_quantizers(tmp_path):
+    """Seeds are pooled only across runs that trained alike: a 4-epoch and an 8-epoch run of
+    one quantizer are two rows, labelled by the setting they differ in; where a run ran
+    (trainer.devices) does not split them."""
+
+    def saved(job: Path, epochs: int, devices: int) -> None:
+        (job / ".hydra" / "config.yaml").write_text(
+            f"trainer:\n  max_epochs: {epochs}\n  devices: {devices}\nseed: 0\n"
+        )
+
+    saved(write_job(tmp_path, 0, "pact", 2, 2, acc=0.90, size=1000, seed=0), epochs=4, devices=1)
+    saved(write_job(tmp_path, 1, "pact", 2, 2, acc=0.92, size=1000, seed=1), epochs=4, devices=2)
+    saved(write_job(tmp_path, 2, "pact", 2, 2, acc=0.97, size=1000, seed=0), epochs=8, devices=1)
+    configurations = group_configurations(load_runs([tmp_path]))
+    assert sorted((c.distinct, len(c.counted)) for c in configurations) == [
+        ("trainer.max_epochs=4", 2),
+        ("trainer.max_epochs=8", 1),
+    ]
+    # A quantizer is compared with another only where both trained alike.
+    saved(write_job(tmp_path, 3, "dorefa", 2, 2, acc=0.80, size=1000, seed=0), epochs=8, devices=1)
+    configurations = group_configurations(load_runs([tmp_path]))
+    drawn = draw_comparisons(configurations, "val/acc_best")
+    assert [(c.kind, c.better.distinct, c.worse.quantizer) for c in drawn] == [
+        ("quantizers", "trainer.max_epochs=8", "dorefa")
+    ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from lowbit.report.configs import FULL_PRECISION, Configuration
-from lowbit.report.runs import BIT_KINDS, tied_bit_kinds, varying_bit_kind
+from lowbit.report.runs import BIT_KINDS, tied_bit_kinds, training_key, varying_bit_kind
 from lowbit.report.stats import CANNOT_TELL, EXCEEDS, WITHIN, Difference, welch
 
 MAX_LINES = 30  # the page lists this many; comparisons.csv holds them all
@@ -50,7 +50,7 @@ def quantizer_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
     groups: dict[tuple, list[Configuration]] = defaultdict(list)
     for c in configurations:
         if c.quantizer != FULL_PRECISION:
-            groups[(c.model, c.dataset, c.bits_label)].append(c)
+            groups[(c.model, c.dataset, c.bits_label, training_key(c.first.settings))].append(c)
     return [
         (a, b)
         for group in groups.values()

@@ -1,7 +1,10 @@
 """Configurations: the runs that differ only in their seed, one row of the report.
 
-A configuration is a model, a data set and every quantizer setting a run recorded (results.json's
-``quant``: quantizer, bits, first/last layer bits, alpha init, ...). Its seeds are samples of the
+A configuration is a model, a data set, every quantizer setting a run recorded (results.json's
+``quant``: quantizer, bits, first/last layer bits, alpha init, ...) and every training setting of
+the config Hydra saved beside it (model, data set, optimizer, scheduler and trainer keys such as
+``trainer.max_epochs``; where a run ran, such as ``trainer.devices``, is left out:
+``lowbit.report.runs.training_settings``). Its seeds are samples of the
 same experiment, so each metric becomes n, mean, standard deviation and a 95% interval
 (``lowbit.report.stats``). A configuration answers ``metric`` with the mean, so the Pareto fronts
 and the figures take configurations where they took runs: the fronts are computed on the means.
@@ -26,7 +29,7 @@ FULL_PRECISION = "fp32"
 
 
 def configuration_key(run: RunRecord) -> tuple:
-    """What a run is, without its seed: model, data set and every quantizer setting."""
+    """What a run is, without its seed: model, data set, quantizer and training settings."""
     return (
         run.model,
         run.dataset,

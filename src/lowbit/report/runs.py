@@ -5,6 +5,7 @@ Nothing here imports training code: a report is made from what the runs wrote, o
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,8 +35,9 @@ class RunRecord:
     error: str | None = None
     duration_s: float | None = None  # wall time of the whole run, start-up to results.json
     seed: int | None = None  # None: not recorded, or drawn at random (seed=null)
-    # Every quantizer setting the run recorded (``quant`` in results.json): with model and
-    # dataset, what makes runs that differ only in their seed one configuration.
+    # Every quantizer setting the run recorded (``quant`` in results.json) and the training
+    # settings of its saved config (``training_settings``): with model and dataset, what makes
+    # runs that differ only in their seed one configuration.
     settings: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None  # the W&B run's id, which results.json records too
     source: str = RESULTS_FILE
@@ -79,21 +81,74 @@ def as_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def recorded_seed(payload: Mapping[str, Any], run_dir: Path | None) -> int | None:
-    """The run's seed: results.json's, or for runs written before it recorded one, the seed of
-    the config Hydra saved beside it (``.hydra/config.yaml``); None when neither has it."""
-    if "seed" in payload:
-        return as_int(payload["seed"])
+def saved_config(run_dir: Path | None) -> dict[str, Any] | None:
+    """The composed config Hydra saved beside the run (``.hydra/config.yaml``), interpolations
+    left as written; None for runs that have none (tests' fixtures, runs copied without it)."""
     saved = run_dir / ".hydra" / "config.yaml" if run_dir is not None else None
     if saved is None or not saved.is_file():
         return None
-    import yaml  # PyYAML, which omegaconf needs anyway; only old runs get here
+    import yaml  # PyYAML, which omegaconf needs anyway
 
     try:
         config = yaml.safe_load(saved.read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return as_int(config.get("seed")) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def recorded_seed(payload: Mapping[str, Any], config: Mapping[str, Any] | None) -> int | None:
+    """The run's seed: results.json's, or for runs written before it recorded one, the saved
+    config's; None when neither has it."""
+    if "seed" in payload:
+        return as_int(payload["seed"])
+    return as_int(config.get("seed")) if config is not None else None
+
+
+# What else makes two runs different experiments, beside the quantizer settings: the groups of
+# the config that change what is trained, flattened to dotted keys ("trainer.max_epochs").
+TRAINING_GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer", "task", "detection")
+# Keys of those groups that say where or how visibly a run ran, not what it trained: runs that
+# differ only in them (and in their seed) are one configuration.
+PLACEMENT_KEYS = frozenset(
+    {
+        "dataset.data_dir",
+        "dataset.root",
+        "dataset.num_workers",
+        "dataset.download",
+        "trainer.accelerator",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "trainer.strategy",
+        "trainer.log_every_n_steps",
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "trainer.default_root_dir",
+    }
+)
+
+
+def training_key(settings: Mapping[str, Any]) -> str:
+    """The training part of a run's settings as one comparable string: quantizers are compared
+    only between configurations trained alike (same epochs, optimizer, batch size, ...)."""
+    training = {k: v for k, v in settings.items() if k.split(".", 1)[0] in TRAINING_GROUPS}
+    return json.dumps(training, sort_keys=True, default=str)
+
+
+def training_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The saved config's training groups as dotted keys, placement keys left out."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        elif prefix not in PLACEMENT_KEYS:
+            flat[prefix] = node
+
+    for group in TRAINING_GROUPS:
+        if config is not None and group in config:
+            walk(group, config[group])
+    return flat
 
 
 def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None) -> RunRecord:
@@ -101,6 +156,7 @@ def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None
     ``results_dir``, the folder the file is in, is where an old run's seed is looked up."""
     quant = payload.get("quant") or {}
     run_dir = str(payload.get("run_dir") or "")
+    config = saved_config(results_dir)
     wandb_info = payload.get("wandb") or {}
     return RunRecord(
         name=Path(run_dir).name or str(payload.get("run_name") or "run"),
@@ -115,8 +171,8 @@ def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None
         run_dir=run_dir,
         error=payload.get("error"),
         duration_s=payload.get("duration_s"),
-        seed=recorded_seed(payload, results_dir),
-        settings=dict(quant),
+        seed=recorded_seed(payload, config),
+        settings={**quant, **training_settings(config)},
         run_id=wandb_info.get("id") if isinstance(wandb_info, dict) else None,
     )
 
