@@ -59,6 +59,21 @@ def export_int8_onnx(
     return save(proto, path)
 
 
+def plain_conv(conv: nn.Conv2d, bias: bool) -> nn.Conv2d:
+    """An nn.Conv2d of ``conv``'s geometry (weights left to the caller)."""
+    return nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=bias,
+        padding_mode=conv.padding_mode,
+    )
+
+
 def float_model(model: nn.Module) -> nn.Module:
     """A float copy of ``model`` in eval mode: BN folded, quantizers removed.
 
@@ -69,30 +84,10 @@ def float_model(model: nn.Module) -> nn.Module:
     folded = fold_bn(model)
     for name, module in list(folded.named_modules()):
         if isinstance(module, FoldedQuantConv2d):
-            plain = nn.Conv2d(
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                module.groups,
-                bias=True,
-                padding_mode=module.padding_mode,
-            )
+            plain = plain_conv(module, bias=True)
             plain.weight, plain.bias = module.weight, module.bias
         elif isinstance(module, QuantConv2d):
-            plain = nn.Conv2d(
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                module.groups,
-                bias=module.bias is not None,
-                padding_mode=module.padding_mode,
-            )
+            plain = plain_conv(module, bias=module.bias is not None)
             plain.weight = nn.Parameter(module.quantized_weight().detach())
             plain.bias = module.bias
         elif isinstance(module, QuantLinear):
