@@ -84,3 +84,18 @@ def test_the_bits_summary_callback_prints_the_table_when_fit_starts(make_cfg, ca
     assert all(row.name in printed for row in rows) and "4/4/fp32" in printed
     assert f"{totals['size_bytes']:,}" in printed
     assert "bits_summary" not in make_cfg("~callbacks.bits_summary").callbacks
+
+
+def test_the_end_of_run_table_says_where_the_wandb_run_is_in_each_mode():
+    from lowbit.console import summary_lines
+
+    def wandb_row(wandb: dict) -> str:
+        lines = summary_lines({"metrics": {}, "status": "ok", "run_dir": "r", "wandb": wandb})
+        return next(line for line in lines if line.startswith("wandb"))
+
+    assert wandb_row({"mode": "online", "url": "https://wandb.ai/x/y/runs/z"}).endswith(
+        "https://wandb.ai/x/y/runs/z"
+    )
+    assert wandb_row({"mode": "offline", "dir": "runs/w"}).endswith("wandb sync runs/w")
+    assert "disabled" in wandb_row({"mode": "disabled", "dir": "runs/w"})
+    assert "sync" not in wandb_row({"mode": "disabled", "dir": "runs/w"})

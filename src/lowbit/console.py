@@ -37,6 +37,15 @@ def format_value(key: str, value: Any) -> str:
     return str(value)
 
 
+def wandb_where(wandb: dict[str, Any]) -> str:
+    """Where the W&B run is: its URL, the offline folder to sync, or that it was switched off."""
+    if wandb.get("mode") == "disabled":
+        return "disabled (WANDB_MODE or logger.wandb.mode)"
+    if wandb.get("url"):
+        return wandb["url"]
+    return f"offline; upload: wandb sync {wandb.get('dir')}"
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     metrics = results.get("metrics", {})
     keys = [k for k in HEADLINE if k in metrics]
@@ -46,8 +55,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     rows.append(("run dir", results.get("run_dir", "")))
     wandb = results.get("wandb")
     if wandb:
-        where = wandb["url"] if wandb.get("url") else f"offline; upload: wandb sync {wandb['dir']}"
-        rows.append(("wandb", where))
+        rows.append(("wandb", wandb_where(wandb)))
     width = max(len(k) for k, _ in rows)
     title = f"lowbit: {results.get('run_name') or 'run'} finished"
     return [title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows]
