@@ -94,3 +94,23 @@ def test_compiled_noise_hash_gives_eager_bits():
             key = draw_key(base, torch.tensor(draw))
             assert torch.equal(compiled_key(base, torch.tensor(draw)), key)
             assert torch.equal(compiled_bits(key, numel, cpu), uniform_noise_bits(key, numel, cpu))
+
+
+@pytest.mark.parametrize("quantizer, options", [
+    ("dorefa", {"gbits": 8}), ("pact", {"alpha_calibration": 99.0}), ("lsq", {})])
+def test_quantized_models_trace_as_one_graph(quantizer, options):
+    # A graph break (a tensor's truth value, say) splits the compiled step at every layer and
+    # re-traces each piece per call site; the quantizers' state flags are Python bools for it.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 5))
+    model = quantize_model(model, quantizer=quantizer, wbits=4, abits=4,
+                           input_shape=(3, 8, 8), **options)
+    use_noise_stream(model, seed=0)
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(2):  # before and after the first batch's calibration or initialisation
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        model(x)

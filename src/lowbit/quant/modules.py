@@ -224,6 +224,11 @@ class LearnedClip(Quantizer):
     different first batch, so the replicas' levels are averaged (``mean_over_replicas``): alpha
     is a parameter that DDP only keeps equal through equal gradients, not by broadcasting it.
 
+    Whether alpha is calibrated lives in the ``calibrated`` buffer (checkpoints) and, mirrored,
+    in ``is_calibrated``, a Python bool that the forward reads: torch.compile takes it as a
+    constant (a tensor's truth value would break the compiled graph in two at every layer). The
+    mirror is set with the buffer and re-read whenever a state dict is loaded.
+
     alpha is kept >= ``ALPHA_MIN`` by projecting it at the start of every forward pass (eval
     included): its gradient is a sum over the whole tensor, and one large step could otherwise
     push it below zero, where the clip turns every activation into the same constant and no
@@ -241,6 +246,7 @@ class LearnedClip(Quantizer):
         self.alpha_lr_mult = float(alpha_lr_mult)
         self.alpha_calibration = alpha_calibration
         self.register_buffer("calibrated", torch.tensor(alpha_calibration is None))
+        self.is_calibrated = alpha_calibration is None  # the buffer's value (mirrored_flags)
 
     def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         """The values whose percentile calibrates alpha."""
@@ -248,17 +254,22 @@ class LearnedClip(Quantizer):
 
     def clipping_level(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            if self.training and not self.calibrated:
+            if self.training and not self.is_calibrated:
                 values = self.clipped_magnitude(x.detach()).flatten().float()
                 stride = -(-values.numel() // self.CALIBRATION_SAMPLES)
                 level = torch.quantile(values[::stride], self.alpha_calibration / 100)
                 self.alpha.copy_(mean_over_replicas(level))
                 self.calibrated.fill_(True)
+                self.is_calibrated = True
             # The projection after the optimizer's step, in eval too: the last training step
             # can leave alpha below the minimum, and validation, test and results.json must see
             # the alpha that training would use.
             self.alpha.clamp_(min=self.ALPHA_MIN)
         return self.alpha
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.is_calibrated = bool(self.calibrated)
 
     def learned_parameters(self) -> dict[str, nn.Parameter]:
         return {"alpha": self.alpha}
@@ -336,6 +347,8 @@ class LearnedStep(Quantizer):
     a step per tensor (the paper) or per output channel, initialised from the weight when the
     layer is quantized, gradient scale with N the weights per step. Steps get no weight decay
     (a decay pulls the step down and clips more) and are kept >= ``functional.LSQ_STEP_MIN``.
+    ``initialized`` (a buffer) is mirrored in ``is_initialized`` as ``LearnedClip`` mirrors
+    ``calibrated``, for torch.compile.
     """
 
     def __init__(self, bits: int, signed: bool, per_channel: bool = False):
@@ -345,6 +358,7 @@ class LearnedStep(Quantizer):
         self.qn, self.qp = Q.lsq_range(self.bits, self.signed) if self.is_active else (0, 0)
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
+        self.is_initialized = False  # the buffer's value (see LearnedClip.is_calibrated)
         self.features = 0  # N of the gradient scale, known at the first forward (activations)
 
     def bind_weight(self, weight: torch.Tensor) -> None:
@@ -357,11 +371,17 @@ class LearnedStep(Quantizer):
         self.step = nn.Parameter(step.to(weight.device))
         self.features = weight[0].numel() if self.per_channel else weight.numel()
         self.initialized.fill_(True)
+        self.is_initialized = True
 
     def initialize(self, x: torch.Tensor) -> None:
         with torch.no_grad():
             self.step.copy_(mean_over_replicas(Q.lsq_initial_step(x, self.bits, self.signed)))
             self.initialized.fill_(True)
+            self.is_initialized = True
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.is_initialized = bool(self.initialized)
 
     def projected_step(self) -> torch.Tensor:
         with torch.no_grad():
@@ -372,7 +392,7 @@ class LearnedStep(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.is_active:
             return x
-        if self.training and not self.initialized:
+        if self.training and not self.is_initialized:
             self.initialize(x)
         features = self.features or x[0].numel()  # per example, for an activation
         return self.quantize(x, self.projected_step(),
@@ -427,6 +447,7 @@ class LearnedStepOffset(LearnedStep):
             self.offset.copy_(low)
             self.step.copy_(((high - low) / self.qp).clamp(min=Q.LSQ_STEP_MIN))
             self.initialized.fill_(True)
+            self.is_initialized = True
 
     def quantize(self, x: torch.Tensor, step: torch.Tensor, grad_scale: float) -> torch.Tensor:
         return Q.lsq_plus(x, step, self.offset, self.bits, grad_scale)
