@@ -245,7 +245,7 @@ def bench_train_step(threads: int, warmup: int, repeats: int, modes: list[str],
         for mode in modes:
             measured = training_step_ratios(
                 STEP_CONFIGS, batch_size=batch_size, input_shape=shape, threads=threads,
-                warmup=max(warmup, 1) if mode == "compiled" else warmup, repeats=repeats,
+                warmup=max(warmup, 2) if mode == "compiled" else warmup, repeats=repeats,
                 model_factory=factory, compile=mode == "compiled")
             entries = {name: {k: v for k, v in entry.items() if k != "times_ms"}
                        for name, entry in measured.items()}
@@ -253,7 +253,7 @@ def bench_train_step(threads: int, warmup: int, repeats: int, modes: list[str],
             rows += [[model_name, mode, name, batch_size, f"{r['ms']:.1f}", f"{r['ratio']:.3f}",
                       f"{r['cpu_ratio']:.3f}"] for name, r in entries.items()]
             compile_lines += [f"compile time {model_name} {name}: {r['compile_s']:.1f} s "
-                              f"(first compiled step)" for name, r in entries.items()
+                              f"(warm-up steps beyond median steps)" for name, r in entries.items()
                               if "compile_s" in r]
     text = table(f"Training step, {threads} threads, median of {repeats} round-robin steps per "
                  f"model and mode; ratios to the FP32 step of the same model and mode",

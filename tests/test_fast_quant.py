@@ -283,8 +283,8 @@ def test_training_step_ratios_structure():
 def test_compiled_step_timing_needs_a_warm_up_step():
     from lowbit.measure.step_time import training_step_ratios
 
-    with pytest.raises(ValueError, match="warmup >= 1"):
-        training_step_ratios({"float": None}, batch_size=2, input_shape=(3, 8, 8), warmup=0,
+    with pytest.raises(ValueError, match="warmup >= 2"):
+        training_step_ratios({"float": None}, batch_size=2, input_shape=(3, 8, 8), warmup=1,
                              repeats=1, model_factory=tiny_model, compile=True)
 
 
@@ -294,11 +294,11 @@ def test_compiled_step_timing_reports_the_compile_on_its_own():
 
     result = training_step_ratios(
         {"float": None, "w4a4g8": {"quantizer": "dorefa", "wbits": 4, "abits": 4, "gbits": 8}},
-        batch_size=2, input_shape=(3, 8, 8), threads=1, warmup=1, repeats=2,
+        batch_size=2, input_shape=(3, 8, 8), threads=1, warmup=2, repeats=2,
         model_factory=tiny_model, compile=True)
     for entry in result.values():
-        assert entry["compiled"] and entry["compile_s"] == entry["first_step_s"] > 0
-        assert len(entry["times_ms"]) == 2  # the compiling step is not among them
+        assert entry["compiled"] and 0 < entry["compile_s"] <= 2 * entry["first_step_s"]
+        assert len(entry["times_ms"]) == 2  # the compiling steps are not among them
 
 
 def test_training_step_ratios_adds_the_fp32_baseline():

@@ -5,7 +5,8 @@ round-robin (FP32, A, B, FP32, A, B, ...), so a busy or throttling machine slows
 configuration alike and the ratios stay meaningful even when the absolute times do not.
 A step is what training repeats: forward, cross-entropy loss, backward, optimizer step.
 Compiled (``compile=True``), each model's forward (and so its backward) runs through
-torch.compile, as ``compile=true`` trains: its first step compiles, and is reported on its own
+torch.compile, as ``compile=true`` trains: its first steps compile (the first, and again once a
+quantizer's first-batch initialisation is done, as LSQ's), and that time is reported on its own
 (``compile_s``), never in a median.
 """
 
@@ -46,12 +47,13 @@ def training_step_ratios(
     measurement (None: leave them). Returns, per name: ``ms`` (median), ``ratio`` (median over
     FP32's median; exactly 1.0 for FP32), ``times_ms`` (every timed step), ``cpu_ms`` and
     ``cpu_ratio`` (the same for the process's CPU time, all threads: less sensitive than wall
-    time to other processes taking the cores), ``threads``, ``batch_size``, ``compiled`` and
-    ``first_step_s`` (the first step, untimed otherwise; compiled, it includes the compile and is
-    also given as ``compile_s``). Compiled steps need ``warmup >= 1``: the first one compiles.
+    time to other processes taking the cores), ``threads``, ``batch_size``, ``compiled``,
+    ``first_step_s`` (the first step) and, compiled, ``compile_s``: what the warm-up steps took
+    beyond as many median steps (the compiles). Compiled steps need ``warmup >= 2``: the first
+    compiles, and a quantizer initialised by the first batch compiles its next step again.
     """
-    if compile and warmup < 1:
-        raise ValueError("compiled step timing needs warmup >= 1 (the first step compiles)")
+    if compile and warmup < 2:
+        raise ValueError("compiled step timing needs warmup >= 2 (the first steps compile)")
     if repeats < 1 or warmup < 0:
         raise ValueError("step timing needs repeats >= 1 and warmup >= 0")
     configs = dict(configs)
@@ -71,16 +73,16 @@ def training_step_ratios(
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
         cpu_times: dict[str, list[float]] = {name: [] for name in configs}
-        first_step_s: dict[str, float] = {}
+        warmup_ms: dict[str, list[float]] = {name: [] for name in configs}
         for round_index in range(warmup + repeats):
             for name, step in steps.items():
                 start, cpu_start = time.perf_counter(), time.process_time()
                 step()
                 elapsed = (time.perf_counter() - start) * 1000
                 cpu_elapsed = (time.process_time() - cpu_start) * 1000
-                if round_index == 0:
-                    first_step_s[name] = elapsed / 1000
-                if round_index >= warmup:
+                if round_index < warmup:
+                    warmup_ms[name].append(elapsed)
+                else:
                     times[name].append(elapsed)
                     cpu_times[name].append(cpu_elapsed)
     finally:
@@ -98,8 +100,9 @@ def training_step_ratios(
             "threads": threads if threads is not None else previous_threads,
             "batch_size": batch_size,
             "compiled": compile,
-            "first_step_s": first_step_s[name],
-            **({"compile_s": first_step_s[name]} if compile else {}),
+            "first_step_s": warmup_ms[name][0] / 1000 if warmup_ms[name] else None,
+            **({"compile_s": max(0.0, sum(warmup_ms[name]) - warmup * medians[name]) / 1000}
+               if compile else {}),
         }
         for name in configs
     }
