@@ -296,6 +296,7 @@ PREFLIGHT_CASES = [
     (["detection.iou_threshold=2"], "detection.iou_threshold: must be a number in [0, 1], got 2"),
     (["trainer.accelerator=abacus"], "trainer.accelerator: must be one of 'auto', 'gpu'"),
     (["paths.data_dir="], "paths.data_dir: must be a non-empty string"),
+    (["compile=true", "trainer=ddp"], "compile=true is not supported with multi-process"),
 ]
 
 
@@ -315,6 +316,19 @@ def test_bad_value_of_each_group_stops_the_preflight(tmp_path, capsys, args, mes
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"lowbit: error: {message}"), lines
     assert not (tmp_path / "run").exists()
+
+
+def test_voc_year_is_taken_as_the_command_line_writes_it():
+    """README: ``dataset=voc dataset.year=2012``; Hydra reads 2012 as an integer."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", ["model=yolov3_tiny", "dataset=voc", "dataset.year=2012"])
+    assert cfg.dataset.year == 2012 and isinstance(cfg.dataset.year, int)
+    validate(cfg)
+    SCHEMA["dataset.year"]("dataset.year", "2007")
+    for bad in (2010, "2010", True, 2012.0, None):
+        with pytest.raises(ConfigError, match=r"^dataset.year: must be one of '2007', '2012'"):
+            SCHEMA["dataset.year"]("dataset.year", bad)
 
 
 def test_a_bad_value_in_python_leaves_results_that_claim_no_success(make_cfg, tmp_path):

@@ -72,6 +72,7 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
     check_logger_config(cfg)  # logger.wandb: only what WandbLogger and wandb.init take
     validate(cfg)  # every value's type and range (lowbit.validation.SCHEMA)
+    compile_requested(cfg)  # compile=true with DDP: refused here, for every job of a multirun
     quant = quant_settings(cfg)
     if not quant.get("quantizer"):
         raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")

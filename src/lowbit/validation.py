@@ -242,10 +242,13 @@ def mobilenet_choices(table: str) -> tuple[str, ...]:
     return tuple(getattr(mobilenetv3, table))
 
 
-def voc_years() -> tuple[str, ...]:
+def voc_year(key: str, value: Any) -> None:
+    """A VOC year as the config writes it ("2007") or as Hydra reads ``dataset.year=2012``
+    from the command line (an integer); lowbit.data.voc takes either."""
     from lowbit.data.voc import YEARS
 
-    return tuple(YEARS)
+    if not (isinstance(value, str) or is_integer(value)) or str(value) not in YEARS:
+        raise ConfigError(f"{key}: must be one of {', '.join(map(repr, YEARS))}, got {value!r}")
 
 
 def weight_quantizers() -> tuple[str, ...]:
@@ -361,7 +364,7 @@ SCHEMA: dict[str, Check] = {
     "dataset.max_objects": COUNT,
     "dataset.min_object_size": number(above=0, at_most=0.8),
     "dataset.max_object_size": number(above=0, at_most=0.8),
-    "dataset.year": lazy_choice(voc_years, "a VOC year"),
+    "dataset.year": Check("a VOC year", rule=voc_year),
     "dataset.train_image_set": NON_EMPTY_TEXT,  # which lists a year has: lowbit.data.voc
     "dataset.val_image_set": NON_EMPTY_TEXT,
     "dataset.test_image_set": NON_EMPTY_TEXT,
