@@ -250,6 +250,10 @@ def bench_train_step(threads: int, warmup: int, repeats: int, modes: list[str],
             entries = {name: {k: v for k, v in entry.items() if k != "times_ms"}
                        for name, entry in measured.items()}
             results.setdefault(model_name, {})[mode] = entries
+            # progress on stderr: the section's table comes only once every model has run
+            print(f"train_step {model_name} {mode}: " + ", ".join(
+                f"{name} {r['ratio']:.3f}x" for name, r in entries.items()), file=sys.stderr,
+                flush=True)
             rows += [[model_name, mode, name, batch_size, f"{r['ms']:.1f}", f"{r['ratio']:.3f}",
                       f"{r['cpu_ratio']:.3f}"] for name, r in entries.items()]
             compile_lines += [f"compile time {model_name} {name}: {r['compile_s']:.1f} s "
