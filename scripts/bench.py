@@ -72,22 +72,33 @@ TRAIN_STEP_TARGETS = {
     "eager": [("dorefa_w4a4g32", 1.15), ("dorefa_w4a4g8", 1.30), ("pact_w4a4", 1.25)],
     "compiled": [("dorefa_w4a4g32", 1.05), ("dorefa_w4a4g8", 1.15)],
 }
-TARGETS.update({f"{'step' if mode == 'eager' else 'step_compiled'}_{name}_over_fp32": ("<=", bound)
-                for mode, bounds in TRAIN_STEP_TARGETS.items() for name, bound in bounds})
+TARGETS.update(
+    {
+        f"{'step' if mode == 'eager' else 'step_compiled'}_{name}_over_fp32": ("<=", bound)
+        for mode, bounds in TRAIN_STEP_TARGETS.items()
+        for name, bound in bounds
+    }
+)
 
 
 def dorefa_nin(bits: int, gbits: int = 32) -> torch.nn.Module:
     torch.manual_seed(0)
-    return quantize_model(NIN(num_classes=10), quantizer="dorefa", wbits=bits, abits=bits,
-                          gbits=gbits, input_shape=SHAPE, **BITS)
+    return quantize_model(
+        NIN(num_classes=10),
+        quantizer="dorefa",
+        wbits=bits,
+        abits=bits,
+        gbits=gbits,
+        input_shape=SHAPE,
+        **BITS,
+    )
 
 
 def table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))  # noqa: E731
-    return "\n".join([title, line(headers), line(["-" * w for w in widths]),
-                      *map(line, cells), ""])
+    return "\n".join([title, line(headers), line(["-" * w for w in widths]), *map(line, cells), ""])
 
 
 def bench_size(folder: Path) -> tuple[dict, str]:
@@ -96,15 +107,29 @@ def bench_size(folder: Path) -> tuple[dict, str]:
         model = dorefa_nin(bits)
         path = save_packed(model, folder / f"nin_w{bits}.safetensors")
         limit = size_limit_bytes(model)
-        entry = {"file_bytes": path.stat().st_size, "header_bytes": header_bytes(path),
-                 "payload_bytes": payload_bytes(path), "limit_bytes": limit,
-                 "payload_over_limit": payload_bytes(path) / limit}
+        entry = {
+            "file_bytes": path.stat().st_size,
+            "header_bytes": header_bytes(path),
+            "payload_bytes": payload_bytes(path),
+            "limit_bytes": limit,
+            "payload_over_limit": payload_bytes(path) / limit,
+        }
         results[f"w{bits}"] = entry
-        rows.append([f"W{bits}A{bits}", f"{entry['file_bytes']:,}", f"{entry['header_bytes']:,}",
-                     f"{entry['payload_bytes']:,}", f"{limit:,}",
-                     f"{entry['payload_over_limit']:.4f}"])
-    text = table("Packed size, NIN DoReFa (first/last layer 8-bit), BatchNorm as its affine map",
-                 ["bits", "file", "header", "payload", "limit", "payload/limit"], rows)
+        rows.append(
+            [
+                f"W{bits}A{bits}",
+                f"{entry['file_bytes']:,}",
+                f"{entry['header_bytes']:,}",
+                f"{entry['payload_bytes']:,}",
+                f"{limit:,}",
+                f"{entry['payload_over_limit']:.4f}",
+            ]
+        )
+    text = table(
+        "Packed size, NIN DoReFa (first/last layer 8-bit), BatchNorm as its affine map",
+        ["bits", "file", "header", "payload", "limit", "payload/limit"],
+        rows,
+    )
     return results, text
 
 
@@ -129,8 +154,9 @@ def torch_fp32_ms(threads: int, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_latency(folder: Path, threads: int, warmup: int, repeats: int,
-                  calibration_count: int) -> tuple[dict, str]:
+def bench_latency(
+    folder: Path, threads: int, warmup: int, repeats: int, calibration_count: int
+) -> tuple[dict, str]:
     from lowbit.export.onnx import (
         export_fp32_onnx,
         export_int8_onnx,
@@ -144,32 +170,53 @@ def bench_latency(folder: Path, threads: int, warmup: int, repeats: int,
     paths = {
         "ort_fp32": fp32,
         "ort_static_qdq": ort_static_qdq(fp32, images, folder / "nin_ort_static_qdq.onnx"),
-        "lowbit_int8_w8a8": export_int8_onnx(dorefa_nin(8).eval(), SHAPE,
-                                             folder / "nin_w8a8.onnx", calibration=images),
-        "lowbit_int8_w4a4": export_int8_onnx(dorefa_nin(4).eval(), SHAPE,
-                                             folder / "nin_w4a4.onnx", calibration=images),
+        "lowbit_int8_w8a8": export_int8_onnx(
+            dorefa_nin(8).eval(), SHAPE, folder / "nin_w8a8.onnx", calibration=images
+        ),
+        "lowbit_int8_w4a4": export_int8_onnx(
+            dorefa_nin(4).eval(), SHAPE, folder / "nin_w4a4.onnx", calibration=images
+        ),
     }
     timings = onnx_latency_table(paths, SHAPE, threads=threads, warmup=warmup, repeats=repeats)
     base = timings["ort_fp32"]["ms"]
     results = {name: {**t, "over_ort_fp32": t["ms"] / base} for name, t in timings.items()}
-    results["torch_eager_fp32"] = {"ms": torch_fp32_ms(threads, warmup, repeats),
-                                   "threads": threads}
+    results["torch_eager_fp32"] = {
+        "ms": torch_fp32_ms(threads, warmup, repeats),
+        "threads": threads,
+    }
     results["torch_eager_fp32"]["over_ort_fp32"] = results["torch_eager_fp32"]["ms"] / base
     static = timings["ort_static_qdq"]["ms"]
-    rows = [[name, f"{r['ms']:.3f}", f"{r.get('min_ms', float('nan')):.3f}",
-             f"{r['over_ort_fp32']:.3f}", f"{r['ms'] / static:.3f}"]
-            for name, r in results.items()]
-    text = table(f"Latency, NIN batch 1, {threads} threads, median of {repeats} runs taken in "
-                 f"interleaved blocks (onnx_latency_table)",
-                 ["model", "median ms", "min ms", "x ORT FP32", "x ORT static QDQ"], rows)
+    rows = [
+        [
+            name,
+            f"{r['ms']:.3f}",
+            f"{r.get('min_ms', float('nan')):.3f}",
+            f"{r['over_ort_fp32']:.3f}",
+            f"{r['ms'] / static:.3f}",
+        ]
+        for name, r in results.items()
+    ]
+    text = table(
+        f"Latency, NIN batch 1, {threads} threads, median of {repeats} runs taken in "
+        f"interleaved blocks (onnx_latency_table)",
+        ["model", "median ms", "min ms", "x ORT FP32", "x ORT static QDQ"],
+        rows,
+    )
     return results, text
 
 
 def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
     """The deployed section's networks, quantized W8A8 as their presets train them (a quick
     smoke run uses smaller images)."""
-    quant = dict(quantizer="pact_symmetric", wbits=8, abits=8, gbits=32, **BITS,
-                 weight_quantizer="channel_wise_abs_max", alpha_init=6.0)
+    quant = dict(
+        quantizer="pact_symmetric",
+        wbits=8,
+        abits=8,
+        gbits=32,
+        **BITS,
+        weight_quantizer="channel_wise_abs_max",
+        alpha_init=6.0,
+    )
     mobilenet_side, yolo_side = (64, 128) if quick else (224, 416)
     torch.manual_seed(0)
     mobilenet = MobileNetV3("small", num_classes=1000)
@@ -177,14 +224,22 @@ def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tup
     yolo = YOLOv3Tiny(num_classes=80, input_size=yolo_side)
     yolo_shape = (3, yolo_side, yolo_side)
     return {
-        "mobilenetv3_small": (quantize_model(mobilenet, input_shape=mobilenet_shape, **quant),
-                              mobilenet_shape),
+        "mobilenetv3_small": (
+            quantize_model(mobilenet, input_shape=mobilenet_shape, **quant),
+            mobilenet_shape,
+        ),
         "yolov3_tiny": (quantize_model(yolo, input_shape=yolo_shape, **quant), yolo_shape),
     }
 
 
-def bench_deployed(folder: Path, threads: int, warmup: int, repeats: int,
-                   calibration_count: int, quick: bool = False) -> tuple[dict, str]:
+def bench_deployed(
+    folder: Path,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    calibration_count: int,
+    quick: bool = False,
+) -> tuple[dict, str]:
     from lowbit.export.onnx import (
         export_fp32_onnx,
         export_int8_onnx,
@@ -197,21 +252,29 @@ def bench_deployed(folder: Path, threads: int, warmup: int, repeats: int,
         model.eval()
         images = torch.randn(calibration_count, *shape, generator=torch.Generator().manual_seed(0))
         fp32 = export_fp32_onnx(model, shape, folder / f"{name}_fp32.onnx")
-        paths = {"ort_fp32": fp32,
-                 "ort_static_qdq": ort_static_qdq(fp32, images, folder / f"{name}_ort_qdq.onnx"),
-                 "lowbit_int8": export_int8_onnx(model, shape, folder / f"{name}_int8.onnx",
-                                                 calibration=images)}
-        timings = onnx_latency_table(paths, shape, threads=threads, warmup=warmup,
-                                     repeats=repeats)
+        paths = {
+            "ort_fp32": fp32,
+            "ort_static_qdq": ort_static_qdq(fp32, images, folder / f"{name}_ort_qdq.onnx"),
+            "lowbit_int8": export_int8_onnx(
+                model, shape, folder / f"{name}_int8.onnx", calibration=images
+            ),
+        }
+        timings = onnx_latency_table(paths, shape, threads=threads, warmup=warmup, repeats=repeats)
         static, base = timings["ort_static_qdq"]["ms"], timings["ort_fp32"]["ms"]
-        results[name] = {key: {**t, "over_ort_fp32": t["ms"] / base,
-                               "over_ort_static_qdq": t["ms"] / static}
-                         for key, t in timings.items()}
-        rows += [[name, key, f"{t['ms']:.3f}", f"{t['ms'] / base:.3f}", f"{t['ms'] / static:.3f}"]
-                 for key, t in timings.items()]
-    text = table(f"Deployed latency, batch 1, {threads} threads, median of {repeats} runs in "
-                 f"interleaved blocks", ["model", "runtime", "median ms", "x ORT FP32",
-                                         "x ORT static QDQ"], rows)
+        results[name] = {
+            key: {**t, "over_ort_fp32": t["ms"] / base, "over_ort_static_qdq": t["ms"] / static}
+            for key, t in timings.items()
+        }
+        rows += [
+            [name, key, f"{t['ms']:.3f}", f"{t['ms'] / base:.3f}", f"{t['ms'] / static:.3f}"]
+            for key, t in timings.items()
+        ]
+    text = table(
+        f"Deployed latency, batch 1, {threads} threads, median of {repeats} runs in "
+        f"interleaved blocks",
+        ["model", "runtime", "median ms", "x ORT FP32", "x ORT static QDQ"],
+        rows,
+    )
     return results, text
 
 
@@ -230,13 +293,17 @@ def step_models(quick: bool) -> dict[str, tuple]:
     CIFAR stem on 32x32 images (the CIFAR preset's). A quick run uses small batches."""
     return {
         "nin": (lambda: NIN(num_classes=10), SHAPE, 4 if quick else 128),
-        "mobilenetv3_small": (lambda: MobileNetV3("small", num_classes=10, stem="cifar"), SHAPE,
-                              2 if quick else 128),
+        "mobilenetv3_small": (
+            lambda: MobileNetV3("small", num_classes=10, stem="cifar"),
+            SHAPE,
+            2 if quick else 128,
+        ),
     }
 
 
-def bench_train_step(threads: int, warmup: int, repeats: int, modes: list[str],
-                     quick: bool = False) -> tuple[dict, str]:
+def bench_train_step(
+    threads: int, warmup: int, repeats: int, modes: list[str], quick: bool = False
+) -> tuple[dict, str]:
     """Per model and mode (eager, compiled), each configuration's step over the FP32 step of the
     same mode, all of a model's configurations of one mode interleaved in one process."""
     results: dict[str, dict] = {}
@@ -244,25 +311,51 @@ def bench_train_step(threads: int, warmup: int, repeats: int, modes: list[str],
     for model_name, (factory, shape, batch_size) in step_models(quick).items():
         for mode in modes:
             measured = training_step_ratios(
-                STEP_CONFIGS, batch_size=batch_size, input_shape=shape, threads=threads,
-                warmup=max(warmup, 2) if mode == "compiled" else warmup, repeats=repeats,
-                model_factory=factory, compile=mode == "compiled")
-            entries = {name: {k: v for k, v in entry.items() if k != "times_ms"}
-                       for name, entry in measured.items()}
+                STEP_CONFIGS,
+                batch_size=batch_size,
+                input_shape=shape,
+                threads=threads,
+                warmup=max(warmup, 2) if mode == "compiled" else warmup,
+                repeats=repeats,
+                model_factory=factory,
+                compile=mode == "compiled",
+            )
+            entries = {
+                name: {k: v for k, v in entry.items() if k != "times_ms"}
+                for name, entry in measured.items()
+            }
             results.setdefault(model_name, {})[mode] = entries
             # progress on stderr: the section's table comes only once every model has run
-            print(f"train_step {model_name} {mode}: " + ", ".join(
-                f"{name} {r['ratio']:.3f}x" for name, r in entries.items()), file=sys.stderr,
-                flush=True)
-            rows += [[model_name, mode, name, batch_size, f"{r['ms']:.1f}", f"{r['ratio']:.3f}",
-                      f"{r['cpu_ratio']:.3f}"] for name, r in entries.items()]
-            compile_lines += [f"compile time {model_name} {name}: {r['compile_s']:.1f} s "
-                              f"(warm-up steps beyond median steps)" for name, r in entries.items()
-                              if "compile_s" in r]
-    text = table(f"Training step, {threads} threads, median of {repeats} round-robin steps per "
-                 f"model and mode; ratios to the FP32 step of the same model and mode",
-                 ["model", "mode", "config", "batch", "median ms", "x FP32",
-                  "x FP32 (CPU time)"], rows)
+            print(
+                f"train_step {model_name} {mode}: "
+                + ", ".join(f"{name} {r['ratio']:.3f}x" for name, r in entries.items()),
+                file=sys.stderr,
+                flush=True,
+            )
+            rows += [
+                [
+                    model_name,
+                    mode,
+                    name,
+                    batch_size,
+                    f"{r['ms']:.1f}",
+                    f"{r['ratio']:.3f}",
+                    f"{r['cpu_ratio']:.3f}",
+                ]
+                for name, r in entries.items()
+            ]
+            compile_lines += [
+                f"compile time {model_name} {name}: {r['compile_s']:.1f} s "
+                f"(warm-up steps beyond median steps)"
+                for name, r in entries.items()
+                if "compile_s" in r
+            ]
+    text = table(
+        f"Training step, {threads} threads, median of {repeats} round-robin steps per "
+        f"model and mode; ratios to the FP32 step of the same model and mode",
+        ["model", "mode", "config", "batch", "median ms", "x FP32", "x FP32 (CPU time)"],
+        rows,
+    )
     return results, text + "\n".join(compile_lines) + ("\n" if compile_lines else "")
 
 
@@ -270,16 +363,19 @@ def target_values(results: dict) -> dict[str, float]:
     values = {}
     if "size" in results:
         for bits in (2, 4, 8):
-            values[f"size_payload_over_limit_w{bits}"] = \
-                results["size"][f"w{bits}"]["payload_over_limit"]
+            values[f"size_payload_over_limit_w{bits}"] = results["size"][f"w{bits}"][
+                "payload_over_limit"
+            ]
     if "latency" in results:
         latency = results["latency"]
         values["int8_w8a8_over_fp32"] = latency["lowbit_int8_w8a8"]["over_ort_fp32"]
-        values["int8_w8a8_over_ort_static_qdq"] = (latency["lowbit_int8_w8a8"]["ms"]
-                                                   / latency["ort_static_qdq"]["ms"])
+        values["int8_w8a8_over_ort_static_qdq"] = (
+            latency["lowbit_int8_w8a8"]["ms"] / latency["ort_static_qdq"]["ms"]
+        )
     for name in results.get("deployed", {}):
-        values[f"int8_{name}_over_ort_static_qdq"] = \
-            results["deployed"][name]["lowbit_int8"]["over_ort_static_qdq"]
+        values[f"int8_{name}_over_ort_static_qdq"] = results["deployed"][name]["lowbit_int8"][
+            "over_ort_static_qdq"
+        ]
     nin = results.get("train_step", {}).get("nin", {})
     for mode, prefix in (("eager", "step"), ("compiled", "step_compiled")):
         for name, _ in TRAIN_STEP_TARGETS[mode]:
@@ -290,30 +386,52 @@ def target_values(results: dict) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats (default: 200 latency, 15 train step)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 5 repeats, train-step batch 16 (numbers not reportable)")
-    parser.add_argument("--modes", default=None,
-                        help="train_step modes, from eager, compiled (default: both; --quick: "
-                             "eager, since a compile takes minutes)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats (default: 200 latency, 15 train step)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 5 repeats, train-step batch 16 (numbers not reportable)",
+    )
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help="train_step modes, from eager, compiled (default: both; --quick: "
+        "eager, since a compile takes minutes)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
-    modes = [m.strip() for m in (args.modes or ("eager" if args.quick else
-                                                ",".join(STEP_MODES))).split(",") if m.strip()]
+    modes = [
+        m.strip()
+        for m in (args.modes or ("eager" if args.quick else ",".join(STEP_MODES))).split(",")
+        if m.strip()
+    ]
     unknown_modes = sorted(set(modes) - set(STEP_MODES))
     if unknown_modes or not modes:
-        print(f"bench: unknown mode(s) {', '.join(unknown_modes) or '(none given)'}: choose from "
-              f"{', '.join(STEP_MODES)}", file=sys.stderr)
+        print(
+            f"bench: unknown mode(s) {', '.join(unknown_modes) or '(none given)'}: choose from "
+            f"{', '.join(STEP_MODES)}",
+            file=sys.stderr,
+        )
         return 2
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
-        print(f"bench: unknown section(s) {', '.join(unknown) or '(none given)'}: choose from "
-              f"{', '.join(SECTIONS)}", file=sys.stderr)
+        print(
+            f"bench: unknown section(s) {', '.join(unknown) or '(none given)'}: choose from "
+            f"{', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
         return 2
     if args.threads < 1 or (args.repeats is not None and args.repeats < 1):
         print("bench: --threads and --repeats must be at least 1", file=sys.stderr)
@@ -330,29 +448,45 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in sections:
             repeats = args.repeats or (5 if args.quick else 200)
             results["latency"], text = bench_latency(
-                folder, args.threads, warmup=2 if args.quick else 20, repeats=repeats,
-                calibration_count=32 if args.quick else 256)
+                folder,
+                args.threads,
+                warmup=2 if args.quick else 20,
+                repeats=repeats,
+                calibration_count=32 if args.quick else 256,
+            )
             print(text, flush=True)
         if "deployed" in sections:
             repeats = args.repeats or (3 if args.quick else 50)
             results["deployed"], text = bench_deployed(
-                folder, args.threads, warmup=1 if args.quick else 10, repeats=repeats,
-                calibration_count=2 if args.quick else 16, quick=args.quick)
+                folder,
+                args.threads,
+                warmup=1 if args.quick else 10,
+                repeats=repeats,
+                calibration_count=2 if args.quick else 16,
+                quick=args.quick,
+            )
             print(text, flush=True)
         if "train_step" in sections:
             repeats = args.repeats or (2 if args.quick else 15)
             results["train_step"], text = bench_train_step(
-                args.threads, warmup=1 if args.quick else 3, repeats=repeats, modes=modes,
-                quick=args.quick)
+                args.threads,
+                warmup=1 if args.quick else 3,
+                repeats=repeats,
+                modes=modes,
+                quick=args.quick,
+            )
             print(text, flush=True)
 
     values = target_values(results)
-    results["targets"] = {name: {"value": value, "bound": TARGETS[name][1],
-                                 "met": value <= TARGETS[name][1]}
-                          for name, value in values.items()}
+    results["targets"] = {
+        name: {"value": value, "bound": TARGETS[name][1], "met": value <= TARGETS[name][1]}
+        for name, value in values.items()
+    }
     for name, target in results["targets"].items():
-        print(f"target {name}: {target['value']:.3f} <= {target['bound']}: "
-              f"{'met' if target['met'] else 'MISSED'}")
+        print(
+            f"target {name}: {target['value']:.3f} <= {target['bound']}: "
+            f"{'met' if target['met'] else 'MISSED'}"
+        )
     print(json.dumps(results, sort_keys=True))
     missed = [name for name, target in results["targets"].items() if not target["met"]]
     return 1 if args.check and missed else 0

@@ -34,8 +34,9 @@ from lowbit.quant.modules import use_noise_stream
 from lowbit.quant.optim import apply_lr_mult, param_groups
 
 
-def synthetic_batch(datamodule, batch_size: int, generator: torch.Generator,
-                    detection: bool) -> tuple[torch.Tensor, Any]:
+def synthetic_batch(
+    datamodule, batch_size: int, generator: torch.Generator, detection: bool
+) -> tuple[torch.Tensor, Any]:
     """Random images of the data set's shape, and labels (one box per image for detection)."""
     images = torch.randn(batch_size, *datamodule.image_shape, generator=generator)
     labels = torch.randint(0, datamodule.num_classes, (batch_size,), generator=generator)
@@ -43,7 +44,7 @@ def synthetic_batch(datamodule, batch_size: int, generator: torch.Generator,
         return images, labels
     side = datamodule.image_shape[-1]
     box = torch.tensor([[side / 4, side / 4, side * 3 / 4, side * 3 / 4]])
-    return images, [{"boxes": box.clone(), "labels": labels[i:i + 1]} for i in range(batch_size)]
+    return images, [{"boxes": box.clone(), "labels": labels[i : i + 1]} for i in range(batch_size)]
 
 
 def task_loss(cfg: DictConfig, model: torch.nn.Module, datamodule):
@@ -70,9 +71,12 @@ def training_step(cfg: DictConfig, datamodule, quantized: bool) -> TrainingStep:
     optimizer = instantiate(cfg.optimizer)(param_groups(model))
     apply_lr_mult(optimizer)
     batch_size = int(cfg.dataset.get("batch_size", 128))
-    inputs, targets = synthetic_batch(datamodule, batch_size,
-                                      torch.Generator().manual_seed(seed),
-                                      kind_of(datamodule) == "detection")
+    inputs, targets = synthetic_batch(
+        datamodule,
+        batch_size,
+        torch.Generator().manual_seed(seed),
+        kind_of(datamodule) == "detection",
+    )
     return TrainingStep(model, optimizer, inputs, targets, task_loss(cfg, model, datamodule))
 
 
@@ -80,10 +84,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    parser.add_argument("--repeats", type=int, default=10,
-                        help="timed steps of each model, medians reported (default 10)")
-    parser.add_argument("--top", type=int, default=25,
-                        help="rows shown in the table, largest first (default 25; 0: all)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        help="timed steps of each model, medians reported (default 10)",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=25,
+        help="rows shown in the table, largest first (default 25; 0: all)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
     return parser.parse_args(argv)
 
@@ -110,15 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(previous_threads)
     quant = cfg.quant
-    result.update(model=cfg.model._target_.rsplit(".", 1)[-1], dataset=datamodule.name,
-                  image_shape=list(datamodule.image_shape),
-                  batch_size=int(quantized.inputs.shape[0]), threads=args.threads,
-                  quantizer=quant.get("quantizer"), wbits=quant.get("wbits"),
-                  abits=quant.get("abits"), gbits=quant.get("gbits"))
-    print(f"{result['model']} on {result['dataset']} "
-          f"{'x'.join(map(str, datamodule.image_shape))}, batch {result['batch_size']}, "
-          f"{result['quantizer']} W{result['wbits']}A{result['abits']}G{result['gbits']}, "
-          f"{args.threads} threads: one training step (eager, CPU)")
+    result.update(
+        model=cfg.model._target_.rsplit(".", 1)[-1],
+        dataset=datamodule.name,
+        image_shape=list(datamodule.image_shape),
+        batch_size=int(quantized.inputs.shape[0]),
+        threads=args.threads,
+        quantizer=quant.get("quantizer"),
+        wbits=quant.get("wbits"),
+        abits=quant.get("abits"),
+        gbits=quant.get("gbits"),
+    )
+    print(
+        f"{result['model']} on {result['dataset']} "
+        f"{'x'.join(map(str, datamodule.image_shape))}, batch {result['batch_size']}, "
+        f"{result['quantizer']} W{result['wbits']}A{result['abits']}G{result['gbits']}, "
+        f"{args.threads} threads: one training step (eager, CPU)"
+    )
     print(format_profile(result, top=args.top or None))
     print(json.dumps(result))
     return 0

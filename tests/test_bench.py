@@ -58,8 +58,10 @@ def test_train_step_section_covers_both_models_and_every_method(capsys):
         for name, entry in entries.items():
             assert entry["ratio"] == pytest.approx(entry["ms"] / entries["fp32"]["ms"]), name
             assert "compile_s" not in entry
-    assert results["targets"]["step_pact_w4a4_over_fp32"]["value"] == \
-        steps["nin"]["eager"]["pact_w4a4"]["ratio"]
+    assert (
+        results["targets"]["step_pact_w4a4_over_fp32"]["value"]
+        == steps["nin"]["eager"]["pact_w4a4"]["ratio"]
+    )
     assert "size" not in results and "latency" not in results
     assert not any(line.startswith("compile time") for line in out)
 

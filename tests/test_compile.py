@@ -22,8 +22,10 @@ def test_compile_is_off_by_default_and_checked(make_cfg):
         compile_requested(OmegaConf.create({"compile": "yes"}))
 
 
-@pytest.mark.parametrize("trainer", [{"strategy": "ddp", "devices": 2}, {"devices": 4},
-                                     {"devices": "2"}, {"num_nodes": 2}])
+@pytest.mark.parametrize(
+    "trainer",
+    [{"strategy": "ddp", "devices": 2}, {"devices": 4}, {"devices": "2"}, {"num_nodes": 2}],
+)
 def test_compile_with_ddp_is_refused_in_one_line(trainer):
     with pytest.raises(ConfigError) as error:
         compile_requested(OmegaConf.create({"compile": True, "trainer": trainer}))
@@ -46,11 +48,17 @@ def test_a_run_with_a_bad_compile_value_stops_before_any_work(make_cfg):
 def tiny_model(gbits: int = 32) -> torch.nn.Module:
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(8 * 6 * 6, 5))
-    return quantize_model(model, quantizer="dorefa", wbits=4, abits=4, gbits=gbits,
-                          input_shape=(3, 8, 8))
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 5),
+    )
+    return quantize_model(
+        model, quantizer="dorefa", wbits=4, abits=4, gbits=gbits, input_shape=(3, 8, 8)
+    )
 
 
 def sgd_steps(model: torch.nn.Module, forward, steps: int = 2) -> list[torch.Tensor]:
@@ -77,9 +85,11 @@ def test_compiled_training_steps_equal_eager_ones(gbits):
     for a, b in zip(actual, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # the noise streams advanced alike: one draw per layer and step
-    assert [int(q.draws) for q in gradient_quantizers(compiled).values()] == \
-        [int(q.draws) for q in gradient_quantizers(eager).values()] == \
-        ([2] * 3 if gbits < 32 else [0] * 3)
+    assert (
+        [int(q.draws) for q in gradient_quantizers(compiled).values()]
+        == [int(q.draws) for q in gradient_quantizers(eager).values()]
+        == ([2] * 3 if gbits < 32 else [0] * 3)
+    )
 
 
 @pytest.mark.slow  # one compile per draw size
@@ -96,18 +106,26 @@ def test_compiled_noise_hash_gives_eager_bits():
             assert torch.equal(compiled_bits(key, numel, cpu), uniform_noise_bits(key, numel, cpu))
 
 
-@pytest.mark.parametrize("quantizer, options", [
-    ("dorefa", {"gbits": 8}), ("pact", {"alpha_calibration": 99.0}), ("lsq", {})])
+@pytest.mark.parametrize(
+    "quantizer, options",
+    [("dorefa", {"gbits": 8}), ("pact", {"alpha_calibration": 99.0}), ("lsq", {})],
+)
 def test_quantized_models_trace_as_one_graph(quantizer, options):
     # A graph break (a tensor's truth value, say) splits the compiled step at every layer and
     # re-traces each piece per call site; the quantizers' state flags are Python bools for it.
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(8 * 6 * 6, 5))
-    model = quantize_model(model, quantizer=quantizer, wbits=4, abits=4,
-                           input_shape=(3, 8, 8), **options)
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 6 * 6, 5),
+    )
+    model = quantize_model(
+        model, quantizer=quantizer, wbits=4, abits=4, input_shape=(3, 8, 8), **options
+    )
     use_noise_stream(model, seed=0)
     x = torch.randn(2, 3, 8, 8)
     for _ in range(2):  # before and after the first batch's calibration or initialisation

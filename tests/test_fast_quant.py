@@ -95,6 +95,7 @@ def reference_pact_symmetric(x, alpha, bits):
 
 # activations --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("scale", [1.0, 0.1, 3.0])
@@ -138,6 +139,7 @@ def test_activation_leaves_its_input_alone():
 
 
 # gradients (Eq. 12) -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -189,6 +191,7 @@ def test_dorefa_gradient_backward_matches_the_formula_and_spares_the_upstream():
 
 # PACT ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [2, 4, 8, 32])
 def test_pact_is_bit_identical_to_the_formula(bits, dtype):
@@ -233,6 +236,7 @@ def test_pact_leaves_its_input_and_alpha_alone():
 
 # modules ------------------------------------------------------------------------------------
 
+
 def test_modules_without_autocast_match_the_functions():
     x = awkward_tensor((4, 8, 3, 3), seed=9, dtype=torch.float32, scale=3.0)
     assert torch.equal(DoReFaActivation(4, scale=0.5)(x), Q.dorefa_activation(x, 4, 0.5))
@@ -243,10 +247,21 @@ def test_modules_without_autocast_match_the_functions():
 def test_a_quantized_step_is_reproducible_from_a_seed():
     def step():
         torch.manual_seed(0)
-        model = quantize_model(nn.Sequential(
-            nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
-            nn.Linear(8 * 4 * 4, 10)), quantizer="dorefa", wbits=4, abits=4, gbits=4,
-            input_shape=(3, 8, 8))
+        model = quantize_model(
+            nn.Sequential(
+                nn.Conv2d(3, 8, 3),
+                nn.ReLU(),
+                nn.Conv2d(8, 8, 3),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(8 * 4 * 4, 10),
+            ),
+            quantizer="dorefa",
+            wbits=4,
+            abits=4,
+            gbits=4,
+            input_shape=(3, 8, 8),
+        )
         model(torch.randn(4, 3, 8, 8)).logsumexp(dim=1).sum().backward()
         return [p.grad.clone() for p in model.parameters()]
 
@@ -255,9 +270,17 @@ def test_a_quantized_step_is_reproducible_from_a_seed():
 
 # step timing --------------------------------------------------------------------------------
 
+
 def tiny_model():
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
 
 
 def test_training_step_ratios_structure():
@@ -266,8 +289,13 @@ def test_training_step_ratios_structure():
     threads = torch.get_num_threads()
     result = training_step_ratios(
         {"float": None, "w4a4g8": {"quantizer": "dorefa", "wbits": 4, "abits": 4, "gbits": 8}},
-        batch_size=4, input_shape=(3, 8, 8), threads=1, warmup=1, repeats=2,
-        model_factory=tiny_model)
+        batch_size=4,
+        input_shape=(3, 8, 8),
+        threads=1,
+        warmup=1,
+        repeats=2,
+        model_factory=tiny_model,
+    )
     assert set(result) == {"float", "w4a4g8"}
     assert result["float"]["ratio"] == 1.0
     for entry in result.values():
@@ -284,8 +312,15 @@ def test_compiled_step_timing_needs_a_warm_up_step():
     from lowbit.measure.step_time import training_step_ratios
 
     with pytest.raises(ValueError, match="warmup >= 2"):
-        training_step_ratios({"float": None}, batch_size=2, input_shape=(3, 8, 8), warmup=1,
-                             repeats=1, model_factory=tiny_model, compile=True)
+        training_step_ratios(
+            {"float": None},
+            batch_size=2,
+            input_shape=(3, 8, 8),
+            warmup=1,
+            repeats=1,
+            model_factory=tiny_model,
+            compile=True,
+        )
 
 
 @pytest.mark.slow  # compiles the model twice
@@ -294,8 +329,14 @@ def test_compiled_step_timing_reports_the_compile_on_its_own():
 
     result = training_step_ratios(
         {"float": None, "w4a4g8": {"quantizer": "dorefa", "wbits": 4, "abits": 4, "gbits": 8}},
-        batch_size=2, input_shape=(3, 8, 8), threads=1, warmup=2, repeats=2,
-        model_factory=tiny_model, compile=True)
+        batch_size=2,
+        input_shape=(3, 8, 8),
+        threads=1,
+        warmup=2,
+        repeats=2,
+        model_factory=tiny_model,
+        compile=True,
+    )
     for entry in result.values():
         assert entry["compiled"] and 0 < entry["compile_s"] <= 2 * entry["first_step_s"]
         assert len(entry["times_ms"]) == 2  # the compiling steps are not among them
@@ -304,7 +345,13 @@ def test_compiled_step_timing_reports_the_compile_on_its_own():
 def test_training_step_ratios_adds_the_fp32_baseline():
     from lowbit.measure.step_time import training_step_ratios
 
-    result = training_step_ratios({"pact": {"quantizer": "pact", "wbits": 4, "abits": 4}},
-                                  batch_size=2, input_shape=(3, 8, 8), threads=None, warmup=0,
-                                  repeats=1, model_factory=tiny_model)
+    result = training_step_ratios(
+        {"pact": {"quantizer": "pact", "wbits": 4, "abits": 4}},
+        batch_size=2,
+        input_shape=(3, 8, 8),
+        threads=None,
+        warmup=0,
+        repeats=1,
+        model_factory=tiny_model,
+    )
     assert list(result) == ["fp32", "pact"] and result["fp32"]["ratio"] == 1.0

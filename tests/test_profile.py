@@ -51,15 +51,19 @@ def tiny(slow: bool = False) -> nn.Module:
 
 def step_of(model: nn.Module) -> TrainingStep:
     generator = torch.Generator().manual_seed(0)
-    return TrainingStep(model, torch.optim.SGD(model.parameters(), lr=0.01),
-                        torch.randn(4, 3, 6, 6, generator=generator),
-                        torch.randint(0, 5, (4,), generator=generator),
-                        nn.functional.cross_entropy)
+    return TrainingStep(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        torch.randn(4, 3, 6, 6, generator=generator),
+        torch.randint(0, 5, (4,), generator=generator),
+        nn.functional.cross_entropy,
+    )
 
 
 def quantized(slow: bool = False) -> nn.Module:
-    model = quantize_model(tiny(slow), quantizer="dorefa", wbits=4, abits=4, gbits=8,
-                           input_shape=(3, 6, 6))
+    model = quantize_model(
+        tiny(slow), quantizer="dorefa", wbits=4, abits=4, gbits=8, input_shape=(3, 6, 6)
+    )
     use_noise_stream(model, seed=0)
     return model
 
@@ -74,8 +78,9 @@ def test_rows_add_up_to_the_step_and_name_every_quantizer():
     by_key = {(row["name"], row["kind"]): row for row in rows}
     # each quantized layer has its compute row and one row per quantizer kind
     for layer in ("0", "4"):  # the conv and the linear
-        assert {(layer, kind) for kind in ("compute", "weight", "activation", "gradient")} \
-            <= set(by_key)
+        assert {(layer, kind) for kind in ("compute", "weight", "activation", "gradient")} <= set(
+            by_key
+        )
         assert by_key[(layer, "compute")]["fp32_ms"] is not None  # the FP32 twin's layer
         assert by_key[(layer, "weight")]["fp32_ms"] is None
     assert by_key[("0", "compute")]["module"] == "QuantConv2d"
@@ -88,30 +93,47 @@ def test_rows_add_up_to_the_step_and_name_every_quantizer():
 
 
 def test_time_goes_to_the_module_that_spent_it_forward_and_backward():
-    result = profile_step(step_of(quantized(slow=True)), step_of(tiny(slow=True)), warmup=1,
-                          repeats=1)
+    result = profile_step(
+        step_of(quantized(slow=True)), step_of(tiny(slow=True)), warmup=1, repeats=1
+    )
     by_key = {(row["name"], row["kind"]): row for row in result["rows"]}
     slow_forward, slow_backward = by_key[("3", "compute")], by_key[("4", "compute")]
     assert slow_forward["forward_ms"] >= SLEEP_S * 1000 > slow_forward["backward_ms"]
     assert slow_backward["backward_ms"] >= SLEEP_S * 1000 > slow_backward["forward_ms"]
     # and nowhere else: every other row is smaller than one sleep
-    others = [row for key, row in by_key.items() if key not in {("3", "compute"),
-                                                                 ("4", "compute")}]
+    others = [row for key, row in by_key.items() if key not in {("3", "compute"), ("4", "compute")}]
     assert all(row["ms"] < SLEEP_S * 1000 for row in others), others
     assert by_key[("3", "compute")]["fp32_ms"] >= SLEEP_S * 1000
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("profile_step",
-                                                  ROOT / "scripts" / "profile_step.py")
+    spec = importlib.util.spec_from_file_location(
+        "profile_step", ROOT / "scripts" / "profile_step.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_script_profiles_a_composed_config_and_ends_with_json(capsys):
-    assert script().main(["--warmup", "0", "--repeats", "1", "--threads", "1", "--top", "5",
-                          "quantizer=dorefa", "quant.gbits=8", "dataset.batch_size=4"]) == 0
+    assert (
+        script().main(
+            [
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--top",
+                "5",
+                "quantizer=dorefa",
+                "quant.gbits=8",
+                "dataset.batch_size=4",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["model"] == "NIN" and result["batch_size"] == 4 and result["gbits"] == 8
@@ -121,10 +143,13 @@ def test_script_profiles_a_composed_config_and_ends_with_json(capsys):
     assert any(line.startswith("step ") and "coverage" in line for line in lines)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--repeats", "0"], "--threads and --repeats must be at least 1"),
-    (["quantizer=nope"], "quantizer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--repeats", "0"], "--threads and --repeats must be at least 1"),
+        (["quantizer=nope"], "quantizer"),
+    ],
+)
 def test_script_refuses_bad_input_in_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
         script().main(argv)

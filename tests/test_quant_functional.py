@@ -23,6 +23,7 @@ def random_tensor(shape, seed, scale=1.0):
 
 # quantize_k ---------------------------------------------------------------------------------
 
+
 def test_quantize_k_hand_checked_2_bits():
     x = torch.tensor([0.0, 0.1, 0.2, 0.49, 0.51, 0.9, 1.0])
     # n = 3: the grid is 0, 1/3, 2/3, 1; round(3x)/3.
@@ -57,6 +58,7 @@ def test_quantize_k_levels_and_idempotence(bits, seed, shape):
 
 # weights ------------------------------------------------------------------------------------
 
+
 def test_dorefa_weight_matches_equation_9_by_hand():
     w = torch.tensor([-2.0, -0.3, 0.0, 0.3, 2.0])
     t = torch.tanh(w)
@@ -90,8 +92,7 @@ def test_dorefa_weight_32_bits_is_identity():
     assert dorefa_weight(w, 32) is w
 
 
-@given(bits=bits_below_fp, seed=st.integers(0, 10_000), shape=shapes,
-       scale=st.floats(1e-3, 100))
+@given(bits=bits_below_fp, seed=st.integers(0, 10_000), shape=shapes, scale=st.floats(1e-3, 100))
 @settings(max_examples=60, deadline=None)
 def test_dorefa_weight_properties(bits, seed, shape, scale):
     w = random_tensor(shape, seed, scale)
@@ -114,6 +115,7 @@ def test_dorefa_weight_max_is_over_the_whole_tensor_not_per_row():
 
 # activations --------------------------------------------------------------------------------
 
+
 def test_dorefa_activation_clips_to_unit_interval_then_rounds():
     x = torch.tensor([-1.0, 0.2, 0.5, 0.9, 3.0])
     expected = torch.tensor([0, 1, 2, 3, 3]) / 3  # round(3 * clip(x, 0, 1)) / 3
@@ -123,8 +125,9 @@ def test_dorefa_activation_clips_to_unit_interval_then_rounds():
 
 def test_dorefa_activation_scale_multiplies_before_the_clip():
     x = torch.tensor([5.0, 20.0])
-    assert torch.allclose(dorefa_activation(x, 8, scale=0.1),
-                          torch.round(torch.tensor([0.5, 1.0]) * 255) / 255)
+    assert torch.allclose(
+        dorefa_activation(x, 8, scale=0.1), torch.round(torch.tensor([0.5, 1.0]) * 255) / 255
+    )
 
 
 def test_dorefa_activation_gradient_zero_outside_clip_range():
@@ -149,6 +152,7 @@ def test_dorefa_activation_properties(bits, seed, shape):
 
 
 # gradients ----------------------------------------------------------------------------------
+
 
 def test_dorefa_gradient_forward_is_identity():
     x = torch.randn(4, 3, requires_grad=True)
@@ -273,8 +277,10 @@ def test_noise_of_neighbouring_elements_is_independent(lag):
 
 def test_noise_of_successive_draws_and_streams_is_independent():
     shape, cpu = (1 << 18,), torch.device("cpu")
-    draws = [uniform_noise(draw_key(base, torch.tensor(step)), shape, cpu) + 0.5
-             for base, step in [(3, 0), (3, 1), (3, 2), (4, 0)]]
+    draws = [
+        uniform_noise(draw_key(base, torch.tensor(step)), shape, cpu) + 0.5
+        for base, step in [(3, 0), (3, 1), (3, 2), (4, 0)]
+    ]
     for a, b in [(0, 1), (1, 2), (0, 3)]:  # the next step, and another layer's stream
         cells = (draws[a] * 16).long() * 16 + (draws[b] * 16).long()
         assert chi_square((cells.double() + 0.5) / 256) < chi_square_bound(255)
@@ -287,8 +293,9 @@ def test_noise_is_a_pure_function_of_the_key_and_the_index():
     whole = uniform_noise(key, (1000,), torch.device("cpu"))
     assert torch.equal(whole, uniform_noise(key, (1000,), torch.device("cpu")))
     assert torch.equal(whole[:10], uniform_noise(key, (10,), torch.device("cpu")))  # by index
-    assert not torch.equal(whole, uniform_noise(draw_key(7, torch.tensor(4)), (1000,),
-                                                torch.device("cpu")))
+    assert not torch.equal(
+        whole, uniform_noise(draw_key(7, torch.tensor(4)), (1000,), torch.device("cpu"))
+    )
 
 
 def test_quantized_gradient_uses_one_draw_per_element():

@@ -212,9 +212,14 @@ def test_a_config_error_leaves_a_failed_results_json_not_a_success(make_cfg):
     from lowbit.errors import ConfigError
 
     cfg = make_cfg("quantizer=dorefa", "quant.wbits=99", "logger=none")
+    output_dir = Path(cfg.paths.output_dir)
+    with pytest.raises(ConfigError):  # checked before anything is made: no folder, no record
+        run(cfg)
+    assert not output_dir.exists()
+    output_dir.mkdir(parents=True)  # a sweep job's folder, which Hydra makes before the job
     with pytest.raises(ConfigError):
         run(cfg)
-    written = json.loads((Path(cfg.paths.output_dir) / RESULTS_FILE).read_text())
+    written = json.loads((output_dir / RESULTS_FILE).read_text())
     assert written["status"] == "failed" and "quant.wbits=99" in written["error"]
 
 

@@ -25,8 +25,10 @@ def compile_requested(cfg: DictConfig) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"compile must be true or false, got {value!r}")
     if value and is_multi_process(cfg):
-        raise ConfigError("compile=true is not supported with multi-process training (DDP): "
-                          "use compile=false, or one device (trainer=default)")
+        raise ConfigError(
+            "compile=true is not supported with multi-process training (DDP): "
+            "use compile=false, or one device (trainer=default)"
+        )
     return value
 
 
@@ -34,8 +36,10 @@ def is_multi_process(cfg: DictConfig) -> bool:
     trainer = cfg.get("trainer") or {}
     strategy = str(trainer.get("strategy", "") or "")
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
-    many_devices = devices in (-1, "auto", "-1") or (
-        isinstance(devices, int) and devices > 1) or (
-        isinstance(devices, (list, tuple)) and len(devices) > 1) or (
-        isinstance(devices, str) and devices.isdigit() and int(devices) > 1)
+    many_devices = (
+        devices in (-1, "auto", "-1")
+        or (isinstance(devices, int) and devices > 1)
+        or (isinstance(devices, (list, tuple)) and len(devices) > 1)
+        or (isinstance(devices, str) and devices.isdigit() and int(devices) > 1)
+    )
     return "ddp" in strategy or many_devices or int(nodes) > 1

@@ -17,10 +17,11 @@ Choices:
   (Lightning creates it before ``on_train_start`` when resuming). The sanity check in between
   runs inside Lightning's ``isolate_rng``, and nothing between an end-of-epoch checkpoint and
   the next epoch's first draw uses random numbers, so a run resumed from ``last.ckpt``
-  continues the very same streams: on CPU its metrics equal those of the uninterrupted run. A checkpoint written mid-epoch (on
-  SIGTERM/SIGINT) resumes reproducibly but not bit-identically: Lightning starts a fresh data
-  loader for the rest of that epoch. Data loader workers (``dataset.num_workers > 0``) keep
-  their own generators in other processes, which no checkpoint sees.
+  continues the very same streams: on CPU its metrics equal those of the uninterrupted run.
+  A checkpoint written mid-epoch (on SIGTERM/SIGINT) resumes reproducibly but not
+  bit-identically: Lightning starts a fresh data loader for the rest of that epoch. Data
+  loader workers (``dataset.num_workers > 0``) keep their own generators in other processes,
+  which no checkpoint sees.
 - Everything is stored as tensors, ints, floats and tuples, so checkpoints still load with
   ``torch.load(weights_only=True)``.
 """
@@ -45,8 +46,12 @@ def capture_global_state() -> dict[str, Any]:
     _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -57,9 +62,15 @@ def capture_global_state() -> dict[str, Any]:
 def restore_global_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"],
-                         numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     # A checkpoint from a machine with another GPU count keeps this machine's CUDA streams.
@@ -96,8 +107,11 @@ class RandomState(pl.Callback):
         self.pending = None
 
     def state_dict(self) -> dict[str, Any]:
-        counts = None if self.model is None else {
-            name: int(q.draws) for name, q in gradient_quantizers(self.model).items()}
+        counts = (
+            None
+            if self.model is None
+            else {name: int(q.draws) for name, q in gradient_quantizers(self.model).items()}
+        )
         return {"global": capture_global_state(), "gradient_noise": counts}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -109,8 +123,10 @@ def restore_draw_counts(model: torch.nn.Module, counts: Any) -> None:
     counter-based generator (a torch.Generator state) cannot continue its stream: one warning,
     and the noise starts afresh."""
     if not isinstance(counts, dict):
-        log.warning("this checkpoint holds the old gradient-noise generator's state; the noise "
-                    "restarts from the run seed (results differ from an uninterrupted old run)")
+        log.warning(
+            "this checkpoint holds the old gradient-noise generator's state; the noise "
+            "restarts from the run seed (results differ from an uninterrupted old run)"
+        )
         return
     for name, quantizer in gradient_quantizers(model).items():
         if name in counts:

@@ -43,8 +43,11 @@ from lowbit.quant.modules import DoReFaGradient, QuantizedLayer, Quantizer
 
 KINDS = ("compute", "weight", "activation", "gradient", "loss", "optimizer", "other")
 # A quantized layer's quantizers by attribute (lowbit.quant.modules.QuantizedLayer).
-QUANTIZER_KIND = {"weight_quantizer": "weight", "input_quantizer": "activation",
-                  "gradient_quantizer": "gradient"}
+QUANTIZER_KIND = {
+    "weight_quantizer": "weight",
+    "input_quantizer": "activation",
+    "gradient_quantizer": "gradient",
+}
 LOSS, OPTIMIZER, OTHER = ("loss", "loss"), ("optimizer", "optimizer"), ("other", "other")
 FORWARD, BACKWARD = "forward", "backward"
 
@@ -63,8 +66,10 @@ def row_keys(model: nn.Module) -> dict[nn.Module, RowKey]:
             if isinstance(parent, QuantizedLayer) and attribute in QUANTIZER_KIND:
                 keys[module] = (parent_name, QUANTIZER_KIND[attribute])
             else:
-                keys[module] = (name, "gradient" if isinstance(module, DoReFaGradient)
-                                else "activation")
+                keys[module] = (
+                    name,
+                    "gradient" if isinstance(module, DoReFaGradient) else "activation",
+                )
         else:
             keys[module] = (name or "model", "compute")
     return keys
@@ -72,8 +77,10 @@ def row_keys(model: nn.Module) -> dict[nn.Module, RowKey]:
 
 def module_types(model: nn.Module) -> dict[RowKey, str]:
     """The class name shown beside each compute row."""
-    return {(name or "model", "compute"): type(module).__name__
-            for name, module in model.named_modules()}
+    return {
+        (name or "model", "compute"): type(module).__name__
+        for name, module in model.named_modules()
+    }
 
 
 class _Clock:
@@ -116,8 +123,9 @@ class StepProfiler:
     def __init__(self, model: nn.Module, run_step: Callable[[StepProfiler], None]):
         self.model = model
         self.keys = row_keys(model)
-        self.params = {id(p): self.keys[m] for m in model.modules()
-                       for p in m.parameters(recurse=False)}
+        self.params = {
+            id(p): self.keys[m] for m in model.modules() for p in m.parameters(recurse=False)
+        }
         self.run_step = run_step
         self.probe = _SequenceProbe()
         self.clock = _Clock()
@@ -180,6 +188,7 @@ class StepProfiler:
         def before_node(grad_outputs):
             entered = self.clock.switch((key, BACKWARD))
             self.clock.resume(entered)
+
         return before_node
 
     # one step ------------------------------------------------------------------------------
@@ -209,6 +218,7 @@ class StepProfiler:
 @dataclass
 class TrainingStep:
     """What one step needs: the model, its optimizer, a batch and the loss of (output, batch)."""
+
     model: nn.Module
     optimizer: torch.optim.Optimizer
     inputs: torch.Tensor
@@ -235,8 +245,9 @@ class TrainingStep:
         self.optimizer.step()
 
 
-def profile_step(quantized: TrainingStep, fp32: TrainingStep, warmup: int = 3,
-                 repeats: int = 10) -> dict[str, Any]:
+def profile_step(
+    quantized: TrainingStep, fp32: TrainingStep, warmup: int = 3, repeats: int = 10
+) -> dict[str, Any]:
     """Rows of the quantized step with the FP32 twin's beside them (module doc), in ms.
 
     Returns ``step_ms``, ``fp32_step_ms``, ``ratio``, ``plain_step_ms``/``plain_fp32_step_ms``/
@@ -247,8 +258,10 @@ def profile_step(quantized: TrainingStep, fp32: TrainingStep, warmup: int = 3,
     """
     if warmup < 0 or repeats < 1:
         raise ValueError("profiling needs warmup >= 0 and repeats >= 1")
-    profilers = {name: StepProfiler(step.model, step.instrumented)
-                 for name, step in (("quantized", quantized), ("fp32", fp32))}
+    profilers = {
+        name: StepProfiler(step.model, step.instrumented)
+        for name, step in (("quantized", quantized), ("fp32", fp32))
+    }
     samples: dict[str, list] = {name: [] for name in profilers}
     plain: dict[str, list[float]] = {name: [] for name in profilers}
     steps = {"quantized": quantized, "fp32": fp32}
@@ -273,18 +286,32 @@ def profile_step(quantized: TrainingStep, fp32: TrainingStep, warmup: int = 3,
     rows.sort(key=lambda row: row["ms"], reverse=True)
     other_s = step_s - sum(sum(phases.values()) for phases in quantized_rows.values())
     fp32_other_s = fp32_step_s - sum(sum(p.values()) for p in fp32_rows.values())
-    rows.append({"name": "other", "kind": "other", "module": "", "forward_ms": None,
-                 "backward_ms": None, "ms": other_s * 1000, "share": other_s / step_s,
-                 "fp32_ms": fp32_other_s * 1000})
+    rows.append(
+        {
+            "name": "other",
+            "kind": "other",
+            "module": "",
+            "forward_ms": None,
+            "backward_ms": None,
+            "ms": other_s * 1000,
+            "share": other_s / step_s,
+            "fp32_ms": fp32_other_s * 1000,
+        }
+    )
     plain_ms = statistics.median(plain["quantized"]) * 1000
     plain_fp32_ms = statistics.median(plain["fp32"]) * 1000
     return {
-        "step_ms": step_s * 1000, "fp32_step_ms": fp32_step_s * 1000,
+        "step_ms": step_s * 1000,
+        "fp32_step_ms": fp32_step_s * 1000,
         "ratio": step_s / fp32_step_s,
-        "plain_step_ms": plain_ms, "plain_fp32_step_ms": plain_fp32_ms,
+        "plain_step_ms": plain_ms,
+        "plain_fp32_step_ms": plain_fp32_ms,
         "plain_ratio": plain_ms / plain_fp32_ms,
-        "other_ms": other_s * 1000, "coverage": 1 - other_s / step_s,
-        "warmup": warmup, "repeats": repeats, "rows": rows,
+        "other_ms": other_s * 1000,
+        "coverage": 1 - other_s / step_s,
+        "warmup": warmup,
+        "repeats": repeats,
+        "rows": rows,
         "kinds": kind_totals(rows),
     }
 
@@ -308,26 +335,37 @@ def _middle_rows(samples: list) -> tuple[dict[RowKey, dict[str, float]], float]:
     (``OTHER``) is not a row: it is in the step minus the rows."""
     ordered = sorted(samples, key=lambda sample: sample[1])
     quarter = len(ordered) // 4
-    middle = ordered[quarter:len(ordered) - quarter]
+    middle = ordered[quarter : len(ordered) - quarter]
     rows: dict[RowKey, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for totals, _ in middle:
         for (row, phase), seconds in totals.items():
             if row is not None and row != OTHER:
                 rows[row][phase] += seconds / len(middle)
-    return {row: dict(phases) for row, phases in rows.items()}, \
-        statistics.fmean(step for _, step in middle)
+    return {row: dict(phases) for row, phases in rows.items()}, statistics.fmean(
+        step for _, step in middle
+    )
 
 
-def _row(key: RowKey, phases: dict[str, float], step_s: float,
-         fp32_rows: dict[RowKey, dict[str, float]], types: dict[RowKey, str]) -> dict[str, Any]:
+def _row(
+    key: RowKey,
+    phases: dict[str, float],
+    step_s: float,
+    fp32_rows: dict[RowKey, dict[str, float]],
+    types: dict[RowKey, str],
+) -> dict[str, Any]:
     name, kind = key
     total = sum(phases.values())
     fp32_phases = fp32_rows.get(key)
-    return {"name": name, "kind": kind, "module": types.get(key, "") if kind == "compute" else "",
-            "forward_ms": phases.get(FORWARD, 0.0) * 1000,
-            "backward_ms": phases.get(BACKWARD, 0.0) * 1000,
-            "ms": total * 1000, "share": total / step_s,
-            "fp32_ms": None if fp32_phases is None else sum(fp32_phases.values()) * 1000}
+    return {
+        "name": name,
+        "kind": kind,
+        "module": types.get(key, "") if kind == "compute" else "",
+        "forward_ms": phases.get(FORWARD, 0.0) * 1000,
+        "backward_ms": phases.get(BACKWARD, 0.0) * 1000,
+        "ms": total * 1000,
+        "share": total / step_s,
+        "fp32_ms": None if fp32_phases is None else sum(fp32_phases.values()) * 1000,
+    }
 
 
 def kind_totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -344,6 +382,7 @@ def kind_totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def format_profile(result: dict[str, Any], top: int | None = None) -> str:
     """The rows as a table (largest first; ``top`` of them, the rest summed in one line), then
     the totals per kind and the step."""
+
     def cell(value: float | None, digits: int = 2) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
@@ -351,30 +390,57 @@ def format_profile(result: dict[str, Any], top: int | None = None) -> str:
     shown = layer_rows if top is None else layer_rows[:top]
     lines = [["layer", "kind", "module", "fwd ms", "bwd ms", "ms", "share", "FP32 ms"]]
     for row in shown + [result["rows"][-1]]:
-        lines.append([row["name"], row["kind"], row["module"], cell(row["forward_ms"]),
-                      cell(row["backward_ms"]), cell(row["ms"]), f"{row['share']:.1%}",
-                      cell(row["fp32_ms"])])
-    hidden = layer_rows[len(shown):]
+        lines.append(
+            [
+                row["name"],
+                row["kind"],
+                row["module"],
+                cell(row["forward_ms"]),
+                cell(row["backward_ms"]),
+                cell(row["ms"]),
+                f"{row['share']:.1%}",
+                cell(row["fp32_ms"]),
+            ]
+        )
+    hidden = layer_rows[len(shown) :]
     if hidden:
-        lines.insert(len(shown) + 1, [f"({len(hidden)} smaller rows)", "", "", "", "",
-                                      cell(sum(r["ms"] for r in hidden)),
-                                      f"{sum(r['share'] for r in hidden):.1%}", ""])
-    lines.append(["step", "", "", "", "", cell(result["step_ms"]), "100.0%",
-                  cell(result["fp32_step_ms"])])
+        lines.insert(
+            len(shown) + 1,
+            [
+                f"({len(hidden)} smaller rows)",
+                "",
+                "",
+                "",
+                "",
+                cell(sum(r["ms"] for r in hidden)),
+                f"{sum(r['share'] for r in hidden):.1%}",
+                "",
+            ],
+        )
+    lines.append(
+        ["step", "", "", "", "", cell(result["step_ms"]), "100.0%", cell(result["fp32_step_ms"])]
+    )
     kinds = [["kind", "ms", "share", "FP32 ms"]] + [
         [kind, cell(entry["ms"]), f"{entry['share']:.1%}", cell(entry["fp32_ms"])]
-        for kind, entry in result["kinds"].items()]
-    summary = (f"step {result['step_ms']:.1f} ms, FP32 {result['fp32_step_ms']:.1f} ms: "
-               f"{result['ratio']:.3f}x; without hooks {result['plain_step_ms']:.1f} / "
-               f"{result['plain_fp32_step_ms']:.1f} ms ({result['plain_ratio']:.3f}x); "
-               f"coverage {result['coverage']:.1%} (other {result['other_ms']:.2f} ms); "
-               f"means of the middle half of {result['repeats']} steps after {result['warmup']} "
-               f"warm-up (without hooks: medians)")
+        for kind, entry in result["kinds"].items()
+    ]
+    summary = (
+        f"step {result['step_ms']:.1f} ms, FP32 {result['fp32_step_ms']:.1f} ms: "
+        f"{result['ratio']:.3f}x; without hooks {result['plain_step_ms']:.1f} / "
+        f"{result['plain_fp32_step_ms']:.1f} ms ({result['plain_ratio']:.3f}x); "
+        f"coverage {result['coverage']:.1%} (other {result['other_ms']:.2f} ms); "
+        f"means of the middle half of {result['repeats']} steps after {result['warmup']} "
+        f"warm-up (without hooks: medians)"
+    )
     return "\n".join([_aligned(lines), "", _aligned(kinds), "", summary])
 
 
 def _aligned(lines: list[list[str]]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(value.ljust(w) if i < 3 else value.rjust(w)
-                               for i, (value, w) in enumerate(zip(line, widths))).rstrip()
-                     for line in lines)
+    return "\n".join(
+        "  ".join(
+            value.ljust(w) if i < 3 else value.rjust(w)
+            for i, (value, w) in enumerate(zip(line, widths))
+        ).rstrip()
+        for line in lines
+    )

@@ -101,8 +101,11 @@ def training_step_ratios(
             "batch_size": batch_size,
             "compiled": compile,
             "first_step_s": warmup_ms[name][0] / 1000 if warmup_ms[name] else None,
-            **({"compile_s": max(0.0, sum(warmup_ms[name]) - warmup * medians[name]) / 1000}
-               if compile else {}),
+            **(
+                {"compile_s": max(0.0, sum(warmup_ms[name]) - warmup * medians[name]) / 1000}
+                if compile
+                else {}
+            ),
         }
         for name in configs
     }

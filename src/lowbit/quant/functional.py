@@ -129,7 +129,7 @@ _GOLDEN = 0x9E3779B1  # 2^32 / golden ratio, odd: the Weyl step; index < 2^31 ke
 # constant of a well-tested 32-bit integer hash (Mueller), and the key mixer's second.
 _MIX = 0x045D9F3B
 _MIX_KEY = 0x7FEB352D
-_TWO_TO_MINUS_32 = 2.0 ** -32
+_TWO_TO_MINUS_32 = 2.0**-32
 
 
 def _as_signed32(value: int) -> int:
@@ -187,8 +187,7 @@ def _weyl_index(numel: int, device: torch.device) -> torch.Tensor:
     kept per device (two passes less per draw)."""
     cached = _INDEX_CACHE.get(device)
     if cached is None or cached.numel() < numel:
-        cached = torch.arange(numel, dtype=torch.int32, device=device).mul_(
-            _as_signed32(_GOLDEN))
+        cached = torch.arange(numel, dtype=torch.int32, device=device).mul_(_as_signed32(_GOLDEN))
         _INDEX_CACHE[device] = cached
     return cached[:numel]
 
@@ -205,8 +204,12 @@ def _xorshift16_(h: torch.Tensor) -> torch.Tensor:
 def uniform_noise(key: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """s ~ U[-1/2, 1/2) for every element of ``shape``, float32, a pure function of ``key`` (a
     0-d int64 from ``draw_key``) and the element's index: DoReFa Eq. 12's s before the 1/n."""
-    return uniform_noise_bits(key, math.prod(shape), device).float().mul_(_TWO_TO_MINUS_32) \
+    return (
+        uniform_noise_bits(key, math.prod(shape), device)
+        .float()
+        .mul_(_TWO_TO_MINUS_32)
         .reshape(shape)
+    )
 
 
 def uniform_noise_bits(key: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
@@ -283,9 +286,12 @@ def quantize_gradient_tensor(
     key = _noise_key(noise, g.device)
     # 2^32 s + 2^32 n g / 2m: the noise's integer bits as floats, then the gradient added in
     shifted = uniform_noise_bits(key, flat.numel(), g.device).view(flat.shape).to(g.dtype)
-    scale = (n * 2.0 ** 32) / safe_two_m
-    shifted = torch.addcmul(shifted, flat, scale, out=shifted) if _is_eager(shifted) \
+    scale = (n * 2.0**32) / safe_two_m
+    shifted = (
+        torch.addcmul(shifted, flat, scale, out=shifted)
+        if _is_eager(shifted)
         else shifted + flat * scale
+    )
     shifted.mul_(_TWO_TO_MINUS_32).add_(n / 2).clamp_(0.0, n).round_()
     # q 2m / n - m: back to the gradient's scale (m = 0 rows stay 0: q = n / 2 rounds to a
     # code whose value is then multiplied by 0)
@@ -344,8 +350,7 @@ class _PACT(torch.autograd.Function):
             # One pass per gradient: torch's fused masks, their strict bounds moved one float
             # step (same dtype as x) so that they are [0, alpha) and x >= alpha exactly.
             level = float(alpha)
-            grad_x = torch.ops.aten.hardtanh_backward(grad_output, x, _below(0.0, x.dtype),
-                                                      level)
+            grad_x = torch.ops.aten.hardtanh_backward(grad_output, x, _below(0.0, x.dtype), level)
             above = torch.ops.aten.threshold_backward(grad_output, x, _below(level, x.dtype))
             return grad_x, above.sum().reshape(alpha.shape), None
         above = x >= alpha
@@ -358,14 +363,16 @@ class _PACT(torch.autograd.Function):
 
 def _below(value: float, dtype: torch.dtype) -> float:
     """The largest ``dtype`` number below ``value``: x > it is x >= value for x of that dtype."""
-    return torch.nextafter(torch.tensor(value, dtype=dtype),
-                           torch.tensor(-math.inf, dtype=dtype)).item()
+    return torch.nextafter(
+        torch.tensor(value, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)
+    ).item()
 
 
 def _above(value: float, dtype: torch.dtype) -> float:
     """The smallest ``dtype`` number above ``value``: x < it is x <= value."""
-    return torch.nextafter(torch.tensor(value, dtype=dtype),
-                           torch.tensor(math.inf, dtype=dtype)).item()
+    return torch.nextafter(
+        torch.tensor(value, dtype=dtype), torch.tensor(math.inf, dtype=dtype)
+    ).item()
 
 
 def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
@@ -396,15 +403,17 @@ class _PACTSymmetric(torch.autograd.Function):
         if _is_eager(x) and x.dtype == alpha.dtype:
             # One pass per mask (see _PACT): x on [-alpha, alpha], alpha above and below.
             level = float(alpha)
-            grad_x = torch.ops.aten.hardtanh_backward(grad_output, x, _below(-level, x.dtype),
-                                                      _above(level, x.dtype))
+            grad_x = torch.ops.aten.hardtanh_backward(
+                grad_output, x, _below(-level, x.dtype), _above(level, x.dtype)
+            )
             above = torch.ops.aten.threshold_backward(grad_output, x, level).sum()
             below = torch.ops.aten.hardtanh_backward(grad_output, x, -math.inf, -level).sum()
             return grad_x, (above - below).reshape(alpha.shape), None
         above, below = x > alpha, x < -alpha
         # d y / d alpha = [x > alpha] - [x < -alpha]
         grad_alpha = ((grad_output * above).sum() - (grad_output * below).sum()).reshape(
-            alpha.shape)
+            alpha.shape
+        )
         grad_x = grad_output * above.logical_or_(below).logical_not_()
         return grad_x, grad_alpha, None
 
@@ -446,6 +455,7 @@ def channelwise_absmax_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 # -- LSQ (Esser et al., arXiv 1902.08153) and LSQ+ (Bhalgat et al., arXiv 2004.09576) --------
 
+
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
     """(Qn, Qp): unsigned 0 and 2^k - 1; signed 2^(k-1) and 2^(k-1) - 1 (LSQ Sec. 2)."""
     if signed:
@@ -460,8 +470,9 @@ def lsq_grad_scale(count: int, bits: int, signed: bool) -> float:
     return 1.0 / math.sqrt(count * lsq_range(bits, signed)[1])
 
 
-def lsq_initial_step(x: torch.Tensor, bits: int, signed: bool,
-                     dim: tuple[int, ...] | None = None) -> torch.Tensor:
+def lsq_initial_step(
+    x: torch.Tensor, bits: int, signed: bool, dim: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """2 mean|x| / sqrt(Qp) (LSQ Sec. 2.1), over ``dim`` (None: the whole tensor)."""
     mean = x.detach().abs().mean() if dim is None else x.detach().abs().mean(dim=dim)
     return (2 * mean / math.sqrt(lsq_range(bits, signed)[1])).clamp_min(LSQ_STEP_MIN)
@@ -474,8 +485,9 @@ class _LSQ(torch.autograd.Function):
     """round(clip(x / s, -Qn, Qp)) s with LSQ's gradients (Eq. 3 for s, straight-through for x)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
-                grad_scale: float) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, grad_scale: float
+    ) -> torch.Tensor:
         v = x / step
         ctx.save_for_backward(v, step)
         ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
@@ -488,14 +500,16 @@ class _LSQ(torch.autograd.Function):
         # x: straight-through inside [-Qn, Qp] (in steps), 0 outside.
         grad_x = grad_output * ((v >= -ctx.qn) & (v <= ctx.qp))
         # s, Eq. 3: -v + round(v) inside, -Qn below, Qp above; times g.
-        local = torch.where(below, -float(ctx.qn), torch.where(above, float(ctx.qp),
-                                                               torch.round(v) - v))
+        local = torch.where(
+            below, -float(ctx.qn), torch.where(above, float(ctx.qp), torch.round(v) - v)
+        )
         grad_step = (grad_output * local).sum_to_size(step.shape) * ctx.grad_scale
         return grad_x, grad_step, None, None, None
 
 
-def lsq(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool = False,
-        grad_scale: float = 1.0) -> torch.Tensor:
+def lsq(
+    x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool = False, grad_scale: float = 1.0
+) -> torch.Tensor:
     """LSQ: round(clip(x / step, -Qn, Qp)) * step (Esser et al. 2019, Eq. 1-2).
 
     ``step`` is 0-d (per tensor) or broadcasts against x (per output channel: shape (C, 1, ...)).
@@ -517,8 +531,9 @@ def snap_offset(offset: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return offset + (snapped - offset).detach()
 
 
-def lsq_plus(x: torch.Tensor, step: torch.Tensor, offset: torch.Tensor, bits: int,
-             grad_scale: float = 1.0) -> torch.Tensor:
+def lsq_plus(
+    x: torch.Tensor, step: torch.Tensor, offset: torch.Tensor, bits: int, grad_scale: float = 1.0
+) -> torch.Tensor:
     """LSQ+ (Bhalgat et al. 2020): round(clip((x - b) / s, 0, 2^k - 1)) s + b, a learned offset b.
 
     The offset is snapped to a whole number of steps (``snap_offset``; torch.ao's integer zero

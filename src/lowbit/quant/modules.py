@@ -71,8 +71,10 @@ class Quantizer(nn.Module):
         """The integer grid this quantizer maps onto; None when it leaves the tensor in float."""
         if not self.is_active:
             return None
-        raise NotImplementedError(f"{type(self).__name__} states no integer grid: implement "
-                                  f"grid() (lowbit.quant.grid) to pack and export it")
+        raise NotImplementedError(
+            f"{type(self).__name__} states no integer grid: implement "
+            f"grid() (lowbit.quant.grid) to pack and export it"
+        )
 
     @torch.no_grad()
     def integer_codes(self, w: torch.Tensor) -> torch.Tensor:
@@ -153,8 +155,11 @@ class DoReFaActivation(Quantizer):
             return None
         steps = Q.symmetric_levels(self.bits) if self.signed else Q.levels(self.bits)
         make = symmetric_grid if self.signed else unsigned_grid
-        return make(self.bits, torch.tensor(1.0 / steps),
-                    input_scale=torch.tensor(1.0 / (steps * self.scale)))
+        return make(
+            self.bits,
+            torch.tensor(1.0 / steps),
+            input_scale=torch.tensor(1.0 / (steps * self.scale)),
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
@@ -183,8 +188,9 @@ class ChannelAbsMaxWeight(Quantizer):
     def grid(self, w: torch.Tensor | None = None) -> IntegerGrid | None:
         if not self.is_active:
             return None
-        return symmetric_grid(self.bits, Q.channelwise_absmax_scale(w.detach().float(), self.bits),
-                              axis=0)
+        return symmetric_grid(
+            self.bits, Q.channelwise_absmax_scale(w.detach().float(), self.bits), axis=0
+        )
 
     def latent_weight(self, codes: torch.Tensor, grid: IntegerGrid) -> torch.Tensor:
         # The grid's values, except that the entries at +-m carry a max|w_c| whose float32
@@ -192,8 +198,9 @@ class ChannelAbsMaxWeight(Quantizer):
         m = grid.qmax
         max_abs = grid.broadcast(float32_multiple(grid.scale.float(), m), codes).expand(codes.shape)
         extreme = codes.abs() == m
-        return torch.where(extreme, codes.sign().to(torch.float32) * max_abs,
-                           grid.dequantize(codes))
+        return torch.where(
+            extreme, codes.sign().to(torch.float32) * max_abs, grid.dequantize(codes)
+        )
 
 
 def float32_multiple(step: torch.Tensor, m: int) -> torch.Tensor:
@@ -238,8 +245,14 @@ class LearnedClip(Quantizer):
     ALPHA_MIN = 1e-3
     CALIBRATION_SAMPLES = 1 << 20  # torch.quantile's input is bounded; a strided sample is plenty
 
-    def __init__(self, bits: int, alpha_init: float, alpha_decay: float | None = None,
-                 alpha_lr_mult: float = 1.0, alpha_calibration: float | None = None):
+    def __init__(
+        self,
+        bits: int,
+        alpha_init: float,
+        alpha_decay: float | None = None,
+        alpha_lr_mult: float = 1.0,
+        alpha_calibration: float | None = None,
+    ):
         super().__init__(bits)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.alpha_decay = alpha_decay
@@ -395,8 +408,9 @@ class LearnedStep(Quantizer):
         if self.training and not self.is_initialized:
             self.initialize(x)
         features = self.features or x[0].numel()  # per example, for an activation
-        return self.quantize(x, self.projected_step(),
-                             Q.lsq_grad_scale(features, self.bits, self.signed))
+        return self.quantize(
+            x, self.projected_step(), Q.lsq_grad_scale(features, self.bits, self.signed)
+        )
 
     def quantize(self, x: torch.Tensor, step: torch.Tensor, grad_scale: float) -> torch.Tensor:
         return Q.lsq(x, step, self.bits, self.signed, grad_scale)
@@ -410,8 +424,14 @@ class LearnedStep(Quantizer):
             return None
         step = self.stated_step()
         axis = 0 if step.dim() > 0 else None
-        return IntegerGrid(self.bits, self.signed, step.reshape(-1) if axis == 0 else step,
-                           -self.qn, self.qp, axis=axis)
+        return IntegerGrid(
+            self.bits,
+            self.signed,
+            step.reshape(-1) if axis == 0 else step,
+            -self.qn,
+            self.qp,
+            axis=axis,
+        )
 
     def learned_parameters(self) -> dict[str, nn.Parameter]:
         return {"step": self.step}
@@ -420,10 +440,16 @@ class LearnedStep(Quantizer):
         return {"weight_decay": 0.0, "lr_mult": 1.0}
 
     def extra_repr(self) -> str:
-        shown = (f"{self.step.item():.4g}" if self.step.dim() == 0
-                 else f"per-channel x{self.step.numel()}")
-        return (f"{super().extra_repr()}, step={shown}" + (", signed" if self.signed else "")
-                + ("" if self.initialized else ", init from first batch"))
+        shown = (
+            f"{self.step.item():.4g}"
+            if self.step.dim() == 0
+            else f"per-channel x{self.step.numel()}"
+        )
+        return (
+            f"{super().extra_repr()}, step={shown}"
+            + (", signed" if self.signed else "")
+            + ("" if self.initialized else ", init from first batch")
+        )
 
 
 class LearnedStepOffset(LearnedStep):
@@ -517,12 +543,16 @@ class ImageQuantizer(Quantizer):
         if not (self.is_active and bool(self.observed)):
             return None
         scale, zero_point = self.scale_and_zero_point()
-        return IntegerGrid(self.bits, False, scale.float(), 0, Q.levels(self.bits),
-                           zero_point=zero_point)
+        return IntegerGrid(
+            self.bits, False, scale.float(), 0, Q.levels(self.bits), zero_point=zero_point
+        )
 
     def extra_repr(self) -> str:
-        shown = (f", range=[{self.low.item():.4g}, {self.high.item():.4g}]"
-                 if bool(self.observed) else ", range from training batches")
+        shown = (
+            f", range=[{self.low.item():.4g}, {self.high.item():.4g}]"
+            if bool(self.observed)
+            else ", range from training batches"
+        )
         return super().extra_repr() + shown
 
 
@@ -559,8 +589,11 @@ class DoReFaGradient(Quantizer):
 def gradient_quantizers(model: nn.Module) -> dict[str, DoReFaGradient]:
     """The model's DoReFa gradient quantizers by module name, in module order; the names leave
     out torch.compile's wrapper (``_orig_mod``), so they are the same compiled or not."""
-    return {name.replace("_orig_mod.", ""): m for name, m in model.named_modules()
-            if isinstance(m, DoReFaGradient)}
+    return {
+        name.replace("_orig_mod.", ""): m
+        for name, m in model.named_modules()
+        if isinstance(m, DoReFaGradient)
+    }
 
 
 def use_noise_stream(model: nn.Module, seed: int, rank: int = 0) -> int:
@@ -591,9 +624,7 @@ class QuantizedLayer:
     input_quantizer: Quantizer
     gradient_quantizer: Quantizer
 
-    def attach_quantizers(
-        self, weight: Quantizer, input: Quantizer, gradient: Quantizer
-    ) -> None:
+    def attach_quantizers(self, weight: Quantizer, input: Quantizer, gradient: Quantizer) -> None:
         self.weight_quantizer = weight
         self.input_quantizer = input
         self.gradient_quantizer = gradient
@@ -648,14 +679,21 @@ def quantized_copy(
     """
     if isinstance(layer, nn.Conv2d):
         new = QuantConv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-            padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-            bias=layer.bias is not None, padding_mode=layer.padding_mode,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
             device="meta",  # no throwaway initialisation: the parameters come from ``layer``
         )
     elif isinstance(layer, nn.Linear):
-        new = QuantLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                          device="meta")
+        new = QuantLinear(
+            layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta"
+        )
     else:
         raise TypeError(f"cannot quantize a {type(layer).__name__}: only Conv2d and Linear")
     new.weight = layer.weight
