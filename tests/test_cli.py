@@ -12,31 +12,40 @@ import torch
 from conftest import ROOT, run_env, run_train
 from wandb_offline import read_offline_run
 
+# Through the real script (a new interpreter each): one case of each kind of check, from the
+# command line's shape to a value's range, so the whole path from argv to exit status 2 is seen.
 BAD_INPUTS = [
     (
         ["model=resnet9000"],
         "unknown model 'resnet9000': available are mobilenetv3_large, "
         "mobilenetv3_small, nin, yolov3_tiny",
     ),
+    (["-m", "quantizer=dorefa", "quant.wbits=2,4,40"], "quant.wbits=40 is not supported"),
+    (["seed=-3"], "seed: must be null or an integer >= 0, got -3"),
+    (["quant.wbits=2,4", "-m"], "-m must come before the overrides"),
+    (["quant.wbitz=4"], "unknown setting 'quant.wbitz'"),
+]
+
+# The same checks in-process (test_bad_file_input_gets_one_line_and_exit_2_before_anything_runs:
+# expand_resume and preflight, all that train.py does before Hydra starts), which takes a
+# fraction of a second where a new interpreter takes several.
+ARGV_INPUTS = [
     (["quantizer=ternary"], "unknown quantizer 'ternary'"),
     (["dataset=imagenet22k"], "unknown dataset 'imagenet22k'"),
     (["quantizer=dorefa", "quant.wbits=0"], "quant.wbits=0 is not supported: use 1-16, or 32"),
     (["quantizer=dorefa", "quant.abits=64"], "quant.abits=64 is not supported"),
     (["quantizer=dorefa", "quant.wbits=four"], "quant.wbits must be an integer bit width"),
     (["quant.wbits=4"], "quantizer=fp32 cannot quantize to quant.wbits=4"),
-    (["-m", "quantizer=dorefa", "quant.wbits=2,4,40"], "quant.wbits=40 is not supported"),
-    (["quantizer=dorefa", "quant.overrides={nope.*:{wbits:2}}"], "matches no Conv2d/Linear"),
+    # braces doubled: the in-process test fills {file} placeholders with str.format
+    (["quantizer=dorefa", "quant.overrides={{nope.*:{{wbits:2}}}}"], "matches no Conv2d/Linear"),
     (
         ["dataset=cifar10", "dataset.download=false", "dataset.data_dir=/nonexistent/cifar"],
         "/nonexistent/cifar",
     ),
-    (["seed=-3"], "seed: must be null or an integer >= 0, got -3"),
-    (["quant.wbits=2,4", "-m"], "-m must come before the overrides"),
     (
         ["-m", "quantizer=pact,pact_symmetric", "quant.alpha_lr_mult=10"],
         "write ++key=value for a key that only some of the swept options have",
     ),
-    (["quant.wbitz=4"], "unknown setting 'quant.wbitz'"),
     (["quantizer=dorefa", "quant.alpha_init=3"], "unknown setting 'quant.alpha_init'"),
     (["quantizer=pact_symmetric", "quant.abits=1"], "cannot quantize to quant.abits=1"),
     (
@@ -62,7 +71,7 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, message):
 # test's folder. These run the entry point's two checks in-process (expand_resume, preflight:
 # all that train.py does before Hydra starts), which takes a fraction of a second where a new
 # interpreter takes several; the list above shows the same path through the real script.
-FILE_INPUTS = [
+FILE_INPUTS = ARGV_INPUTS + [
     (["quant.gbits=8"], "quantizer=fp32 cannot quantize to quant.gbits=8"),
     (["quantizer=dorefa", "quant.gbits=17"], "quant.gbits=17 is not supported: use 1-16, or 32"),
     (["quantizer=dorefa", "quant.gbits=2.5"], "quant.gbits must be an integer bit width"),
