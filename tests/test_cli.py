@@ -264,6 +264,7 @@ def test_multirun_sweeps_bits_and_finishes_each_wandb_run(tmp_path):
     assert "nin-dorefa-w2a4g32-digits" in result.stdout  # the end-of-run table names the run
 
 
+@pytest.mark.slow  # the non-default loggers; W&B, the default, is in the fast suite
 @pytest.mark.parametrize(
     "logger, produced",
     [("csv", "csv/version_0/metrics.csv"), ("tensorboard", "tensorboard/version_0")],

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, run_env
 from wandb_offline import read_offline_run
 
@@ -32,6 +33,7 @@ DDP_RUN = [
 ]
 
 
+@pytest.mark.slow  # two processes of a whole run (about 25 s quiet); make test-slow runs it
 def test_two_cpu_processes_keep_alphas_and_bn_statistics_in_sync(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
