@@ -76,6 +76,8 @@ def comparable(results: dict) -> dict:
     }
 
 
+# Slow: three runs (about 30 s); the SIGTERM-and-resume path is in the fast suite.
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
     whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
     # The uninterrupted run and the doomed one run side by side (each on one thread).

@@ -291,6 +291,8 @@ def multirun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
+# Slow: three jobs in parallel processes (about 27 s); the sequential multirun is in the fast suite.
+@pytest.mark.slow
 def test_a_joblib_sweep_with_a_diverging_job_finishes_the_others_and_says_so(tmp_path):
     """Three jobs from a union of grids, two at a time with the cores split between them; the
     middle job's learning rate makes its loss NaN. (The basic launcher's path: test_cli.py.)"""
