@@ -67,6 +67,19 @@ class QuantTrainingTask(pl.LightningModule):
                 f"(quant.wbits/abits/gbits) and start again"
             )
 
+    def log_loss(self, split: str, loss: torch.Tensor, batch_size: int | None = None) -> None:
+        """The epoch mean of the loss (MeanMetric ``<split>_loss``), logged as ``<split>/loss``."""
+        mean = getattr(self, f"{split}_loss")
+        mean(loss.detach(), batch_size if batch_size is not None else 1)
+        self.log(
+            f"{split}/loss",
+            mean,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=split != "test",
+            batch_size=batch_size,
+        )
+
     def log_learned(self) -> None:
         """The dashboard shows each layer's learned quantizer parameters as they train: PACT's
         ``alpha/<layer>``, LSQ's ``step/<layer>`` (``step/<layer>.weight`` for a weight's),

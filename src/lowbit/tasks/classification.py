@@ -50,14 +50,7 @@ class ClassificationTask(QuantTrainingTask):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        getattr(self, f"{split}_loss")(loss.detach())
-        self.log(
-            f"{split}/loss",
-            getattr(self, f"{split}_loss"),
-            on_step=False,
-            on_epoch=True,
-            prog_bar=split != "test",
-        )
+        self.log_loss(split, loss)
         for k in self.top_k if split != "train" else (1,):
             metric = getattr(self, f"{split}_{self.metric_names[k]}")
             metric(logits.detach(), labels)

@@ -95,15 +95,7 @@ class DetectionTask(QuantTrainingTask):
     def _loss(self, outputs, targets, split: str) -> torch.Tensor:
         terms = self.loss(outputs, targets)
         batch = len(targets)
-        getattr(self, f"{split}_loss")(terms.total.detach(), batch)
-        self.log(
-            f"{split}/loss",
-            getattr(self, f"{split}_loss"),
-            on_step=False,
-            on_epoch=True,
-            prog_bar=split != "test",
-            batch_size=batch,
-        )
+        self.log_loss(split, terms.total, batch)
         for term, value in zip(LOSS_TERMS, (terms.box, terms.objectness, terms.classes)):
             metric = getattr(self, f"{split}_{term}_loss")
             metric(value, batch)
