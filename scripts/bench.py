@@ -344,12 +344,16 @@ def bench_train_step(
                 ]
                 for name, r in entries.items()
             ]
-            compile_lines += [
+            model_compile_lines = [
                 f"compile time {model_name} {name}: {r['compile_s']:.1f} s "
                 f"(warm-up steps beyond median steps)"
                 for name, r in entries.items()
                 if "compile_s" in r
             ]
+            # also now, on stderr: a run stopped before the end keeps what it compiled
+            for line in model_compile_lines:
+                print(line, file=sys.stderr, flush=True)
+            compile_lines += model_compile_lines
     text = table(
         f"Training step, {threads} threads, median of {repeats} round-robin steps per "
         f"model and mode; ratios to the FP32 step of the same model and mode",
