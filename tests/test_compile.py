@@ -45,7 +45,8 @@ def test_a_run_with_a_bad_compile_value_stops_before_any_work(make_cfg):
         run(make_cfg("compile=maybe", "logger=none"))
 
 
-def tiny_model(gbits: int = 32) -> torch.nn.Module:
+def tiny_model(gbits: int = 32, quantizer: str = "dorefa", **options) -> torch.nn.Module:
+    """Conv, BN, ReLU, conv, ReLU, linear on 3x8x8 images, quantized W4A4."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1),
@@ -57,7 +58,13 @@ def tiny_model(gbits: int = 32) -> torch.nn.Module:
         torch.nn.Linear(8 * 6 * 6, 5),
     )
     return quantize_model(
-        model, quantizer="dorefa", wbits=4, abits=4, gbits=gbits, input_shape=(3, 8, 8)
+        model,
+        quantizer=quantizer,
+        wbits=4,
+        abits=4,
+        gbits=gbits,
+        input_shape=(3, 8, 8),
+        **options,
     )
 
 
@@ -113,19 +120,8 @@ def test_compiled_noise_hash_gives_eager_bits():
 def test_quantized_models_trace_as_one_graph(quantizer, options):
     # A graph break (a tensor's truth value, say) splits the compiled step at every layer and
     # re-traces each piece per call site; the quantizers' state flags are Python bools for it.
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8 * 6 * 6, 5),
-    )
-    model = quantize_model(
-        model, quantizer=quantizer, wbits=4, abits=4, input_shape=(3, 8, 8), **options
-    )
+    options = dict(options)
+    model = tiny_model(options.pop("gbits", 32), quantizer, **options)
     use_noise_stream(model, seed=0)
     x = torch.randn(2, 3, 8, 8)
     for _ in range(2):  # before and after the first batch's calibration or initialisation

@@ -32,7 +32,7 @@ from torch import nn
 
 from lowbit.export.onnx_graph import INPUT, UnsupportedModel, build_int8_graph, output_names
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
-from lowbit.quant.modules import QuantConv2d, QuantLinear
+from lowbit.quant.modules import QuantConv2d, QuantLinear, conv_like
 
 DEFAULT_THREADS = 2
 INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger")
@@ -59,21 +59,6 @@ def export_int8_onnx(
     return save(proto, path)
 
 
-def plain_conv(conv: nn.Conv2d, bias: bool) -> nn.Conv2d:
-    """An nn.Conv2d of ``conv``'s geometry (weights left to the caller)."""
-    return nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=bias,
-        padding_mode=conv.padding_mode,
-    )
-
-
 def float_model(model: nn.Module) -> nn.Module:
     """A float copy of ``model`` in eval mode: BN folded, quantizers removed.
 
@@ -84,10 +69,10 @@ def float_model(model: nn.Module) -> nn.Module:
     folded = fold_bn(model)
     for name, module in list(folded.named_modules()):
         if isinstance(module, FoldedQuantConv2d):
-            plain = plain_conv(module, bias=True)
+            plain = conv_like(nn.Conv2d, module, bias=True)
             plain.weight, plain.bias = module.weight, module.bias
         elif isinstance(module, QuantConv2d):
-            plain = plain_conv(module, bias=module.bias is not None)
+            plain = conv_like(nn.Conv2d, module, bias=module.bias is not None)
             plain.weight = nn.Parameter(module.quantized_weight().detach())
             plain.bias = module.bias
         elif isinstance(module, QuantLinear):

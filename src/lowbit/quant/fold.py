@@ -21,7 +21,7 @@ import copy
 import torch
 from torch import nn
 
-from lowbit.quant.modules import QuantizedLayer, Quantizer
+from lowbit.quant.modules import QuantizedLayer, Quantizer, conv_like
 
 
 class FoldedQuantConv2d(nn.Conv2d):
@@ -54,18 +54,7 @@ def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     new_bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
     folded_class = FoldedQuantConv2d if isinstance(conv, QuantizedLayer) else nn.Conv2d
-    folded = folded_class(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-    )
+    folded = conv_like(folded_class, conv, bias=True, device=conv.weight.device)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     folded.weight.copy_((weight.double() * scale.reshape(shape)).to(weight.dtype))
     folded.bias.copy_(new_bias.to(weight.dtype))

@@ -669,6 +669,23 @@ class QuantLinear(QuantizedLayer, nn.Linear):
         return f"{nn.Linear.extra_repr(self)}, {self.bits_repr()}"
 
 
+def conv_like(conv_class: type[nn.Conv2d], conv: nn.Conv2d, bias: bool, device=None) -> nn.Conv2d:
+    """A ``conv_class`` with ``conv``'s geometry (channels, kernel, stride, padding, dilation,
+    groups, padding mode); its parameters are the caller's to set."""
+    return conv_class(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=bias,
+        padding_mode=conv.padding_mode,
+        device=device,
+    )
+
+
 def quantized_copy(
     layer: nn.Module, weight: Quantizer, input: Quantizer, gradient: Quantizer
 ) -> QuantConv2d | QuantLinear:
@@ -678,18 +695,8 @@ def quantized_copy(
     tensors valid.
     """
     if isinstance(layer, nn.Conv2d):
-        new = QuantConv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-            device="meta",  # no throwaway initialisation: the parameters come from ``layer``
-        )
+        # device "meta": no throwaway initialisation, the parameters come from ``layer``
+        new = conv_like(QuantConv2d, layer, bias=layer.bias is not None, device="meta")
     elif isinstance(layer, nn.Linear):
         new = QuantLinear(
             layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta"
