@@ -97,7 +97,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="rows shown in the table, largest first (default 25; 0: all)",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
-    return parser.parse_args(argv)
+    # intermixed: overrides may sit on both sides of an option, as they may for train.py
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

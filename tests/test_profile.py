@@ -118,17 +118,17 @@ def script():
 def test_script_profiles_a_composed_config_and_ends_with_json(capsys):
     assert (
         script().main(
-            [
+            [  # overrides on both sides of the options, as train.py allows
+                "quantizer=dorefa",
                 "--warmup",
                 "0",
                 "--repeats",
                 "1",
+                "quant.gbits=8",
                 "--threads",
                 "1",
                 "--top",
                 "5",
-                "quantizer=dorefa",
-                "quant.gbits=8",
                 "dataset.batch_size=4",
             ]
         )
