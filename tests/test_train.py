@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,15 @@ def test_quantized_model_is_smaller_and_reported(make_cfg):
     assert w4["model/macs"] == fp32["model/macs"] == nin_macs()
     assert fp32["model/bops"] == nin_macs() * 32 * 32
     assert w4["model/bops"] < fp32["model/bops"] / 30  # the 8-bit stem on the image dominates
+
+
+def test_a_run_hides_lightnings_leafspec_notice(make_cfg):
+    # Lightning warns on every optimizer step about torch's LeafSpec, its own business; a run
+    # filters that one message (and only it) so that a user's console stays readable.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(make_cfg("logger=none", "callbacks=none", "+trainer.fast_dev_run=true"))
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
 
 
 def test_a_run_exports_integer_onnx_and_records_its_latency_and_agreement(make_cfg):
