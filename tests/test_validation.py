@@ -183,6 +183,7 @@ BAD_VALUES = {
     "trainer.max_epochs": 0,
     "trainer.precision": "8-true",
     "trainer.log_every_n_steps": 0,
+    "trainer.gradient_clip_val": 0,
     "trainer.deterministic": "always",
     "trainer.enable_progress_bar": "on",
     "trainer.enable_model_summary": 0,

@@ -394,6 +394,7 @@ SCHEMA: dict[str, Check] = {
     "trainer.max_epochs": COUNT,
     "trainer.precision": lazy_choice(lightning_precisions, "a Lightning precision"),
     "trainer.log_every_n_steps": COUNT,
+    "trainer.gradient_clip_val": optional(number(above=0)),
     "trainer.deterministic": either(BOOLEAN, one_of("warn")),
     "trainer.enable_progress_bar": BOOLEAN,
     "trainer.enable_model_summary": BOOLEAN,
