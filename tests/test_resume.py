@@ -200,3 +200,19 @@ def test_ctrl_c_stops_after_the_current_batch_and_a_second_one_at_once():
         callback.on_train_batch_end(trainer)  # ... and stops at the batch's end
     with pytest.raises(KeyboardInterrupt):
         callback._defer_interrupt(signal.SIGINT, None)  # the second one stops at once
+
+
+def test_last_ckpt_holds_the_last_epoch_even_when_the_metric_stopped_improving(make_cfg):
+    # Lightning's save_last writes last.ckpt only in an epoch that also saved a best checkpoint;
+    # a run killed (SIGKILL, preemption) after its metric stopped improving then resumed from
+    # an old epoch. A learning rate of ~0 keeps val/acc flat: only epoch 0 is ever "best".
+    from lowbit.train import run
+
+    cfg = make_cfg("logger=none", "trainer.max_epochs=3", "optimizer.lr=1e-12")
+    run(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    best = [p.name for p in folder.glob("epoch*.ckpt")]
+    assert best == ["epoch000.ckpt"]  # the metric never improved after the first epoch
+    last = torch.load(folder / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["epoch"] == 2 and last["global_step"] == 3 * 2  # 3 epochs of 2 batches
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch000.ckpt", "last.ckpt"]

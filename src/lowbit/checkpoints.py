@@ -1,7 +1,8 @@
 """Checkpoints: written on interrupt, read safely, checked against the model before training.
 
-- Lightning's ModelCheckpoint (conf/callbacks/default.yaml) writes ``checkpoints/last.ckpt`` at
-  the end of every epoch and keeps the best one by ``val/acc``. ``SaveOnInterrupt`` writes
+- Two Lightning ModelCheckpoints (conf/callbacks/default.yaml) keep the best checkpoint by the
+  task's monitor and write ``checkpoints/last.ckpt`` at the end of every epoch (a second one,
+  not ``save_last``, which skips epochs that saved no best checkpoint). ``SaveOnInterrupt`` writes
   ``last.ckpt`` also when a run is stopped: on SIGTERM Lightning finishes the current batch and
   raises SIGTERMException (it does nothing else off SLURM); Ctrl-C (SIGINT) is deferred here to
   the end of the current batch too, so the saved weights never sit half-way through an

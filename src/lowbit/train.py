@@ -241,6 +241,15 @@ def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[st
     return None if run is None else finish_run(run, summary, status)
 
 
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint's file by the task's monitor (the ModelCheckpoint that has one; the
+    monitor-less one writes last.ckpt), or None to test the weights training ended with."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor and callback.best_model_path:
+            return callback.best_model_path
+    return None
+
+
 # Lightning's pytree helper builds torch's deprecated LeafSpec on every optimizer step and says
 # so in a FutureWarning about its own code: nothing a lowbit user can act on, so runs hide it.
 LIGHTNING_LEAFSPEC_NOTICE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
@@ -318,9 +327,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             }
         )
         if cfg.get("test", True):
-            ckpt = "best" if getattr(trainer.checkpoint_callback, "best_model_path", "") else None
             tested = trainer.test(
-                task, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True
+                task,
+                datamodule=datamodule,
+                ckpt_path=best_checkpoint(trainer),
+                verbose=False,
+                weights_only=True,
             )
             metrics.update({k: float(v) for k, v in tested[0].items()})
         if replica_sync.report is not None:
