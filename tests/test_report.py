@@ -548,3 +548,16 @@ def test_runs_trained_differently_are_two_configurations_however_alike_their_qua
     assert [(c.kind, c.better.distinct, c.worse.quantizer) for c in drawn] == [
         ("quantizers", "trainer.max_epochs=8", "dorefa")
     ]
+
+
+def test_a_setting_that_tells_namesakes_apart_reads_as_a_command_line_override(tmp_path):
+    for job, clip in enumerate(["null", "1.0"]):
+        folder = write_job(tmp_path, job, "lsq", 4, 4, acc=0.9, size=1000, seed=0)
+        (folder / ".hydra" / "config.yaml").write_text(
+            f"trainer:\n  gradient_clip_val: {clip}\nseed: 0\n"
+        )
+    configurations = group_configurations(load_runs([tmp_path]))
+    assert sorted(c.name for c in configurations) == [
+        "lsq W4A4 (trainer.gradient_clip_val=1.0)",
+        "lsq W4A4 (trainer.gradient_clip_val=null)",
+    ]

@@ -21,6 +21,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from lowbit.report.runs import BIT_KINDS, RunRecord
 from lowbit.report.stats import Summary, summarize
@@ -171,8 +172,17 @@ def distinguishing_settings(configurations: Sequence[Configuration]) -> None:
         ]
         for configuration in group:
             configuration.distinct = ", ".join(
-                f"{k}={configuration.first.settings.get(k)}" for k in differing
+                f"{k}={as_override(configuration.first.settings.get(k))}" for k in differing
             )
+
+
+def as_override(value: Any) -> str:
+    """A setting as a user types it on the command line: null, true/false, the value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def configuration_order(configuration: Configuration) -> tuple:
