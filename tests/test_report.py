@@ -451,6 +451,21 @@ def test_one_seed_each_cannot_tell_and_long_lists_are_truncated(tmp_path):
     assert len(lines) == 4 and lines[-1].startswith("... and 1 more (truncated")
 
 
+def test_a_verdict_counts_the_failed_seeds_it_leaves_out_of_the_means(tmp_path):
+    sweep = seeded_sweep(tmp_path)
+    write_job(sweep, 12, "pact", 2, 2, status="diverged", seed=3)
+    configurations = group_configurations(load_runs([sweep]))
+    lines = [verdict_line(c) for c in draw_comparisons(configurations, "val/acc_best")]
+    with_failure = [line for line in lines if "pact W2A2" in line]
+    assert len(with_failure) == 2 and len(lines) == 4
+    assert "pact W2A2 vs dorefa W2A2: +5.0 points" in with_failure[0]
+    assert all(
+        "n = 3 + 1 failed vs 3" in line or "n = 3 vs 3 + 1 failed" in line for line in with_failure
+    )
+    assert all(line.endswith("; the failed runs are not in the means") for line in with_failure)
+    assert not any("failed" in line for line in lines if "pact W2A2" not in line)
+
+
 def test_report_script_aggregates_over_several_sweep_folders_or_their_parent(tmp_path, capsys):
     first, second = seeded_sweep(tmp_path / "s0", seeds=(0,)), tmp_path / "s1"
     seeded_sweep(second, seeds=(1, 2))

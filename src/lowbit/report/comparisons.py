@@ -102,13 +102,24 @@ def verdict_line(comparison: Comparison) -> str:
         f"{comparison.better.name} vs {comparison.worse.name}: "
         f"{signed(d.delta * scale, digits)}{unit}"
     )
-    counts = f"n = {comparison.better.n} vs {comparison.worse.n}"
+    counts = f"n = {seed_count(comparison.better)} vs {seed_count(comparison.worse)}"
     if d.verdict == CANNOT_TELL:
-        return f"{text} ({counts}): cannot tell, {d.reason}"
-    return (
-        f"{text}, 95% CI [{signed(d.ci_low * scale, digits)}, "
-        f"{signed(d.ci_high * scale, digits)}] ({counts}, {p_text(d.p_value)}): {d.verdict}"
-    )
+        line = f"{text} ({counts}): cannot tell, {d.reason}"
+    else:
+        line = (
+            f"{text}, 95% CI [{signed(d.ci_low * scale, digits)}, "
+            f"{signed(d.ci_high * scale, digits)}] ({counts}, {p_text(d.p_value)}): {d.verdict}"
+        )
+    if comparison.better.failed or comparison.worse.failed:
+        line += "; the failed runs are not in the means"
+    return line
+
+
+def seed_count(configuration: Configuration) -> str:
+    """ "3", or "2 + 1 failed": a seed that diverged or crashed has no metric to average, and a
+    mean over the survivors alone would flatter a method that fails on some seeds."""
+    failed = len(configuration.failed)
+    return f"{configuration.n} + {failed} failed" if failed else str(configuration.n)
 
 
 def p_text(p_value: float) -> str:
