@@ -1,0 +1,59 @@
+/* DoReFa Eq. 12 on a float32 gradient in one pass over memory (lowbit.quant.native).
+ *
+ * The same arithmetic, operation for operation, as the eager tensor path of
+ * lowbit.quant.functional.quantize_gradient_tensor, so the two give identical bits:
+ *   h = hash(index)                      uniform_noise_bits: Weyl index, xorshift-multiply
+ *   f = (float)(int32)h + g * scale      2^32 s + 2^32 n g / 2m      (addcmul: self + t1 * t2)
+ *   q = round(clamp(f * 2^-32 + n / 2, 0, n))                         (round half to even)
+ *   out = -m + q * step                  step = 2m / n                (addcmul again)
+ * The tensor path makes about 13 passes over the gradient; this makes one read and one write.
+ * Built with -ffp-contract=off: a fused multiply-add would round once where torch rounds twice.
+ * Rows are samples (m, scale and step are per row); the elements are split over OpenMP threads,
+ * torch's own runtime (libgomp.so.1 is already loaded by torch when this library is). The hash's
+ * constants come from Python (lowbit.quant.functional), where the tensor path reads them too.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define BLOCK 16384
+
+/* torch.addcmul rounds once (a fused multiply-add) in its vectorised loop on CPUs with FMA, and
+ * twice without; -march=native defines __FMA__ exactly where the CPU has it. */
+#ifdef __FMA__
+#define MULTIPLY_ADD(a, b, c) fmaf((a), (b), (c))
+#else
+#define MULTIPLY_ADD(a, b, c) ((c) + (a) * (b))
+#endif
+
+void lowbit_eq12(const float *gradient, float *out, int64_t rows, int64_t cols,
+                 const float *scale, const float *step, const float *neg_max, uint32_t golden,
+                 uint32_t offset, uint32_t multiplier, uint32_t mix, float levels, int threads) {
+    const int64_t total = rows * cols;
+    const int64_t blocks = (total + BLOCK - 1) / BLOCK;
+    const float half_levels = levels / 2.0f;
+    const float two_to_minus_32 = 0x1p-32f;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t end = (block + 1) * BLOCK < total ? (block + 1) * BLOCK : total;
+        int64_t i = block * BLOCK;
+        int64_t row = i / cols;
+        while (i < end) {
+            const int64_t row_end = (row + 1) * cols < end ? (row + 1) * cols : end;
+            const float row_scale = scale[row], row_step = step[row], row_neg_max = neg_max[row];
+            for (int64_t j = i; j < row_end; ++j) {
+                uint32_t h = (uint32_t)j * golden + offset;
+                h ^= h >> 16;
+                h *= multiplier;
+                h ^= h >> 16;
+                h *= mix;
+                float f = MULTIPLY_ADD(gradient[j], row_scale, (float)(int32_t)h);
+                f = f * two_to_minus_32 + half_levels;
+                f = f < 0.0f ? 0.0f : f; /* comparisons keep a NaN, as torch.clamp does */
+                f = f > levels ? levels : f;
+                out[j] = MULTIPLY_ADD(nearbyintf(f), row_step, row_neg_max);
+            }
+            i = row_end;
+            ++row;
+        }
+    }
+}

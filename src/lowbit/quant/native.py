@@ -1,0 +1,188 @@
+"""Native CPU kernels: DoReFa Eq. 12 in one pass over memory, built from C on first use.
+
+The gradient quantizer is element-wise, but as torch operations it makes about 13 passes over
+the gradient (the noise hash alone is six), and at G = 8 it was a quarter of a NIN training
+step. ``eq12_kernel.c`` does the same arithmetic in one read and one write, split over torch's
+OpenMP threads. It gives the same bits as the tensor path (tests/test_native.py), so runs do not
+change when it is used; where it cannot be used, the tensor path runs as before:
+
+- it is built with the system's C compiler (``$CC``, else ``cc``/``gcc``) into
+  ``$XDG_CACHE_HOME/lowbit`` (``~/.cache/lowbit``) the first time a process needs it, about a
+  second, once per source, compiler flags and CPU (``-march=native``: a library built on one
+  CPU is never loaded on another, e.g. through a shared home on a cluster);
+- no compiler, or a build that fails: one warning, then the tensor path for the whole process;
+- ``LOWBIT_NATIVE_KERNELS=0`` switches it off (benchmarks compare the two this way);
+- CUDA tensors and 16-bit floats keep the tensor path. torch.compile calls the kernel as one
+  custom operator (``lowbit::eq12_gradient``) in its graph, so compiled and eager runs draw
+  the same bits on the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SWITCH = "LOWBIT_NATIVE_KERNELS"
+SOURCE = Path(__file__).with_name("eq12_kernel.c")
+# -ffp-contract=off: no fused multiply-adds, which round once where torch's operations round
+# twice; -fno-math-errno lets nearbyintf vectorise; -fopenmp binds to the libgomp torch loaded.
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")
+FLAGS += ("-shared", "-fPIC")
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cpu_identity() -> str:
+    """The CPU's model and feature flags (Linux), else the architecture: what -march=native
+    depends on."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return platform.machine() + "".join(sorted(set(wanted)))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "lowbit"
+
+
+def library_path(cc: str) -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    for part in (cc, " ".join(FLAGS), cpu_identity()):
+        digest.update(part.encode())
+    return cache_dir() / f"eq12_{digest.hexdigest()[:16]}.so"
+
+
+def build(cc: str, target: Path) -> None:
+    """Compiles into a temporary file and renames it: processes building at once (DDP ranks,
+    sweep jobs side by side) never load a half-written library."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [cc, *FLAGS, str(SOURCE), "-o", temporary],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@cache
+def eq12_library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None (switched off, no compiler, or the build failed)."""
+    if not enabled():
+        return None
+    cc = compiler()
+    if cc is None:
+        log.warning("no C compiler found: DoReFa Eq. 12 runs as torch operations (slower)")
+        return None
+    target = library_path(cc)
+    try:
+        if not target.exists():
+            build(cc, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or error
+        log.warning("the native Eq. 12 kernel did not build (%s); using torch operations", detail)
+        return None
+    function = library.lowbit_eq12
+    function.restype = None
+    function.argtypes = [
+        ctypes.c_void_p,  # gradient
+        ctypes.c_void_p,  # out
+        ctypes.c_int64,  # rows
+        ctypes.c_int64,  # cols
+        ctypes.c_void_p,  # scale (per row)
+        ctypes.c_void_p,  # step (per row)
+        ctypes.c_void_p,  # -m (per row)
+        ctypes.c_uint32,  # golden
+        ctypes.c_uint32,  # offset
+        ctypes.c_uint32,  # multiplier
+        ctypes.c_uint32,  # mix
+        ctypes.c_float,  # levels
+        ctypes.c_int,  # threads
+    ]
+    return library
+
+
+@torch.compiler.assume_constant_result
+def built() -> bool:
+    """Whether the kernel is there; torch.compile asks once at trace time and keeps the answer
+    (tracing into the build would break the graph)."""
+    return eq12_library() is not None
+
+
+def usable(gradient: torch.Tensor) -> bool:
+    """A float32 CPU gradient, and the kernel built."""
+    return gradient.device.type == "cpu" and gradient.dtype == torch.float32 and built()
+
+
+@torch.library.custom_op("lowbit::eq12_gradient", mutates_args=())
+def quantize_gradient_rows(
+    rows: torch.Tensor,
+    key: torch.Tensor,
+    scale: torch.Tensor,
+    step: torch.Tensor,
+    neg_max: torch.Tensor,
+    golden: int,
+    mix: int,
+    levels: int,
+) -> torch.Tensor:
+    """Eq. 12 of a 2-d float32 gradient (one row per sample) with per-row ``scale`` = 2^32 n /
+    2m, ``step`` = 2m / n and ``neg_max`` = -m; ``key`` is the draw's 0-d int64 key (offset in
+    its low 32 bits, multiplier above), ``golden`` and ``mix`` the hash's constants.
+
+    A torch custom operator, so that torch.compile keeps it as one call in its graph (it
+    cannot trace into C) instead of breaking the graph around it."""
+    rows = rows.contiguous()
+    columns = [t.reshape(-1).contiguous() for t in (scale, step, neg_max)]
+    out = torch.empty_like(rows)
+    key_value = int(key)
+    eq12_library().lowbit_eq12(
+        rows.data_ptr(),
+        out.data_ptr(),
+        rows.shape[0],
+        rows.shape[1],
+        *(c.data_ptr() for c in columns),
+        golden,
+        key_value & 0xFFFFFFFF,
+        key_value >> 32,
+        mix,
+        float(levels),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+@quantize_gradient_rows.register_fake
+def _(rows, key, scale, step, neg_max, golden, mix, levels):
+    return torch.empty_like(rows, memory_format=torch.contiguous_format)

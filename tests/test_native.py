@@ -1,0 +1,141 @@
+"""The native Eq. 12 kernel: the same bits as the tensor path, used wherever it can be, and a
+clean fall back to the tensor path where it cannot be built."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from lowbit.quant import functional, native
+
+needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C compiler")
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """An empty build cache and no library loaded; restored afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    native.eq12_library.cache_clear()
+    yield
+    native.eq12_library.cache_clear()
+
+
+def tensor_path(monkeypatch, g, bits, key):
+    monkeypatch.setenv(native.SWITCH, "0")
+    native.eq12_library.cache_clear()
+    try:
+        return functional.quantize_gradient_tensor(g, bits, key)
+    finally:
+        monkeypatch.delenv(native.SWITCH)
+        native.eq12_library.cache_clear()
+
+
+def count_native_calls(monkeypatch) -> list[int]:
+    calls = []
+    original = native.quantize_gradient_rows
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(native, "quantize_gradient_rows", counted)
+    return calls
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(64, 32, 8, 8), (3, 5), (7,), (2, 70_001)])
+@pytest.mark.parametrize("bits", [2, 8, 16])
+def test_native_kernel_gives_the_tensor_paths_bits(monkeypatch, fresh_kernel, shape, bits):
+    generator = torch.Generator().manual_seed(bits)
+    g = torch.randn(shape, generator=generator)
+    if g.dim() > 1:
+        g = g * torch.rand(shape[0], *[1] * (g.dim() - 1), generator=generator)  # rows' own m
+        g[1] = 0  # a zero row stays zero
+    key = functional.draw_key(2026, torch.tensor(bits))
+    calls = count_native_calls(monkeypatch)
+    fused = functional.quantize_gradient_tensor(g, bits, key)
+    assert calls == [1]
+    reference = tensor_path(monkeypatch, g, bits, key)
+    assert len(calls) == 1  # the reference did not use the kernel
+    assert torch.equal(fused, reference)
+    assert fused.shape == g.shape and fused.dtype == g.dtype
+    if g.dim() > 1:
+        assert not fused[1].any()
+
+
+@needs_compiler
+def test_native_kernel_splits_over_threads_without_changing_a_bit(fresh_kernel):
+    g = torch.randn(32, 50_000)
+    key = functional.draw_key(7, torch.tensor(1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = functional.quantize_gradient_tensor(g, 4, key)
+        torch.set_num_threads(2)
+        two = functional.quantize_gradient_tensor(g, 4, key)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@needs_compiler
+def test_training_backward_goes_through_the_native_kernel(monkeypatch, fresh_kernel):
+    """What a run does: the quantized layer's backward calls the kernel (a regression to the
+    slow path would otherwise pass every other test)."""
+    calls = count_native_calls(monkeypatch)
+    x = torch.randn(4, 8, requires_grad=True)
+    key = functional.draw_key(1, torch.tensor(0))
+    functional.dorefa_gradient(x, 8, key).sum().backward()
+    assert calls == [1] and x.grad is not None
+
+
+def test_switched_off_or_unbuildable_it_falls_back_to_the_tensor_path(
+    monkeypatch, fresh_kernel, tmp_path, caplog
+):
+    failing = tmp_path / "broken-cc"
+    failing.write_text("#!/bin/sh\necho 'broken-cc: cannot compile' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CC", str(failing))
+    g = torch.randn(6, 10)
+    key = functional.draw_key(3, torch.tensor(2))
+    calls = count_native_calls(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger=native.__name__):
+        result = functional.quantize_gradient_tensor(g, 4, key)
+    assert native.eq12_library() is None and calls == []
+    assert "did not build" in caplog.text and "broken-cc: cannot compile" in caplog.text
+    assert not list((tmp_path / "lowbit").glob("*.so"))  # no half-written library left
+    native.eq12_library.cache_clear()
+    monkeypatch.setenv(native.SWITCH, "0")
+    assert native.eq12_library() is None
+    assert torch.equal(result, functional.quantize_gradient_tensor(g, 4, key))
+
+
+def test_the_build_cache_is_per_cpu_and_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    here = native.library_path("/usr/bin/cc")
+    assert here.parent == tmp_path / "lowbit"
+    monkeypatch.setattr(native, "cpu_identity", lambda: "another CPU")
+    assert native.library_path("/usr/bin/cc") != here
+    assert native.library_path("/usr/bin/clang") != native.library_path("/usr/bin/cc")
+
+
+def test_cuda_half_and_float64_gradients_keep_the_tensor_path():
+    assert not native.usable(torch.zeros(2, dtype=torch.float64))
+    assert not native.usable(torch.zeros(2, dtype=torch.bfloat16))
+    if torch.cuda.is_available():
+        assert not native.usable(torch.zeros(2, device="cuda"))
+
+
+@needs_compiler
+def test_compiled_code_calls_the_kernel_as_one_operator_and_matches_eager_bits(fresh_kernel):
+    """fullgraph=True: the kernel is an operator in the graph, not a break. Through inductor's
+    own kernel the same function gives other bits (most elements differ in the last place), so
+    equality shows the custom operator ran."""
+    g = torch.randn(16, 3000)
+    key = functional.draw_key(5, torch.tensor(1))
+    compiled = torch.compile(
+        lambda g, key: functional.quantize_gradient_tensor(g, 8, key), fullgraph=True
+    )
+    assert torch.equal(compiled(g, key), functional.quantize_gradient_tensor(g, 8, key))
