@@ -302,13 +302,21 @@ def step_models(quick: bool) -> dict[str, tuple]:
 
 
 def bench_train_step(
-    threads: int, warmup: int, repeats: int, modes: list[str], quick: bool = False
+    threads: int,
+    warmup: int,
+    repeats: int,
+    modes: list[str],
+    quick: bool = False,
+    models: list[str] | None = None,
 ) -> tuple[dict, str]:
     """Per model and mode (eager, compiled), each configuration's step over the FP32 step of the
-    same mode, all of a model's configurations of one mode interleaved in one process."""
+    same mode, all of a model's configurations of one mode interleaved in one process.
+    ``models``: a subset of ``step_models``' names (default: all)."""
     results: dict[str, dict] = {}
     rows, compile_lines = [], []
     for model_name, (factory, shape, batch_size) in step_models(quick).items():
+        if models is not None and model_name not in models:
+            continue
         for mode in modes:
             measured = training_step_ratios(
                 STEP_CONFIGS,
@@ -413,8 +421,22 @@ def main(argv: list[str] | None = None) -> int:
         help="train_step modes, from eager, compiled (default: both; --quick: "
         "eager, since a compile takes minutes)",
     )
+    parser.add_argument(
+        "--models",
+        default=None,
+        help=f"train_step models, from {', '.join(step_models(False))} (default: all)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
+    step_model_names = [m.strip() for m in (args.models or "").split(",") if m.strip()] or None
+    unknown_models = sorted(set(step_model_names or []) - set(step_models(False)))
+    if unknown_models:
+        print(
+            f"bench: unknown model(s) {', '.join(unknown_models)}: choose from "
+            f"{', '.join(step_models(False))}",
+            file=sys.stderr,
+        )
+        return 2
     modes = [
         m.strip()
         for m in (args.modes or ("eager" if args.quick else ",".join(STEP_MODES))).split(",")
@@ -478,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                 repeats=repeats,
                 modes=modes,
                 quick=args.quick,
+                models=step_model_names,
             )
             print(text, flush=True)
 

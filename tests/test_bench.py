@@ -76,3 +76,18 @@ def test_unknown_section_is_one_line_and_exit_2(capsys):
     assert bench_module().main(["--sections", "size,speed"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown section(s) speed" in err[0]
+
+
+def test_models_option_times_only_the_named_model(capsys):
+    bench = bench_module()
+    args = ["--quick", "--sections", "train_step", "--repeats", "1", "--models", "nin"]
+    assert bench.main(args) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(results["train_step"]) == {"nin"}
+    assert "step_pact_w4a4_over_fp32" in results["targets"]
+
+
+def test_unknown_model_is_one_line_and_exit_2(capsys):
+    assert bench_module().main(["--sections", "train_step", "--models", "nin,resnet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model(s) resnet" in err[0]
