@@ -1,5 +1,5 @@
-"""The native Eq. 12 kernel: the same bits as the tensor path, used wherever it can be, and a
-clean fall back to the tensor path where it cannot be built."""
+"""The native kernels (Eq. 12, PACT's forward): the same bits as the tensor paths, used wherever
+they can be, and a clean fall back to the tensor paths where they cannot be built."""
 
 from __future__ import annotations
 
@@ -17,30 +17,30 @@ needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C comp
 def fresh_kernel(monkeypatch, tmp_path):
     """An empty build cache and no library loaded; restored afterwards."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    native.eq12_library.cache_clear()
+    native.kernels.cache_clear()
     yield
-    native.eq12_library.cache_clear()
+    native.kernels.cache_clear()
 
 
-def tensor_path(monkeypatch, g, bits, key):
+def tensor_path(monkeypatch, function, *args):
     monkeypatch.setenv(native.SWITCH, "0")
-    native.eq12_library.cache_clear()
+    native.kernels.cache_clear()
     try:
-        return functional.quantize_gradient_tensor(g, bits, key)
+        return function(*args)
     finally:
         monkeypatch.delenv(native.SWITCH)
-        native.eq12_library.cache_clear()
+        native.kernels.cache_clear()
 
 
-def count_native_calls(monkeypatch) -> list[int]:
+def count_native_calls(monkeypatch, name: str = "quantize_gradient_rows") -> list[int]:
     calls = []
-    original = native.quantize_gradient_rows
+    original = getattr(native, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(native, "quantize_gradient_rows", counted)
+    monkeypatch.setattr(native, name, counted)
     return calls
 
 
@@ -57,7 +57,7 @@ def test_native_kernel_gives_the_tensor_paths_bits(monkeypatch, fresh_kernel, sh
     calls = count_native_calls(monkeypatch)
     fused = functional.quantize_gradient_tensor(g, bits, key)
     assert calls == [1]
-    reference = tensor_path(monkeypatch, g, bits, key)
+    reference = tensor_path(monkeypatch, functional.quantize_gradient_tensor, g, bits, key)
     assert len(calls) == 1  # the reference did not use the kernel
     assert torch.equal(fused, reference)
     assert fused.shape == g.shape and fused.dtype == g.dtype
@@ -103,12 +103,12 @@ def test_switched_off_or_unbuildable_it_falls_back_to_the_tensor_path(
     calls = count_native_calls(monkeypatch)
     with caplog.at_level(logging.WARNING, logger=native.__name__):
         result = functional.quantize_gradient_tensor(g, 4, key)
-    assert native.eq12_library() is None and calls == []
+    assert native.kernels() is None and calls == []
     assert "did not build" in caplog.text and "broken-cc: cannot compile" in caplog.text
     assert not list((tmp_path / "lowbit").glob("*.so"))  # no half-written library left
-    native.eq12_library.cache_clear()
+    native.kernels.cache_clear()
     monkeypatch.setenv(native.SWITCH, "0")
-    assert native.eq12_library() is None
+    assert native.kernels() is None
     assert torch.equal(result, functional.quantize_gradient_tensor(g, 4, key))
 
 
@@ -139,3 +139,22 @@ def test_compiled_code_calls_the_kernel_as_one_operator_and_matches_eager_bits(f
         lambda g, key: functional.quantize_gradient_tensor(g, 8, key), fullgraph=True
     )
     assert torch.equal(compiled(g, key), functional.quantize_gradient_tensor(g, 8, key))
+
+
+@needs_compiler
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("alpha", [0.37, 3.0, 10.0])
+def test_native_pact_forward_gives_the_tensor_paths_bits(monkeypatch, fresh_kernel, bits, alpha):
+    x = 3 * torch.randn(8, 16, 9, 9, generator=torch.Generator().manual_seed(bits))
+    x[0, 0, 0, :3] = torch.tensor([float("nan"), -0.0, alpha])  # NaN kept, the ends exact
+    alpha_tensor = torch.tensor(alpha, requires_grad=True)
+    calls = count_native_calls(monkeypatch, "pact_forward")
+    fused = functional.pact(x, alpha_tensor, bits)
+    assert calls == [1]
+    reference = tensor_path(monkeypatch, functional.pact, x, alpha_tensor, bits)
+    assert len(calls) == 1
+    assert torch.equal(fused.nan_to_num(), reference.nan_to_num())
+    assert fused.isnan().sum() == 1 and fused.requires_grad
+    # the backward is the tensor path's either way: Eq. 3 on the saved input
+    (grad_alpha,) = torch.autograd.grad(fused.nan_to_num().sum(), alpha_tensor)
+    assert grad_alpha == (x >= alpha).sum()  # upstream gradient 1 where x >= alpha

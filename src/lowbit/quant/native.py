@@ -1,10 +1,12 @@
-"""Native CPU kernels: DoReFa Eq. 12 in one pass over memory, built from C on first use.
+"""Native CPU kernels: DoReFa Eq. 12 and PACT's forward in one pass over memory, built from C
+on first use.
 
 The gradient quantizer is element-wise, but as torch operations it makes about 13 passes over
 the gradient (the noise hash alone is six), and at G = 8 it was a quarter of a NIN training
-step. ``eq12_kernel.c`` does the same arithmetic in one read and one write, split over torch's
-OpenMP threads. It gives the same bits as the tensor path (tests/test_native.py), so runs do not
-change when it is used; where it cannot be used, the tensor path runs as before:
+step. PACT's forward (clamp, divide, round, multiply) is four passes. ``native_kernels.c`` does
+the same arithmetic in one read and one write, split over torch's OpenMP threads. The kernels
+give the same bits as the tensor paths (tests/test_native.py), so runs do not change when they
+are used; where they cannot be, the tensor paths run as before:
 
 - it is built with the system's C compiler (``$CC``, else ``cc``/``gcc``) into
   ``$XDG_CACHE_HOME/lowbit`` (``~/.cache/lowbit``) the first time a process needs it, about a
@@ -35,7 +37,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SWITCH = "LOWBIT_NATIVE_KERNELS"
-SOURCE = Path(__file__).with_name("eq12_kernel.c")
+SOURCE = Path(__file__).with_name("native_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, which round once where torch's operations round
 # twice; -fno-math-errno lets nearbyintf vectorise; -fopenmp binds to the libgomp torch loaded.
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")
@@ -73,7 +75,7 @@ def library_path(cc: str) -> Path:
     digest = hashlib.sha256(SOURCE.read_bytes())
     for part in (cc, " ".join(FLAGS), cpu_identity()):
         digest.update(part.encode())
-    return cache_dir() / f"eq12_{digest.hexdigest()[:16]}.so"
+    return cache_dir() / f"kernels_{digest.hexdigest()[:16]}.so"
 
 
 def build(cc: str, target: Path) -> None:
@@ -97,13 +99,13 @@ def build(cc: str, target: Path) -> None:
 
 
 @cache
-def eq12_library() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (switched off, no compiler, or the build failed)."""
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (switched off, no compiler, or the build failed)."""
     if not enabled():
         return None
     cc = compiler()
     if cc is None:
-        log.warning("no C compiler found: DoReFa Eq. 12 runs as torch operations (slower)")
+        log.warning("no C compiler found: Eq. 12 and PACT run as torch operations (slower)")
         return None
     target = library_path(cc)
     try:
@@ -112,8 +114,17 @@ def eq12_library() -> ctypes.CDLL | None:
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
-        log.warning("the native Eq. 12 kernel did not build (%s); using torch operations", detail)
+        log.warning("the native kernels did not build (%s); using torch operations", detail)
         return None
+    library.lowbit_pact_forward.restype = None
+    library.lowbit_pact_forward.argtypes = [
+        ctypes.c_void_p,  # x
+        ctypes.c_void_p,  # out
+        ctypes.c_int64,  # elements
+        ctypes.c_float,  # alpha
+        ctypes.c_float,  # step = alpha / n
+        ctypes.c_int,  # threads
+    ]
     function = library.lowbit_eq12
     function.restype = None
     function.argtypes = [
@@ -136,14 +147,14 @@ def eq12_library() -> ctypes.CDLL | None:
 
 @torch.compiler.assume_constant_result
 def built() -> bool:
-    """Whether the kernel is there; torch.compile asks once at trace time and keeps the answer
+    """Whether the kernels are there; torch.compile asks once at trace time and keeps the answer
     (tracing into the build would break the graph)."""
-    return eq12_library() is not None
+    return kernels() is not None
 
 
-def usable(gradient: torch.Tensor) -> bool:
-    """A float32 CPU gradient, and the kernel built."""
-    return gradient.device.type == "cpu" and gradient.dtype == torch.float32 and built()
+def usable(tensor: torch.Tensor) -> bool:
+    """A float32 CPU tensor, and the kernels built."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and built()
 
 
 @torch.library.custom_op("lowbit::eq12_gradient", mutates_args=())
@@ -167,7 +178,7 @@ def quantize_gradient_rows(
     columns = [t.reshape(-1).contiguous() for t in (scale, step, neg_max)]
     out = torch.empty_like(rows)
     key_value = int(key)
-    eq12_library().lowbit_eq12(
+    kernels().lowbit_eq12(
         rows.data_ptr(),
         out.data_ptr(),
         rows.shape[0],
@@ -186,3 +197,14 @@ def quantize_gradient_rows(
 @quantize_gradient_rows.register_fake
 def _(rows, key, scale, step, neg_max, golden, mix, levels):
     return torch.empty_like(rows, memory_format=torch.contiguous_format)
+
+
+def pact_forward(x: torch.Tensor, alpha: float, step: float) -> torch.Tensor:
+    """PACT's quantized output of a float32 CPU tensor, eager only (the autograd Function's
+    forward calls it; compiled code fuses the tensor path itself)."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    kernels().lowbit_pact_forward(
+        x.data_ptr(), out.data_ptr(), x.numel(), alpha, step, torch.get_num_threads()
+    )
+    return out

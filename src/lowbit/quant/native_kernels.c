@@ -1,4 +1,10 @@
-/* DoReFa Eq. 12 on a float32 gradient in one pass over memory (lowbit.quant.native).
+/* lowbit's native CPU kernels (lowbit.quant.native): element-wise quantizers in one pass over
+ * memory, each doing the same float operations, in the same order, as its tensor path.
+ */
+#include <math.h>
+#include <stdint.h>
+
+/* DoReFa Eq. 12 on a float32 gradient.
  *
  * The same arithmetic, operation for operation, as the eager tensor path of
  * lowbit.quant.functional.quantize_gradient_tensor, so the two give identical bits:
@@ -7,14 +13,12 @@
  *   q = round(clamp(f * 2^-32 + n / 2, 0, n))                         (round half to even)
  *   out = -m + q * step                  step = 2m / n                (addcmul again)
  * The tensor path makes about 13 passes over the gradient; this makes one read and one write.
- * Built with -ffp-contract=off: a fused multiply-add would round once where torch rounds twice.
+ * Built with -ffp-contract=off, so the compiler fuses nothing on its own; the two multiply-adds
+ * that torch.addcmul fuses are fused here explicitly (MULTIPLY_ADD).
  * Rows are samples (m, scale and step are per row); the elements are split over OpenMP threads,
  * torch's own runtime (libgomp.so.1 is already loaded by torch when this library is). The hash's
  * constants come from Python (lowbit.quant.functional), where the tensor path reads them too.
  */
-#include <math.h>
-#include <stdint.h>
-
 #define BLOCK 16384
 
 /* torch.addcmul rounds once (a fused multiply-add) in its vectorised loop on CPUs with FMA, and
@@ -55,5 +59,18 @@ void lowbit_eq12(const float *gradient, float *out, int64_t rows, int64_t cols,
             i = row_end;
             ++row;
         }
+    }
+}
+
+/* PACT Eq. 1-2, forward: y = round(clamp(x, 0, alpha) / step) * step with step = alpha / n, as
+ * lowbit.quant.functional._PACT.forward computes it with torch (clamp, div_, round_, mul_): four
+ * passes there, one here. Comparisons keep a NaN, as torch.clamp does. */
+void lowbit_pact_forward(const float *x, float *out, int64_t total, float alpha, float step,
+                         int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < total; ++i) {
+        float y = x[i] < 0.0f ? 0.0f : x[i];
+        y = y > alpha ? alpha : y;
+        out[i] = nearbyintf(y / step) * step;
     }
 }
