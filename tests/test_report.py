@@ -565,6 +565,21 @@ def test_runs_trained_differently_are_two_configurations_however_alike_their_qua
     ]
 
 
+def test_a_setting_left_null_pools_with_runs_made_before_the_key_existed(tmp_path):
+    old = write_job(tmp_path, 0, "lsq", 4, 4, acc=0.90, size=1000, seed=0)
+    (old / ".hydra" / "config.yaml").write_text("trainer:\n  max_epochs: 8\nseed: 0\n")
+    for job, (seed, clip) in enumerate([(1, "null"), (2, "null"), (0, "1.0")], start=1):
+        new = write_job(tmp_path, job, "lsq", 4, 4, acc=0.9 + job / 100, size=1000, seed=seed)
+        (new / ".hydra" / "config.yaml").write_text(
+            f"trainer:\n  max_epochs: 8\n  gradient_clip_val: {clip}\nseed: {seed}\n"
+        )
+    configurations = group_configurations(load_runs([tmp_path]))
+    assert sorted((c.distinct, c.seeds) for c in configurations) == [
+        ("trainer.gradient_clip_val=1.0", [0]),
+        ("trainer.gradient_clip_val=null", [0, 1, 2]),
+    ]
+
+
 def test_a_setting_that_tells_namesakes_apart_reads_as_a_command_line_override(tmp_path):
     for job, clip in enumerate(["null", "1.0"]):
         folder = write_job(tmp_path, job, "lsq", 4, 4, acc=0.9, size=1000, seed=0)

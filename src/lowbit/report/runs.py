@@ -151,6 +151,14 @@ def training_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return flat
 
 
+def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings without those set to null: a key added to lowbit after a run was made is
+    missing from that run's config, and a new key's null default keeps the old behaviour (e.g.
+    ``trainer.gradient_clip_val``), so null and missing are one setting, and the runs before and
+    after the key pool their seeds."""
+    return {key: value for key, value in settings.items() if value is not None}
+
+
 def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None) -> RunRecord:
     """A RunRecord from a results.json payload (keys it lacks stay None: nothing is guessed);
     ``results_dir``, the folder the file is in, is where an old run's seed is looked up."""
@@ -172,7 +180,7 @@ def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None
         error=payload.get("error"),
         duration_s=payload.get("duration_s"),
         seed=recorded_seed(payload, config),
-        settings={**quant, **training_settings(config)},
+        settings=recorded_settings({**quant, **training_settings(config)}),
         run_id=wandb_info.get("id") if isinstance(wandb_info, dict) else None,
     )
 
