@@ -78,6 +78,7 @@ def test_unknown_section_is_one_line_and_exit_2(capsys):
     assert len(err) == 1 and "unknown section(s) speed" in err[0]
 
 
+@pytest.mark.slow  # a second quick train-step run; the default suite times both models above
 def test_models_option_times_only_the_named_model(capsys):
     bench = bench_module()
     args = ["--quick", "--sections", "train_step", "--repeats", "1", "--models", "nin"]
