@@ -8,13 +8,13 @@ the same arithmetic in one read and one write, split over torch's OpenMP threads
 give the same bits as the tensor paths (tests/test_native.py), so runs do not change when they
 are used; where they cannot be, the tensor paths run as before:
 
-- it is built with the system's C compiler (``$CC``, else ``cc``/``gcc``) into
+- they are built with the system's C compiler (``$CC``, else ``cc``/``gcc``) into
   ``$XDG_CACHE_HOME/lowbit`` (``~/.cache/lowbit``) the first time a process needs it, about a
   second, once per source, compiler flags and CPU (``-march=native``: a library built on one
   CPU is never loaded on another, e.g. through a shared home on a cluster);
-- no compiler, or a build that fails: one warning, then the tensor path for the whole process;
-- ``LOWBIT_NATIVE_KERNELS=0`` switches it off (benchmarks compare the two this way);
-- CUDA tensors and 16-bit floats keep the tensor path. torch.compile calls the kernel as one
+- no compiler, or a build that fails: one warning, then the tensor paths for the whole process;
+- ``LOWBIT_NATIVE_KERNELS=0`` switches them off (benchmarks compare the two this way);
+- CUDA tensors and 16-bit floats keep the tensor paths. torch.compile calls the Eq. 12 kernel as one
   custom operator (``lowbit::eq12_gradient``) in its graph, so compiled and eager runs draw
   the same bits on the CPU.
 """
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 SWITCH = "LOWBIT_NATIVE_KERNELS"
 SOURCE = Path(__file__).with_name("native_kernels.c")
-# -ffp-contract=off: no fused multiply-adds, which round once where torch's operations round
-# twice; -fno-math-errno lets nearbyintf vectorise; -fopenmp binds to the libgomp torch loaded.
+# -ffp-contract=off: the compiler fuses no multiply-add on its own (the kernel fuses exactly
+# where torch does); -fno-math-errno lets nearbyintf vectorise; -fopenmp binds to the libgomp
+# torch loaded.
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")
 FLAGS += ("-shared", "-fPIC")
 
