@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from lowbit.allocator import keep_freed_memory
 from lowbit.data.digits import DigitsData
 from lowbit.export import save_packed
 from lowbit.export.packing import header_bytes, payload_bytes
@@ -463,7 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: --threads and --repeats must be at least 1", file=sys.stderr)
         return 2
 
-    results: dict[str, Any] = {"threads": args.threads, "quick": args.quick}
+    # training's allocator setting (lowbit.allocator): FP32 and quantized steps alike
+    results: dict[str, Any] = {
+        "threads": args.threads,
+        "quick": args.quick,
+        "keep_freed_memory": keep_freed_memory(),
+    }
     if "train_step" in sections:
         results["train_step_modes"] = modes
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as scratch:

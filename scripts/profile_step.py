@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import lowbit.config  # noqa: F401  (registers the config resolvers)
+from lowbit.allocator import keep_freed_memory
 from lowbit.build import build_datamodule, build_model, kind_of, quantize
 from lowbit.cli import check_group_choices, compose, config_groups, fail, hydra_error_line
 from lowbit.errors import ConfigError
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(error))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # training's allocator setting (lowbit.allocator)
     try:
         result = profile_step(quantized, fp32, warmup=args.warmup, repeats=args.repeats)
     finally:
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         wbits=quant.get("wbits"),
         abits=quant.get("abits"),
         gbits=quant.get("gbits"),
+        keep_freed_memory=kept,
     )
     print(
         f"{result['model']} on {result['dataset']} "

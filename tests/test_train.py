@@ -117,6 +117,17 @@ def test_a_run_hides_lightnings_leafspec_notice(make_cfg):
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
 
 
+def test_a_run_trains_under_lowbits_allocator_setting(make_cfg, monkeypatch):
+    # lowbit.allocator: freed CPU buffers reused, not faulted in again every step (its own tests
+    # count the page faults); a run applies it before the model is built
+    import lowbit.train
+
+    calls = []
+    monkeypatch.setattr(lowbit.train, "keep_freed_memory", lambda: calls.append(True))
+    run(make_cfg("logger=none", "callbacks=none", "+trainer.fast_dev_run=true"))
+    assert calls == [True]
+
+
 def test_a_run_exports_integer_onnx_and_records_its_latency_and_agreement(make_cfg):
     cfg = make_cfg(
         "quantizer=dorefa",

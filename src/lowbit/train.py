@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lowbit.allocator import keep_freed_memory
 from lowbit.build import (
     build_datamodule,
     build_model,
@@ -288,6 +289,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         components = check_config(cfg, output_dir)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
+        keep_freed_memory()  # reuse freed CPU buffers instead of re-faulting them each step
         datamodule, model = components.datamodule, components.model
         quantize(cfg, model, datamodule)
 
