@@ -281,17 +281,11 @@ def quantize_gradient_tensor(
         return quantize_gradient_tensor(g.float(), bits, noise).to(g.dtype)
     n = levels(bits)
     flat = g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
-    # max|g| per row as max(max g, -min g): exact, and no |g| temporary of the gradient's size
-    low, high = torch.aminmax(flat, dim=1, keepdim=True)
-    m = torch.maximum(high, low.neg_())
-    safe_two_m = torch.where(m > 0, 2 * m, 2.0)
     key = _noise_key(noise, g.device)
-    scale = (n * 2.0**32) / safe_two_m
     if native.usable(g):
         # the same arithmetic in one pass over memory (lowbit.quant.native), bit for bit
-        return native.quantize_gradient_rows(
-            flat, key, scale, 2 * m / n, m.neg(), _GOLDEN, _MIX, n
-        ).reshape(g.shape)
+        return _eq12_native(flat, key, n).reshape(g.shape)
+    m, scale = _row_scales(flat, n)
     # 2^32 s + 2^32 n g / 2m: the noise's integer bits as floats, then the gradient added in
     shifted = uniform_noise_bits(key, flat.numel(), g.device).view(flat.shape).to(g.dtype)
     shifted = (
@@ -303,6 +297,31 @@ def quantize_gradient_tensor(
     # q 2m / n - m: back to the gradient's scale (m = 0 rows stay 0: q = n / 2 rounds to a
     # code whose value is then multiplied by 0)
     return torch.addcmul(m.neg(), shifted, 2 * m / n).reshape(g.shape)
+
+
+def _row_scales(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 12's per-row m = max|g| and the factor 2^32 n / 2m of the scaled gradient (2m taken
+    as 2 where m = 0); one row per sample."""
+    # max|g| per row as max(max g, -min g): exact, and no |g| temporary of the gradient's size
+    low, high = torch.aminmax(flat, dim=1, keepdim=True)
+    m = torch.maximum(high, low.neg_())
+    safe_two_m = torch.where(m > 0, 2 * m, 2.0)
+    return m, (n * 2.0**32) / safe_two_m
+
+
+@torch.library.custom_op("lowbit::eq12_gradient", mutates_args=())
+def _eq12_native(rows: torch.Tensor, key: torch.Tensor, n: int) -> torch.Tensor:
+    """Eq. 12 of a 2-d float32 CPU gradient (one row per sample) with the native kernel, the
+    rows' max included: one custom operator, so that torch.compile keeps it as one call (it
+    cannot trace into C) and hands it the gradient once. With the row max left to the compiled
+    graph, the compiled NIN G8 step was 1.43x FP32's; with it inside, 1.29x (README)."""
+    m, scale = _row_scales(rows, n)
+    return native.quantize_gradient_rows(rows, key, scale, 2 * m / n, m.neg(), _GOLDEN, _MIX, n)
+
+
+@_eq12_native.register_fake
+def _(rows, key, n):
+    return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
 def dorefa_gradient(

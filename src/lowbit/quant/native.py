@@ -158,7 +158,6 @@ def usable(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and built()
 
 
-@torch.library.custom_op("lowbit::eq12_gradient", mutates_args=())
 def quantize_gradient_rows(
     rows: torch.Tensor,
     key: torch.Tensor,
@@ -171,10 +170,9 @@ def quantize_gradient_rows(
 ) -> torch.Tensor:
     """Eq. 12 of a 2-d float32 gradient (one row per sample) with per-row ``scale`` = 2^32 n /
     2m, ``step`` = 2m / n and ``neg_max`` = -m; ``key`` is the draw's 0-d int64 key (offset in
-    its low 32 bits, multiplier above), ``golden`` and ``mix`` the hash's constants.
-
-    A torch custom operator, so that torch.compile keeps it as one call in its graph (it
-    cannot trace into C) instead of breaking the graph around it."""
+    its low 32 bits, multiplier above), ``golden`` and ``mix`` the hash's constants. Eager
+    only: torch.compile reaches it through the custom operator ``lowbit::eq12_gradient``
+    (``lowbit.quant.functional``), which it cannot trace into."""
     rows = rows.contiguous()
     columns = [t.reshape(-1).contiguous() for t in (scale, step, neg_max)]
     out = torch.empty_like(rows)
@@ -193,11 +191,6 @@ def quantize_gradient_rows(
         torch.get_num_threads(),
     )
     return out
-
-
-@quantize_gradient_rows.register_fake
-def _(rows, key, scale, step, neg_max, golden, mix, levels):
-    return torch.empty_like(rows, memory_format=torch.contiguous_format)
 
 
 def pact_forward(x: torch.Tensor, alpha: float, step: float) -> torch.Tensor:
