@@ -60,7 +60,10 @@ def test_freed_buffers_are_reused_without_new_page_faults():
 
 @pytest.mark.parametrize(
     "name, value",
-    [("MALLOC_TRIM_THRESHOLD_", "131072"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")],
+    [
+        ("MALLOC_TRIM_THRESHOLD_", "131072"),
+        ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072"),
+    ],
 )
 def test_the_users_own_allocator_tuning_stands(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
