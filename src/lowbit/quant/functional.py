@@ -280,11 +280,11 @@ def quantize_gradient_tensor(
     if g.dtype in (torch.float16, torch.bfloat16):
         return quantize_gradient_tensor(g.float(), bits, noise).to(g.dtype)
     n = levels(bits)
-    flat = g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
     key = _noise_key(noise, g.device)
     if native.usable(g):
         # the same arithmetic in one pass over memory (lowbit.quant.native), bit for bit
-        return _eq12_native(flat, key, n).reshape(g.shape)
+        return _eq12_native(g, key, n)
+    flat = _rows(g)
     m, scale = _row_scales(flat, n)
     # 2^32 s + 2^32 n g / 2m: the noise's integer bits as floats, then the gradient added in
     shifted = uniform_noise_bits(key, flat.numel(), g.device).view(flat.shape).to(g.dtype)
@@ -299,6 +299,11 @@ def quantize_gradient_tensor(
     return torch.addcmul(m.neg(), shifted, 2 * m / n).reshape(g.shape)
 
 
+def _rows(g: torch.Tensor) -> torch.Tensor:
+    """The gradient as one row per sample (all axes but the batch axis), Eq. 12's max axes."""
+    return g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
+
+
 def _row_scales(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 12's per-row m = max|g| and the factor 2^32 n / 2m of the scaled gradient (2m taken
     as 2 where m = 0); one row per sample."""
@@ -310,18 +315,19 @@ def _row_scales(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.library.custom_op("lowbit::eq12_gradient", mutates_args=())
-def _eq12_native(rows: torch.Tensor, key: torch.Tensor, n: int) -> torch.Tensor:
-    """Eq. 12 of a 2-d float32 CPU gradient (one row per sample) with the native kernel, the
-    rows' max included: one custom operator, so that torch.compile keeps it as one call (it
-    cannot trace into C) and hands it the gradient once. With the row max left to the compiled
-    graph, the compiled NIN G8 step was 1.43x FP32's; with it inside, 1.29x (README)."""
+def _eq12_native(g: torch.Tensor, key: torch.Tensor, n: int) -> torch.Tensor:
+    """Eq. 12 of a float32 CPU gradient with the native kernel, the rows' max and the reshapes
+    included: one custom operator, so that torch.compile keeps it as one call (it cannot trace
+    into C) and hands it the gradient as it is, once (README, "What a training step costs")."""
+    rows = _rows(g)
     m, scale = _row_scales(rows, n)
-    return native.quantize_gradient_rows(rows, key, scale, 2 * m / n, m.neg(), _GOLDEN, _MIX, n)
+    out = native.quantize_gradient_rows(rows, key, scale, 2 * m / n, m.neg(), _GOLDEN, _MIX, n)
+    return out.reshape(g.shape)
 
 
 @_eq12_native.register_fake
-def _(rows, key, n):
-    return torch.empty_like(rows, memory_format=torch.contiguous_format)
+def _(g, key, n):
+    return torch.empty_like(g, memory_format=torch.contiguous_format)
 
 
 def dorefa_gradient(
