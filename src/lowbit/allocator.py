@@ -4,11 +4,10 @@ torch takes every CPU tensor's buffer from ``malloc``. glibc serves a request ab
 threshold (128 KiB, raised on its own up to 32 MiB) with a fresh ``mmap`` and unmaps it again on
 ``free``. A training step frees its activations and gradients and the next step asks for the
 same sizes, so every step maps them anew, and the kernel faults in and zero-fills every page a
-second time: in one process timing NIN steps at batch 128 (FP32, DoReFa G32 and G8; activations
-up to 100 MB), 22 of 73 s were system time. Fake quantization allocates more such buffers per
+second time: in the eager NIN train-step bench without this setting, 79 of 213 s were system
+time (README, "What a training step costs"). Fake quantization allocates more such buffers per
 step than the float model (each quantizer's output, the quantized weights, Eq. 12's gradient),
-so it pays more: the step ratios of issue 15 move with this setting (README, "What a training
-step costs").
+so it pays more: the step ratios of issue 15 move with this setting.
 
 ``keep_freed_memory`` asks glibc, through ``mallopt``, to serve requests up to 1 GiB from its
 heap (``M_MMAP_THRESHOLD``), to keep up to 1 GiB of freed memory at the heap's top instead of

@@ -14,9 +14,9 @@ are used; where they cannot be, the tensor paths run as before:
   CPU is never loaded on another, e.g. through a shared home on a cluster);
 - no compiler, or a build that fails: one warning, then the tensor paths for the whole process;
 - ``LOWBIT_NATIVE_KERNELS=0`` switches them off (benchmarks compare the two this way);
-- CUDA tensors and 16-bit floats keep the tensor paths. torch.compile calls the Eq. 12 kernel as one
-  custom operator (``lowbit::eq12_gradient``) in its graph, so compiled and eager runs draw
-  the same bits on the CPU.
+- CUDA tensors and 16-bit floats keep the tensor paths. torch.compile calls the Eq. 12 kernel
+  through one custom operator (``lowbit::eq12_gradient``, in ``lowbit.quant.functional``), so
+  compiled and eager runs draw the same bits on the CPU.
 """
 
 from __future__ import annotations
