@@ -67,6 +67,31 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["seed=-3"], ["-m", "quantizer=dorefa", "quant.wbits=2,4,40"], ["compile=maybe"]],
+    ids=" ".join,
+)
+def test_a_bad_value_is_answered_before_torch_is_imported(args):
+    # lowbit.validation.check_values(imports=False) on every job first: the answer comes in
+    # well under a second, where importing torch, torchvision and Lightning takes seconds.
+    # A multirun is the case to watch: its valid first job must not run the importing checks
+    # before the bad third job is seen.
+    probe = (
+        "import sys\n"
+        "from lowbit.cli import preflight\n"
+        "try:\n"
+        f"    preflight({args!r})\n"
+        "except SystemExit as stop:\n"
+        "    print(stop.code, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=run_env(), capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr.startswith("lowbit: error: "), result.stderr
+
+
 # The rest of the catalogue: inputs that need files (data, checkpoints, run dirs) made in the
 # test's folder. These run the entry point's two checks in-process (expand_resume, preflight:
 # all that train.py does before Hydra starts), which takes a fraction of a second where a new

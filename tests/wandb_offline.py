@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 FILE_HEADER = 7
@@ -42,6 +43,8 @@ def records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
             continue
         _checksum, length, kind = struct.unpack("<IHB", data[position : position + RECORD_HEADER])
         payload = data[position + RECORD_HEADER : position + RECORD_HEADER + length]
+        if len(payload) < length:
+            return  # the writer is mid-record: the rest is not on disk yet
         position += RECORD_HEADER + length
         if kind == 0 and length == 0:
             break
@@ -121,7 +124,14 @@ def finished_records(log: Path, wait_s: float) -> list[wandb_internal_pb2.Record
     writing the file for a moment after ``run.finish()`` returned (seen on a loaded machine)."""
     deadline = time.monotonic() + wait_s
     while True:
-        found = list(records(log))
+        try:
+            found = list(records(log))
+        except DecodeError:
+            # A record read while the service was still flushing it (seen once in CI: the
+            # header of the last record on disk, its payload not yet whole). Read again.
+            if time.monotonic() > deadline:
+                raise
+            found = []
         if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)

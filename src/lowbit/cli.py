@@ -23,6 +23,7 @@ from typing import Any
 from lowbit.config import CONFIG_DIR
 from lowbit.errors import ConfigError, one_line
 from lowbit.results import RESULTS_FILE, check_writable
+from lowbit.validation import check_values
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -244,9 +245,11 @@ def check_run_dir(config_name: str, overrides: list[str], multirun: bool) -> Non
 
 
 def preflight(argv: list[str]) -> None:
-    """Check every job the command line describes; one line and exit 2 on the first problem."""
-    from lowbit.train import check_config
+    """Check every job the command line describes; one line and exit 2 on the first problem.
 
+    The checks that need no torch (groups, Hydra's composition, ``check_values``) run on every
+    job first, so that such bad input is answered before the training code is imported (torch,
+    torchvision and Lightning take seconds); then ``check_config`` on every job."""
     try:
         split = split_argv(argv)
         if split is None:
@@ -277,6 +280,7 @@ def preflight(argv: list[str]) -> None:
                     for preset_overrides in sweeps
                     for variant in job_variants(merge_overrides(preset_overrides, overrides))[0]
                 ]
+        jobs = []
         for variant in variants:
             check_group_choices(variant, groups)
             try:
@@ -285,6 +289,11 @@ def preflight(argv: list[str]) -> None:
                 raise
             except Exception as error:
                 raise ConfigError(hydra_error_line(error)) from None
+            check_values(cfg, imports=False)
+            jobs.append(cfg)
+        from lowbit.train import check_config
+
+        for cfg in jobs:
             check_config(cfg)
         # hydra.* settings and hydra/* groups (hydra/launcher=joblib hydra.launcher.n_jobs=2)
         hydra_settings = [o for o in overrides if override_key(o).startswith("hydra")]

@@ -56,7 +56,7 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
 from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config, write_json_atomically
-from lowbit.validation import validate
+from lowbit.validation import check_values, validate
 from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,9 @@ class Components:
 
 def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
+    check_values(cfg)  # types and ranges, compile, a quantizer named: no torch needed
     check_logger_config(cfg)  # logger.wandb: only what WandbLogger and wandb.init take
-    validate(cfg)  # every value's type and range (lowbit.validation.SCHEMA)
-    compile_requested(cfg)  # compile=true with DDP: refused here, for every job of a multirun
     quant = quant_settings(cfg)
-    if not quant.get("quantizer"):
-        raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
     # an unknown name or _target_ fails before anything is built
     scheme_class(quant["quantizer"], quant.get(TARGET_KEY))
     if output_dir is not None:

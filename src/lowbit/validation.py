@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lowbit.bit_widths import INPUT_BITS, check_bits
 from lowbit.errors import ConfigError, one_line
 
 # ---------------------------------------------------------------------------------------------
@@ -41,6 +42,10 @@ class Check:
     expected: str
     accepts: Callable[[Any], bool] | None = None
     rule: Callable[[str, Any], None] | None = None
+    # True where the check imports other code (a _target_, Lightning's registries, a model's
+    # tables): ``validate`` runs these after the others, so that a bad seed or bit width is
+    # answered before torch is imported.
+    imports: bool = False
 
     def __call__(self, key: str, value: Any) -> None:
         if self.rule is not None:
@@ -158,7 +163,7 @@ def importable(value: Any) -> bool:
 
 
 # A class or function for Hydra's instantiate: imported here, so a typo fails before any work.
-TARGET = Check("an importable dotted path (package.module.Name)", importable)
+TARGET = Check("an importable dotted path (package.module.Name)", importable, imports=True)
 # Metric keys are split/name (lowbit's STYLE): val/acc, model/size_bytes, latency/int8_ms.
 METRIC = Check(
     "a metric name such as val/acc (split/name)",
@@ -174,8 +179,6 @@ NON_NEGATIVE_COUNT = integer(minimum=0)  # workers, warm-up runs, seeds
 
 
 def bit_width(key: str, value: Any) -> None:
-    from lowbit.quant.convert import check_bits
-
     check_bits(key, value)
 
 
@@ -183,8 +186,6 @@ BITS = Check("an integer bit width 1-16, or 32", rule=bit_width)
 
 
 def image_bits(key: str, value: Any) -> None:
-    from lowbit.quant.convert import INPUT_BITS
-
     bit_width(key, value)
     if value not in INPUT_BITS:
         raise ConfigError(
@@ -233,7 +234,7 @@ def lightning_precisions() -> tuple[Any, ...]:
 
 def lazy_choice(choices: Callable[[], tuple[Any, ...]], words: str) -> Check:
     """one_of over ``choices()``, asked only when a value is checked (no import at load)."""
-    return Check(words, rule=lambda key, value: one_of(*choices())(key, value))
+    return Check(words, rule=lambda key, value: one_of(*choices())(key, value), imports=True)
 
 
 def mobilenet_choices(table: str) -> tuple[str, ...]:
@@ -364,7 +365,7 @@ SCHEMA: dict[str, Check] = {
     "dataset.max_objects": COUNT,
     "dataset.min_object_size": number(above=0, at_most=0.8),
     "dataset.max_object_size": number(above=0, at_most=0.8),
-    "dataset.year": Check("a VOC year", rule=voc_year),
+    "dataset.year": Check("a VOC year", rule=voc_year, imports=True),
     "dataset.train_image_set": NON_EMPTY_TEXT,  # which lists a year has: lowbit.data.voc
     "dataset.val_image_set": NON_EMPTY_TEXT,
     "dataset.test_image_set": NON_EMPTY_TEXT,
@@ -502,13 +503,31 @@ def resolved_value(cfg: DictConfig, key: str) -> Any:
     return value
 
 
-def validate(cfg: DictConfig) -> None:
+def check_values(cfg: DictConfig, imports: bool = True) -> None:
+    """The checks of the composed config alone: ``validate``, ``compile`` (refused with DDP,
+    for every job of a multirun) and a quantizer named. With ``imports=False`` the checks that
+    import code (``Check.imports``) are left out: the command line runs that on every job
+    before it imports anything heavy (torch, torchvision and Lightning take seconds), so such
+    bad input is answered at once; ``check_config`` runs them all, first."""
+    from lowbit.compiled import compile_requested
+
+    validate(cfg, imports)
+    compile_requested(cfg)
+    if not (cfg.get("quant") or {}).get("quantizer"):
+        raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
+
+
+def validate(cfg: DictConfig, imports: bool = True) -> None:
     """ConfigError (one line naming the key, what it must be and what it got) for the first
-    value of ``cfg`` outside its check in ``SCHEMA``; keys without an entry are left alone."""
-    keys = [key for key in config_keys(cfg) if key in SCHEMA]
-    # The values set directly first, then those that repeat another (${trainer.max_epochs}), so
-    # that the error names the key the user set rather than one that copies it.
-    for key in sorted(keys, key=lambda key: is_interpolation(cfg, key)):
+    value of ``cfg`` outside its check in ``SCHEMA``; keys without an entry are left alone, and
+    so are those whose check imports code when ``imports`` is False."""
+    keys = [
+        key for key in config_keys(cfg) if key in SCHEMA and (imports or not SCHEMA[key].imports)
+    ]
+    # The checks that import nothing first (see Check.imports); within each, the values set
+    # directly first, then those that repeat another (${trainer.max_epochs}), so that the
+    # error names the key the user set rather than one that copies it.
+    for key in sorted(keys, key=lambda key: (SCHEMA[key].imports, is_interpolation(cfg, key))):
         value = resolved_value(cfg, key)
         if value is not UNRESOLVED:
             SCHEMA[key](key, value)

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.bit_widths import INPUT_BITS, SUPPORTED_BITS, check_bits  # noqa: F401  (re-exported)
 from lowbit.errors import ConfigError
 from lowbit.quant.functional import FULL_PRECISION
 from lowbit.quant.modules import (
@@ -52,11 +53,9 @@ from lowbit.quant.modules import (
 )
 from lowbit.quant.schemes import SCHEMES, Scheme
 
-SUPPORTED_BITS = frozenset(range(1, 17)) | {FULL_PRECISION}
 BIT_KEYS = ("wbits", "abits", "gbits")
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 SIGNED_INPUT_MODES = ("auto", "never")
-INPUT_BITS = frozenset(range(2, 9)) | {FULL_PRECISION}
 
 
 @dataclass(frozen=True)
@@ -70,18 +69,6 @@ class LayerBits:
     @property
     def is_full_precision(self) -> bool:
         return all(getattr(self, key) >= FULL_PRECISION for key in BIT_KEYS)
-
-
-def check_bits(name: str, value: Any) -> int:
-    """``value`` as an int bit width, or ConfigError naming ``name`` and what is allowed."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(
-            f"{name} must be an integer bit width (1-16, or 32 for full precision), "
-            f"got {value!r} ({type(value).__name__})"
-        )
-    if value not in SUPPORTED_BITS:
-        raise ConfigError(f"{name}={value} is not supported: use 1-16, or 32 for full precision")
-    return value
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

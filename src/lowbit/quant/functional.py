@@ -13,9 +13,8 @@ import sys
 
 import torch
 
+from lowbit.bit_widths import FULL_PRECISION  # noqa: F401  (re-exported: 32, float)
 from lowbit.quant import native
-
-FULL_PRECISION = 32
 
 
 def levels(bits: int) -> int:
