@@ -272,6 +272,8 @@ def test_export_run_writes_models_and_merges_metrics(tmp_path):
     for key in ("latency/fp32_ms", "latency/int8_ms", "export/top1_agreement"):
         assert results["metrics"][key] == metrics[key] and metrics[key] > 0
     assert metrics["latency/export_threads"] == 1
+    # a re-export of a finished run checks the whole val set: digits' 270 images
+    assert metrics["export/agreement_images"] == 270
 
 
 @pytest.mark.parametrize(
@@ -334,3 +336,23 @@ def test_parity_script_prints_each_layer_and_a_json_line(tmp_path):
     )
     assert rows[0]["differ"] is None and "calibrated" in lines[1]
     assert len(lines) == len(rows) + 2  # header, one line per layer, the JSON line
+
+
+@pytest.mark.parametrize(
+    "trainer, expected",
+    [
+        ({}, None),
+        ({"fast_dev_run": True}, 1),
+        ({"fast_dev_run": 3, "limit_val_batches": 10}, 3),
+        ({"fast_dev_run": False, "limit_val_batches": 5}, 5),
+        ({"limit_val_batches": 0.25}, 10),
+        ({"limit_val_batches": 0.001}, 1),
+        ({"limit_val_batches": 1.0}, None),
+        ({"limit_val_batches": 0}, None),  # validation off: the export still sees the val set
+        (None, None),
+    ],
+)
+def test_the_export_agreement_runs_on_the_batches_the_trainer_validates_on(trainer, expected):
+    from lowbit.export.onnx_run import validation_batches
+
+    assert validation_batches(trainer, loader_batches=40) == expected

@@ -81,6 +81,8 @@ def test_fast_dev_run_every_model_and_quantizer(make_cfg, model, quantizer):
     ]
     written = json.loads((run_dir / RESULTS_FILE).read_text())
     assert written["status"] == "ok" and written["quant"]["quantizer"] == quantizer
+    # the export is checked on the one val batch a fast_dev_run validates on, and says so
+    assert results["metrics"]["export/agreement_images"] == 8
 
 
 def test_quantized_model_is_smaller_and_reported(make_cfg):
@@ -143,7 +145,9 @@ def test_a_run_exports_integer_onnx_and_records_its_latency_and_agreement(make_c
     assert (output_dir / "model_fp32.onnx").is_file()
     assert metrics["latency/int8_ms"] > 0 and metrics["latency/fp32_ms"] > 0
     assert metrics["latency/export_threads"] == 1
-    # digits' 270 val images; an untrained (2-batch) model still agrees on most of them
+    # on the 2 val batches of 16 the trainer validates on (limit_val_batches=2); an untrained
+    # (2-batch) model still agrees on most of them
+    assert metrics["export/agreement_images"] == 32
     assert 0.9 <= metrics["export/top1_agreement"] <= 1.0
 
 

@@ -146,14 +146,15 @@ def export_costs(
 ) -> dict[str, float]:
     """The integer ONNX export and what it measures (``lowbit.export.onnx_run.export_model``):
     ``latency/int8_ms`` (ONNX Runtime), ``latency/fp32_ms`` (PyTorch eager, float model),
-    ``export/top1_agreement`` (a detector: ``export/map50_int8``), timed with the ``latency``
-    settings. A model with an op that has no integer form (a user's own layer) is one warning
-    line: the run itself succeeded."""
+    ``export/top1_agreement`` (a detector: ``export/map50_int8``) on the val batches the
+    trainer validates on (``validation_batches``), timed with the ``latency`` settings. A
+    model with an op that has no integer form (a user's own layer) is one warning line: the
+    run itself succeeded."""
     settings = cfg.get("export") or {}
     if not settings.get("onnx", True):
         return {}
     from lowbit.export.onnx_graph import UnsupportedModel
-    from lowbit.export.onnx_run import THREADS, export_model
+    from lowbit.export.onnx_run import THREADS, export_model, validation_batches
 
     latency = cfg.get("latency") or {}
     try:
@@ -167,6 +168,8 @@ def export_costs(
             decoding=OmegaConf.to_container(cfg.detection, resolve=True)
             if cfg.get("detection")
             else None,
+            # the batches the run validated on: a fast_dev_run checks the export on one batch
+            max_batches=validation_batches(cfg.get("trainer"), len(datamodule.val_dataloader())),
         )
     except UnsupportedModel as error:
         log.warning("no integer ONNX export: %s", error)

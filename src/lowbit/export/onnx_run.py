@@ -14,6 +14,9 @@ measures them and merges the metrics into ``results.json``:
 - detection: ``export/map50_int8`` and ``export/map50_fake_quant``, mAP@0.5 on the val set of
   the integer export's heads and of the fake-quant model's, decoded by the same
   ``lowbit.detection`` functions as the training task's (``detection_agreement``);
+- ``export/agreement_images``: how many val images the agreement (or the two mAPs) stand on:
+  the whole val set, or the batches a run validates on when its trainer limits them
+  (``trainer.limit_val_batches``, ``fast_dev_run``; ``validation_batches``);
 - ``export/int8_onnx_bytes``: the integer model's file size; ``export/requantized_layers``: how
   many layer outputs the export quantizes where training does not (``onnx_graph``).
 
@@ -24,8 +27,10 @@ own static quantization also does (see ``lowbit.export.onnx``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +172,30 @@ def detection_agreement(
     }
 
 
+def validation_batches(trainer_settings: Any, loader_batches: int) -> int | None:
+    """How many val batches a run with these ``trainer`` settings validates on, as Lightning
+    reads them: ``fast_dev_run`` (true: 1, n: n), else ``limit_val_batches`` (an int: that
+    many; a fraction: that share of the ``loader_batches``, at least 1). None, all of them,
+    also where validation is off (a limit of 0): the export is still checked on the val set."""
+    settings = trainer_settings or {}
+    fast = settings.get("fast_dev_run")
+    if fast:
+        return 1 if fast is True else int(fast)
+    limit = settings.get("limit_val_batches")
+    if not limit or isinstance(limit, bool):
+        return None
+    if isinstance(limit, int):
+        return limit
+    return None if limit >= 1.0 else max(1, int(loader_batches * limit))
+
+
+def counted(batches: Iterable, tally: list[int]) -> Iterator:
+    """``batches`` as they are, adding each batch's image count to ``tally[0]``."""
+    for batch in batches:
+        tally[0] += len(batch[0])
+        yield batch
+
+
 def export_model(
     model: nn.Module,
     datamodule,
@@ -175,11 +204,13 @@ def export_model(
     warmup: int = 10,
     repeats: int = 50,
     decoding: dict[str, Any] | None = None,
+    max_batches: int | None = None,
 ) -> dict[str, Any]:
     """Write model_int8.onnx and model_fp32.onnx of a trained (quantized) model into ``out_dir``
     and measure them (module docstring); returns the metrics. ``datamodule`` must be set up.
     ``warmup``/``repeats``: the batch-1 latency runs; ``decoding``: a detector's ``detection``
-    settings. What train.py calls after training (``task.model``, its datamodule, the run dir).
+    settings; ``max_batches``: the val batches the agreement runs on (None: all). What train.py
+    calls after training (``task.model``, its datamodule, the run dir).
     """
     from lowbit.export.onnx import (
         export_fp32_onnx,
@@ -213,14 +244,13 @@ def export_model(
         "export/int8_onnx_bytes": int8.stat().st_size,
         "export/requantized_layers": len(requantized_layers(int8)),
     }
+    images = [0]
+    batches = counted(itertools.islice(datamodule.val_dataloader(), max_batches), images)
     if getattr(datamodule, "task", "classification") == "detection":
-        metrics.update(
-            detection_agreement(model, int8, datamodule.val_dataloader(), threads, decoding)
-        )
+        metrics.update(detection_agreement(model, int8, batches, threads, decoding))
     else:
-        metrics["export/top1_agreement"] = top1_agreement(
-            model, int8, datamodule.val_dataloader(), threads=threads
-        )
+        metrics["export/top1_agreement"] = top1_agreement(model, int8, batches, threads=threads)
+    metrics["export/agreement_images"] = images[0]
     return metrics
 
 
