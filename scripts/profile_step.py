@@ -3,6 +3,7 @@
     python scripts/profile_step.py quantizer=dorefa quant.wbits=4 quant.abits=4 quant.gbits=8
     python scripts/profile_step.py model=mobilenetv3_small dataset=cifar10 quantizer=pact --top 20
     python scripts/profile_step.py --threads 1 --repeats 20 quantizer=lsq
+    python scripts/profile_step.py --compiled quantizer=dorefa quant.gbits=8   # kernel by kernel
 
 Takes the same overrides as train.py and builds the model as a run would (for the chosen data
 set's classes and image size, without loading any data), and its FP32 twin from the same initial
@@ -12,6 +13,11 @@ lists each layer's compute and each quantizer (weight, activation, gradient) in 
 share of the step, largest first, with the FP32 twin's ms beside; then the totals per kind and
 the step. The last line is one JSON object with every row (``lowbit.measure.profile``).
 CPU, eager mode; timings move with the machine's load, shares and ratios much less.
+
+``--compiled`` profiles the step as ``compile=true`` trains it instead: one row per kernel
+inductor generated (named after the ops it fuses), per lowbit operator and per torch op the
+compiled code calls, with the compiled FP32 twin's ms beside, then the totals per kind
+(``lowbit.measure.kernels``). Its first run per model compiles from scratch (minutes).
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ from lowbit.allocator import keep_freed_memory
 from lowbit.build import build_datamodule, build_model, kind_of, quantize
 from lowbit.cli import check_group_choices, compose, config_groups, fail, hydra_error_line
 from lowbit.errors import ConfigError
+from lowbit.measure.kernels import (
+    compiled_step,
+    enable_kernel_events,
+    format_kernel_table,
+    kernel_table,
+    profile_kernels,
+)
 from lowbit.measure.profile import TrainingStep, format_profile, profile_step
 from lowbit.quant.modules import use_noise_stream
 from lowbit.quant.optim import apply_lr_mult, param_groups
@@ -97,6 +110,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=25,
         help="rows shown in the table, largest first (default 25; 0: all)",
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="profile the compiled step kernel by kernel (torch.profiler), not layer by layer",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
     # intermixed: overrides may sit on both sides of an option, as they may for train.py
     return parser.parse_intermixed_args(argv)
@@ -106,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or args.top < 0:
         fail("--threads and --repeats must be at least 1, --warmup and --top at least 0")
+    if args.compiled and args.warmup < 2:
+        fail("--compiled needs --warmup of at least 2: the first steps compile")
     try:
         check_group_choices(args.overrides, config_groups())
         try:
@@ -121,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     kept = keep_freed_memory()  # training's allocator setting (lowbit.allocator)
     try:
-        result = profile_step(quantized, fp32, warmup=args.warmup, repeats=args.repeats)
+        if args.compiled:
+            enable_kernel_events()  # before the first compile: it changes the generated code
+            result = kernel_table(
+                *(
+                    profile_kernels(compiled_step(step), args.warmup, args.repeats)
+                    for step in (quantized, fp32)
+                )
+            )
+        else:
+            result = profile_step(quantized, fp32, warmup=args.warmup, repeats=args.repeats)
     finally:
         torch.set_num_threads(previous_threads)
     quant = cfg.quant
@@ -136,14 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         abits=quant.get("abits"),
         gbits=quant.get("gbits"),
         keep_freed_memory=kept,
+        compiled=args.compiled,
     )
     print(
         f"{result['model']} on {result['dataset']} "
         f"{'x'.join(map(str, datamodule.image_shape))}, batch {result['batch_size']}, "
         f"{result['quantizer']} W{result['wbits']}A{result['abits']}G{result['gbits']}, "
-        f"{args.threads} threads: one training step (eager, CPU)"
+        f"{args.threads} threads: one training step "
+        f"({'compiled' if args.compiled else 'eager'}, CPU)"
     )
-    print(format_profile(result, top=args.top or None))
+    table = format_kernel_table if args.compiled else format_profile
+    print(table(result, top=args.top or None))
     print(json.dumps(result))
     return 0
 

@@ -148,6 +148,7 @@ def test_script_profiles_a_composed_config_and_ends_with_json(capsys):
     [
         (["--repeats", "0"], "--threads and --repeats must be at least 1"),
         (["quantizer=nope"], "quantizer"),
+        (["--compiled", "--warmup", "1"], "--compiled needs --warmup of at least 2"),
     ],
 )
 def test_script_refuses_bad_input_in_one_line(capsys, argv, message):
@@ -156,3 +157,43 @@ def test_script_refuses_bad_input_in_one_line(capsys, argv, message):
     assert stop.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_compiled_profile_names_each_kernel_and_adds_up(monkeypatch):
+    """The compiled step, kernel by kernel: inductor's fused kernels, Eq. 12's operator and the
+    torch ops the compiled code calls, each event's self time once, against the FP32 twin."""
+    import torch._inductor.config as inductor_config
+
+    from lowbit.measure.kernels import (
+        ATEN,
+        GENERATED,
+        KINDS,
+        LOWBIT,
+        compiled_step,
+        format_kernel_table,
+        kernel_table,
+        profile_kernels,
+    )
+
+    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", True)
+    torch._dynamo.reset()
+    profile = profile_kernels(compiled_step(step_of(quantized())), warmup=2, repeats=2)
+    # the twin's side, made up (a second compile would double the test's time): 1 ms of conv
+    fp32 = {"step_ms": 10.0, "events": {"aten::convolution_backward": 1.0}, "coverage": 0.1}
+    result = kernel_table(profile, fp32)
+    kinds = {row["event"]: row["kind"] for row in result["rows"]}
+    assert kinds["lowbit::eq12_gradient"] == LOWBIT
+    assert any(name.startswith("graph_") and kind == GENERATED for name, kind in kinds.items())
+    assert kinds["aten::convolution_backward"] == ATEN
+    by_event = {row["event"]: row for row in result["rows"]}
+    assert by_event["lowbit::eq12_gradient"]["ms"] > 0
+    assert by_event["lowbit::eq12_gradient"]["fp32_ms"] == 0  # the twin quantizes nothing
+    assert by_event["aten::convolution_backward"]["fp32_ms"] == 1.0
+    assert result["kinds"][ATEN]["fp32_ms"] == 1.0 and result["fp32_step_ms"] == 10.0
+    assert set(result["kinds"]) == set(KINDS)
+    total = sum(kind["ms"] for kind in result["kinds"].values())
+    assert total == pytest.approx(sum(row["ms"] for row in result["rows"]))
+    # self times do not overlap: together they fit in the step's wall time
+    assert 0 < result["coverage"] <= 1.05
+    table = format_kernel_table(result, top=3)
+    assert "lowbit" in table and "smaller rows" in table and "coverage" in table

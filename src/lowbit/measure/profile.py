@@ -432,14 +432,15 @@ def format_profile(result: dict[str, Any], top: int | None = None) -> str:
         f"means of the middle half of {result['repeats']} steps after {result['warmup']} "
         f"warm-up (without hooks: medians)"
     )
-    return "\n".join([_aligned(lines), "", _aligned(kinds), "", summary])
+    return "\n".join([aligned(lines), "", aligned(kinds), "", summary])
 
 
-def _aligned(lines: list[list[str]]) -> str:
+def aligned(lines: list[list[str]], text_columns: int = 3) -> str:
+    """Rows of cells as a table: the first ``text_columns`` left-aligned, numbers right."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
         "  ".join(
-            value.ljust(w) if i < 3 else value.rjust(w)
+            value.ljust(w) if i < text_columns else value.rjust(w)
             for i, (value, w) in enumerate(zip(line, widths))
         ).rstrip()
         for line in lines
