@@ -4,6 +4,7 @@
     python scripts/bench.py --sections latency --threads 1
     python scripts/bench.py --quick             # a smoke run: few repeats, small batch
     python scripts/bench.py --sections train_step --modes eager
+    python scripts/bench.py --sections train_step --channels-last   # NHWC models and batches
 
 Sections (each a table; the last line of the output is one JSON object with every number, and
 the targets of issue 6 with whether they were met):
@@ -309,6 +310,7 @@ def bench_train_step(
     modes: list[str],
     quick: bool = False,
     models: list[str] | None = None,
+    channels_last: bool = False,
 ) -> tuple[dict, str]:
     """Per model and mode (eager, compiled), each configuration's step over the FP32 step of the
     same mode, all of a model's configurations of one mode interleaved in one process.
@@ -328,6 +330,7 @@ def bench_train_step(
                 repeats=repeats,
                 model_factory=factory,
                 compile=mode == "compiled",
+                channels_last=channels_last,
             )
             entries = {
                 name: {k: v for k, v in entry.items() if k != "times_ms"}
@@ -364,8 +367,9 @@ def bench_train_step(
                 print(line, file=sys.stderr, flush=True)
             compile_lines += model_compile_lines
     text = table(
-        f"Training step, {threads} threads, median of {repeats} round-robin steps per "
-        f"model and mode; ratios to the FP32 step of the same model and mode",
+        f"Training step, {threads} threads, {'channels-last' if channels_last else 'NCHW'}, "
+        f"median of {repeats} round-robin steps per model and mode; ratios to the FP32 step "
+        f"of the same model and mode",
         ["model", "mode", "config", "batch", "median ms", "x FP32", "x FP32 (CPU time)"],
         rows,
     )
@@ -427,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"train_step models, from {', '.join(step_models(False))} (default: all)",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="train_step: every model and batch in channels-last memory order, FP32 too",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     step_model_names = [m.strip() for m in (args.models or "").split(",") if m.strip()] or None
@@ -472,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "train_step" in sections:
         results["train_step_modes"] = modes
+        results["channels_last"] = args.channels_last
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as scratch:
         folder = Path(scratch)
         if "size" in sections:
@@ -507,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 modes=modes,
                 quick=args.quick,
                 models=step_model_names,
+                channels_last=args.channels_last,
             )
             print(text, flush=True)
 

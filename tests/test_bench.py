@@ -92,6 +92,18 @@ def test_models_option_times_only_the_named_model(capsys):
     assert "step_pact_w4a4_over_fp32" in results["targets"]
 
 
+def test_channels_last_times_every_method_in_nhwc_and_says_so(capsys):
+    # every quantizer's step runs on channels-last models and batches, FP32 too
+    bench = bench_module()
+    args = ["--quick", "--sections", "train_step", "--repeats", "1", "--models", "nin"]
+    assert bench.main([*args, "--channels-last"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    results = json.loads(out[-1])
+    assert results["channels_last"] is True
+    assert set(results["train_step"]["nin"]["eager"]) == set(bench.STEP_CONFIGS)
+    assert any(line.startswith("Training step, 2 threads, channels-last") for line in out)
+
+
 def test_unknown_model_is_one_line_and_exit_2(capsys):
     assert bench_module().main(["--sections", "train_step", "--models", "nin,resnet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -37,6 +37,7 @@ def training_step_ratios(
     model_factory: Callable[[], nn.Module] = NIN,
     seed: int = 0,
     compile: bool = False,
+    channels_last: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Median training-step milliseconds of each configuration, and its ratio to FP32.
 
@@ -51,6 +52,9 @@ def training_step_ratios(
     ``first_step_s`` (the first step) and, compiled, ``compile_s``: what the warm-up steps took
     beyond as many median steps (the compiles). Compiled steps need ``warmup >= 2``: the first
     compiles, and a quantizer initialised by the first batch compiles its next step again.
+    ``channels_last``: every model and batch in channels-last memory order (NHWC), FP32 too;
+    compiled, this also keeps inductor's own layout choice, which differs between graphs (it
+    left compiled FP32 MobileNetV3-Small in NCHW and put LSQ's in NHWC), out of the ratios.
     """
     if compile and warmup < 2:
         raise ValueError("compiled step timing needs warmup >= 2 (the first steps compile)")
@@ -68,7 +72,9 @@ def training_step_ratios(
         torch.set_num_threads(threads)
     try:
         steps = {
-            name: _training_step(model_factory, config, batch_size, input_shape, seed, compile)
+            name: _training_step(
+                model_factory, config, batch_size, input_shape, seed, compile, channels_last
+            )
             for name, config in configs.items()
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
@@ -118,9 +124,10 @@ def _training_step(
     input_shape: tuple[int, ...],
     seed: int,
     compile: bool = False,
+    channels_last: bool = False,
 ) -> Callable[[], None]:
-    """A closure running one SGD step of a freshly built (and maybe quantized, maybe compiled)
-    model."""
+    """A closure running one SGD step of a freshly built (and maybe quantized, maybe compiled,
+    maybe channels-last) model."""
     torch.manual_seed(seed)  # the same initial weights and data for every configuration
     model = model_factory()
     if config is not None:
@@ -132,6 +139,9 @@ def _training_step(
         classes = model(x[:2]).shape[-1]
     model.train()
     target = torch.randint(0, classes, (batch_size,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     forward = torch.compile(model) if compile else model
 
