@@ -158,3 +158,30 @@ def test_native_pact_forward_gives_the_tensor_paths_bits(monkeypatch, fresh_kern
     # the backward is the tensor path's either way: Eq. 3 on the saved input
     (grad_alpha,) = torch.autograd.grad(fused.nan_to_num().sum(), alpha_tensor)
     assert grad_alpha == (x >= alpha).sum()  # upstream gradient 1 where x >= alpha
+
+
+@needs_compiler
+def test_channels_last_tensors_keep_their_layout_and_the_tensor_paths_bits(
+    monkeypatch, fresh_kernel
+):
+    # NHWC activations and gradients (bench --channels-last) go through the kernels as they
+    # lie in memory: no NCHW copy in, a channels-last result out, and still the tensor paths'
+    # bits. Eq. 12's rows are in memory order, so its noise differs from an NCHW run's.
+    generator = torch.Generator().manual_seed(0)
+    g = torch.randn(6, 8, 5, 7, generator=generator).contiguous(memory_format=torch.channels_last)
+    key = functional.draw_key(11, torch.tensor(2))
+    calls = count_native_calls(monkeypatch)
+    fused = functional.quantize_gradient_tensor(g, 8, key)
+    reference = tensor_path(monkeypatch, functional.quantize_gradient_tensor, g, 8, key)
+    assert calls == [1] and torch.equal(fused, reference)
+    assert fused.is_contiguous(memory_format=torch.channels_last) and not fused.is_contiguous()
+    # each sample's max is kept (Eq. 12 puts it on the grid's end), whatever the layout
+    samples_max = g.abs().amax(dim=(1, 2, 3))
+    torch.testing.assert_close(fused.abs().amax(dim=(1, 2, 3)), samples_max)
+    nchw = functional.quantize_gradient_tensor(g.contiguous(), 8, key)
+    assert not torch.equal(fused, nchw)  # other noise bits, the same grid
+    x = 3 * torch.randn(4, 8, 5, 5, generator=generator)
+    alpha = torch.tensor(2.0, requires_grad=True)
+    pact_nhwc = functional.pact(x.contiguous(memory_format=torch.channels_last), alpha, 4)
+    assert pact_nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pact_nhwc, functional.pact(x, alpha, 4))

@@ -295,12 +295,34 @@ def quantize_gradient_tensor(
     shifted.mul_(_TWO_TO_MINUS_32).add_(n / 2).clamp_(0.0, n).round_()
     # q 2m / n - m: back to the gradient's scale (m = 0 rows stay 0: q = n / 2 rounds to a
     # code whose value is then multiplied by 0)
-    return torch.addcmul(m.neg(), shifted, 2 * m / n).reshape(g.shape)
+    return _from_rows(torch.addcmul(m.neg(), shifted, 2 * m / n), g)
 
 
 def _rows(g: torch.Tensor) -> torch.Tensor:
-    """The gradient as one row per sample (all axes but the batch axis), Eq. 12's max axes."""
+    """The gradient as one row per sample (all axes but the batch axis), Eq. 12's max axes, in
+    memory order: a channels-last gradient's rows are a view of its NHWC memory, not an NCHW
+    copy. An element's noise is keyed by its place in the row, so a channels-last run draws
+    other bits than an NCHW run of the same seed (as uniform and independent)."""
+    if _is_channels_last(g):
+        return g.permute(0, 2, 3, 1).reshape(g.shape[0], -1)
     return g.reshape(g.shape[0], -1) if g.dim() > 1 else g.reshape(1, -1)
+
+
+def _from_rows(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``rows`` (from ``_rows(g)``) back in ``g``'s shape and memory order."""
+    if _is_channels_last(g):
+        batch, channels, height, width = g.shape
+        return rows.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    return rows.reshape(g.shape)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d tensor laid out NHWC (and not also NCHW, as one with 1x1 images is)."""
+    return (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def _row_scales(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,12 +346,13 @@ def _eq12_native(g: torch.Tensor, key: torch.Tensor, n: int) -> torch.Tensor:
     rows = _rows(g)
     m, scale = _row_scales(rows, n)
     out = native.quantize_gradient_rows(rows, key, scale, 2 * m / n, m.neg(), _GOLDEN, _MIX, n)
-    return out.reshape(g.shape)
+    return _from_rows(out, g)
 
 
 @_eq12_native.register_fake
 def _(g, key, n):
-    return torch.empty_like(g, memory_format=torch.contiguous_format)
+    layout = torch.channels_last if _is_channels_last(g) else torch.contiguous_format
+    return torch.empty_like(g, memory_format=layout)
 
 
 def dorefa_gradient(

@@ -195,8 +195,11 @@ def quantize_gradient_rows(
 
 def pact_forward(x: torch.Tensor, alpha: float, step: float) -> torch.Tensor:
     """PACT's quantized output of a float32 CPU tensor, eager only (the autograd Function's
-    forward calls it; compiled code fuses the tensor path itself)."""
-    x = x.contiguous()
+    forward calls it; compiled code fuses the tensor path itself). Element-wise, so any dense
+    layout is passed as it is (a channels-last activation is not copied to NCHW): the output
+    has the input's strides."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
     out = torch.empty_like(x)
     kernels().lowbit_pact_forward(
         x.data_ptr(), out.data_ptr(), x.numel(), alpha, step, torch.get_num_threads()
