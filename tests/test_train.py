@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import nin_macs, nin_params
 from wandb_offline import read_offline_run
 
@@ -83,6 +84,37 @@ def test_fast_dev_run_every_model_and_quantizer(make_cfg, model, quantizer):
     assert written["status"] == "ok" and written["quant"]["quantizer"] == quantizer
     # the export is checked on the one val batch a fast_dev_run validates on, and says so
     assert results["metrics"]["export/agreement_images"] == 8
+
+
+@pytest.mark.parametrize("quantizer", ["dorefa", "pact", "lsq"])
+def test_channels_last_trains_nhwc_and_measures_the_model_in_nchw(make_cfg, quantizer):
+    """channels_last=true: the training forward sees NHWC weights and batches, and every stage
+    after it (measure, pack, integer export) runs as in an NCHW run."""
+    import lowbit.tasks.base
+
+    seen = []
+    original = lowbit.tasks.base.QuantTrainingTask.forward
+
+    def spy(self, x):
+        if self.training:
+            weight = next(p for p in self.model.parameters() if p.dim() == 4)
+            seen.append(weight.is_contiguous(memory_format=torch.channels_last))
+        return original(self, x)
+
+    cfg = make_cfg(
+        f"quantizer={quantizer}",
+        "quant.gbits=8" if quantizer == "dorefa" else "quant.wbits=4",
+        "channels_last=true",
+        "logger=none",
+        "callbacks=none",
+        "+trainer.fast_dev_run=true",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lowbit.tasks.base.QuantTrainingTask, "forward", spy)
+        results = run(cfg)
+    assert results["status"] == "ok", results.get("error")
+    assert seen and all(seen)  # the first conv's weight was NHWC in every training forward
+    assert SUMMARY_KEYS <= set(results["metrics"])
 
 
 def test_quantized_model_is_smaller_and_reported(make_cfg):

@@ -77,6 +77,7 @@ BAD_VALUES = {
     "seeds": 0,
     "threads": 0,
     "compile": "max-autotune",
+    "channels_last": "nhwc",
     "group": 5,
     "job_type": ["a"],
     "tags": "fast",

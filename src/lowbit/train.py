@@ -294,6 +294,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         quantize(cfg, model, datamodule)
 
         task = build_task(cfg, datamodule, model)
+        if cfg.get("channels_last"):
+            task.train_channels_last()
         if compiled:
             task.compile_training()
         pin_wandb_run_id(cfg, output_dir, write=is_global_zero())  # a resumed run keeps its id
@@ -342,6 +344,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results["task"] = kind_of(task)
         # PACT's alphas, LSQ's steps, LSQ+'s offsets by layer: {"alpha": {...}, "step": {...}}
         results.update({"alpha": {}, **learned_values(task.model)})
+        task.model.to(memory_format=torch.contiguous_format)  # channels_last=true trained NHWC
         failure = None
         if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
             stages = measuring_stages(

@@ -275,6 +275,7 @@ SCHEMA: dict[str, Check] = {
     "seeds": COUNT,  # sweep/ presets: seeds per configuration (seed=range(0,seeds))
     "threads": optional(COUNT),
     "compile": BOOLEAN,  # torch.compile the training step (lowbit.compiled)
+    "channels_last": BOOLEAN,  # train NHWC (QuantTrainingTask.train_channels_last)
     "group": optional(TEXT),
     "job_type": optional(TEXT),
     "tags": list_of(either(TEXT, integer())),
