@@ -115,7 +115,12 @@ def test_compiled_noise_hash_gives_eager_bits():
 
 @pytest.mark.parametrize(
     "quantizer, options",
-    [("dorefa", {"gbits": 8}), ("pact", {"alpha_calibration": 99.0}), ("lsq", {})],
+    [
+        ("dorefa", {"gbits": 8}),
+        ("pact", {"alpha_calibration": 99.0}),
+        ("lsq", {}),
+        ("dorefa", {"gbits": 8, "input_bits": 8}),  # every run's default: the image quantized
+    ],
 )
 def test_quantized_models_trace_as_one_graph(quantizer, options):
     # A graph break (a tensor's truth value, say) splits the compiled step at every layer and

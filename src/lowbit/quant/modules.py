@@ -501,6 +501,11 @@ class ImageQuantizer(Quantizer):
     averaged over data-parallel replicas' extremes; evaluation uses it frozen. Until a training
     batch has been seen the image passes through unchanged and ``grid()`` is None (an export then
     calibrates the image on its own). Gradient: straight-through inside the range.
+
+    Whether a batch was seen lives in the ``observed`` buffer (checkpoints) and, mirrored, in
+    ``is_observed``, a Python bool the forward reads; the forward keeps the zero point a tensor.
+    Both keep torch.compile's graph whole: the buffer's truth value and an ``int`` zero point
+    broke a compiled NIN into 13 graphs, one per layer (every run's default, ``input_bits=8``).
     """
 
     def __init__(self, bits: int):
@@ -508,21 +513,32 @@ class ImageQuantizer(Quantizer):
         self.register_buffer("low", torch.tensor(0.0))
         self.register_buffer("high", torch.tensor(0.0))
         self.register_buffer("observed", torch.tensor(False))
+        self.is_observed = False  # the buffer's value, for the forward
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
         low = mean_over_replicas(x.detach().min().float().clamp(max=0.0))
         high = mean_over_replicas(x.detach().max().float().clamp(min=0.0))
-        if bool(self.observed):
+        if self.is_observed:
             low, high = torch.minimum(low, self.low), torch.maximum(high, self.high)
         self.low.copy_(low)
         self.high.copy_(high)
         self.observed.fill_(True)
+        self.is_observed = True
 
-    def scale_and_zero_point(self) -> tuple[torch.Tensor, int]:
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.is_observed = bool(self.observed)
+
+    def scale_and_zero_tensor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scale and the zero point (an integer-valued float tensor) of the range."""
         n = Q.levels(self.bits)
         scale = ((self.high - self.low) / n).clamp(min=torch.finfo(torch.float32).tiny)
-        return scale, int(torch.clamp(torch.round(-self.low / scale), 0, n))
+        return scale, torch.clamp(torch.round(-self.low / scale), 0, n)
+
+    def scale_and_zero_point(self) -> tuple[torch.Tensor, int]:
+        scale, zero_point = self.scale_and_zero_tensor()
+        return scale, int(zero_point)
 
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -530,9 +546,9 @@ class ImageQuantizer(Quantizer):
             return x
         if self.training:
             self.observe(x)
-        if not bool(self.observed):
+        if not self.is_observed:
             return x
-        scale, zero_point = self.scale_and_zero_point()
+        scale, zero_point = self.scale_and_zero_tensor()
         n = Q.levels(self.bits)
         low, high = (0 - zero_point) * scale, (n - zero_point) * scale
         clipped = torch.minimum(torch.maximum(x, low), high)
@@ -540,7 +556,7 @@ class ImageQuantizer(Quantizer):
         return clipped + (quantized - clipped).detach()
 
     def grid(self, x: torch.Tensor | None = None) -> IntegerGrid | None:
-        if not (self.is_active and bool(self.observed)):
+        if not (self.is_active and self.is_observed):
             return None
         scale, zero_point = self.scale_and_zero_point()
         return IntegerGrid(
