@@ -159,6 +159,7 @@ def test_script_refuses_bad_input_in_one_line(capsys, argv, message):
     assert len(err) == 1 and message in err[0]
 
 
+@pytest.mark.slow  # a cold compile with inductor's kernel events: 25 to 45 s on 2 cores
 def test_compiled_profile_names_each_kernel_and_adds_up(monkeypatch):
     """The compiled step, kernel by kernel: inductor's fused kernels, Eq. 12's operator and the
     torch ops the compiled code calls, each event's self time once, against the FP32 twin."""
