@@ -344,7 +344,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results["task"] = kind_of(task)
         # PACT's alphas, LSQ's steps, LSQ+'s offsets by layer: {"alpha": {...}, "step": {...}}
         results.update({"alpha": {}, **learned_values(task.model)})
-        task.model.to(memory_format=torch.contiguous_format)  # channels_last=true trained NHWC
+        if task.channels_last:  # trained NHWC: the measuring stages and the export see NCHW
+            task.model.to(memory_format=torch.contiguous_format)
         failure = None
         if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
             stages = measuring_stages(

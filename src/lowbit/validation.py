@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lowbit.bit_widths import INPUT_BITS, check_bits
+from lowbit.compiled import compile_requested
 from lowbit.errors import ConfigError, one_line
 
 # ---------------------------------------------------------------------------------------------
@@ -510,8 +511,6 @@ def check_values(cfg: DictConfig, imports: bool = True) -> None:
     import code (``Check.imports``) are left out: the command line runs that on every job
     before it imports anything heavy (torch, torchvision and Lightning take seconds), so such
     bad input is answered at once; ``check_config`` runs them all, first."""
-    from lowbit.compiled import compile_requested
-
     validate(cfg, imports)
     compile_requested(cfg)
     if not (cfg.get("quant") or {}).get("quantizer"):

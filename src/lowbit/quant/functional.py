@@ -330,7 +330,7 @@ def _row_scales(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     as 2 where m = 0); one row per sample."""
     # max|g| per row as max(max g, -min g): exact, and no |g| temporary of the gradient's size.
     # amax and amin are two vectorised reads; torch.aminmax along a dimension, one read, took
-    # 4x as long on the CPU (42 vs 11 ms for 128 rows of 196,608 floats, 2 threads): in a
+    # 3 to 4x as long on the CPU (42 vs 11 ms for 128 rows of 196,608 floats, 2 threads): in a
     # compiled NIN G8 step, 120 ms of rows' maxima became about 30 (README, "What a training
     # step costs").
     m = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_())
