@@ -4,7 +4,8 @@
     python scripts/bench.py --sections latency --threads 1
     python scripts/bench.py --quick             # a smoke run: few repeats, small batch
     python scripts/bench.py --sections train_step --modes eager
-    python scripts/bench.py --sections train_step --channels-last   # NHWC models and batches
+    python scripts/bench.py --sections train_step --layouts nhwc    # NHWC models and batches
+    python scripts/bench.py --sections train_step --layouts nchw,nhwc   # both, interleaved
 
 Sections (each a table; the last line of the output is one JSON object with every number, and
 the targets of issue 6 with whether they were met):
@@ -26,9 +27,13 @@ the targets of issue 6 with whether they were met):
   G8, PACT W4A4 and LSQ W4A4 over the FP32 step, NIN and MobileNetV3-Small (CIFAR stem, 32x32),
   batch 128, eager and compiled (``--modes``), each model's configurations of one mode
   round-robin in one process (``lowbit.measure.step_time``); each ratio is to the FP32 step of
-  the same model and mode, and each compiled configuration's compile time (its first step) is
-  printed on its own line. Targets (issue 15, NIN): eager DoReFa W4A4G32 <= 1.15x, W4A4G8
-  <= 1.30x, PACT W4A4 <= 1.25x; compiled DoReFa W4A4G32 <= 1.05x, W4A4G8 <= 1.15x.
+  the same model, mode and memory layout (``--layouts``; several are interleaved in the same
+  round-robin and compared step by step), and each compiled configuration's compile time (its
+  first step) is printed on its own line. Targets (issue 15, NIN, the first layout): eager
+  DoReFa W4A4G32 <= 1.15x, W4A4G8 <= 1.30x, PACT W4A4 <= 1.25x; compiled DoReFa W4A4G32
+  <= 1.05x, W4A4G8 <= 1.15x. A step target's value is the paired ratio (the median of the
+  round-by-round ratios) and its verdict says "within noise" when the 95% interval of that
+  median straddles the bound.
 
 Weights are freshly initialised: sizes and speeds do not depend on training. Timings on a shared
 machine move with its load; the ratios, measured interleaved, move much less. The exit status
@@ -53,7 +58,7 @@ from lowbit.data.digits import DigitsData
 from lowbit.export import save_packed
 from lowbit.export.packing import header_bytes, payload_bytes
 from lowbit.measure.size import size_limit_bytes
-from lowbit.measure.step_time import training_step_ratios
+from lowbit.measure.step_time import LAYOUTS, training_step_ratios
 from lowbit.models import NIN, MobileNetV3, YOLOv3Tiny
 from lowbit.quant import quantize_model
 
@@ -314,11 +319,11 @@ def bench_train_step(
     modes: list[str],
     quick: bool = False,
     models: list[str] | None = None,
-    channels_last: bool = False,
+    layouts: tuple[str, ...] = ("nchw",),
 ) -> tuple[dict, str]:
     """Per model and mode (eager, compiled), each configuration's step over the FP32 step of the
-    same mode, all of a model's configurations of one mode interleaved in one process.
-    ``models``: a subset of ``step_models``' names (default: all)."""
+    same mode and layout, all of a model's configurations and layouts of one mode interleaved in
+    one process. ``models``: a subset of ``step_models``' names (default: all)."""
     results: dict[str, dict] = {}
     rows, compile_lines = [], []
     for model_name, (factory, shape, batch_size) in step_models(quick).items():
@@ -334,7 +339,7 @@ def bench_train_step(
                 repeats=repeats,
                 model_factory=factory,
                 compile=mode == "compiled",
-                channels_last=channels_last,
+                layouts=layouts,
             )
             entries = {
                 name: {k: v for k, v in entry.items() if k != "times_ms"}
@@ -344,7 +349,7 @@ def bench_train_step(
             # progress on stderr: the section's table comes only once every model has run
             print(
                 f"train_step {model_name} {mode}: "
-                + ", ".join(f"{name} {r['ratio']:.3f}x" for name, r in entries.items()),
+                + ", ".join(f"{name} {r['paired_ratio']:.3f}x" for name, r in entries.items()),
                 file=sys.stderr,
                 flush=True,
             )
@@ -352,11 +357,21 @@ def bench_train_step(
                 [
                     model_name,
                     mode,
-                    name,
+                    r["layout"],
+                    name.split("@")[0],
                     batch_size,
                     f"{r['ms']:.1f}",
                     f"{r['ratio']:.3f}",
+                    f"{r['paired_ratio']:.3f} [{r['paired_interval'][0]:.3f}, "
+                    f"{r['paired_interval'][1]:.3f}]",
                     f"{r['cpu_ratio']:.3f}",
+                    (
+                        f"{r['over_first_layout']['median']:.3f} "
+                        f"[{r['over_first_layout']['interval'][0]:.3f}, "
+                        f"{r['over_first_layout']['interval'][1]:.3f}]"
+                        if "over_first_layout" in r
+                        else ""
+                    ),
                 ]
                 for name, r in entries.items()
             ]
@@ -371,16 +386,29 @@ def bench_train_step(
                 print(line, file=sys.stderr, flush=True)
             compile_lines += model_compile_lines
     text = table(
-        f"Training step, {threads} threads, {'channels-last' if channels_last else 'NCHW'}, "
+        f"Training step, {threads} threads, {' and '.join(layouts).upper().replace(' AND ', ' and ')}, "
         f"median of {repeats} round-robin steps per model and mode; ratios to the FP32 step "
-        f"of the same model and mode",
-        ["model", "mode", "config", "batch", "median ms", "x FP32", "x FP32 (CPU time)"],
+        f"of the same model, mode and layout; paired: median of the round-by-round ratios "
+        f"[95% interval of that median{'' if repeats >= 6 else f', here the range of {repeats}'}]",
+        [
+            "model",
+            "mode",
+            "layout",
+            "config",
+            "batch",
+            "median ms",
+            "x FP32",
+            "paired x FP32",
+            "x FP32 (CPU time)",
+            f"x own {layouts[0].upper()} step" if len(layouts) > 1 else "",
+        ],
         rows,
     )
     return results, text + "\n".join(compile_lines) + ("\n" if compile_lines else "")
 
 
 def target_values(results: dict) -> dict[str, float]:
+    """Every target's measured value; step targets read the paired ratio of the first layout."""
     values = {}
     if "size" in results:
         for bits in (2, 4, 8):
@@ -401,8 +429,30 @@ def target_values(results: dict) -> dict[str, float]:
     for mode, prefix in (("eager", "step"), ("compiled", "step_compiled")):
         for name, _ in TRAIN_STEP_TARGETS[mode]:
             if mode in nin:
-                values[f"{prefix}_{name}_over_fp32"] = nin[mode][name]["ratio"]
+                values[f"{prefix}_{name}_over_fp32"] = nin[mode][name]["paired_ratio"]
     return values
+
+
+def target_intervals(results: dict) -> dict[str, tuple[list[float], float]]:
+    """(interval, coverage) of each step target's paired ratio; the other targets have none."""
+    nin = results.get("train_step", {}).get("nin", {})
+    return {
+        f"{prefix}_{name}_over_fp32": (
+            nin[mode][name]["paired_interval"],
+            nin[mode][name]["paired_coverage"],
+        )
+        for mode, prefix in (("eager", "step"), ("compiled", "step_compiled"))
+        if mode in nin
+        for name, _ in TRAIN_STEP_TARGETS[mode]
+    }
+
+
+def verdict(value: float, bound: float, interval: list[float] | None) -> str:
+    """met / MISSED for a value <= bound target; "within noise" when the value's 95%
+    interval reaches both sides of the bound, whichever side the value itself is on."""
+    if interval is not None and interval[0] <= bound < interval[1]:
+        return "within noise"
+    return "met" if value <= bound else "MISSED"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,9 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"train_step models, from {', '.join(step_models(False))} (default: all)",
     )
     parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="train_step: every model and batch in channels-last memory order, FP32 too",
+        "--layouts",
+        default="nchw",
+        help="train_step: memory orders of every model and batch, FP32 too, from "
+        f"{', '.join(LAYOUTS)}; several are interleaved and compared (default: nchw)",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
@@ -464,6 +515,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    layouts = [m.strip() for m in args.layouts.split(",") if m.strip()]
+    unknown_layouts = sorted(set(layouts) - set(LAYOUTS))
+    if unknown_layouts or not layouts or len(set(layouts)) != len(layouts):
+        print(
+            f"bench: --layouts takes distinct names from {', '.join(LAYOUTS)}, "
+            f"got {args.layouts!r}",
+            file=sys.stderr,
+        )
+        return 2
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
@@ -485,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "train_step" in sections:
         results["train_step_modes"] = modes
-        results["channels_last"] = args.channels_last
+        results["layouts"] = layouts
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as scratch:
         folder = Path(scratch)
         if "size" in sections:
@@ -521,19 +581,34 @@ def main(argv: list[str] | None = None) -> int:
                 modes=modes,
                 quick=args.quick,
                 models=step_model_names,
-                channels_last=args.channels_last,
+                layouts=tuple(layouts),
             )
             print(text, flush=True)
 
-    values = target_values(results)
+    values, intervals = target_values(results), target_intervals(results)
     results["targets"] = {
-        name: {"value": value, "bound": TARGETS[name][1], "met": value <= TARGETS[name][1]}
+        name: {
+            "value": value,
+            "bound": TARGETS[name][1],
+            "met": value <= TARGETS[name][1],
+            **(
+                {"interval": intervals[name][0], "coverage": intervals[name][1]}
+                if name in intervals
+                else {}
+            ),
+            "verdict": verdict(value, TARGETS[name][1], intervals.get(name, (None,))[0]),
+        }
         for name, value in values.items()
     }
     for name, target in results["targets"].items():
+        interval = (
+            f" [{target['coverage']:.0%}: {target['interval'][0]:.3f}, {target['interval'][1]:.3f}]"
+            if "interval" in target
+            else ""
+        )
         print(
-            f"target {name}: {target['value']:.3f} <= {target['bound']}: "
-            f"{'met' if target['met'] else 'MISSED'}"
+            f"target {name}: {target['value']:.3f}{interval} <= {target['bound']}: "
+            f"{target['verdict']}"
         )
     print(json.dumps(results, sort_keys=True))
     missed = [name for name, target in results["targets"].items() if not target["met"]]

@@ -64,7 +64,7 @@ def test_train_step_section_covers_both_models_and_every_method(capsys):
             assert "compile_s" not in entry
     assert (
         results["targets"]["step_pact_w4a4_over_fp32"]["value"]
-        == steps["nin"]["eager"]["pact_w4a4"]["ratio"]
+        == steps["nin"]["eager"]["pact_w4a4"]["paired_ratio"]
     )
     assert "size" not in results and "latency" not in results
     assert not any(line.startswith("compile time") for line in out)
@@ -92,16 +92,44 @@ def test_models_option_times_only_the_named_model(capsys):
     assert "step_pact_w4a4_over_fp32" in results["targets"]
 
 
-def test_channels_last_times_every_method_in_nhwc_and_says_so(capsys):
-    # every quantizer's step runs on channels-last models and batches, FP32 too
+def test_two_layouts_interleave_every_method_and_compare_each_to_its_nchw_step(capsys):
+    # every quantizer's step runs on NCHW and on channels-last models and batches, FP32 too
     bench = bench_module()
-    args = ["--quick", "--sections", "train_step", "--repeats", "1", "--models", "nin"]
-    assert bench.main([*args, "--channels-last"]) == 0
+    args = ["--quick", "--sections", "train_step", "--repeats", "2", "--models", "nin"]
+    assert bench.main([*args, "--layouts", "nchw,nhwc"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     results = json.loads(out[-1])
-    assert results["channels_last"] is True
-    assert set(results["train_step"]["nin"]["eager"]) == set(bench.STEP_CONFIGS)
-    assert any(line.startswith("Training step, 2 threads, channels-last") for line in out)
+    assert results["layouts"] == ["nchw", "nhwc"]
+    entries = results["train_step"]["nin"]["eager"]
+    assert set(entries) == set(bench.STEP_CONFIGS) | {f"{n}@nhwc" for n in bench.STEP_CONFIGS}
+    for name in bench.STEP_CONFIGS:
+        nchw, nhwc = entries[name], entries[f"{name}@nhwc"]
+        assert (nchw["layout"], nhwc["layout"]) == ("nchw", "nhwc")
+        assert "over_first_layout" not in nchw
+        low, high = nhwc["over_first_layout"]["interval"]
+        assert low <= nhwc["over_first_layout"]["median"] <= high
+        # each layout's ratios are to the FP32 step of that layout
+        assert nhwc["ratio"] == pytest.approx(nhwc["ms"] / entries["fp32@nhwc"]["ms"])
+    # the targets read the first layout
+    target = results["targets"]["step_pact_w4a4_over_fp32"]
+    assert target["value"] == entries["pact_w4a4"]["paired_ratio"]
+    assert target["interval"] == entries["pact_w4a4"]["paired_interval"]
+    assert any(line.startswith("Training step, 2 threads, NCHW and NHWC") for line in out)
+
+
+def test_unknown_layout_is_one_line_and_exit_2(capsys):
+    assert bench_module().main(["--sections", "train_step", "--layouts", "nchw,nwhc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--layouts takes distinct names" in err[0] and "nwhc" in err[0]
+
+
+def test_a_verdict_within_the_noise_is_neither_met_nor_missed():
+    verdict = bench_module().verdict
+    assert verdict(1.04, 1.05, [1.01, 1.045]) == "met"
+    assert verdict(1.04, 1.05, [1.01, 1.08]) == "within noise"
+    assert verdict(1.07, 1.05, [1.03, 1.09]) == "within noise"
+    assert verdict(1.07, 1.05, [1.06, 1.09]) == "MISSED"
+    assert verdict(0.3, 0.35, None) == "met"
 
 
 def test_unknown_model_is_one_line_and_exit_2(capsys):

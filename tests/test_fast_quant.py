@@ -302,10 +302,39 @@ def test_training_step_ratios_structure():
         assert entry["ms"] > 0 and entry["ratio"] > 0 and len(entry["times_ms"]) == 2
         assert entry["threads"] == 1 and entry["batch_size"] == 4
     assert result["w4a4g8"]["ratio"] == result["w4a4g8"]["ms"] / result["float"]["ms"]
+    # paired: the median of the two rounds' ratios, inside the range of those ratios
+    rounds = [
+        quantized / fp32
+        for quantized, fp32 in zip(result["w4a4g8"]["times_ms"], result["float"]["times_ms"])
+    ]
+    assert result["w4a4g8"]["paired_ratio"] == pytest.approx(sum(rounds) / 2)
+    assert result["w4a4g8"]["paired_interval"] == [min(rounds), max(rounds)]
+    assert result["w4a4g8"]["paired_coverage"] == pytest.approx(0.5)  # two rounds: the range
+    assert result["float"]["paired_ratio"] == 1.0
     assert torch.get_num_threads() == threads  # restored
     for entry in result.values():  # eager: the first step is reported, no compile time
         assert entry["compiled"] is False and entry["first_step_s"] > 0
         assert "compile_s" not in entry
+
+
+def test_median_interval_is_the_order_statistics_with_95_percent_coverage():
+    from lowbit.measure.step_time import median_interval
+
+    # the textbook pairs: 15 values -> 4th and 12th, 21 -> 6th and 16th (coverage >= 95%)
+    assert median_interval(list(range(1, 16)))[:2] == (4, 12)
+    assert median_interval(list(range(1, 16)))[2] == pytest.approx(1 - 2 * 576 / 2**15)
+    assert median_interval(list(reversed(range(1, 22))))[:2] == (6, 16)
+    low, high, coverage = median_interval([5.0, 1.0, 3.0])  # too few for 95%: the range
+    assert (low, high) == (1.0, 5.0) and coverage == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        median_interval([])
+
+
+def test_unknown_layout_is_refused():
+    from lowbit.measure.step_time import training_step_ratios
+
+    with pytest.raises(ValueError, match="layouts"):
+        training_step_ratios({"float": None}, layouts=("nchw", "nwhc"), model_factory=tiny_model)
 
 
 def test_compiled_step_timing_needs_a_warm_up_step():
