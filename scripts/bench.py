@@ -385,8 +385,9 @@ def bench_train_step(
             for line in model_compile_lines:
                 print(line, file=sys.stderr, flush=True)
             compile_lines += model_compile_lines
+    layout_names = " and ".join(layout.upper() for layout in layouts)
     text = table(
-        f"Training step, {threads} threads, {' and '.join(layouts).upper().replace(' AND ', ' and ')}, "
+        f"Training step, {threads} threads, {layout_names}, "
         f"median of {repeats} round-robin steps per model and mode; ratios to the FP32 step "
         f"of the same model, mode and layout; paired: median of the round-by-round ratios "
         f"[95% interval of that median{'' if repeats >= 6 else f', here the range of {repeats}'}]",
