@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -78,6 +79,43 @@ def sgd_steps(model: torch.nn.Module, forward, steps: int = 2) -> list[torch.Ten
         torch.nn.functional.cross_entropy(forward(x), target).backward()
         optimizer.step()
     return [p.detach().clone() for p in model.parameters()]
+
+
+def test_every_job_of_a_multirun_trains_compiled(monkeypatch):
+    # A multirun's jobs share one process, and TorchDynamo keeps at most 8 graphs per function
+    # (here Sequential.forward) over every model it has seen: a quantized model takes two and
+    # each bit width is a new guard, so the fifth job of `-m compile=true quant.wbits=2,3,4,5,6`
+    # ran its forward eagerly, silently, until each run emptied the caches
+    # (QuantTrainingTask.compile_training). Dynamo's eager backend: its graph cache, none of
+    # inductor's compile time.
+    from lowbit.tasks.classification import ClassificationTask
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    x = torch.randn(4, 3, 8, 8)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for bits in (2, 3, 4, 5, 6):
+            torch.manual_seed(0)
+            model = quantize_model(
+                torch.nn.Sequential(
+                    torch.nn.Conv2d(3, 8, 3, padding=1),
+                    torch.nn.ReLU(),
+                    torch.nn.Conv2d(8, 8, 3),  # the middle layer, at `bits`
+                    torch.nn.ReLU(),
+                    torch.nn.Flatten(),
+                    torch.nn.Linear(8 * 6 * 6, 5),
+                ),
+                quantizer="dorefa",
+                wbits=bits,
+                abits=bits,
+                input_bits=8,
+                input_shape=(3, 8, 8),
+            )
+            task = ClassificationTask(model, num_classes=5)
+            task.compile_training()
+            task.train()
+            for _step in range(2):  # the first-batch initialisation, then the steady step
+                task(x)
+    torch._dynamo.reset()
 
 
 @pytest.mark.slow  # torch.compile's first compile takes tens of seconds on a CPU

@@ -50,7 +50,14 @@ class QuantTrainingTask(pl.LightningModule):
 
     def compile_training(self) -> None:
         """Run training forwards through torch.compile(model) (``compile=true``, lowbit.compiled).
-        Kept out of the module tree, so the state dict and every eager use stay as they are."""
+        Kept out of the module tree, so the state dict and every eager use stay as they are.
+
+        torch.compile's caches are emptied first: the jobs of a multirun share one process,
+        and TorchDynamo keeps at most ``recompile_limit`` (8) graphs per function, the model
+        class's ``forward``, over every model it has seen. A quantized model takes two (its
+        first-batch initialisation, then the steady step), so from the fifth quantized job on,
+        the compiled forward fell back to eager without a word."""
+        torch._dynamo.reset()
         object.__setattr__(self, "compiled_model", torch.compile(self.model))
 
     def train_channels_last(self) -> None:
