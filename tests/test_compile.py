@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lowbit.compiled import compile_requested
+from lowbit.compiled import INDUCTOR_OPTIONS, compile_model, compile_requested
 from lowbit.errors import ConfigError
 from lowbit.quant import quantize_model
 from lowbit.quant.functional import draw_key, uniform_noise_bits
@@ -81,6 +81,15 @@ def sgd_steps(model: torch.nn.Module, forward, steps: int = 2) -> list[torch.Ten
     return [p.detach().clone() for p in model.parameters()]
 
 
+def test_a_run_compiles_with_lowbits_inductor_options(monkeypatch):
+    from lowbit.tasks.classification import ClassificationTask
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    ClassificationTask(tiny_model(), num_classes=5).compile_training()
+    assert calls == [{"options": INDUCTOR_OPTIONS}]
+
+
 def test_every_job_of_a_multirun_trains_compiled(monkeypatch):
     # A multirun's jobs share one process, and TorchDynamo keeps at most 8 graphs per function
     # (here Sequential.forward) over every model it has seen: a quantized model takes two and
@@ -126,7 +135,7 @@ def test_compiled_training_steps_equal_eager_ones(gbits):
     use_noise_stream(eager, seed=3)
     use_noise_stream(compiled, seed=3)
     expected = sgd_steps(eager, eager)
-    actual = sgd_steps(compiled, torch.compile(compiled))
+    actual = sgd_steps(compiled, compile_model(compiled))  # as compile=true compiles
     for a, b in zip(actual, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # the noise streams advanced alike: one draw per layer and step

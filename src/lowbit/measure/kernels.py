@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
 
+from lowbit.compiled import compile_model
 from lowbit.measure.profile import TrainingStep, aligned
 
 GENERATED, LOWBIT, ATEN, OTHER = "generated", "lowbit", "aten", "other"
@@ -55,7 +55,7 @@ def enable_kernel_events() -> None:
 def compiled_step(step: TrainingStep) -> Callable[[], None]:
     """One SGD step of ``step`` with its model's forward (and so its backward) compiled, as
     ``compile=true`` trains."""
-    forward = torch.compile(step.model)
+    forward = compile_model(step.model)
 
     def run() -> None:
         step.optimizer.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.compiled import compile_model
 from lowbit.models.nin import NIN
 from lowbit.quant import quantize_model
 from lowbit.quant.modules import use_noise_stream
@@ -227,7 +228,7 @@ def _training_step(
         model = model.to(memory_format=LAYOUTS[layout])
         x = x.contiguous(memory_format=LAYOUTS[layout])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    forward = torch.compile(model) if compile else model
+    forward = compile_model(model) if compile else model
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

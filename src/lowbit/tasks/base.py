@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lowbit.compiled import compile_model
 from lowbit.quant.optim import apply_lr_mult, logged_values, param_groups
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -58,7 +59,7 @@ class QuantTrainingTask(pl.LightningModule):
         first-batch initialisation, then the steady step), so from the fifth quantized job on,
         the compiled forward fell back to eager without a word."""
         torch._dynamo.reset()
-        object.__setattr__(self, "compiled_model", torch.compile(self.model))
+        object.__setattr__(self, "compiled_model", compile_model(self.model))
 
     def train_channels_last(self) -> None:
         """Train in channels-last memory order (``channels_last=true``): the model's weights
