@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 from lowbit.compiled import compile_model
 from lowbit.measure.profile import TrainingStep, aligned
 
