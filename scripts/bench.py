@@ -4,7 +4,7 @@
     python scripts/bench.py --sections latency --threads 1
     python scripts/bench.py --quick             # a smoke run: few repeats, small batch
     python scripts/bench.py --sections train_step --modes eager
-    python scripts/bench.py --sections train_step --layouts nhwc    # NHWC models and batches
+    python scripts/bench.py --sections train_step --layouts nchw    # NCHW models and batches
     python scripts/bench.py --sections train_step --layouts nchw,nhwc   # both, interleaved
 
 Sections (each a table; the last line of the output is one JSON object with every number, and
@@ -27,8 +27,8 @@ the targets of issue 6 with whether they were met):
   G8, PACT W4A4 and LSQ W4A4 over the FP32 step, NIN and MobileNetV3-Small (CIFAR stem, 32x32),
   batch 128, eager and compiled (``--modes``), each model's configurations of one mode
   round-robin in one process (``lowbit.measure.step_time``); each ratio is to the FP32 step of
-  the same model, mode and memory layout (``--layouts``; several are interleaved in the same
-  round-robin and compared step by step), and each compiled configuration's compile time (its
+  the same model, mode and memory layout (``--layouts``, default NHWC as a run trains; several
+  are interleaved in the same round-robin and compared step by step), and each compiled configuration's compile time (its
   first step) is printed on its own line. Targets (issue 15, NIN, the first layout): eager
   DoReFa W4A4G32 <= 1.15x, W4A4G8 <= 1.30x, PACT W4A4 <= 1.25x; compiled DoReFa W4A4G32
   <= 1.05x, W4A4G8 <= 1.15x. A step target's value is the paired ratio (the median of the
@@ -488,9 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--layouts",
-        default="nchw",
+        default="nhwc",
         help="train_step: memory orders of every model and batch, FP32 too, from "
-        f"{', '.join(LAYOUTS)}; several are interleaved and compared (default: nchw)",
+        f"{', '.join(LAYOUTS)}; several are interleaved and compared (default: nhwc, as a "
+        "run trains: conf/train.yaml channels_last)",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)

@@ -91,6 +91,9 @@ def training_step(cfg: DictConfig, datamodule, quantized: bool) -> TrainingStep:
         torch.Generator().manual_seed(seed),
         kind_of(datamodule) == "detection",
     )
+    if cfg.get("channels_last"):  # as the run trains (QuantTrainingTask.train_channels_last)
+        model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     return TrainingStep(model, optimizer, inputs, targets, task_loss(cfg, model, datamodule))
 
 
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'x'.join(map(str, datamodule.image_shape))}, batch {result['batch_size']}, "
         f"{result['quantizer']} W{result['wbits']}A{result['abits']}G{result['gbits']}, "
         f"{args.threads} threads: one training step "
-        f"({'compiled' if args.compiled else 'eager'}, CPU)"
+        f"({'compiled' if args.compiled else 'eager'}, "
+        f"{'NHWC' if cfg.get('channels_last') else 'NCHW'}, CPU)"
     )
     table = format_kernel_table if args.compiled else format_profile
     print(table(result, top=args.top or None))

@@ -164,7 +164,7 @@ def test_native_pact_forward_gives_the_tensor_paths_bits(monkeypatch, fresh_kern
 def test_channels_last_tensors_keep_their_layout_and_the_tensor_paths_bits(
     monkeypatch, fresh_kernel
 ):
-    # NHWC activations and gradients (bench --channels-last) go through the kernels as they
+    # NHWC activations and gradients (bench --layouts nhwc) go through the kernels as they
     # lie in memory: no NCHW copy in, a channels-last result out, and still the tensor paths'
     # bits. Eq. 12's rows are in memory order, so its noise differs from an NCHW run's.
     generator = torch.Generator().manual_seed(0)

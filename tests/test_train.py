@@ -86,10 +86,17 @@ def test_fast_dev_run_every_model_and_quantizer(make_cfg, model, quantizer):
     assert results["metrics"]["export/agreement_images"] == 8
 
 
-@pytest.mark.parametrize("quantizer", ["dorefa", "pact", "lsq"])
-def test_channels_last_trains_nhwc_and_measures_the_model_in_nchw(make_cfg, quantizer):
-    """channels_last=true: the training forward sees NHWC weights and batches, and every stage
-    after it (measure, pack, integer export) runs as in an NCHW run."""
+@pytest.mark.parametrize(
+    "quantizer, layout, nhwc",
+    [("dorefa", None, True), ("pact", None, True), ("lsq", None, True)]
+    + [("dorefa", "channels_last=false", False)],
+)
+def test_training_runs_nhwc_by_default_and_measures_the_model_in_nchw(
+    make_cfg, quantizer, layout, nhwc
+):
+    """channels_last (true by default): the training forward sees NHWC weights and batches,
+    and every stage after it (measure, pack, integer export) runs as in an NCHW run;
+    channels_last=false trains NCHW."""
     import lowbit.tasks.base
 
     seen = []
@@ -104,7 +111,7 @@ def test_channels_last_trains_nhwc_and_measures_the_model_in_nchw(make_cfg, quan
     cfg = make_cfg(
         f"quantizer={quantizer}",
         "quant.gbits=8" if quantizer == "dorefa" else "quant.wbits=4",
-        "channels_last=true",
+        *([layout] if layout else []),
         "logger=none",
         "callbacks=none",
         "+trainer.fast_dev_run=true",
@@ -113,7 +120,8 @@ def test_channels_last_trains_nhwc_and_measures_the_model_in_nchw(make_cfg, quan
         patch.setattr(lowbit.tasks.base.QuantTrainingTask, "forward", spy)
         results = run(cfg)
     assert results["status"] == "ok", results.get("error")
-    assert seen and all(seen)  # the first conv's weight was NHWC in every training forward
+    # the first conv's weight was NHWC (or NCHW) in every training forward
+    assert seen and all(layout_nhwc == nhwc for layout_nhwc in seen)
     assert SUMMARY_KEYS <= set(results["metrics"])
 
 
