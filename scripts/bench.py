@@ -31,9 +31,9 @@ the targets of issue 6 with whether they were met):
   are interleaved in the same round-robin and compared step by step), and each compiled
   configuration's compile time (its first step) is printed on its own line. Targets (issue 15,
   NIN, the first layout): eager DoReFa W4A4G32 <= 1.15x, W4A4G8 <= 1.30x, PACT W4A4 <= 1.25x;
-  compiled DoReFa W4A4G32 <= 1.05x, W4A4G8 <= 1.15x. A step target's value is the paired ratio (the median of the
-  round-by-round ratios) and its verdict says "within noise" when the 95% interval of that
-  median straddles the bound.
+  compiled DoReFa W4A4G32 <= 1.05x, W4A4G8 <= 1.15x. A step target's value is the paired
+  ratio (the median of the round-by-round ratios) and its verdict says "within noise" when the
+  95% interval of that median straddles the bound.
 
 Weights are freshly initialised: sizes and speeds do not depend on training. Timings on a shared
 machine move with its load; the ratios, measured interleaved, move much less. The exit status
