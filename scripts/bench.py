@@ -319,7 +319,7 @@ def bench_train_step(
     modes: list[str],
     quick: bool = False,
     models: list[str] | None = None,
-    layouts: tuple[str, ...] = ("nchw",),
+    layouts: tuple[str, ...] = ("nhwc",),
 ) -> tuple[dict, str]:
     """Per model and mode (eager, compiled), each configuration's step over the FP32 step of the
     same mode and layout, all of a model's configurations and layouts of one mode interleaved in
