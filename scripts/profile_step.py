@@ -146,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compiled:
             enable_kernel_events()  # before the first compile: it changes the generated code
-            result = kernel_table(
-                *(
-                    profile_kernels(compiled_step(step), args.warmup, args.repeats)
-                    for step in (quantized, fp32)
-                )
+            profiles = profile_kernels(
+                {"quantized": compiled_step(quantized), "fp32": compiled_step(fp32)},
+                args.warmup,
+                args.repeats,
             )
+            result = kernel_table(profiles["quantized"], profiles["fp32"])
         else:
             result = profile_step(quantized, fp32, warmup=args.warmup, repeats=args.repeats)
     finally:

@@ -159,6 +159,23 @@ def test_script_refuses_bad_input_in_one_line(capsys, argv, message):
     assert len(err) == 1 and message in err[0]
 
 
+def test_kernel_profile_gives_each_interleaved_step_its_own_events():
+    # two steps taking turns under one profiler: each event goes to the step it ran in
+    from lowbit.measure.kernels import profile_kernels
+
+    x = torch.randn(64, 64)
+    steps = {"plain": lambda: x @ x, "with_sine": lambda: torch.sin(x @ x)}
+    profiles = profile_kernels(steps, warmup=1, repeats=3)
+    assert set(profiles) == {"plain", "with_sine"}
+    assert (
+        "aten::mm" in profiles["plain"]["events"] and "aten::sin" not in profiles["plain"]["events"]
+    )
+    assert {"aten::mm", "aten::sin"} <= set(profiles["with_sine"]["events"])
+    for profile in profiles.values():
+        assert profile["step_ms"] > 0 and 0 < profile["coverage"] <= 1.05
+        assert "python between ops" in profile["events"]
+
+
 @pytest.mark.slow  # a cold compile with inductor's kernel events: 25 to 45 s on 2 cores
 def test_compiled_profile_names_each_kernel_and_adds_up(monkeypatch):
     """The compiled step, kernel by kernel: inductor's fused kernels, Eq. 12's operator and the
@@ -178,7 +195,7 @@ def test_compiled_profile_names_each_kernel_and_adds_up(monkeypatch):
 
     monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", True)
     torch._dynamo.reset()
-    profile = profile_kernels(compiled_step(step_of(quantized())), warmup=2, repeats=2)
+    profile = profile_kernels({"q": compiled_step(step_of(quantized()))}, warmup=2, repeats=2)["q"]
     # the twin's side, made up (a second compile would double the test's time): 1 ms of conv
     fp32 = {"step_ms": 10.0, "events": {"aten::convolution_backward": 1.0}, "coverage": 0.1}
     result = kernel_table(profile, fp32)

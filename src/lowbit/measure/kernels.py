@@ -14,17 +14,19 @@ operator). Every event's self time, per step, is one row; the rows fall into fou
 - ``other``: the rest, Python and the calls between graphs.
 
 Self times do not overlap, so the rows add up to the profiled time; ``coverage`` is their sum
-over the wall time of the profiled steps. The quantized step and its twin are profiled one
-after the other (``repeats`` steps each, after ``warmup`` steps that compile), both under the
-profiler, which costs each step some time of its own: compare kinds and shares, and take step
-ratios from ``scripts/bench.py``. Inductor's kernel profiling changes the generated code's cache
-key, so the first profile of a model compiles from scratch (minutes on 2 cores).
+over the wall time of the profiled steps (the time a step spends between the events it
+records is its row ``python between ops``). The quantized step and its twin take turns under
+one profiler (``repeats`` rounds, after ``warmup`` rounds that compile), so a slow stretch of
+the machine falls on both alike; the profiler costs each step some time of its own, so take
+step ratios from ``scripts/bench.py``. Inductor's kernel profiling changes the generated
+code's cache key, so the first profile of a model compiles from scratch (minutes on 2 cores).
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lowbit.compiled import compile_model
@@ -64,24 +66,57 @@ def compiled_step(step: TrainingStep) -> Callable[[], None]:
     return run
 
 
-def profile_kernels(step: Callable[[], None], warmup: int, repeats: int) -> dict[str, Any]:
-    """Self milliseconds per step of every event of ``repeats`` profiled steps, after ``warmup``
-    unprofiled ones: ``{"step_ms", "events": {name: ms}, "coverage"}``."""
+STEP_RANGE = "lowbit.profiled_step."  # the record_function range around each profiled step
+
+
+def profile_kernels(
+    steps: Mapping[str, Callable[[], None]], warmup: int, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Self milliseconds per step of every event, for each of ``steps``: ``{name: {"step_ms",
+    "events": {event: ms}, "coverage"}}``.
+
+    After ``warmup`` unprofiled rounds, ``repeats`` rounds run every step in turn (A, B, A, B,
+    ...) under one profiler, each step inside a ``record_function`` range; an event belongs to
+    the step whose range it starts in. Interleaved like the bench's rounds, so a slow stretch
+    of the machine falls on both steps alike instead of on whichever was profiled second.
+    """
+    from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(warmup):
-        step()
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        start = time.perf_counter()
-        for _ in range(repeats):
+        for step in steps.values():
             step()
-        step_ms = (time.perf_counter() - start) * 1000 / repeats
-    events = {
-        event.key: event.self_cpu_time_total / 1000 / repeats
-        for event in profiler.key_averages()
-        if event.self_cpu_time_total > 0
+    wall_ms = dict.fromkeys(steps, 0.0)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(repeats):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                with record_function(STEP_RANGE + name):
+                    step()
+                wall_ms[name] += (time.perf_counter() - start) * 1000
+    events = list(profiler.events())
+    ranges = sorted(
+        (event.time_range.start, event.time_range.end, event.name[len(STEP_RANGE) :])
+        for event in events
+        if event.name.startswith(STEP_RANGE)
+    )
+    starts = [start for start, _, _ in ranges]
+    self_ms: dict[str, dict[str, float]] = {name: {} for name in steps}
+    for event in events:
+        index = bisect.bisect_right(starts, event.time_range.start) - 1
+        if index < 0 or event.time_range.start > ranges[index][1] or event.self_cpu_time_total <= 0:
+            continue  # outside every step (the profiler's own start and stop)
+        owner = self_ms[ranges[index][2]]
+        key = event.key if not event.name.startswith(STEP_RANGE) else "python between ops"
+        owner[key] = owner.get(key, 0.0) + event.self_cpu_time_total / 1000 / repeats
+    return {
+        name: {
+            "step_ms": wall_ms[name] / repeats,
+            "events": self_ms[name],
+            "coverage": sum(self_ms[name].values()) / (wall_ms[name] / repeats),
+        }
+        for name in steps
     }
-    return {"step_ms": step_ms, "events": events, "coverage": sum(events.values()) / step_ms}
 
 
 def kernel_table(quantized: dict[str, Any], fp32: dict[str, Any]) -> dict[str, Any]:
