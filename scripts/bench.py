@@ -426,25 +426,27 @@ def target_values(results: dict) -> dict[str, float]:
         values[f"int8_{name}_over_ort_static_qdq"] = results["deployed"][name]["lowbit_int8"][
             "over_ort_static_qdq"
         ]
-    nin = results.get("train_step", {}).get("nin", {})
-    for mode, prefix in (("eager", "step"), ("compiled", "step_compiled")):
-        for name, _ in TRAIN_STEP_TARGETS[mode]:
-            if mode in nin:
-                values[f"{prefix}_{name}_over_fp32"] = nin[mode][name]["paired_ratio"]
+    for target, entry in step_target_entries(results).items():
+        values[target] = entry["paired_ratio"]
     return values
+
+
+def step_target_entries(results: dict) -> dict[str, dict]:
+    """Each step target's name and its NIN bench entry (the first layout's)."""
+    nin = results.get("train_step", {}).get("nin", {})
+    return {
+        f"{prefix}_{name}_over_fp32": nin[mode][name]
+        for mode, prefix in (("eager", "step"), ("compiled", "step_compiled"))
+        if mode in nin
+        for name, _ in TRAIN_STEP_TARGETS[mode]
+    }
 
 
 def target_intervals(results: dict) -> dict[str, tuple[list[float], float]]:
     """(interval, coverage) of each step target's paired ratio; the other targets have none."""
-    nin = results.get("train_step", {}).get("nin", {})
     return {
-        f"{prefix}_{name}_over_fp32": (
-            nin[mode][name]["paired_interval"],
-            nin[mode][name]["paired_coverage"],
-        )
-        for mode, prefix in (("eager", "step"), ("compiled", "step_compiled"))
-        if mode in nin
-        for name, _ in TRAIN_STEP_TARGETS[mode]
+        target: (entry["paired_interval"], entry["paired_coverage"])
+        for target, entry in step_target_entries(results).items()
     }
 
 

@@ -26,9 +26,9 @@ from lowbit.errors import ConfigError
 # weight, bias: 5 reads) for the ReLU's and the activation quantizer's masks; at 4 inductor
 # stored it, one extra write and read of a whole activation per layer in the backward kernel.
 # At 8 the kernel recomputes it where it reads it (the generated code, checked). Measured at
-# 16 and 64, compiled NIN, channels-last, 15 to 17 interleaved rounds, one run each: FP32
-# 0.94x to 0.96x of its default-options step, DoReFa W4A4G32 0.92x to 0.94x (README, "What a
-# training step costs").
+# 16 and 64, compiled NIN, channels-last, 15 to 17 interleaved rounds: FP32 0.94x to 0.97x of
+# its default-options step, DoReFa W4A4G32 0.92x to 0.94x (README, "What a training step
+# costs").
 INDUCTOR_OPTIONS = {"realize_reads_threshold": 8}
 
 
