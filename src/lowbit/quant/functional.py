@@ -14,7 +14,7 @@ import sys
 import torch
 
 from lowbit.bit_widths import FULL_PRECISION  # noqa: F401  (re-exported: 32, float)
-from lowbit.quant import native
+from lowbit.quant import gates, native
 
 
 def levels(bits: int) -> int:
@@ -42,6 +42,8 @@ class _ClipToGrid(torch.autograd.Function):
     the values are unchanged; the gradient is scale * upstream where low < scale * x < 1 and 0
     elsewhere, as torch.clamp's backward gives it (bounds excluded; round is straight-through).
     One difference: where x is NaN, clamp's backward gives 0 and this passes the upstream.
+    Traced by torch.compile, the backward multiplies by ``lowbit.quant.gates.clip_gate``
+    instead, the same 0/1 values in float arithmetic, so that no bool mask is saved.
     """
 
     @staticmethod
@@ -55,6 +57,10 @@ class _ClipToGrid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (scaled,) = ctx.saved_tensors
+        if not _is_eager(scaled):
+            # traced: a float gate, never a saved bool mask (lowbit.quant.gates)
+            grad = grad_output * gates.clip_gate(scaled, ctx.low)
+            return (grad * ctx.scale if ctx.scale != 1.0 else grad), None, None, None
         # upstream where low < scaled < 1, else 0, in one pass and one buffer
         grad = torch.ops.aten.hardtanh_backward(grad_output, scaled, ctx.low, 1.0)
         if ctx.scale != 1.0:
@@ -413,11 +419,11 @@ class _PACT(torch.autograd.Function):
             grad_x = torch.ops.aten.hardtanh_backward(grad_output, x, _below(0.0, x.dtype), level)
             above = torch.ops.aten.threshold_backward(grad_output, x, _below(level, x.dtype))
             return grad_x, above.sum().reshape(alpha.shape), None
-        above = x >= alpha
+        # Traced: float gates, never a saved bool mask (lowbit.quant.gates).
+        below_alpha = gates.positive(alpha - x)  # x < alpha
         # Eq. 3: d y_q / d alpha = 1 where x >= alpha, else 0, summed over the tensor.
-        grad_alpha = (grad_output * above).sum().reshape(alpha.shape)
-        inside = torch.ge(x, 0).logical_and_(above.logical_not_())
-        grad_x = grad_output * inside
+        grad_alpha = (grad_output * (1.0 - below_alpha)).sum().reshape(alpha.shape)
+        grad_x = grad_output * (gates.not_below(x, 0.0) * below_alpha)  # 0 <= x < alpha
         return grad_x, grad_alpha, None
 
 
@@ -469,12 +475,13 @@ class _PACTSymmetric(torch.autograd.Function):
             above = torch.ops.aten.threshold_backward(grad_output, x, level).sum()
             below = torch.ops.aten.hardtanh_backward(grad_output, x, -math.inf, -level).sum()
             return grad_x, (above - below).reshape(alpha.shape), None
-        above, below = x > alpha, x < -alpha
+        # Traced: float gates, never a saved bool mask (lowbit.quant.gates).
+        above, below = gates.positive(x - alpha), gates.positive(-alpha - x)
         # d y / d alpha = [x > alpha] - [x < -alpha]
         grad_alpha = ((grad_output * above).sum() - (grad_output * below).sum()).reshape(
             alpha.shape
         )
-        grad_x = grad_output * above.logical_or_(below).logical_not_()
+        grad_x = grad_output * ((1.0 - above) * (1.0 - below))
         return grad_x, grad_alpha, None
 
 
