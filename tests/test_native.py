@@ -185,3 +185,32 @@ def test_channels_last_tensors_keep_their_layout_and_the_tensor_paths_bits(
     pact_nhwc = functional.pact(x.contiguous(memory_format=torch.channels_last), alpha, 4)
     assert pact_nhwc.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(pact_nhwc, functional.pact(x, alpha, 4))
+
+
+@needs_compiler
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("signed, scale", [(False, 1.0), (False, 0.1), (True, 1.0)])
+def test_native_dorefa_activation_gives_the_tensor_paths_bits(
+    monkeypatch, fresh_kernel, bits, signed, scale
+):
+    quantize = functional.dorefa_activation_signed if signed else functional.dorefa_activation
+    x = 1.5 * torch.randn(8, 16, 9, 9, generator=torch.Generator().manual_seed(bits))
+    # NaN kept; both ends, signed zeros and a value halfway between two levels exact
+    n = functional.symmetric_levels(bits) if signed else functional.levels(bits)
+    x[0, 0, 0, :6] = torch.tensor([float("nan"), -0.0, 0.0, 1.0, -1.0, 0.5 / n]) / scale
+    x.requires_grad_()
+    calls = count_native_calls(monkeypatch, "clip_to_grid")
+    fused = quantize(x, bits, scale)
+    assert calls == [1] and fused.requires_grad
+    reference = tensor_path(monkeypatch, quantize, x, bits, scale)
+    assert len(calls) == 1
+    assert torch.equal(fused.nan_to_num(), reference.nan_to_num())
+    assert fused.isnan().sum() == 1
+    nhwc = quantize(x.detach().contiguous(memory_format=torch.channels_last), bits, scale)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nhwc.nan_to_num(), reference.nan_to_num())
+    # the backward is the tensor path's either way: the clip's gradient on the saved input
+    (grad,) = torch.autograd.grad(fused.nan_to_num().sum(), x)
+    low = -1.0 if signed else 0.0
+    inside = (x * scale > low) & (x * scale < 1)
+    assert torch.equal(grad[~x.isnan()], (inside.float() * scale)[~x.isnan()])

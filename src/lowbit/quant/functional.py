@@ -52,6 +52,8 @@ class _ClipToGrid(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(scaled)  # x itself (no copy) unless scaled
         ctx.scale, ctx.low = scale, low
+        if _is_eager(scaled) and native.usable(scaled):
+            return native.clip_to_grid(scaled, low, n)  # the line below in one pass, bit for bit
         return torch.clamp(scaled, low, 1.0).mul_(n).round_().div_(n)
 
     @staticmethod

@@ -1,12 +1,13 @@
-"""Native CPU kernels: DoReFa Eq. 12 and PACT's forward in one pass over memory, built from C
-on first use.
+"""Native CPU kernels: DoReFa Eq. 12, DoReFa Eq. 11's forward and PACT's forward in one pass
+over memory, built from C on first use.
 
 The gradient quantizer is element-wise, but as torch operations it makes about 13 passes over
 the gradient (the noise hash alone is six), and at G = 8 it was a quarter of a NIN training
-step. PACT's forward (clamp, divide, round, multiply) is four passes. ``native_kernels.c`` does
-the same arithmetic in one read and one write, split over torch's OpenMP threads. The kernels
-give the same bits as the tensor paths (tests/test_native.py), so runs do not change when they
-are used; where they cannot be, the tensor paths run as before:
+step. PACT's forward (clamp, divide, round, multiply) and DoReFa's activation quantizer (clamp,
+multiply, round, divide) are four passes each. ``native_kernels.c`` does the same arithmetic in
+one read and one write, split over torch's OpenMP threads. The kernels give the same bits as the
+tensor paths (tests/test_native.py), so runs do not change when they are used; where they
+cannot be, the tensor paths run as before:
 
 - they are built with the system's C compiler (``$CC``, else ``cc``/``gcc``) into
   ``$XDG_CACHE_HOME/lowbit`` (``~/.cache/lowbit``) the first time a process needs it, about a
@@ -126,6 +127,15 @@ def kernels() -> ctypes.CDLL | None:
         ctypes.c_float,  # step = alpha / n
         ctypes.c_int,  # threads
     ]
+    library.lowbit_clip_to_grid.restype = None
+    library.lowbit_clip_to_grid.argtypes = [
+        ctypes.c_void_p,  # x
+        ctypes.c_void_p,  # out
+        ctypes.c_int64,  # elements
+        ctypes.c_float,  # low
+        ctypes.c_float,  # levels n
+        ctypes.c_int,  # threads
+    ]
     function = library.lowbit_eq12
     function.restype = None
     function.argtypes = [
@@ -203,5 +213,18 @@ def pact_forward(x: torch.Tensor, alpha: float, step: float) -> torch.Tensor:
     out = torch.empty_like(x)
     kernels().lowbit_pact_forward(
         x.data_ptr(), out.data_ptr(), x.numel(), alpha, step, torch.get_num_threads()
+    )
+    return out
+
+
+def clip_to_grid(x: torch.Tensor, low: float, levels: int) -> torch.Tensor:
+    """DoReFa Eq. 11's quantized output, round(clamp(x, low, 1) n) / n, of a float32 CPU
+    tensor, eager only (``_ClipToGrid``'s forward calls it; compiled code fuses the tensor path
+    itself). Element-wise: any dense layout is passed as it is, and the output has its strides."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    out = torch.empty_like(x)
+    kernels().lowbit_clip_to_grid(
+        x.data_ptr(), out.data_ptr(), x.numel(), low, float(levels), torch.get_num_threads()
     )
     return out

@@ -74,3 +74,17 @@ void lowbit_pact_forward(const float *x, float *out, int64_t total, float alpha,
         out[i] = nearbyintf(y / step) * step;
     }
 }
+
+/* DoReFa Eq. 11, forward: y = round(clamp(x, low, 1) * n) / n, as
+ * lowbit.quant.functional._ClipToGrid.forward computes it with torch (clamp, mul_, round_, div_):
+ * four passes there, one here. low is 0 (Eq. 11) or -1 (its signed form, n = 2^(k-1) - 1).
+ * Comparisons keep a NaN, as torch.clamp does. */
+void lowbit_clip_to_grid(const float *x, float *out, int64_t total, float low, float levels,
+                         int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < total; ++i) {
+        float y = x[i] < low ? low : x[i];
+        y = y > 1.0f ? 1.0f : y;
+        out[i] = nearbyintf(y * levels) / levels;
+    }
+}
