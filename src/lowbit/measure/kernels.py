@@ -3,9 +3,10 @@
 torch.compile fuses layers and quantizers into generated kernels that no module hook sees, so
 the per-layer profile (``lowbit.measure.profile``) is eager only. Here torch.profiler records
 the compiled step instead, with inductor's kernel profiling on: each generated CPU kernel is an
-event named after the ops it fuses (``graph_1_cpp_fused_..._eq12_gradient_hardtanh_backward_...``
-fuses a BatchNorm backward with the STE of an activation quantizer, next to Eq. 12's
-operator). Every event's self time, per step, is one row; the rows fall into four kinds:
+event named after the ops it fuses (``graph_1_cpp_fused_..._ceil_clamp_..._native_batch_norm_
+backward_...`` fuses a BatchNorm backward with the straight-through gate of an activation
+quantizer, ``lowbit.quant.gates``). Every event's self time, per step, is one row; the rows
+fall into four kinds:
 
 - ``generated``: inductor's fused kernels (events ``graph_<n>_cpp_fused_*``);
 - ``lowbit``: lowbit's own operators (``lowbit::eq12_gradient``), opaque to the compiler;
