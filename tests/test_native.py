@@ -214,3 +214,63 @@ def test_native_dorefa_activation_gives_the_tensor_paths_bits(
     low = -1.0 if signed else 0.0
     inside = (x * scale > low) & (x * scale < 1)
     assert torch.equal(grad[~x.isnan()], (inside.float() * scale)[~x.isnan()])
+
+
+@needs_compiler
+@pytest.mark.parametrize("bits, signed", [(2, False), (4, False), (4, True), (8, True)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_native_lsq_gives_the_tensor_paths_bits_forward_and_backward(
+    monkeypatch, fresh_kernel, bits, signed, layout
+):
+    qn, qp = functional.lsq_range(bits, signed)
+    generator = torch.Generator().manual_seed(bits)
+    x = 2 * torch.randn(8, 16, 9, 9, generator=generator)
+    step_value = 0.37
+    # NaN kept; the range's ends, a half step (ties round to even) and signed zeros exact
+    ends = torch.tensor([float("nan"), -qn, qp, 0.5, 1.5, -0.0, 0.0, qp + 3]) * step_value
+    x[0, 0, 0, :8] = ends
+    x = x.contiguous(memory_format=layout)
+    upstream = torch.randn(x.shape, generator=generator).contiguous(memory_format=layout)
+
+    def forward_backward():
+        leaf = x.clone().requires_grad_()
+        step = torch.tensor(step_value, requires_grad=True)
+        y = functional.lsq(leaf, step, bits, signed, grad_scale=0.25)
+        y.nan_to_num().backward(upstream)
+        return y, leaf.grad, step.grad
+
+    calls = count_native_calls(monkeypatch, "lsq_forward")
+    backward_calls = count_native_calls(monkeypatch, "lsq_backward")
+    fused = forward_backward()
+    assert calls == [1] and backward_calls == [1]
+    reference = tensor_path(monkeypatch, forward_backward)
+    assert calls == [1] and backward_calls == [1]
+    assert fused[0].isnan().sum() == 1
+    assert fused[0].is_contiguous(memory_format=layout)
+    for native_value, tensor_value in zip(fused, reference, strict=True):
+        assert torch.equal(native_value.nan_to_num(), tensor_value.nan_to_num())
+
+
+@needs_compiler
+def test_lsq_with_a_step_per_channel_or_mixed_layouts_keeps_the_tensor_path(
+    monkeypatch, fresh_kernel
+):
+    calls = count_native_calls(monkeypatch, "lsq_forward")
+    backward_calls = count_native_calls(monkeypatch, "lsq_backward")
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    per_channel = torch.full((6, 1, 1, 1), 0.1, requires_grad=True)
+    functional.lsq(w, per_channel, 4, signed=True).sum().backward()
+    assert calls == [] and backward_calls == []
+    # an NCHW upstream gradient for a channels-last input: the tensor path's backward
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    step = torch.tensor(0.2, requires_grad=True)
+    y = functional.lsq(x, step, 4)
+    y.backward(torch.ones(2, 3, 4, 5))
+    assert calls == [1] and backward_calls == []
+    reference_x = x.detach().clone().requires_grad_()
+    reference_step = torch.tensor(0.2, requires_grad=True)
+    tensor_path(
+        monkeypatch,
+        lambda: functional.lsq(reference_x, reference_step, 4).backward(torch.ones(2, 3, 4, 5)),
+    )
+    assert torch.equal(x.grad, reference_x.grad) and torch.equal(step.grad, reference_step.grad)

@@ -557,14 +557,31 @@ class _LSQ(torch.autograd.Function):
     def forward(
         ctx, x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, grad_scale: float
     ) -> torch.Tensor:
+        ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
+        if step.dim() == 0 and _is_eager(x) and x.dtype == step.dtype and native.usable(x):
+            v, y = native.lsq_forward(x, float(step), qn, qp)  # the lines below in one pass
+            ctx.save_for_backward(v, step)
+            return y
         v = x / step
         ctx.save_for_backward(v, step)
-        ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
         return torch.clamp(v, -qn, qp).round_().mul_(step)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         v, step = ctx.saved_tensors
+        if (
+            step.dim() == 0
+            and _is_eager(v)
+            and native.usable(v)
+            and grad_output.dtype == v.dtype
+            and native.dense_layout(v) is not None
+            and grad_output.shape == v.shape
+            and grad_output.stride() == v.stride()
+        ):
+            # the element-wise part below in one pass (bit for bit); the sum stays torch's
+            grad_x, terms = native.lsq_backward(grad_output, v, ctx.qn, ctx.qp)
+            grad_step = terms.sum_to_size(step.shape) * ctx.grad_scale
+            return grad_x, grad_step, None, None, None
         below, above = v <= -ctx.qn, v >= ctx.qp
         # x: straight-through inside [-Qn, Qp] (in steps), 0 outside.
         grad_x = grad_output * ((v >= -ctx.qn) & (v <= ctx.qp))

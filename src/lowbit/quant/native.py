@@ -1,13 +1,14 @@
-"""Native CPU kernels: DoReFa Eq. 12, DoReFa Eq. 11's forward and PACT's forward in one pass
-over memory, built from C on first use.
+"""Native CPU kernels: DoReFa Eq. 12, DoReFa Eq. 11's forward, PACT's forward and LSQ's forward
+and backward in one pass over memory each, built from C on first use.
 
 The gradient quantizer is element-wise, but as torch operations it makes about 13 passes over
 the gradient (the noise hash alone is six), and at G = 8 it was a quarter of a NIN training
 step. PACT's forward (clamp, divide, round, multiply) and DoReFa's activation quantizer (clamp,
-multiply, round, divide) are four passes each. ``native_kernels.c`` does the same arithmetic in
-one read and one write, split over torch's OpenMP threads. The kernels give the same bits as the
-tensor paths (tests/test_native.py), so runs do not change when they are used; where they
-cannot be, the tensor paths run as before:
+multiply, round, divide) are four passes each, LSQ's forward four and its backward about ten
+(with one step size per tensor, as activations have). ``native_kernels.c`` does the same
+arithmetic in one read and one write (LSQ: two), split over torch's OpenMP threads. The kernels
+give the same bits as the tensor paths (tests/test_native.py), so runs do not change when they
+are used; where they cannot be, the tensor paths run as before:
 
 - they are built with the system's C compiler (``$CC``, else ``cc``/``gcc``) into
   ``$XDG_CACHE_HOME/lowbit`` (``~/.cache/lowbit``) the first time a process needs it, about a
@@ -136,6 +137,28 @@ def kernels() -> ctypes.CDLL | None:
         ctypes.c_float,  # levels n
         ctypes.c_int,  # threads
     ]
+    library.lowbit_lsq_forward.restype = None
+    library.lowbit_lsq_forward.argtypes = [
+        ctypes.c_void_p,  # x
+        ctypes.c_void_p,  # v = x / s (out)
+        ctypes.c_void_p,  # y (out)
+        ctypes.c_int64,  # elements
+        ctypes.c_float,  # step s
+        ctypes.c_float,  # -Qn
+        ctypes.c_float,  # Qp
+        ctypes.c_int,  # threads
+    ]
+    library.lowbit_lsq_backward.restype = None
+    library.lowbit_lsq_backward.argtypes = [
+        ctypes.c_void_p,  # upstream gradient g
+        ctypes.c_void_p,  # v
+        ctypes.c_void_p,  # grad_x (out)
+        ctypes.c_void_p,  # Eq. 3's terms (out)
+        ctypes.c_int64,  # elements
+        ctypes.c_float,  # -Qn
+        ctypes.c_float,  # Qp
+        ctypes.c_int,  # threads
+    ]
     function = library.lowbit_eq12
     function.restype = None
     function.argtypes = [
@@ -228,3 +251,54 @@ def clip_to_grid(x: torch.Tensor, low: float, levels: int) -> torch.Tensor:
         x.data_ptr(), out.data_ptr(), x.numel(), low, float(levels), torch.get_num_threads()
     )
     return out
+
+
+def dense_layout(t: torch.Tensor) -> torch.memory_format | None:
+    """The memory format ``t`` is dense in (contiguous first), or None."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
+
+
+def lsq_forward(
+    x: torch.Tensor, step: float, qn: int, qp: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSQ's (v = x / s, round(clamp(v, -Qn, Qp)) s) of a float32 CPU tensor and one step size,
+    eager only (``_LSQ``'s forward calls it). Both outputs have ``x``'s strides (any dense
+    layout; others are made contiguous first)."""
+    if dense_layout(x) is None:
+        x = x.contiguous()
+    v, out = torch.empty_like(x), torch.empty_like(x)
+    kernels().lowbit_lsq_forward(
+        x.data_ptr(),
+        v.data_ptr(),
+        out.data_ptr(),
+        x.numel(),
+        step,
+        float(-qn),
+        float(qp),
+        torch.get_num_threads(),
+    )
+    return v, out
+
+
+def lsq_backward(
+    g: torch.Tensor, v: torch.Tensor, qn: int, qp: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, Eq. 3's terms) of LSQ's backward, element by element; ``g`` and ``v`` must
+    share one dense layout (``_LSQ.backward`` checks it, else runs the tensor path), and both
+    outputs have it."""
+    grad_x, terms = torch.empty_like(v), torch.empty_like(v)
+    kernels().lowbit_lsq_backward(
+        g.data_ptr(),
+        v.data_ptr(),
+        grad_x.data_ptr(),
+        terms.data_ptr(),
+        v.numel(),
+        float(-qn),
+        float(qp),
+        torch.get_num_threads(),
+    )
+    return grad_x, terms

@@ -88,3 +88,36 @@ void lowbit_clip_to_grid(const float *x, float *out, int64_t total, float low, f
         out[i] = nearbyintf(y * levels) / levels;
     }
 }
+
+/* LSQ (Esser et al. 2019) Eq. 1-2, forward, with one step size s for the whole tensor:
+ * v = x / s (kept for the backward) and y = round(clamp(v, -Qn, Qp)) * s, as
+ * lowbit.quant.functional._LSQ.forward computes them with torch (div, clamp, round_, mul_): four
+ * passes there, one here. Comparisons keep a NaN, as torch.clamp does. */
+void lowbit_lsq_forward(const float *x, float *v_out, float *out, int64_t total, float step,
+                        float neg_qn, float qp, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < total; ++i) {
+        const float v = x[i] / step;
+        float y = v < neg_qn ? neg_qn : v;
+        y = y > qp ? qp : y;
+        v_out[i] = v;
+        out[i] = nearbyintf(y) * step;
+    }
+}
+
+/* LSQ's backward on v = x / s, element by element, as _LSQ.backward computes it with torch:
+ * grad_x = g * [-Qn <= v <= Qp] (straight-through inside the range, Sec. 2) and the terms of
+ * Eq. 3, g * (-Qn below, Qp above, round(v) - v inside), whose sum (torch's, in _LSQ.backward)
+ * is the step's gradient. About ten passes there, one here. A NaN v gives grad_x = g * 0 and a
+ * NaN term, as there. */
+void lowbit_lsq_backward(const float *g, const float *v, float *grad_x, float *terms,
+                         int64_t total, float neg_qn, float qp, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < total; ++i) {
+        const float vi = v[i], gi = g[i];
+        const float inside = (vi >= neg_qn && vi <= qp) ? 1.0f : 0.0f;
+        const float local = vi <= neg_qn ? neg_qn : (vi >= qp ? qp : nearbyintf(vi) - vi);
+        grad_x[i] = gi * inside;
+        terms[i] = gi * local;
+    }
+}
