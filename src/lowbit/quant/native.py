@@ -226,13 +226,27 @@ def quantize_gradient_rows(
     return out
 
 
+def dense_layout(t: torch.Tensor) -> torch.memory_format | None:
+    """The memory format ``t`` is dense in (contiguous first), or None."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself if it is dense in memory (``dense_layout``), else a contiguous copy: the
+    element-wise kernels walk the elements in memory order, whatever the layout."""
+    return x if dense_layout(x) is not None else x.contiguous()
+
+
 def pact_forward(x: torch.Tensor, alpha: float, step: float) -> torch.Tensor:
     """PACT's quantized output of a float32 CPU tensor, eager only (the autograd Function's
     forward calls it; compiled code fuses the tensor path itself). Element-wise, so any dense
     layout is passed as it is (a channels-last activation is not copied to NCHW): the output
     has the input's strides."""
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        x = x.contiguous()
+    x = dense(x)
     out = torch.empty_like(x)
     kernels().lowbit_pact_forward(
         x.data_ptr(), out.data_ptr(), x.numel(), alpha, step, torch.get_num_threads()
@@ -244,22 +258,12 @@ def clip_to_grid(x: torch.Tensor, low: float, levels: int) -> torch.Tensor:
     """DoReFa Eq. 11's quantized output, round(clamp(x, low, 1) n) / n, of a float32 CPU
     tensor, eager only (``_ClipToGrid``'s forward calls it; compiled code fuses the tensor path
     itself). Element-wise: any dense layout is passed as it is, and the output has its strides."""
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        x = x.contiguous()
+    x = dense(x)
     out = torch.empty_like(x)
     kernels().lowbit_clip_to_grid(
         x.data_ptr(), out.data_ptr(), x.numel(), low, float(levels), torch.get_num_threads()
     )
     return out
-
-
-def dense_layout(t: torch.Tensor) -> torch.memory_format | None:
-    """The memory format ``t`` is dense in (contiguous first), or None."""
-    if t.is_contiguous():
-        return torch.contiguous_format
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return None
 
 
 def lsq_forward(
@@ -268,8 +272,7 @@ def lsq_forward(
     """LSQ's (v = x / s, round(clamp(v, -Qn, Qp)) s) of a float32 CPU tensor and one step size,
     eager only (``_LSQ``'s forward calls it). Both outputs have ``x``'s strides (any dense
     layout; others are made contiguous first)."""
-    if dense_layout(x) is None:
-        x = x.contiguous()
+    x = dense(x)
     v, out = torch.empty_like(x), torch.empty_like(x)
     kernels().lowbit_lsq_forward(
         x.data_ptr(),
