@@ -82,7 +82,7 @@ def test_traced_quantizer_gradients_equal_eager_ones(name):
 def test_a_compiled_quantizer_after_max_pool_saves_no_bool_mask(name):
     # Behind a max-pool the quantizer's input cannot be recomputed in the backward, so the
     # forward saves what the straight-through gate needs. A bool mask there cost NIN's compiled
-    # step about 5% (inductor stores bool outputs ~25x slower than float ones on the CPU).
+    # step about 4% (inductor stores bool outputs ~25x slower than float ones on the CPU).
     quantizer = QUANTIZERS[name]
     alpha = torch.tensor(2.5, requires_grad=True)
 

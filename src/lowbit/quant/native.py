@@ -101,6 +101,70 @@ def build(cc: str, target: Path) -> None:
             os.unlink(temporary)
 
 
+_POINTER, _INT64, _UINT32, _FLOAT, _INT = (
+    ctypes.c_void_p,
+    ctypes.c_int64,
+    ctypes.c_uint32,
+    ctypes.c_float,
+    ctypes.c_int,
+)
+# Each kernel of native_kernels.c: its arguments' C types, in order, with what they are. All
+# return nothing and take torch's intra-op thread count last.
+SIGNATURES = {
+    "lowbit_eq12": [
+        (_POINTER, "gradient"),
+        (_POINTER, "out"),
+        (_INT64, "rows"),
+        (_INT64, "cols"),
+        (_POINTER, "scale (per row)"),
+        (_POINTER, "step (per row)"),
+        (_POINTER, "-m (per row)"),
+        (_UINT32, "golden"),
+        (_UINT32, "offset"),
+        (_UINT32, "multiplier"),
+        (_UINT32, "mix"),
+        (_FLOAT, "levels"),
+        (_INT, "threads"),
+    ],
+    "lowbit_pact_forward": [
+        (_POINTER, "x"),
+        (_POINTER, "out"),
+        (_INT64, "elements"),
+        (_FLOAT, "alpha"),
+        (_FLOAT, "step = alpha / n"),
+        (_INT, "threads"),
+    ],
+    "lowbit_clip_to_grid": [
+        (_POINTER, "x"),
+        (_POINTER, "out"),
+        (_INT64, "elements"),
+        (_FLOAT, "low"),
+        (_FLOAT, "levels n"),
+        (_INT, "threads"),
+    ],
+    "lowbit_lsq_forward": [
+        (_POINTER, "x"),
+        (_POINTER, "v = x / s (out)"),
+        (_POINTER, "y (out)"),
+        (_INT64, "elements"),
+        (_FLOAT, "step s"),
+        (_FLOAT, "-Qn"),
+        (_FLOAT, "Qp"),
+        (_INT, "threads"),
+    ],
+    "lowbit_lsq_backward": [
+        (_POINTER, "upstream gradient g"),
+        (_POINTER, "v"),
+        (_POINTER, "grad_x (out)"),
+        (_POINTER, "Eq. 3's terms (out)"),
+        (_INT64, "elements"),
+        (_FLOAT, "-Qn"),
+        (_FLOAT, "Qp"),
+        (_INT, "threads"),
+    ],
+}
+
+
 @cache
 def kernels() -> ctypes.CDLL | None:
     """The loaded kernels, or None (switched off, no compiler, or the build failed)."""
@@ -108,7 +172,7 @@ def kernels() -> ctypes.CDLL | None:
         return None
     cc = compiler()
     if cc is None:
-        log.warning("no C compiler found: Eq. 12 and PACT run as torch operations (slower)")
+        log.warning("no C compiler found: the quantizers run as torch operations (slower)")
         return None
     target = library_path(cc)
     try:
@@ -119,63 +183,10 @@ def kernels() -> ctypes.CDLL | None:
         detail = getattr(error, "stderr", None) or error
         log.warning("the native kernels did not build (%s); using torch operations", detail)
         return None
-    library.lowbit_pact_forward.restype = None
-    library.lowbit_pact_forward.argtypes = [
-        ctypes.c_void_p,  # x
-        ctypes.c_void_p,  # out
-        ctypes.c_int64,  # elements
-        ctypes.c_float,  # alpha
-        ctypes.c_float,  # step = alpha / n
-        ctypes.c_int,  # threads
-    ]
-    library.lowbit_clip_to_grid.restype = None
-    library.lowbit_clip_to_grid.argtypes = [
-        ctypes.c_void_p,  # x
-        ctypes.c_void_p,  # out
-        ctypes.c_int64,  # elements
-        ctypes.c_float,  # low
-        ctypes.c_float,  # levels n
-        ctypes.c_int,  # threads
-    ]
-    library.lowbit_lsq_forward.restype = None
-    library.lowbit_lsq_forward.argtypes = [
-        ctypes.c_void_p,  # x
-        ctypes.c_void_p,  # v = x / s (out)
-        ctypes.c_void_p,  # y (out)
-        ctypes.c_int64,  # elements
-        ctypes.c_float,  # step s
-        ctypes.c_float,  # -Qn
-        ctypes.c_float,  # Qp
-        ctypes.c_int,  # threads
-    ]
-    library.lowbit_lsq_backward.restype = None
-    library.lowbit_lsq_backward.argtypes = [
-        ctypes.c_void_p,  # upstream gradient g
-        ctypes.c_void_p,  # v
-        ctypes.c_void_p,  # grad_x (out)
-        ctypes.c_void_p,  # Eq. 3's terms (out)
-        ctypes.c_int64,  # elements
-        ctypes.c_float,  # -Qn
-        ctypes.c_float,  # Qp
-        ctypes.c_int,  # threads
-    ]
-    function = library.lowbit_eq12
-    function.restype = None
-    function.argtypes = [
-        ctypes.c_void_p,  # gradient
-        ctypes.c_void_p,  # out
-        ctypes.c_int64,  # rows
-        ctypes.c_int64,  # cols
-        ctypes.c_void_p,  # scale (per row)
-        ctypes.c_void_p,  # step (per row)
-        ctypes.c_void_p,  # -m (per row)
-        ctypes.c_uint32,  # golden
-        ctypes.c_uint32,  # offset
-        ctypes.c_uint32,  # multiplier
-        ctypes.c_uint32,  # mix
-        ctypes.c_float,  # levels
-        ctypes.c_int,  # threads
-    ]
+    for name, argument_types in SIGNATURES.items():
+        function = getattr(library, name)
+        function.restype = None
+        function.argtypes = [argument for argument, _meaning in argument_types]
     return library
 
 
