@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lowbit.errors import ConfigError
 
-RESUME_KEY, CKPT_KEY = "resume", "ckpt_path"
+RESUME_KEY, CKPT_KEY, INIT_KEY = "resume", "ckpt_path", "init"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 WANDB_ID_FILE = "wandb_id.txt"
@@ -99,6 +99,11 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str] 
         raise ConfigError(
             "resume= continues one run: drop -m/--multirun (resume each job of a "
             "sweep from its own folder)"
+        )
+    if any(override_key(o) == INIT_KEY and override_value(o) not in ("", "null") for o in overrides):
+        raise ConfigError(
+            "resume= and init= both given: resume=RUN_DIR continues that run with its own "
+            "weights; init= starts a new run from trained weights. Choose one"
         )
     run_dir = run_dir_to_resume(override_value(resumes[0]))
     if any(

@@ -41,6 +41,8 @@ from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError, one_line
 from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
+from lowbit.pretrained import INIT_KEY, InitSource, is_set, load_initial_weights
+from lowbit.quant.calibrate import calibrate, reestimate_batchnorm
 from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
 from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
@@ -68,6 +70,28 @@ class Components:
 
     datamodule: ClassificationData
     model: nn.Module
+    init_source: InitSource | None = None  # the trained weights ``model`` holds (init=)
+
+
+def is_post_training(cfg: DictConfig) -> bool:
+    """``trainer.max_epochs=0``: post-training quantization, no training step."""
+    return int((cfg.get("trainer") or {}).get("max_epochs", 1)) == 0
+
+
+def check_start(cfg: DictConfig) -> None:
+    """init= against the other ways a run can start; ConfigError with one line."""
+    if is_set(cfg.get(INIT_KEY)) and is_set(cfg.get("ckpt_path")):
+        raise ConfigError(
+            "init= and ckpt_path= both given: init= loads weights only and starts training "
+            "afresh; ckpt_path= restores a whole training state. Choose one"
+        )
+    if not is_post_training(cfg) and (cfg.get("scheduler") or {}).get("T_max") == 0:
+        raise ConfigError("scheduler.T_max must be an integer >= 1 for a run that trains, got 0")
+    if is_post_training(cfg) and not is_set(cfg.get(INIT_KEY)):
+        raise ConfigError(
+            "trainer.max_epochs=0 is post-training quantization and needs trained weights: "
+            "add init=RUN_DIR (a finished FP32 run), init=FILE or init=torchvision:NAME"
+        )
 
 
 def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
@@ -77,17 +101,41 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     quant = quant_settings(cfg)
     # an unknown name or _target_ fails before anything is built
     scheme_class(quant["quantizer"], quant.get(TARGET_KEY))
+    check_start(cfg)
     if output_dir is not None:
         check_writable(output_dir)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     check_task_fits_data(cfg, datamodule)
-    plan_quantization(model, input_shape=datamodule.image_shape, **quant)
     checkpoint = checkpoint_to_resume(cfg)
+    init_source = None
+    if is_set(cfg.get(INIT_KEY)) and checkpoint is None:  # a resumed run has its weights
+        init_source = load_initial_weights(model, cfg.get(INIT_KEY))
+    plan_quantization(model, input_shape=datamodule.image_shape, **quant)
     if checkpoint is not None:  # names and shapes against the quantized model, before any data
         check_checkpoint(checkpoint, quantize(cfg, copy.deepcopy(model), datamodule))
     datamodule.check()
-    return Components(datamodule=datamodule, model=model)
+    return Components(datamodule=datamodule, model=model, init_source=init_source)
+
+
+def calibrate_from_data(cfg: DictConfig, model: nn.Module, datamodule) -> dict[str, Any]:
+    """Every activation quantizer's range from ``calibration.batches`` training batches, and
+    BatchNorm re-estimated if asked (``lowbit.quant.calibrate``); what results.json records."""
+    settings = OmegaConf.to_container(cfg.calibration, resolve=True)
+    datamodule.setup("fit")
+    observed = calibrate(
+        model,
+        datamodule.train_dataloader(),
+        method=settings["method"],
+        percentile=settings["percentile"],
+        batches=settings["batches"],
+    )
+    record = {**settings, "quantizers": len(observed)}
+    if settings.get("bn_reestimation"):
+        record["batchnorm_layers"] = reestimate_batchnorm(
+            model, datamodule.train_dataloader(), settings["batches"]
+        )
+    return record
 
 
 def make_loggers(cfg: DictConfig) -> list:
@@ -98,13 +146,25 @@ def make_callbacks(cfg: DictConfig) -> list:
     return [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
 
 
-def loggable_config(cfg: DictConfig) -> dict[str, Any]:
+def loggable_config(cfg: DictConfig, init_source: InitSource | None = None) -> dict[str, Any]:
     """The whole composed config, resolved, with ``quantizer`` and the model's and data set's
-    option names (``model_name``, ``dataset_name``) also at the top for W&B filters."""
+    option names (``model_name``, ``dataset_name``) also at the top for W&B filters, and where
+    the weights came from (``init_source``: path, run name and id, its val metric)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config["quantizer"] = cfg.quant.quantizer
     config["model_name"], config["dataset_name"] = chosen_option("model"), chosen_option("dataset")
+    config["start"] = start_of(cfg, init_source)
+    if init_source is not None:
+        config["init_source"] = init_source.record()
     return config
+
+
+def start_of(cfg: DictConfig, init_source: InitSource | None) -> str:
+    """How the run starts: "ptq" (no training), "init" (QAT or fine-tuning from trained
+    weights) or "scratch"."""
+    if is_post_training(cfg):
+        return "ptq"
+    return "init" if init_source is not None or is_set(cfg.get(INIT_KEY)) else "scratch"
 
 
 def measure_costs(
@@ -291,7 +351,13 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             torch.set_num_threads(int(cfg.threads))
         keep_freed_memory()  # reuse freed CPU buffers instead of re-faulting them each step
         datamodule, model = components.datamodule, components.model
+        init_source = components.init_source
+        results["start"] = start_of(cfg, init_source)
+        if init_source is not None:
+            results["init"] = init_source.record()
         quantize(cfg, model, datamodule)
+        if init_source is not None:  # ranges from the trained model, before any step
+            results["calibration"] = calibrate_from_data(cfg, model, datamodule)
 
         task = build_task(cfg, datamodule, model)
         if cfg.get("channels_last"):
@@ -301,7 +367,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         pin_wandb_run_id(cfg, output_dir, write=is_global_zero())  # a resumed run keeps its id
         loggers = make_loggers(cfg)
         for logger in loggers:
-            logger.log_hyperparams(loggable_config(cfg))
+            logger.log_hyperparams(loggable_config(cfg, init_source))
         start_dashboard(loggers)  # W&B: best-of summaries, the run's address printed now
         callbacks = make_callbacks(cfg)
         if not loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
@@ -321,7 +387,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         resume_from = checkpoint_to_resume(cfg)
         if resume_from is not None:
             results["resumed_from"] = str(resume_from)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        if is_post_training(cfg):  # PTQ: the calibrated model as it is, validated once
+            trainer.validate(task, datamodule=datamodule, verbose=False)
+        else:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         metrics = results["metrics"]  # filled in place: whatever fails later, these are kept
         metrics.update(
             {

@@ -284,6 +284,12 @@ SCHEMA: dict[str, Check] = {
     "run_name": NON_EMPTY_TEXT,
     "resume": optional(NON_EMPTY_TEXT),
     "ckpt_path": optional(NON_EMPTY_TEXT),
+    "init": optional(NON_EMPTY_TEXT),  # trained weights to start from (lowbit.pretrained)
+    # calibration of the activation quantizers after init= (lowbit.quant.calibrate)
+    "calibration.method": one_of("percentile", "minmax"),
+    "calibration.percentile": number(above=50, at_most=100),
+    "calibration.batches": COUNT,
+    "calibration.bn_reestimation": BOOLEAN,
     "test": BOOLEAN,
     # task/ (the data set chooses it): the best checkpoint's metric, and the task's settings
     "monitor": LOGGED_METRIC,
@@ -386,7 +392,7 @@ SCHEMA: dict[str, Check] = {
     "scheduler": MAPPING_OR_NULL,
     "scheduler._target_": TARGET,
     "scheduler._partial_": one_of(True),
-    "scheduler.T_max": COUNT,
+    "scheduler.T_max": NON_NEGATIVE_COUNT,  # 0 only with trainer.max_epochs=0 (check_start)
     "scheduler.milestones": list_of(COUNT, increasing=True),
     "scheduler.gamma": number(above=0, at_most=1),
     # trainer/: pytorch_lightning.Trainer's arguments
@@ -394,7 +400,7 @@ SCHEMA: dict[str, Check] = {
     "trainer.accelerator": lazy_choice(lightning_accelerators, "a Lightning accelerator"),
     "trainer.devices": DEVICES,
     "trainer.strategy": lazy_choice(lightning_strategies, "a Lightning strategy"),
-    "trainer.max_epochs": COUNT,
+    "trainer.max_epochs": NON_NEGATIVE_COUNT,  # 0: post-training quantization (needs init=)
     "trainer.precision": lazy_choice(lightning_precisions, "a Lightning precision"),
     "trainer.log_every_n_steps": COUNT,
     "trainer.gradient_clip_val": optional(number(above=0)),

@@ -94,6 +94,12 @@ class Quantizer(nn.Module):
         """Called once when this quantizer is put on a layer's weight (``quantize_model``): a
         learned weight grid takes its shape and initial value here, before any optimizer."""
 
+    def calibrate(self, observed) -> None:
+        """Set this activation quantizer's range from what its input held over the calibration
+        batches (``lowbit.quant.calibrate.ObservedActivation``: ``low()``, ``high()``,
+        ``magnitude()``). The default, for methods with a fixed range (DoReFa Eq. 11) or none:
+        nothing to set."""
+
     def learned_parameters(self) -> dict[str, nn.Parameter]:
         """The quantizer's own learned parameters by the name they are logged under
         (``alpha/<layer>``, ``step/<layer>``): none by default."""
@@ -284,6 +290,20 @@ class LearnedClip(Quantizer):
         super()._load_from_state_dict(*args, **kwargs)
         self.is_calibrated = bool(self.calibrated)
 
+    def calibrated_level(self, observed) -> torch.Tensor:
+        """The clipping level the calibration range gives (PACT: its top)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def calibrate(self, observed) -> None:
+        """alpha = the calibrated clipping level; the first training batch then leaves it."""
+        if not self.is_active:
+            return
+        level = self.calibrated_level(observed).float().clamp(min=self.ALPHA_MIN)
+        self.alpha.copy_(level.to(self.alpha.device))
+        self.calibrated.fill_(True)
+        self.is_calibrated = True
+
     def learned_parameters(self) -> dict[str, nn.Parameter]:
         return {"alpha": self.alpha}
 
@@ -320,6 +340,9 @@ class PACTActivation(LearnedClip):
     def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(min=0)
 
+    def calibrated_level(self, observed) -> torch.Tensor:
+        return observed.high()
+
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return Q.pact(x, self.clipping_level(x), self.bits)
@@ -336,6 +359,9 @@ class PACTSymmetricActivation(LearnedClip):
 
     def clipped_magnitude(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs()
+
+    def calibrated_level(self, observed) -> torch.Tensor:
+        return observed.magnitude()
 
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -395,6 +421,19 @@ class LearnedStep(Quantizer):
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self.is_initialized = bool(self.initialized)
+
+    @torch.no_grad()
+    def calibrate(self, observed) -> None:
+        """step = the calibrated range over the grid's positive (and, signed, negative) levels,
+        so that the range's ends fall on the grid's ends."""
+        if not self.is_active:
+            return
+        step = observed.high().float().clamp(min=0) / self.qp
+        if self.signed:
+            step = torch.maximum(step, (-observed.low().float()).clamp(min=0) / self.qn)
+        self.step.copy_(step.clamp(min=Q.LSQ_STEP_MIN).to(self.step.device))
+        self.initialized.fill_(True)
+        self.is_initialized = True
 
     def projected_step(self) -> torch.Tensor:
         with torch.no_grad():
@@ -475,6 +514,19 @@ class LearnedStepOffset(LearnedStep):
             self.initialized.fill_(True)
             self.is_initialized = True
 
+    @torch.no_grad()
+    def calibrate(self, observed) -> None:
+        """The paper's min/max start over the calibration range: b = its bottom (<= 0),
+        s = (top - bottom) / (2^k - 1)."""
+        if not self.is_active:
+            return
+        low = observed.low().float().clamp(max=0.0)
+        high = observed.high().float()
+        self.offset.copy_(low.to(self.offset.device))
+        self.step.copy_(((high - low) / self.qp).clamp(min=Q.LSQ_STEP_MIN).to(self.step.device))
+        self.initialized.fill_(True)
+        self.is_initialized = True
+
     def quantize(self, x: torch.Tensor, step: torch.Tensor, grad_scale: float) -> torch.Tensor:
         return Q.lsq_plus(x, step, self.offset, self.bits, grad_scale)
 
@@ -529,6 +581,17 @@ class ImageQuantizer(Quantizer):
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self.is_observed = bool(self.observed)
+
+    @torch.no_grad()
+    def calibrate(self, observed) -> None:
+        """The image's min-max range over the calibration batches, whatever the method (pixel
+        extremes are data, not outliers); training widens it from there."""
+        if not self.is_active:
+            return
+        self.low.copy_(observed.minimum.float().clamp(max=0.0))
+        self.high.copy_(observed.maximum.float().clamp(min=0.0))
+        self.observed.fill_(True)
+        self.is_observed = True
 
     def scale_and_zero_tensor(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The scale and the zero point (an integer-valued float tensor) of the range."""

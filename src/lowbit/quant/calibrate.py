@@ -1,0 +1,193 @@
+"""Calibration: every activation quantizer's range from training batches, before any step.
+
+A model started from trained weights (``init=``) has activations whose ranges are known before
+training: a PTQ run (``trainer.max_epochs=0``) uses them as they are, and QAT fine-tunes from
+them instead of from the paper's fixed start (PACT's alpha 10) or one batch's guess.
+
+``calibrate`` runs ``batches`` training batches through the model in eval mode (BatchNorm uses
+its running statistics, as the deployed model does), with every activation quantizer turned
+into an identity that records what reaches it, so each layer sees the float activations of the
+float network above it. Each quantizer then sets its own parameters from what it saw, through
+one method of the quantizer contract, ``Quantizer.calibrate(observed)``:
+
+- PACT: alpha = the range's top (symmetric PACT: its largest magnitude);
+- LSQ: step = the range / Qp (signed inputs: the larger of top / Qp and -bottom / Qn);
+- LSQ+: offset = the bottom (<= 0, whole steps), step = (top - bottom) / Qp, the paper's min/max
+  initialisation over all batches instead of one;
+- the image quantizer: its uint8 range;
+- DoReFa: nothing (its activation range is fixed by Eq. 11).
+
+Weights need no batches: LSQ's weight steps are set by the paper's rule, 2 mean|w| / sqrt(Qp),
+from the loaded weights when the layers are swapped; DoReFa and abs-max weights have none.
+
+The range is ``minmax`` (the extremes seen) or ``percentile`` (the p-th and (100 - p)-th
+percentiles, of a strided sample of at most ``SAMPLE_PER_BATCH`` values per batch and layer).
+
+``reestimate_batchnorm`` (``calibration.bn_reestimation=true``) then recomputes every
+BatchNorm's running statistics over the same batches with the quantizers on, as the quantized
+network produces them (a cumulative average, momentum None), the correction PTQ work applies
+when quantization shifts the statistics BatchNorm was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lowbit.errors import ConfigError
+from lowbit.quant.modules import QuantizedLayer, Quantizer
+
+METHODS = ("percentile", "minmax")
+SAMPLE_PER_BATCH = 1 << 16
+
+
+@dataclass
+class ObservedActivation:
+    """What one quantizer's input held over the calibration batches."""
+
+    percentile: float | None  # None: min-max
+    minimum: torch.Tensor = field(default_factory=lambda: torch.tensor(float("inf")))
+    maximum: torch.Tensor = field(default_factory=lambda: torch.tensor(float("-inf")))
+    samples: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        self.minimum = torch.minimum(self.minimum, x.min().cpu())
+        self.maximum = torch.maximum(self.maximum, x.max().cpu())
+        if self.percentile is not None:
+            values = x.flatten()
+            stride = -(-values.numel() // SAMPLE_PER_BATCH)
+            self.samples.append(values[::stride].cpu())
+
+    def quantile(self, values: torch.Tensor, q: float) -> torch.Tensor:
+        return torch.quantile(values, q)
+
+    def low(self) -> torch.Tensor:
+        """The range's bottom: the minimum, or the (100 - p)-th percentile."""
+        if self.percentile is None:
+            return self.minimum
+        return self.quantile(torch.cat(self.samples), 1 - self.percentile / 100)
+
+    def high(self) -> torch.Tensor:
+        """The range's top: the maximum, or the p-th percentile."""
+        if self.percentile is None:
+            return self.maximum
+        return self.quantile(torch.cat(self.samples), self.percentile / 100)
+
+    def magnitude(self) -> torch.Tensor:
+        """The largest magnitude: max |x|, or the p-th percentile of |x|."""
+        if self.percentile is None:
+            return torch.maximum(self.maximum.abs(), self.minimum.abs())
+        return self.quantile(torch.cat(self.samples).abs(), self.percentile / 100)
+
+
+def check_settings(method: str, percentile: float, batches: int) -> None:
+    """ConfigError for a calibration setting lowbit cannot use."""
+    if method not in METHODS:
+        raise ConfigError(
+            f"calibration.method={method!r} is unknown: use {' or '.join(METHODS)}"
+        )
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
+        raise ConfigError(f"calibration.percentile must be a number, got {percentile!r}")
+    if not 50 < percentile <= 100:
+        raise ConfigError(f"calibration.percentile must be in (50, 100], got {percentile}")
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ConfigError(f"calibration.batches must be an integer >= 1, got {batches!r}")
+
+
+def input_quantizers(model: nn.Module) -> dict[str, Quantizer]:
+    """Each quantized layer's input quantizer, by layer name."""
+    return {
+        name: module.input_quantizer
+        for name, module in model.named_modules()
+        if isinstance(module, QuantizedLayer)
+    }
+
+
+def images_of(batch) -> torch.Tensor:
+    """The images of a batch: the batch itself or its first element (images, labels/targets)."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def limited(loader: Iterable, batches: int) -> Iterator[torch.Tensor]:
+    for index, batch in enumerate(loader):
+        if index >= batches:
+            return
+        yield images_of(batch)
+
+
+@torch.no_grad()
+def observe(
+    model: nn.Module, loader: Iterable, batches: int, percentile: float | None
+) -> dict[str, ObservedActivation]:
+    """Each input quantizer's ``ObservedActivation`` over ``batches`` batches of ``loader``,
+    the quantizers passing their input through unchanged meanwhile."""
+    quantizers = input_quantizers(model)
+    observed = {name: ObservedActivation(percentile) for name in quantizers}
+    hooks = []
+    for name, quantizer in quantizers.items():
+        def record(_module, inputs, _output, seen=observed[name]):
+            seen.add(inputs[0])
+            return inputs[0]  # an identity while calibrating: float activations downstream
+
+        hooks.append(quantizer.register_forward_hook(record))
+    was_training = model.training
+    device = next(model.parameters()).device
+    seen_batches = 0
+    try:
+        model.eval()
+        for images in limited(loader, batches):
+            model(images.to(device))
+            seen_batches += 1
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    if seen_batches == 0:
+        raise ConfigError("calibration: the training set gave no batch to calibrate on")
+    return observed
+
+
+def calibrate(
+    model: nn.Module,
+    loader: Iterable,
+    method: str = "percentile",
+    percentile: float = 99.99,
+    batches: int = 8,
+) -> dict[str, ObservedActivation]:
+    """Set every activation quantizer of ``model`` from ``batches`` batches (module docstring);
+    returns what each saw."""
+    check_settings(method, percentile, batches)
+    observed = observe(model, loader, batches, percentile if method == "percentile" else None)
+    quantizers = input_quantizers(model)
+    for name, seen in observed.items():
+        quantizers[name].calibrate(seen)
+    return observed
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, loader: Iterable, batches: int) -> int:
+    """Recompute every BatchNorm's running statistics over ``batches`` batches of the quantized
+    model (quantizers in eval mode, so nothing else changes); returns how many layers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches
+            norm.train()
+        for images in limited(loader, batches):
+            model(images.to(device))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.train(was_training)
+    return len(norms)
