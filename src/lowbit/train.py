@@ -123,6 +123,11 @@ def calibrate_from_data(cfg: DictConfig, model: nn.Module, datamodule) -> dict[s
     BatchNorm re-estimated if asked (``lowbit.quant.calibrate``); what results.json records."""
     settings = OmegaConf.to_container(cfg.calibration, resolve=True)
     datamodule.setup("fit")
+    record = dict(settings)
+    if settings["bn_reestimation"]:  # first: the ranges are then those of the corrected model
+        record["batchnorm_layers"] = reestimate_batchnorm(
+            model, datamodule.train_dataloader(), settings["batches"]
+        )
     observed = calibrate(
         model,
         datamodule.train_dataloader(),
@@ -130,11 +135,7 @@ def calibrate_from_data(cfg: DictConfig, model: nn.Module, datamodule) -> dict[s
         percentile=settings["percentile"],
         batches=settings["batches"],
     )
-    record = {**settings, "quantizers": len(observed)}
-    if settings.get("bn_reestimation"):
-        record["batchnorm_layers"] = reestimate_batchnorm(
-            model, datamodule.train_dataloader(), settings["batches"]
-        )
+    record["quantizers"] = len(observed)
     return record
 
 

@@ -32,6 +32,7 @@ when quantization shifts the statistics BatchNorm was trained with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -119,35 +120,54 @@ def limited(loader: Iterable, batches: int) -> Iterator[torch.Tensor]:
         yield images_of(batch)
 
 
+@contextmanager
+def float_activations(model: nn.Module, observed: dict[str, ObservedActivation] | None = None):
+    """Every input quantizer of ``model`` passes its input through unchanged (and, given
+    ``observed``, records it there) inside the block."""
+    quantizers = input_quantizers(model)
+    hooks = []
+    for name, quantizer in quantizers.items():
+        seen = observed.get(name) if observed is not None else None
+
+        def identity(_module, inputs, _output, seen=seen):
+            if seen is not None:
+                seen.add(inputs[0])
+            return inputs[0]
+
+        hooks.append(quantizer.register_forward_hook(identity))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 @torch.no_grad()
+def run_batches(model: nn.Module, loader: Iterable, batches: int) -> int:
+    """Forward ``batches`` batches of ``loader`` through ``model``; returns how many it had."""
+    device = next(model.parameters()).device
+    count = 0
+    for images in limited(loader, batches):
+        model(images.to(device))
+        count += 1
+    if count == 0:
+        raise ConfigError("calibration: the training set gave no batch to calibrate on")
+    return count
+
+
 def observe(
     model: nn.Module, loader: Iterable, batches: int, percentile: float | None
 ) -> dict[str, ObservedActivation]:
-    """Each input quantizer's ``ObservedActivation`` over ``batches`` batches of ``loader``,
-    the quantizers passing their input through unchanged meanwhile."""
-    quantizers = input_quantizers(model)
-    observed = {name: ObservedActivation(percentile) for name in quantizers}
-    hooks = []
-    for name, quantizer in quantizers.items():
-        def record(_module, inputs, _output, seen=observed[name]):
-            seen.add(inputs[0])
-            return inputs[0]  # an identity while calibrating: float activations downstream
-
-        hooks.append(quantizer.register_forward_hook(record))
+    """Each input quantizer's ``ObservedActivation`` over ``batches`` batches of ``loader`` in
+    eval mode, the quantizers passing their input through unchanged meanwhile."""
+    observed = {name: ObservedActivation(percentile) for name in input_quantizers(model)}
     was_training = model.training
-    device = next(model.parameters()).device
-    seen_batches = 0
     try:
         model.eval()
-        for images in limited(loader, batches):
-            model(images.to(device))
-            seen_batches += 1
+        with float_activations(model, observed):
+            run_batches(model, loader, batches)
     finally:
         model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    if seen_batches == 0:
-        raise ConfigError("calibration: the training set gave no batch to calibrate on")
     return observed
 
 
@@ -168,24 +188,23 @@ def calibrate(
     return observed
 
 
-@torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, loader: Iterable, batches: int) -> int:
-    """Recompute every BatchNorm's running statistics over ``batches`` batches of the quantized
-    model (quantizers in eval mode, so nothing else changes); returns how many layers."""
+    """Recompute every BatchNorm's running statistics over ``batches`` batches as the model with
+    its quantized weights produces them (activations in float, everything else in eval mode);
+    returns how many layers."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return 0
     momenta = [m.momentum for m in norms]
     was_training = model.training
-    device = next(model.parameters()).device
     try:
         model.eval()
         for norm in norms:
             norm.reset_running_stats()
             norm.momentum = None  # a cumulative average over the batches
             norm.train()
-        for images in limited(loader, batches):
-            model(images.to(device))
+        with float_activations(model):
+            run_batches(model, loader, batches)
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
