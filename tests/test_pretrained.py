@@ -157,3 +157,30 @@ def test_a_quantized_source_loads_its_weights_and_leaves_its_quantizer_state(tmp
     assert torch.equal(loaded.state_dict()["features.1.0.weight"], source.features[1][0].weight)
     with pytest.raises(ConfigError, match="first layer that differs is features.10.0"):
         nin_from(path, num_classes=7)
+
+
+def test_the_ptq_vs_qat_preset_checks_every_job_and_needs_its_fp32_run(fp32_run, tmp_path, capsys):
+    from lowbit.cli import preflight
+
+    sweep = f"hydra.sweep.dir={tmp_path}/sweep"
+    preflight(["-m", "sweep=ptq_vs_qat", f"fp32_run={fp32_run}", "logger=none", sweep])
+    with pytest.raises(SystemExit) as stopped:
+        preflight(["-m", "sweep=ptq_vs_qat", "logger=none", sweep])
+    assert stopped.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("lowbit: error: fp32_run must be given"), line
+
+
+@pytest.mark.slow
+def test_the_ptq_vs_qat_preset_runs_its_three_starts_from_one_fp32_run(fp32_run, tmp_path):
+    """The preset as the README runs it (one seed, a few batches per job): 13 jobs, all ok, and
+    the report draws the starts' verdicts."""
+    from conftest import run_train
+
+    result = run_train(
+        ["-m", "sweep=ptq_vs_qat", f"fp32_run={fp32_run}", "seeds=1", *FAST[1:]], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob(RESULTS_FILE)]
+    assert len(records) == 13 and all(r["status"] == STATUS_OK for r in records)
+    assert sorted(r["start"] for r in records).count("ptq") == 5  # FP32 and W8/4/3/2

@@ -591,3 +591,30 @@ def test_a_setting_that_tells_namesakes_apart_reads_as_a_command_line_override(t
         "lsq W4A4 (trainer.gradient_clip_val=1.0)",
         "lsq W4A4 (trainer.gradient_clip_val=null)",
     ]
+
+
+def test_ptq_qat_from_fp32_and_from_scratch_are_three_configurations_compared_per_bits(tmp_path):
+    """The ptq_vs_qat sweep's three starts at one bit width: three rows, and a verdict between
+    each pair of starts (never between two quantizers that started differently)."""
+    accuracies = {"ptq": (0.50, 0.52, 0.51), "init": (0.90, 0.91, 0.92), None: (0.80, 0.82, 0.81)}
+    number = 0
+    for start, values in accuracies.items():
+        for seed, acc in enumerate(values):
+            job = write_job(tmp_path, number, "lsq", 2, 2, acc=acc, size=1000, seed=seed)
+            payload = json.loads((job / "results.json").read_text())
+            payload["start"] = start or "scratch"
+            if start:
+                payload["init"] = {"run_name": "nin-fp32-w32a32g32-digits", "spec": "x"}
+            (job / "results.json").write_text(json.dumps(payload))
+            number += 1
+    configurations = group_configurations(load_runs([tmp_path]))
+    assert sorted(c.name for c in configurations) == [
+        "lsq W2A2 (init=nin-fp32-w32a32g32-digits, start=init)",
+        "lsq W2A2 (init=nin-fp32-w32a32g32-digits, start=ptq)",
+        "lsq W2A2 (init=null, start=null)",  # from scratch
+    ]
+    comparisons = draw_comparisons(configurations, "val/acc_best")
+    assert sorted(c.kind for c in comparisons) == ["starts"] * 3
+    best = max(comparisons, key=lambda c: c.difference.delta)
+    assert "start=init" in best.better.name and "start=ptq" in best.worse.name
+    assert best.difference.delta == pytest.approx(0.40)

@@ -215,6 +215,15 @@ def hydra_error_line(error: BaseException) -> str:
     return one_line("\n".join(lines), max_lines=2) or type(error).__name__
 
 
+MISSING_VALUE = "Missing mandatory value: "
+
+
+def mandatory_key(error: BaseException) -> str | None:
+    """The key of a ``???`` value that was left unset, from OmegaConf's error, or None."""
+    text = str(error)
+    return text.split(MISSING_VALUE, 1)[1].split()[0] if MISSING_VALUE in text else None
+
+
 def compose(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -269,6 +278,12 @@ def preflight(argv: list[str]) -> None:
             try:  # Hydra composes the non-sweep overrides on the default groups before sweeping
                 sweeps = preset_sweeps(config_name, overrides)
             except Exception as error:
+                missing = mandatory_key(error)  # a preset's ??? key, e.g. fp32_run
+                if missing:
+                    raise ConfigError(
+                        f"{missing} must be given: the chosen preset needs it (see its file in "
+                        f"conf/sweep/): python train.py -m {' '.join(overrides)} {missing}=..."
+                    ) from None
                 raise ConfigError(
                     f"{hydra_error_line(error)} (in a multirun Hydra first applies the non-sweep "
                     f"overrides to the default groups: write ++key=value for a key that only "

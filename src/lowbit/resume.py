@@ -100,7 +100,9 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str] 
             "resume= continues one run: drop -m/--multirun (resume each job of a "
             "sweep from its own folder)"
         )
-    if any(override_key(o) == INIT_KEY and override_value(o) not in ("", "null") for o in overrides):
+    if any(
+        override_key(o) == INIT_KEY and override_value(o) not in ("", "null") for o in overrides
+    ):
         raise ConfigError(
             "resume= and init= both given: resume=RUN_DIR continues that run with its own "
             "weights; init= starts a new run from trained weights. Choose one"

@@ -274,6 +274,7 @@ SCHEMA: dict[str, Check] = {
     # train.yaml
     "seed": optional(NON_NEGATIVE_COUNT),
     "seeds": COUNT,  # sweep/ presets: seeds per configuration (seed=range(0,seeds))
+    "fp32_run": NON_EMPTY_TEXT,  # sweep=ptq_vs_qat: the trained FP32 run every job starts from
     "threads": optional(COUNT),
     "compile": BOOLEAN,  # torch.compile the training step (lowbit.compiled)
     "channels_last": BOOLEAN,  # train NHWC (QuantTrainingTask.train_channels_last)

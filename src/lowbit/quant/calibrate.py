@@ -88,9 +88,7 @@ class ObservedActivation:
 def check_settings(method: str, percentile: float, batches: int) -> None:
     """ConfigError for a calibration setting lowbit cannot use."""
     if method not in METHODS:
-        raise ConfigError(
-            f"calibration.method={method!r} is unknown: use {' or '.join(METHODS)}"
-        )
+        raise ConfigError(f"calibration.method={method!r} is unknown: use {' or '.join(METHODS)}")
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
         raise ConfigError(f"calibration.percentile must be a number, got {percentile!r}")
     if not 50 < percentile <= 100:

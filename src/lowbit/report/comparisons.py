@@ -1,10 +1,12 @@
 """The comparisons a report draws, each with Welch's verdict on whether it exceeds the noise.
 
 Within each (model, data set, bits): every pair of quantizers. Within each (model, data set,
-quantizer): adjacent bit widths along the swept one (W = A when they move together; one line per
-setting of the others, as in the accuracy-vs-bits figure). Each is judged on the primary metric
-(val/acc_best, val/map50_best for detection) with ``lowbit.report.stats.welch``; the better mean
-is named first, so a difference reads as what the first gains.
+quantizer, bits): every pair of starts (PTQ, QAT from trained weights, QAT from scratch).
+Within each (model, data set, quantizer): adjacent bit widths along the swept one (W = A when
+they move together; one line per setting of the others, as in the accuracy-vs-bits figure).
+Each is judged on the primary metric (val/acc_best, val/map50_best for detection) with
+``lowbit.report.stats.welch``; the better mean is named first, so a difference reads as what
+the first gains.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Comparison:
     worse: Configuration
     metric: str
     difference: Difference
-    kind: str  # "quantizers" or "bits"
+    kind: str  # "quantizers", "starts" or "bits"
 
 
 def is_fraction(metric: str) -> bool:
@@ -46,16 +48,37 @@ def compare(a: Configuration, b: Configuration, metric: str, kind: str) -> Compa
     return Comparison(a, b, metric, welch(sa, sb), kind)
 
 
+START_KEYS = ("start", "init")  # lowbit.report.runs.start_settings
+
+
 def quantizer_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
     groups: dict[tuple, list[Configuration]] = defaultdict(list)
     for c in configurations:
         if c.quantizer != FULL_PRECISION:
-            groups[(c.model, c.dataset, c.bits_label, training_key(c.first.settings))].append(c)
+            start = tuple(c.first.settings.get(k) for k in START_KEYS)
+            groups[
+                (c.model, c.dataset, c.bits_label, training_key(c.first.settings), start)
+            ].append(c)
     return [
         (a, b)
         for group in groups.values()
         for a, b in combinations(group, 2)
         if a.quantizer != b.quantizer
+    ]
+
+
+def start_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
+    """Within each (model, data set, quantizer, bits): every pair that starts differently (PTQ,
+    QAT from trained weights, QAT from scratch), what training buys at that bit width."""
+    groups: dict[tuple, list[Configuration]] = defaultdict(list)
+    for c in configurations:
+        if c.quantizer != FULL_PRECISION:
+            groups[(c.model, c.dataset, c.quantizer, c.bits_label)].append(c)
+    return [
+        (a, b)
+        for group in groups.values()
+        for a, b in combinations(group, 2)
+        if any(a.first.settings.get(k) != b.first.settings.get(k) for k in START_KEYS)
     ]
 
 
@@ -80,11 +103,13 @@ def adjacent_bit_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
 
 
 def draw_comparisons(configurations: Sequence[Configuration], metric: str) -> list[Comparison]:
-    """Quantizer pairs first, then adjacent bit widths, in the configurations' order; only
+    """Quantizer pairs first, then starts (PTQ, from trained weights, from scratch), then
+    adjacent bit widths, in the configurations' order; only
     configurations with a finished run that recorded the metric take part (a failed one would
     break the line of bits it sits on)."""
     measured = [c for c in configurations if c.summary(metric) is not None]
     drawn = [compare(a, b, metric, "quantizers") for a, b in quantizer_pairs(measured)]
+    drawn += [compare(a, b, metric, "starts") for a, b in start_pairs(measured)]
     drawn += [compare(a, b, metric, "bits") for a, b in adjacent_bit_pairs(measured)]
     return [c for c in drawn if c is not None]
 

@@ -159,6 +159,18 @@ def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if value is not None}
 
 
+def start_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """How a run started, as two settings: ``start`` ("ptq", or "init" for training from
+    trained weights) and ``init`` (the source run's name, else the path given). A run from
+    scratch has neither, so it pools with the runs made before lowbit recorded them: PTQ,
+    QAT from an FP32 run and QAT from scratch are then three configurations of one bit width."""
+    start = payload.get("start")
+    if start in (None, "scratch"):
+        return {}
+    source = payload.get("init") or {}
+    return {"start": start, "init": source.get("run_name") or source.get("spec")}
+
+
 def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None) -> RunRecord:
     """A RunRecord from a results.json payload (keys it lacks stay None: nothing is guessed);
     ``results_dir``, the folder the file is in, is where an old run's seed is looked up."""
@@ -180,7 +192,9 @@ def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None
         error=payload.get("error"),
         duration_s=payload.get("duration_s"),
         seed=recorded_seed(payload, config),
-        settings=recorded_settings({**quant, **training_settings(config)}),
+        settings=recorded_settings(
+            {**quant, **training_settings(config), **start_settings(payload)}
+        ),
         run_id=wandb_info.get("id") if isinstance(wandb_info, dict) else None,
     )
 
