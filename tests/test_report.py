@@ -618,3 +618,26 @@ def test_ptq_qat_from_fp32_and_from_scratch_are_three_configurations_compared_pe
     best = max(comparisons, key=lambda c: c.difference.delta)
     assert "start=init" in best.better.name and "start=ptq" in best.worse.name
     assert best.difference.delta == pytest.approx(0.40)
+
+
+def test_csv_table_prints_the_chosen_columns_of_the_chosen_rows(tmp_path, capsys):
+    table = tmp_path / "configurations.csv"
+    table.write_text(
+        "configuration,metric,n,mean\n"
+        "lsq W2A2,val/acc_best,3,0.81234567\n"
+        "lsq W2A2,test/acc,3,0.5\n"
+        "lsq W4A4,val/acc_best,2,0.97\n"
+    )
+    script = load_script("csv_table")
+    assert (
+        script.main([str(table), "configuration", "n", "mean", "--where", "metric=val/acc_best"])
+        == 0
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "| configuration | n | mean |",
+        "|---|---|---|",
+        "| lsq W2A2 | 3 | 0.8123 |",
+        "| lsq W4A4 | 2 | 0.9700 |",
+    ]
+    assert script.main([str(table), "nope"]) == 2
+    assert "has no column nope" in capsys.readouterr().err
