@@ -98,7 +98,14 @@ def test_qat_from_fp32_trains_from_the_weights_with_fresh_state_and_logs_the_sou
     assert all(0 < alpha < 10 for alpha in results["alpha"].values())
     (offline,) = (out / "wandb").glob("offline-run-*")
     logged = read_offline_run(offline)
-    assert logged.config["start"] == "init"
+    assert logged.config["start"] == "init" and "init" in logged.tags
+    # Resumed, it continues from its own checkpoint: nothing loaded or calibrated again, and
+    # the source is still recorded, so the report keeps it with its siblings.
+    more = [*FAST[1:], "trainer.max_epochs=2", "logger=none", "quantizer=pact"]
+    resumed = run(compose_config([*more, f"init={fp32_run}", f"resume={out}"], out), out)
+    assert resumed["status"] == STATUS_OK and "calibration" not in resumed
+    assert resumed["init"]["run_name"] == results["init"]["run_name"]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     assert logged.config["init_source"]["run_name"] == results_of(fp32_run)["run_name"]
 
 
@@ -184,3 +191,13 @@ def test_the_ptq_vs_qat_preset_runs_its_three_starts_from_one_fp32_run(fp32_run,
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob(RESULTS_FILE)]
     assert len(records) == 13 and all(r["status"] == STATUS_OK for r in records)
     assert sorted(r["start"] for r in records).count("ptq") == 5  # FP32 and W8/4/3/2
+
+
+def test_the_fp32_model_evaluated_as_ptq_is_the_source_unchanged(fp32_run, tmp_path):
+    """The ptq_vs_qat sweep's reference row: nothing to calibrate, so BatchNorm is left as
+    trained and the source's best validation accuracy comes back exactly."""
+    out = tmp_path / "fp32"
+    cfg = compose_config([*FAST, "logger=none", "trainer.max_epochs=0", f"init={fp32_run}"], out)
+    results = run(cfg, out)
+    assert results["calibration"]["quantizers"] == 0
+    assert results["metrics"]["val/acc"] == results_of(fp32_run)["metrics"]["val/acc_best"]

@@ -233,7 +233,7 @@ def test_wandb_runs_offline_by_itself_and_logs_summary_and_quant_config(make_cfg
     assert quant["quantizer"] == "dorefa" and quant["wbits"] == 4 and quant["gbits"] == 8
     assert logged.config["quantizer"] == "dorefa"
     assert logged.group == "unit-test"
-    assert logged.tags == ["dorefa", "w4a4g8", "nin", "digits", "probe"]
+    assert logged.tags == ["dorefa", "w4a4g8", "nin", "digits", "scratch", "probe"]
     assert any("train/loss" in step for step in logged.history)
 
 

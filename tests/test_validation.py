@@ -46,7 +46,14 @@ def composed() -> dict[str, DictConfig]:
     ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return {variant: compose("train", [variant] if variant else []) for variant in variants}
+        return {
+            variant: compose("train", [variant, *REQUIRED.get(variant, [])] if variant else [])
+            for variant in variants
+        }
+
+
+# Options with a value the user must give (``???``): composed with one.
+REQUIRED = {"sweep=ptq_vs_qat": ["fp32_run=outputs/fp32/nin-digits"]}
 
 
 def test_every_key_of_every_option_has_a_check(composed):
@@ -86,6 +93,7 @@ BAD_VALUES = {
     "resume": "",
     "ckpt_path": 3,
     "init": "",
+    "fp32_run": "",
     "calibration.method": "kl",
     "calibration.percentile": 50,
     "calibration.batches": 0,

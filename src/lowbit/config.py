@@ -41,9 +41,20 @@ def chosen_option(group: str) -> str | None:
     return None if choice in (None, "null") else str(choice)
 
 
+def start_kind(max_epochs: object, init: object) -> str:
+    """How a run starts: "ptq" (``trainer.max_epochs=0``: post-training quantization), "init"
+    (training from trained weights, ``init=``) or "scratch". results.json's ``start``, the W&B
+    config's and tag's (``${lowbit_start:...}`` in conf/logger/wandb.yaml)."""
+    if str(max_epochs) == "0":
+        return "ptq"
+    return "init" if init not in (None, "", "null") else "scratch"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lowbit_root"):
         OmegaConf.register_new_resolver("lowbit_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("lowbit_start"):
+        OmegaConf.register_new_resolver("lowbit_start", start_kind)
 
 
 register_resolvers()

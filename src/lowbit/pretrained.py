@@ -156,6 +156,15 @@ def resolve(value: Any) -> InitSource:
     return source
 
 
+def describe_source(value: Any) -> InitSource:
+    """The source ``init=value`` names, for the record only (a resumed run, whose weights come
+    from its own checkpoint): a source deleted since is recorded as given, never an error."""
+    try:
+        return resolve(value)
+    except ConfigError:
+        return InitSource(str(value), "missing")
+
+
 def safetensors_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     """(state dict, whether it is lowbit's packed format) of a .safetensors file: a packed
     file's quantized weights as the values they quantize to."""

@@ -135,6 +135,19 @@ def sweep_unique_name(name: str) -> str:
     return f"{name}-job{hydra_settings().job.num}" if in_multirun() else name
 
 
+class MonitoredCheckpointsWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, whose ``log_model=true`` uploads the checkpoints of the
+    ModelCheckpoint that has a ``monitor`` only, the best one aliased "best". Lightning (2.6)
+    gives "best" to the ``best_model_path`` of every ModelCheckpoint, and a monitor-less one
+    (lowbit's ``last.ckpt`` writer, conf/callbacks/default.yaml) calls its newest file its best,
+    so last.ckpt took the alias too. ``log_model=all`` is Lightning's, unchanged."""
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        if self._log_model is True and checkpoint_callback.monitor is None:
+            return
+        super().after_save_checkpoint(checkpoint_callback)
+
+
 def wandb_logger(
     project: str,
     name: str,
@@ -159,7 +172,7 @@ def wandb_logger(
     settings, options = plain(settings) or {}, {key: plain(value) for key, value in options.items()}
     check_wandb_options({**options, "settings": settings})
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    logger = WandbLogger(
+    logger = MonitoredCheckpointsWandbLogger(
         project=project,
         name=sweep_unique_name(name),
         save_dir=save_dir,

@@ -35,14 +35,20 @@ from lowbit.build import (
 )
 from lowbit.checkpoints import Interrupted, check_checkpoint
 from lowbit.compiled import compile_requested
-from lowbit.config import chosen_option
+from lowbit.config import chosen_option, start_kind
 from lowbit.data.base import ClassificationData
 from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError, one_line
 from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
-from lowbit.pretrained import INIT_KEY, InitSource, is_set, load_initial_weights
-from lowbit.quant.calibrate import calibrate, reestimate_batchnorm
+from lowbit.pretrained import (
+    INIT_KEY,
+    InitSource,
+    describe_source,
+    is_set,
+    load_initial_weights,
+)
+from lowbit.quant.calibrate import calibrate, input_quantizers, reestimate_batchnorm
 from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
 from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
@@ -70,12 +76,13 @@ class Components:
 
     datamodule: ClassificationData
     model: nn.Module
-    init_source: InitSource | None = None  # the trained weights ``model`` holds (init=)
+    init_source: InitSource | None = None  # where the run's weights came from (init=)
+    loaded: bool = False  # loaded into ``model`` now (not a resumed run's): calibrate them
 
 
 def is_post_training(cfg: DictConfig) -> bool:
     """``trainer.max_epochs=0``: post-training quantization, no training step."""
-    return int((cfg.get("trainer") or {}).get("max_epochs", 1)) == 0
+    return start_of(cfg) == "ptq"
 
 
 def check_start(cfg: DictConfig) -> None:
@@ -108,22 +115,27 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     model = build_model(cfg, datamodule)
     check_task_fits_data(cfg, datamodule)
     checkpoint = checkpoint_to_resume(cfg)
-    init_source = None
-    if is_set(cfg.get(INIT_KEY)) and checkpoint is None:  # a resumed run has its weights
-        init_source = load_initial_weights(model, cfg.get(INIT_KEY))
+    init_source, loaded = None, False
+    if is_set(cfg.get(INIT_KEY)):
+        if checkpoint is None:
+            init_source, loaded = load_initial_weights(model, cfg.get(INIT_KEY)), True
+        else:  # resumed: the checkpoint has the weights; the source is recorded, not read
+            init_source = describe_source(cfg.get(INIT_KEY))
     plan_quantization(model, input_shape=datamodule.image_shape, **quant)
     if checkpoint is not None:  # names and shapes against the quantized model, before any data
         check_checkpoint(checkpoint, quantize(cfg, copy.deepcopy(model), datamodule))
     datamodule.check()
-    return Components(datamodule=datamodule, model=model, init_source=init_source)
+    return Components(datamodule, model, init_source=init_source, loaded=loaded)
 
 
 def calibrate_from_data(cfg: DictConfig, model: nn.Module, datamodule) -> dict[str, Any]:
     """Every activation quantizer's range from ``calibration.batches`` training batches, and
     BatchNorm re-estimated if asked (``lowbit.quant.calibrate``); what results.json records."""
     settings = OmegaConf.to_container(cfg.calibration, resolve=True)
-    datamodule.setup("fit")
     record = dict(settings)
+    if not input_quantizers(model):  # FP32: nothing to calibrate, the model stays as trained
+        return {**record, "quantizers": 0}
+    datamodule.setup("fit")
     if settings["bn_reestimation"]:  # first: the ranges are then those of the corrected model
         record["batchnorm_layers"] = reestimate_batchnorm(
             model, datamodule.train_dataloader(), settings["batches"]
@@ -154,18 +166,15 @@ def loggable_config(cfg: DictConfig, init_source: InitSource | None = None) -> d
     config = OmegaConf.to_container(cfg, resolve=True)
     config["quantizer"] = cfg.quant.quantizer
     config["model_name"], config["dataset_name"] = chosen_option("model"), chosen_option("dataset")
-    config["start"] = start_of(cfg, init_source)
+    config["start"] = start_of(cfg)
     if init_source is not None:
         config["init_source"] = init_source.record()
     return config
 
 
-def start_of(cfg: DictConfig, init_source: InitSource | None) -> str:
-    """How the run starts: "ptq" (no training), "init" (QAT or fine-tuning from trained
-    weights) or "scratch"."""
-    if is_post_training(cfg):
-        return "ptq"
-    return "init" if init_source is not None or is_set(cfg.get(INIT_KEY)) else "scratch"
+def start_of(cfg: DictConfig) -> str:
+    """How the run starts: "ptq", "init" or "scratch" (``lowbit.config.start_kind``)."""
+    return start_kind((cfg.get("trainer") or {}).get("max_epochs"), cfg.get(INIT_KEY))
 
 
 def measure_costs(
@@ -353,11 +362,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         keep_freed_memory()  # reuse freed CPU buffers instead of re-faulting them each step
         datamodule, model = components.datamodule, components.model
         init_source = components.init_source
-        results["start"] = start_of(cfg, init_source)
+        results["start"] = start_of(cfg)
         if init_source is not None:
             results["init"] = init_source.record()
         quantize(cfg, model, datamodule)
-        if init_source is not None:  # ranges from the trained model, before any step
+        if components.loaded:  # ranges from the trained model, before any step
             results["calibration"] = calibrate_from_data(cfg, model, datamodule)
 
         task = build_task(cfg, datamodule, model)
