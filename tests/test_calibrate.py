@@ -117,3 +117,24 @@ def test_bad_settings_are_one_line(settings, message):
     with pytest.raises(ConfigError) as error:
         calibrate(quantized(nn.ReLU, "pact"), BATCHES, **settings)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_mse_picks_the_candidate_step_with_the_least_quantization_error():
+    from lowbit.quant.calibrate import MSE_CANDIDATES, ObservedActivation
+
+    torch.manual_seed(0)
+    x = torch.randn(20_000) ** 3  # heavy tails: clipping pays at few levels
+    observed = ObservedActivation("mse")
+    observed.add(x)
+    for qn, qp in ((2, 1), (128, 127)):
+        widest = max(x.max().item() / qp, -x.min().item() / qn)
+        candidates = [widest * k / MSE_CANDIDATES for k in range(1, MSE_CANDIDATES + 1)]
+
+        def error(step, qn=qn, qp=qp):
+            return ((torch.clamp(torch.round(x / step), -qn, qp) * step - x) ** 2).mean().item()
+
+        best = min(candidates, key=error)
+        assert observed.step(qn, qp).item() == pytest.approx(best, rel=1e-5)
+    # 2-bit: the tails are clipped (a far smaller step than min-max's); 8-bit: much less
+    assert observed.step(2, 1).item() < 0.2 * max(x.max().item(), -x.min().item() / 2)
+    assert observed.step(128, 127).item() > 0.2 * max(x.max().item() / 127, -x.min().item() / 128)

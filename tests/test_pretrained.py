@@ -182,10 +182,19 @@ def test_the_ptq_vs_qat_preset_checks_every_job_and_needs_its_fp32_run(fp32_run,
 def test_the_ptq_vs_qat_preset_runs_its_three_starts_from_one_fp32_run(fp32_run, tmp_path):
     """The preset as the README runs it (one seed, a few batches per job): 13 jobs, all ok, and
     the report draws the starts' verdicts."""
-    from conftest import run_train
+    import subprocess
+    import sys
 
-    result = run_train(
-        ["-m", "sweep=ptq_vs_qat", f"fp32_run={fp32_run}", "seeds=1", *FAST[1:]], tmp_path
+    from conftest import ROOT, run_env
+
+    args = ["-m", "sweep=ptq_vs_qat", f"fp32_run={fp32_run}", "seeds=1", *FAST[1:]]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={tmp_path}/sweep"],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=1800,  # 13 jobs, each measured and exported
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob(RESULTS_FILE)]

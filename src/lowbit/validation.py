@@ -287,7 +287,7 @@ SCHEMA: dict[str, Check] = {
     "ckpt_path": optional(NON_EMPTY_TEXT),
     "init": optional(NON_EMPTY_TEXT),  # trained weights to start from (lowbit.pretrained)
     # calibration of the activation quantizers after init= (lowbit.quant.calibrate)
-    "calibration.method": one_of("percentile", "minmax"),
+    "calibration.method": one_of("minmax", "percentile", "mse"),
     "calibration.percentile": number(above=50, at_most=100),
     "calibration.batches": COUNT,
     "calibration.bn_reestimation": BOOLEAN,

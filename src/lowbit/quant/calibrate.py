@@ -41,15 +41,19 @@ from torch import nn
 from lowbit.errors import ConfigError
 from lowbit.quant.modules import QuantizedLayer, Quantizer
 
-METHODS = ("percentile", "minmax")
+METHODS = ("minmax", "percentile", "mse")
 SAMPLE_PER_BATCH = 1 << 16
+MSE_SAMPLE = 1 << 18  # values the MSE search scores each candidate step on
+MSE_CANDIDATES = 100  # steps tried: the min-max step times 1/100, 2/100, ..., 1
 
 
 @dataclass
 class ObservedActivation:
-    """What one quantizer's input held over the calibration batches."""
+    """What one quantizer's input held over the calibration batches, and the grid step that
+    the chosen method fits to it (``step``)."""
 
-    percentile: float | None  # None: min-max
+    method: str = "minmax"
+    percentile: float = 99.99
     minimum: torch.Tensor = field(default_factory=lambda: torch.tensor(float("inf")))
     maximum: torch.Tensor = field(default_factory=lambda: torch.tensor(float("-inf")))
     samples: list[torch.Tensor] = field(default_factory=list)
@@ -58,37 +62,56 @@ class ObservedActivation:
         x = x.detach().float()
         self.minimum = torch.minimum(self.minimum, x.min().cpu())
         self.maximum = torch.maximum(self.maximum, x.max().cpu())
-        if self.percentile is not None:
+        if self.method != "minmax":
             values = x.flatten()
             stride = -(-values.numel() // SAMPLE_PER_BATCH)
             self.samples.append(values[::stride].cpu())
 
-    def quantile(self, values: torch.Tensor, q: float) -> torch.Tensor:
-        return torch.quantile(values, q)
+    def sample(self, limit: int | None = None) -> torch.Tensor:
+        values = torch.cat(self.samples)
+        if limit is not None and values.numel() > limit:
+            values = values[:: -(-values.numel() // limit)]
+        return values
 
     def low(self) -> torch.Tensor:
-        """The range's bottom: the minimum, or the (100 - p)-th percentile."""
-        if self.percentile is None:
-            return self.minimum
-        return self.quantile(torch.cat(self.samples), 1 - self.percentile / 100)
+        """The range's bottom: the (100 - p)-th percentile with ``percentile``, else the
+        minimum (the MSE search sets the step, not the bottom)."""
+        if self.method == "percentile":
+            return torch.quantile(self.sample(), 1 - self.percentile / 100)
+        return self.minimum
 
     def high(self) -> torch.Tensor:
-        """The range's top: the maximum, or the p-th percentile."""
-        if self.percentile is None:
-            return self.maximum
-        return self.quantile(torch.cat(self.samples), self.percentile / 100)
+        """The range's top: the p-th percentile with ``percentile``, else the maximum."""
+        if self.method == "percentile":
+            return torch.quantile(self.sample(), self.percentile / 100)
+        return self.maximum
 
-    def magnitude(self) -> torch.Tensor:
-        """The largest magnitude: max |x|, or the p-th percentile of |x|."""
-        if self.percentile is None:
-            return torch.maximum(self.maximum.abs(), self.minimum.abs())
-        return self.quantile(torch.cat(self.samples).abs(), self.percentile / 100)
+    def step(self, qn: int, qp: int, offset: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The step of a grid with levels -qn..qp (in steps, around ``offset``) for these
+        activations: the range's ends on the grid's ends (``minmax``, ``percentile``), or, with
+        ``mse``, the step among 1/100 .. 1 of that min-max step whose quantization error,
+        mean((Q(x) - x)^2) over the sample, is smallest: at 8 bits that is about the min-max
+        step, at 2 bits it clips the tails (a per-layer fit, as TensorRT's and NNCF's MSE
+        calibrators do)."""
+        offset = torch.as_tensor(offset, dtype=torch.float32)
+        top, bottom = self.high() - offset, self.low() - offset
+        step = (top.clamp(min=0) / qp) if qp else torch.tensor(0.0)
+        if qn:
+            step = torch.maximum(step, (-bottom).clamp(min=0) / qn)
+        if self.method != "mse" or not step > 0:
+            return step
+        x = self.sample(MSE_SAMPLE) - offset
+        candidates = step * torch.arange(1, MSE_CANDIDATES + 1) / MSE_CANDIDATES
+        errors = torch.stack(
+            [((torch.clamp(torch.round(x / s), -qn, qp) * s - x) ** 2).mean() for s in candidates]
+        )
+        return candidates[int(torch.argmin(errors))]
 
 
 def check_settings(method: str, percentile: float, batches: int) -> None:
     """ConfigError for a calibration setting lowbit cannot use."""
     if method not in METHODS:
-        raise ConfigError(f"calibration.method={method!r} is unknown: use {' or '.join(METHODS)}")
+        raise ConfigError(f"calibration.method={method!r} is unknown: use {', '.join(METHODS)}")
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
         raise ConfigError(f"calibration.percentile must be a number, got {percentile!r}")
     if not 50 < percentile <= 100:
@@ -154,11 +177,11 @@ def run_batches(model: nn.Module, loader: Iterable, batches: int) -> int:
 
 
 def observe(
-    model: nn.Module, loader: Iterable, batches: int, percentile: float | None
+    model: nn.Module, loader: Iterable, batches: int, method: str, percentile: float
 ) -> dict[str, ObservedActivation]:
     """Each input quantizer's ``ObservedActivation`` over ``batches`` batches of ``loader`` in
     eval mode, the quantizers passing their input through unchanged meanwhile."""
-    observed = {name: ObservedActivation(percentile) for name in input_quantizers(model)}
+    observed = {name: ObservedActivation(method, percentile) for name in input_quantizers(model)}
     was_training = model.training
     try:
         model.eval()
@@ -172,14 +195,14 @@ def observe(
 def calibrate(
     model: nn.Module,
     loader: Iterable,
-    method: str = "percentile",
+    method: str = "minmax",
     percentile: float = 99.99,
     batches: int = 8,
 ) -> dict[str, ObservedActivation]:
     """Set every activation quantizer of ``model`` from ``batches`` batches (module docstring);
     returns what each saw."""
     check_settings(method, percentile, batches)
-    observed = observe(model, loader, batches, percentile if method == "percentile" else None)
+    observed = observe(model, loader, batches, method, percentile)
     quantizers = input_quantizers(model)
     for name, seen in observed.items():
         quantizers[name].calibrate(seen)

@@ -96,9 +96,9 @@ class Quantizer(nn.Module):
 
     def calibrate(self, observed) -> None:
         """Set this activation quantizer's range from what its input held over the calibration
-        batches (``lowbit.quant.calibrate.ObservedActivation``: ``low()``, ``high()``,
-        ``magnitude()``). The default, for methods with a fixed range (DoReFa Eq. 11) or none:
-        nothing to set."""
+        batches (``lowbit.quant.calibrate.ObservedActivation``: ``step(qn, qp)`` fits a grid of
+        levels -qn..qp by the chosen method; ``low()``, ``high()``, ``minimum``, ``maximum``).
+        The default, for methods with a fixed range (DoReFa Eq. 11) or none: nothing to set."""
 
     def learned_parameters(self) -> dict[str, nn.Parameter]:
         """The quantizer's own learned parameters by the name they are logged under
@@ -291,7 +291,7 @@ class LearnedClip(Quantizer):
         self.is_calibrated = bool(self.calibrated)
 
     def calibrated_level(self, observed) -> torch.Tensor:
-        """The clipping level the calibration range gives (PACT: its top)."""
+        """The clipping level the calibration fits (PACT: the top of an unsigned grid)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -341,7 +341,8 @@ class PACTActivation(LearnedClip):
         return x.clamp(min=0)
 
     def calibrated_level(self, observed) -> torch.Tensor:
-        return observed.high()
+        n = Q.levels(self.bits)
+        return observed.step(0, n) * n
 
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -361,7 +362,8 @@ class PACTSymmetricActivation(LearnedClip):
         return x.abs()
 
     def calibrated_level(self, observed) -> torch.Tensor:
-        return observed.magnitude()
+        m = Q.symmetric_levels(self.bits)
+        return observed.step(m, m) * m
 
     @float32_math
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -424,13 +426,10 @@ class LearnedStep(Quantizer):
 
     @torch.no_grad()
     def calibrate(self, observed) -> None:
-        """step = the calibrated range over the grid's positive (and, signed, negative) levels,
-        so that the range's ends fall on the grid's ends."""
+        """step = the calibration's fit for the grid's levels -Qn..Qp (Qn = 0 unsigned)."""
         if not self.is_active:
             return
-        step = observed.high().float().clamp(min=0) / self.qp
-        if self.signed:
-            step = torch.maximum(step, (-observed.low().float()).clamp(min=0) / self.qn)
+        step = observed.step(self.qn if self.signed else 0, self.qp).float()
         self.step.copy_(step.clamp(min=Q.LSQ_STEP_MIN).to(self.step.device))
         self.initialized.fill_(True)
         self.is_initialized = True
@@ -516,14 +515,14 @@ class LearnedStepOffset(LearnedStep):
 
     @torch.no_grad()
     def calibrate(self, observed) -> None:
-        """The paper's min/max start over the calibration range: b = its bottom (<= 0),
-        s = (top - bottom) / (2^k - 1)."""
+        """The paper's min/max start over the calibration range: b = its bottom (<= 0), and the
+        step fitted to the levels 0..2^k - 1 above b ((top - bottom) / (2^k - 1) by min-max)."""
         if not self.is_active:
             return
         low = observed.low().float().clamp(max=0.0)
-        high = observed.high().float()
+        step = observed.step(0, self.qp, offset=low).float()
         self.offset.copy_(low.to(self.offset.device))
-        self.step.copy_(((high - low) / self.qp).clamp(min=Q.LSQ_STEP_MIN).to(self.step.device))
+        self.step.copy_(step.clamp(min=Q.LSQ_STEP_MIN).to(self.step.device))
         self.initialized.fill_(True)
         self.is_initialized = True
 
