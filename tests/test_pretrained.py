@@ -199,7 +199,9 @@ def test_the_ptq_vs_qat_preset_runs_its_three_starts_from_one_fp32_run(fp32_run,
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob(RESULTS_FILE)]
     assert len(records) == 13 and all(r["status"] == STATUS_OK for r in records)
-    assert sorted(r["start"] for r in records).count("ptq") == 5  # FP32 and W8/4/3/2
+    starts = [r["start"] for r in records]
+    assert (starts.count("ptq"), starts.count("init"), starts.count("scratch")) == (5, 4, 4)
+    assert all("init" not in r for r in records if r["start"] == "scratch")
 
 
 def test_the_fp32_model_evaluated_as_ptq_is_the_source_unchanged(fp32_run, tmp_path):

@@ -47,7 +47,7 @@ def start_kind(max_epochs: object, init: object) -> str:
     config's and tag's (``${lowbit_start:...}`` in conf/logger/wandb.yaml)."""
     if str(max_epochs) == "0":
         return "ptq"
-    return "init" if init not in (None, "", "null") else "scratch"
+    return "init" if init not in (None, "", "null", "None") else "scratch"
 
 
 def register_resolvers() -> None:

@@ -165,9 +165,9 @@ def start_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
     scratch has neither, so it pools with the runs made before lowbit recorded them: PTQ,
     QAT from an FP32 run and QAT from scratch are then three configurations of one bit width."""
     start = payload.get("start")
-    if start in (None, "scratch"):
-        return {}
     source = payload.get("init") or {}
+    if start in (None, "scratch") or (start == "init" and not source):
+        return {}  # no source recorded: nothing was loaded, whatever init= said
     return {"start": start, "init": source.get("run_name") or source.get("spec")}
 
 
