@@ -641,3 +641,15 @@ def test_csv_table_prints_the_chosen_columns_of_the_chosen_rows(tmp_path, capsys
     ]
     assert script.main([str(table), "nope"]) == 2
     assert "has no column nope" in capsys.readouterr().err
+
+
+def test_a_run_that_recorded_no_source_counts_as_from_scratch():
+    from lowbit.report.runs import start_settings
+
+    assert start_settings({"start": "scratch"}) == {}
+    assert start_settings({}) == {}  # runs made before lowbit recorded starts
+    assert start_settings({"start": "init"}) == {}  # nothing loaded, whatever init= said
+    assert start_settings({"start": "ptq", "init": {"run_name": "fp32-run", "spec": "x"}}) == {
+        "start": "ptq",
+        "init": "fp32-run",
+    }
