@@ -160,15 +160,26 @@ def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def start_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """How a run started, as two settings: ``start`` ("ptq", or "init" for training from
-    trained weights) and ``init`` (the source run's name, else the path given). A run from
+    """How a run started, as settings: ``start`` ("ptq", or "init" for training from trained
+    weights), ``init`` (the source run's name, else the path given) and, where activations were
+    calibrated, ``calibration`` ("minmax + bn x8": method, BatchNorm re-estimation, batches).
+    A run from
     scratch has neither, so it pools with the runs made before lowbit recorded them: PTQ,
     QAT from an FP32 run and QAT from scratch are then three configurations of one bit width."""
     start = payload.get("start")
     source = payload.get("init") or {}
     if start in (None, "scratch") or (start == "init" and not source):
         return {}  # no source recorded: nothing was loaded, whatever init= said
-    return {"start": start, "init": source.get("run_name") or source.get("spec")}
+    settings = {"start": start, "init": source.get("run_name") or source.get("spec")}
+    calibration = payload.get("calibration") or {}
+    if calibration.get("quantizers"):  # how the ranges were set: part of what was measured
+        method = str(calibration.get("method"))
+        if method == "percentile":
+            method += f" {calibration.get('percentile')}"
+        if calibration.get("bn_reestimation"):
+            method += " + bn"
+        settings["calibration"] = f"{method} x{calibration.get('batches')}"
+    return settings
 
 
 def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None) -> RunRecord:
