@@ -35,17 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.checkpoints import MODEL_PREFIX, load_checkpoint
 from lowbit.errors import ConfigError
 from lowbit.results import PACKED_FILE, RESULTS_FILE
+from lowbit.resume import LAST_CHECKPOINT, WANDB_ID_FILE
 
 log = logging.getLogger(__name__)
 
-INIT_KEY = "init"
 TORCHVISION_PREFIX = "torchvision:"
-CHECKPOINTS = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-MODEL_PREFIX = "model."  # the task keeps the network as ``self.model``
-WANDB_ID_FILE = "wandb_id.txt"
 QUANTIZER_SUFFIX = "_quantizer"  # weight_quantizer, input_quantizer, gradient_quantizer
 
 
@@ -76,11 +73,10 @@ def is_set(value: Any) -> bool:
 def best_checkpoint_in(run_dir: Path) -> Path | None:
     """The run's best checkpoint (the monitored ModelCheckpoint's ``epochNNN.ckpt``, the one
     with the highest epoch if several), else ``last.ckpt``, else None."""
-    folder = run_dir / CHECKPOINTS
-    best = sorted(p for p in folder.glob("*.ckpt") if p.name != LAST_CHECKPOINT)
+    last = run_dir / LAST_CHECKPOINT
+    best = sorted(p for p in last.parent.glob("*.ckpt") if p.name != last.name)
     if best:
         return best[-1]
-    last = folder / LAST_CHECKPOINT
     return last if last.is_file() else None
 
 
@@ -135,7 +131,7 @@ def resolve(value: Any) -> InitSource:
             weights = path / PACKED_FILE
         if weights is None:
             raise ConfigError(
-                f"init={spec}: the folder holds no weights ({CHECKPOINTS}/*.ckpt or "
+                f"init={spec}: the folder holds no weights ({LAST_CHECKPOINT.parent}/*.ckpt or "
                 f"{PACKED_FILE}); give a finished run's folder or a weights file"
             )
         source = InitSource(spec, kind, weights_file=str(weights))
@@ -199,8 +195,6 @@ def read_state(source: InitSource, model: nn.Module) -> dict[str, torch.Tensor]:
         return map_state(torchvision_state(name), model.state_dict(), name)
     path = Path(str(source.weights_file))
     if path.suffix == ".ckpt":
-        from lowbit.checkpoints import load_checkpoint
-
         checkpoint = load_checkpoint(path)
         return {
             key.removeprefix(MODEL_PREFIX): tensor
