@@ -41,13 +41,7 @@ from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError, one_line
 from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
-from lowbit.pretrained import (
-    INIT_KEY,
-    InitSource,
-    describe_source,
-    is_set,
-    load_initial_weights,
-)
+from lowbit.pretrained import InitSource, describe_source, is_set, load_initial_weights
 from lowbit.quant.calibrate import calibrate, input_quantizers, reestimate_batchnorm
 from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
 from lowbit.quant.optim import learned_values
@@ -61,7 +55,7 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
     STATUS_OK,
     check_writable,
 )
-from lowbit.resume import checkpoint_to_resume, pin_wandb_run_id
+from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config, write_json_atomically
 from lowbit.validation import check_values, validate
