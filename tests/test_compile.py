@@ -180,3 +180,25 @@ def test_quantized_models_trace_as_one_graph(quantizer, options):
         explained = torch._dynamo.explain(model)(x)
         assert explained.graph_break_count == 0, explained.break_reasons
         model(x)
+
+
+def test_a_plain_torch_compile_trains_with_gradient_quantization():
+    # A user's own loop, torch.compile as PyTorch documents it, no lowbit options and no noise
+    # stream: each draw's key comes from torch's generator. The key used to pass through
+    # int(seed), a symbolic int under dynamo, and inductor then generated the hash in float; the
+    # second step failed to build ("invalid operands of types 'float' and 'float' to binary
+    # 'operator&'").
+    torch._dynamo.reset()
+    model = tiny_model(gbits=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    after = sgd_steps(model, torch.compile(model), steps=3)
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    torch._dynamo.reset()
+
+
+def test_a_draw_key_from_a_seed_tensor_equals_the_integer_one():
+    seeds = [0, 1, 12345, (1 << 62) - 1]
+    for seed in seeds:
+        draw = torch.tensor(7, dtype=torch.int64)
+        assert int(draw_key(torch.tensor(seed), draw)) == int(draw_key(seed, draw))

@@ -156,12 +156,12 @@ def _fmix32(x):
     return x ^ (x >> 16)
 
 
-def draw_key(base: int, draw: torch.Tensor) -> torch.Tensor:
+def draw_key(base: int | torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
     """The key of one draw, a 0-d int64 in [0, 2^63): the hash's 32-bit offset in its low half
     and its odd 31-bit multiplier above.
 
     ``base`` names the stream (run seed, rank and layer: ``noise_base``, 64 bits, both halves
-    mixed in); ``draw`` counts the stream's draws, a tensor so that a compiled graph reads it
+    mixed in; a non-negative int, or a 0-d int64 tensor holding one); ``draw`` counts the stream's draws, a tensor so that a compiled graph reads it
     instead of baking it in (2^31 draws before a stream repeats).
     """
     base_low, base_high = base & _MASK32, (base >> 32) & _MASK32
@@ -251,7 +251,10 @@ def _noise_key(noise: torch.Tensor | torch.Generator | None, device: torch.devic
         return noise
     generator_device = noise.device if noise is not None else torch.device("cpu")
     seed = torch.randint(0, 1 << 62, (), generator=noise, device=generator_device)
-    return draw_key(int(seed), torch.zeros((), dtype=torch.int64)).to(device)
+    # The seed stays a tensor: draw_key's integer arithmetic works on int64 tensors alike, and
+    # under a plain torch.compile int(seed) became a symbolic int whose hash inductor then
+    # generated in float ("invalid operands of types 'float' and 'float' to binary 'operator&'").
+    return draw_key(seed, torch.zeros((), dtype=torch.int64, device=generator_device)).to(device)
 
 
 class _QuantizeGradient(torch.autograd.Function):
