@@ -97,7 +97,7 @@ def test_dorefa_weight_32_bits_is_identity():
 def test_dorefa_weight_properties(bits, seed, shape, scale):
     w = random_tensor(shape, seed, scale)
     q = dorefa_weight(w, bits)
-    n = 2**bits - 1
+    n = 2**bits - 2 if bits == 8 else 2**bits - 1  # 8 bits: the narrow range (test below)
     assert q.min() >= -1 and q.max() <= 1
     codes = (q + 1) / 2 * n
     assert torch.allclose(codes, codes.round(), atol=1e-3)
@@ -308,3 +308,22 @@ def test_quantized_gradient_uses_one_draw_per_element():
     s = uniform_noise(key, (1, 4001), torch.device("cpu"))
     up = q[0, 1:] > 0
     assert torch.equal(up, s[0, 1:] >= 0)
+
+
+def test_dorefa_8_bit_weights_are_narrow_range_int8():
+    # The owner's decision on #13: Eq. 9 at 8 bits would give 256 odd levels (-255..255), one
+    # more than int8 holds; lowbit trains n = 254: 255 levels with zero, codes -127..127.
+    from lowbit.quant.modules import DoReFaWeight
+
+    w = random_tensor((64, 32, 3, 3), seed=5)
+    values = dorefa_weight(w, 8)
+    levels = torch.unique(values)
+    assert len(levels) <= 255 and values.abs().max() == 1.0
+    quantizer = DoReFaWeight(8)
+    grid = quantizer.grid(w)
+    codes = quantizer.integer_codes(w)
+    assert (grid.qmin, grid.qmax, grid.code_step) == (-127, 127, 1)
+    assert codes.min() == -127 and codes.max() == 127 and (codes == 0).any()
+    torch.testing.assert_close(grid.dequantize(codes), values, rtol=0, atol=1e-6)
+    # below 8 bits Eq. 9 is unchanged: the odd codes -n..n
+    assert torch.unique(DoReFaWeight(7).integer_codes(w) % 2).tolist() == [1]

@@ -80,11 +80,28 @@ def quantize_k(x: torch.Tensor, bits: int) -> torch.Tensor:
     return _RoundToGrid.apply(x, levels(bits))
 
 
+INT8_NARROW_MAX = 127  # the symmetric int8 weights TensorRT and ONNX Runtime hold: -127..127
+
+
+def dorefa_weight_steps(bits: int) -> int:
+    """n of DoReFa Eq. 9 at k bits: 2^k - 1, except 2^8 - 2 = 254 at 8 bits (narrow range).
+
+    Eq. 9's grid is 2c/n - 1 for c = 0..n: the odd codes -n..n at step 1/n, 2^k levels. Up to 7
+    bits they fit int8 exactly. At 8 bits the paper's 256 odd levels (-255..255) are one more
+    than int8 holds, and a runtime would re-round them; lowbit trains the narrow-range form
+    instead, n = 254: 255 levels with zero among them, codes -127..127 at step 1/127, which is
+    what deploys (the owner's decision on issue #13: a grid the runtime cannot hold is not
+    trained).
+    """
+    return (1 << bits) - 2 if bits == 8 else levels(bits)
+
+
 def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """DoReFa weights.
 
     k > 1, Eq. 9: 2 * quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1, the max over the whole
-    tensor, so the result lies on a symmetric grid of 2^k values in [-1, 1].
+    tensor, so the result lies on a symmetric grid of 2^k values in [-1, 1] (k = 8: 255 values,
+    the narrow range of ``dorefa_weight_steps``).
     k = 1, Eq. 7: sign(w) * E(|w|), one scale for the whole tensor (sign(0) is taken as +1).
     The gradient flows through tanh and the max; only the rounding is straight-through.
     """
@@ -97,7 +114,7 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
         return w + (signs * scale - w).detach()
     t = torch.tanh(w)
     max_abs = t.abs().max().clamp_min(torch.finfo(t.dtype).tiny)
-    return 2 * quantize_k(t / (2 * max_abs) + 0.5, bits) - 1
+    return 2 * _RoundToGrid.apply(t / (2 * max_abs) + 0.5, dorefa_weight_steps(bits)) - 1
 
 
 def dorefa_activation(x: torch.Tensor, bits: int, scale: float = 1.0) -> torch.Tensor:

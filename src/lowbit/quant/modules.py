@@ -122,13 +122,16 @@ class DoReFaWeight(Quantizer):
         return Q.dorefa_weight(w, self.bits)
 
     def grid(self, w: torch.Tensor | None = None) -> IntegerGrid | None:
-        """Eq. 9: (2c - n) / n, the odd codes -n..n at step 1/n; Eq. 7: +-1 at step E|w|."""
+        """Eq. 9: (2c - n) / n, the odd codes -n..n at step 1/n; at 8 bits (n = 254, narrow
+        range) the codes c - 127 in -127..127 at step 1/127. Eq. 7: +-1 at step E|w|."""
         if not self.is_active:
             return None
         if self.bits == 1:
             scale = w.detach().float().abs().mean()  # functional.dorefa_weight's E(|w|)
             return IntegerGrid(1, True, scale, -1, 1, code_step=2)
-        n = Q.levels(self.bits)
+        n = Q.dorefa_weight_steps(self.bits)
+        if n % 2 == 0:  # even n: 2c - n is even, so halve the codes and double the step
+            return IntegerGrid(self.bits, True, torch.tensor(2.0 / n), -(n // 2), n // 2)
         return IntegerGrid(self.bits, True, torch.tensor(1.0 / n), -n, n, code_step=2)
 
     def latent_weight(self, codes: torch.Tensor, grid: IntegerGrid) -> torch.Tensor:
@@ -136,8 +139,8 @@ class DoReFaWeight(Quantizer):
             return super().latent_weight(codes, grid)
         # The float32 operations of functional.dorefa_weight, 2 (c / n) - 1, then atanh(w_q / 2):
         # tanh undoes atanh and the per-tensor max normalises the 1/2 away (max|w_q| is always 1).
-        n = Q.levels(self.bits)
-        values = 2 * torch.div(codes + n, 2, rounding_mode="floor").to(torch.float32).div_(n) - 1
+        n = Q.dorefa_weight_steps(self.bits)
+        values = 2 * grid.indices(codes).to(torch.float32).div_(n) - 1
         return torch.atanh(values / 2)
 
 
