@@ -140,10 +140,14 @@ def test_weights_are_the_layers_integer_codes(tmp_path):
         for i in graph.initializer
         if i.name.endswith("weight_codes")
     }
-    # convs 1..7 are 4-bit DoReFa: odd codes 2c - 15 spread by K = floor(127 / 15) = 8
+    # convs 1..7 are 4-bit DoReFa: the odd codes 2c - 15, as trained (no rescaling: the bias
+    # grid is the one the model's integer evaluation rounds to)
     middle = codes["features_4_0_weight_codes"]
     assert middle.dtype == np.int8
-    assert set(np.unique(np.abs(middle)) // 8) <= set(range(1, 16, 2))
+    assert set(np.unique(np.abs(middle))) <= set(range(1, 16, 2))
+    # the 8-bit classifier: the narrow range -127..127, exact in int8 (the float-input first
+    # conv keeps a float weight)
+    assert np.abs(codes["features_10_0_weight_codes"]).max() == 127
     # a k < 8 grid is clipped on the integers (Q saturates at 255, the grid at 15): the inputs
     # of convs 1-7; the classifier's input is 8-bit, where uint8 saturation is the clip
     assert ops.count("Clip") == 7

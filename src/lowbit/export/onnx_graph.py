@@ -52,6 +52,16 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
+from lowbit.quant.graph import (
+    LAYERS,
+    PAD_MODES,
+    UntraceableModel,
+    hoisted_quantizers,
+    is_relu,
+    pad_mode,
+    passes_through,
+)
+from lowbit.quant.graph import trace as trace_graph
 from lowbit.quant.modules import QuantizedLayer, Quantizer
 
 INPUT, OUTPUT = "input", "logits"
@@ -59,10 +69,6 @@ INPUT, OUTPUT = "input", "logits"
 REQUANTIZED_KEY, LAYER_INPUTS_KEY = "lowbit.requantized", "lowbit.layer_inputs"
 INT8_MAX = 127
 UINT8_SHIFT = 128
-LAYERS = (nn.Conv2d, nn.Linear)
-# Ops that commute with a monotone quantizer: the Q can move in front of them.
-PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
-PAD_MODES = {"constant": "constant", "replicate": "edge"}  # torch's names -> ONNX Pad's
 
 
 class UnsupportedModel(ValueError):
@@ -217,12 +223,9 @@ def integer_weight(layer: nn.Module, where: str) -> IntegerWeight:
         step = step * factor
         exact = False
     if exact:
-        # An integer multiple K of the codes is the same grid at step / K: exact, the same int8
-        # cost, and a K times finer int32 bias grid. The bias's rounding is the one inexact part
-        # of an exact layer: up to s_c / 2n of an output step at 4 bits, 1 / 2K of that here.
-        max_code = codes.reshape(codes.shape[0], -1).abs().amax(dim=1)
-        spread = torch.clamp(torch.floor(INT8_MAX / max_code.clamp_min(1)), min=1)
-        codes, step = codes * spread.reshape(shape), step / spread
+        # The codes and scales are the ones evaluation computes with (lowbit.quant.integer):
+        # the int32 bias grid input_scale * weight_scale, and with it the bias's rounding, is
+        # then the one the trained model's integer arithmetic already has.
         if not torch.allclose(codes * step.reshape(shape), effective, rtol=1e-5, atol=1e-7):
             raise AssertionError(f"{where}: the integer codes do not rebuild the layer's weight")
     return IntegerWeight(codes.to(torch.int8).numpy(), step.float().numpy(), exact)
@@ -294,56 +297,6 @@ def pair(value) -> list[int]:
     return list(value) if isinstance(value, (tuple, list)) else [value, value]
 
 
-class Tracer(torch.fx.Tracer):
-    """Keeps layers and quantizers whole: the exporter reads their state, not their maths."""
-
-    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
-        return isinstance(module, (*LAYERS, Quantizer)) or super().is_leaf_module(module, name)
-
-
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    try:
-        graph = Tracer().trace(model)
-    except Exception as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UnsupportedModel(
-            f"cannot trace {type(model).__name__} with torch.fx ({first})"
-        ) from None
-    return torch.fx.GraphModule(model, graph)
-
-
-def is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    return (
-        (node.op == "call_module" and isinstance(modules[node.target], nn.ReLU))
-        or (node.op == "call_function" and node.target in (F.relu, torch.relu))
-        or (node.op == "call_method" and node.target == "relu")
-    )
-
-
-def passes_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Ops that commute with a per-tensor Q, so that it can move in front of them: ReLU (with
-    the clip's lower bound raised to zero), max pooling, nearest upsampling and replicate or
-    zero padding (they only copy or pick values), Identity and Dropout (eval)."""
-    if is_relu(node, modules):
-        return True
-    if node.op == "call_function":
-        if node.target is F.max_pool2d:
-            return not node.kwargs.get("return_indices", False)
-        return node.target is F.pad and pad_mode(node) in PAD_MODES
-    if node.op != "call_module":
-        return False
-    module = modules[node.target]
-    if isinstance(module, nn.Upsample):
-        return module.mode == "nearest"
-    if isinstance(module, nn.MaxPool2d):
-        return not module.return_indices
-    return isinstance(module, PASS_THROUGH)
-
-
-def pad_mode(node: torch.fx.Node) -> str:
-    return node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-
-
 def input_grid(
     layer: nn.Module, name: str, observed: dict[str, tuple[float, float]]
 ) -> Grid | None:
@@ -355,28 +308,22 @@ def input_grid(
 
 
 def plan_quantize_points(gm: torch.fx.GraphModule, grids: dict[str, Grid]):
-    """Where each layer's input Q goes: {fx node: grid} (see the module docstring on hoisting)."""
-    modules = dict(gm.named_modules())
-    points: dict[torch.fx.Node, Grid] = {}
-    direct: dict[torch.fx.Node, Grid] = {}  # layer node -> grid applied right at its input
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target not in grids:
-            continue
-        grid = grids[node.target]
-        source = node.args[0]
-        relu = False
-        while (
-            passes_through(source, modules)
-            and len(source.users) == 1
-            and source.op != "placeholder"
-        ):
-            relu |= is_relu(source, modules)
-            source = source.args[0]
-        if len(source.users) == 1 and source not in points:
-            points[source] = grid.at_least(grid.zero_point) if relu else grid
-        else:
-            direct[node] = grid
-    return points, direct
+    """Where each layer's input Q goes (``lowbit.quant.graph.hoisted_quantizers``): {producing
+    fx node: grid, its clip raised to the zero point where a ReLU folds in} and {layer node:
+    grid applied right at its input}."""
+    hoisted, direct = hoisted_quantizers(gm, set(grids))
+    points = {}
+    for source, where in hoisted.items():
+        grid = grids[where.consumer.target]
+        points[source] = grid.at_least(grid.zero_point) if where.relu else grid
+    return points, {node: grids[node.target] for node in direct}
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    try:
+        return trace_graph(model)
+    except UntraceableModel as error:
+        raise UnsupportedModel(str(error)) from None
 
 
 @torch.no_grad()

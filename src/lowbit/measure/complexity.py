@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lowbit.quant.functional import FULL_PRECISION
+from lowbit.quant.integer import float_arithmetic
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -36,7 +37,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     try:
         model.eval()
         device = next(model.parameters()).device
-        model(torch.zeros(1, *input_shape, device=device))
+        with float_arithmetic(model):  # every layer's own forward runs, and its hook with it
+            model(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
         for hook in hooks:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
+from lowbit.quant.integer import float_arithmetic
 from lowbit.quant.modules import QuantizedLayer, Quantizer
 
 METHODS = ("minmax", "percentile", "mse")
@@ -144,7 +145,8 @@ def limited(loader: Iterable, batches: int) -> Iterator[torch.Tensor]:
 @contextmanager
 def float_activations(model: nn.Module, observed: dict[str, ObservedActivation] | None = None):
     """Every input quantizer of ``model`` passes its input through unchanged (and, given
-    ``observed``, records it there) inside the block."""
+    ``observed``, records it there) inside the block; evaluation computes in float
+    (``lowbit.quant.integer.float_arithmetic``), so the layers' outputs are float too."""
     quantizers = input_quantizers(model)
     hooks = []
     for name, quantizer in quantizers.items():
@@ -157,7 +159,8 @@ def float_activations(model: nn.Module, observed: dict[str, ObservedActivation] 
 
         hooks.append(quantizer.register_forward_hook(identity))
     try:
-        yield
+        with float_arithmetic(model):
+            yield
     finally:
         for hook in hooks:
             hook.remove()

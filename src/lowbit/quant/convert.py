@@ -44,6 +44,7 @@ from torch import nn
 from lowbit.bit_widths import INPUT_BITS, SUPPORTED_BITS, check_bits  # noqa: F401  (re-exported)
 from lowbit.errors import ConfigError
 from lowbit.quant.functional import FULL_PRECISION
+from lowbit.quant.integer import use_integer_arithmetic
 from lowbit.quant.modules import (
     FullPrecision,
     ImageQuantizer,
@@ -297,9 +298,11 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
     ``last_layer_bits``, ``input_bits`` (the image's, default 32 here and 8 in the configs),
     ``overrides``, and the method's own options (e.g. ``act_scale``);
     ``input_shape`` (C, H, W) turns on the signed-input probe (``signed_inputs="never"`` keeps
-    it off). Every check runs before the
+    it off). ``integer_arithmetic`` (default True): evaluation computes what the integer ONNX
+    graph computes, bit for bit (``lowbit.quant.integer``). Every check runs before the
     model is touched; the policy is in this module's docstring.
     """
+    integer = quant.pop("integer_arithmetic", True)
     scheme, plan = plan_quantization(model, **quant)
     for name, layer in quantizable_layers(model):
         bits = plan[name]
@@ -318,4 +321,6 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, new)
+    if integer:
+        use_integer_arithmetic(model)
     return model

@@ -65,6 +65,12 @@ def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return folded.eval()
 
 
+def foldable(bn: nn.Module) -> bool:
+    """A BatchNorm that folds into the conv before it: a plain BatchNorm2d with running
+    statistics and an affine map."""
+    return type(bn) is nn.BatchNorm2d and bn.track_running_stats and bn.affine
+
+
 def fold_bn(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with every Conv2d -> BatchNorm2d pair folded (see above).
 
@@ -76,15 +82,10 @@ def fold_bn(model: nn.Module) -> nn.Module:
             continue
         children = list(parent.named_children())
         for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if (
-                isinstance(conv, nn.Conv2d)
-                and type(bn) is nn.BatchNorm2d
-                and bn.track_running_stats
-                and bn.affine
-            ):
+            if isinstance(conv, nn.Conv2d) and foldable(bn):
                 setattr(parent, conv_name, folded_conv(conv, bn))
                 setattr(parent, bn_name, nn.Identity())
     return folded_model
 
 
-__all__ = ["FoldedQuantConv2d", "fold_bn", "folded_conv"]
+__all__ = ["FoldedQuantConv2d", "fold_bn", "foldable", "folded_conv"]

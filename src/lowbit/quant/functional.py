@@ -178,8 +178,9 @@ def draw_key(base: int | torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
     and its odd 31-bit multiplier above.
 
     ``base`` names the stream (run seed, rank and layer: ``noise_base``, 64 bits, both halves
-    mixed in; a non-negative int, or a 0-d int64 tensor holding one); ``draw`` counts the stream's draws, a tensor so that a compiled graph reads it
-    instead of baking it in (2^31 draws before a stream repeats).
+    mixed in; a non-negative int, or a 0-d int64 tensor holding one); ``draw`` counts the
+    stream's draws, a tensor so that a compiled graph reads it instead of baking it in (2^31
+    draws before a stream repeats).
     """
     base_low, base_high = base & _MASK32, (base >> 32) & _MASK32
     step = (draw.to(torch.int64) & 0x7FFFFFFF) * _GOLDEN  # < 2^63

@@ -1,0 +1,115 @@
+"""What is deployed computes what was trained, code for code (issue #27).
+
+A quantized network trained a few steps on digits is exported to integer ONNX, and ONNX
+Runtime's codes at every layer input are compared with the codes the PyTorch model computes in
+evaluation (``lowbit.quant.integer``): none may differ. The same comparison with float
+arithmetic (fake quantization as before) must find differences, or the test could not fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.data.digits import DigitsData
+from lowbit.export.onnx import export_int8_onnx
+from lowbit.export.parity import layer_parity
+from lowbit.models.nin import NIN
+from lowbit.quant import quantize_model
+from lowbit.quant.integer import float_arithmetic, integer_layers
+
+SHAPE = (3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = DigitsData()
+    data.setup()
+
+    def resize(t):
+        return F.interpolate(t, size=SHAPE[1:], mode="bilinear", align_corners=False)
+
+    train = data.train_set.tensors
+    return resize(train[0]), train[1], resize(data.val_set.tensors[0])
+
+
+def trained(model: nn.Module, digits, steps: int = 25) -> nn.Module:
+    images, labels = digits[:2]
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(images), (32,), generator=generator)
+        loss = F.cross_entropy(model(images[index]), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def nin(quantizer: str, bits: int) -> nn.Module:
+    torch.manual_seed(0)
+    return quantize_model(
+        NIN(num_classes=10),
+        input_shape=SHAPE,
+        quantizer=quantizer,
+        wbits=bits,
+        abits=bits,
+        input_bits=8,  # every run's default: the image on the grid the runtime feeds it on
+    )
+
+
+def ort_logits(path, images: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": images.numpy()})[0]
+
+
+@pytest.mark.parametrize("quantizer,bits", [("dorefa", 2), ("dorefa", 4), ("pact", 4), ("lsq", 2)])
+def test_nin_deploys_bit_for_bit(tmp_path, digits, quantizer, bits):
+    model = trained(nin(quantizer, bits), digits)
+    images = digits[2][:256]
+    # every conv but the last (whose output is pooled in float) ends in an integer requantization
+    assert len(integer_layers(model)) == 8
+    path = export_int8_onnx(model, SHAPE, tmp_path / "int8.onnx")
+    rows = layer_parity(model, path, images)
+    exact = [row for row in rows if row["differ"] is not None]
+    assert len(exact) == 9  # the input of every conv, the image's included
+    assert all(row["differ"] == 0.0 for row in exact), rows
+    with torch.no_grad():
+        logits = model(images).numpy()
+    deployed = ort_logits(path, images)
+    assert (deployed.argmax(1) == logits.argmax(1)).all()
+    np.testing.assert_allclose(deployed, logits, rtol=1e-4, atol=1e-4)  # a float last layer
+    # the same comparison with fake quantization's float arithmetic does find differences
+    with float_arithmetic(model):
+        drifted = layer_parity(model, path, images)
+    assert any(row["differ"] for row in drifted)
+
+
+def test_training_computes_as_before_and_evaluation_in_integers(digits):
+    model = trained(nin("dorefa", 4), digits, steps=5)
+    torch.manual_seed(0)
+    fake_quant = quantize_model(
+        NIN(num_classes=10),
+        input_shape=SHAPE,
+        quantizer="dorefa",
+        wbits=4,
+        abits=4,
+        input_bits=8,
+        integer_arithmetic=False,
+    )
+    fake_quant.load_state_dict(model.state_dict())
+    assert integer_layers(fake_quant) == []
+    images = digits[2][:16]
+    with torch.no_grad():
+        integer, fake = model.eval()(images), fake_quant.eval()(images)
+        assert not torch.equal(integer, fake)
+        assert (integer.argmax(1) == fake.argmax(1)).float().mean() >= 0.9
+        with float_arithmetic(model):
+            assert torch.equal(model(images), fake)
+        # training mode: BatchNorm on the batch's statistics, float arithmetic, as before
+        assert torch.equal(model.train()(images), fake_quant.train()(images))
