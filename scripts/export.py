@@ -11,9 +11,9 @@ id (RUN_DIR/wandb_id.txt) in the mode it ran in, offline as a new offline-run-* 
 that id for ``wandb sync``, with the new model_int8.onnx as its artifact's next version
 (``--no-wandb`` skips it; a run without W&B has nothing to update).
 ``--parity`` instead prints, layer by layer, the share of
-activation codes where ONNX Runtime and the fake-quant PyTorch model differ and the largest
-difference in steps (``lowbit.export.parity``), on the first val images, then the rows as one
-JSON line. Bad input (missing dir, unfinished run, no weights) is one line on stderr and exit
+activation codes where ONNX Runtime and the PyTorch model in evaluation (integer arithmetic,
+``lowbit.quant.integer``) differ and the largest difference in steps (``lowbit.export.parity``),
+on the first ``--images`` val images, then the rows as one JSON line. Bad input (missing dir, unfinished run, no weights) is one line on stderr and exit
 status 2, before any work (``lowbit.export.onnx_run``).
 """
 
@@ -48,15 +48,24 @@ def main(argv: list[str]) -> None:
         f"layer by layer, on the first {PARITY_IMAGES} val images",
     )
     parser.add_argument(
+        "--images",
+        type=int,
+        default=PARITY_IMAGES,
+        help=f"--parity: how many val images, from the first (default {PARITY_IMAGES}; "
+        f"more than the val set has: all of them)",
+    )
+    parser.add_argument(
         "--no-wandb", action="store_true", help="leave the run's W&B summary as it is"
     )
     args = parser.parse_args(argv)
     if args.threads < 1:
         fail(f"--threads must be >= 1, got {args.threads}")
+    if args.images < 1:
+        fail(f"--images must be >= 1, got {args.images}")
     try:
         check_run_dir(args.run_dir)
         if args.parity:
-            rows = parity_run(args.run_dir, threads=args.threads)
+            rows = parity_run(args.run_dir, threads=args.threads, images=args.images)
             print(parity_table(rows))
             print(json.dumps({"parity": rows}))
             return

@@ -48,7 +48,10 @@ def test_ptq_from_a_run_dir_ends_ok_with_an_export_and_records_its_source(fp32_r
     results = run(cfg, out)
     assert results["status"] == STATUS_OK and results["start"] == "ptq"
     assert (out / "model_int8.onnx").is_file() and (out / PACKED_FILE).is_file()
-    assert 0 <= results["metrics"]["export/top1_agreement"] <= 1
+    # evaluation computes what the integer graph computes (issue #27): every prediction agrees
+    assert results["metrics"]["export/top1_agreement"] == 1.0
+    assert results["arithmetic"]["version"] == 2
+    assert len(results["arithmetic"]["integer_layers"]) == 8  # every conv but NIN's last
     assert {"val/acc", "test/acc", "model/size_bytes"} <= set(results["metrics"])
     source = results["init"]
     assert source["weights_file"] == str(best_ckpt(fp32_run))

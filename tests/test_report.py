@@ -653,3 +653,21 @@ def test_a_run_that_recorded_no_source_counts_as_from_scratch():
         "start": "ptq",
         "init": "fp32-run",
     }
+
+
+def test_runs_of_different_arithmetic_never_pool(tmp_path):
+    # issue #27: evaluation computes in integers from arithmetic 2 on; a run made before
+    # recorded none and evaluated in float (arithmetic 1)
+    for number, (seed, version) in enumerate([(0, None), (1, None), (0, 2), (1, 2)]):
+        job = write_job(tmp_path, number, "dorefa", 2, 2, acc=0.8, size=2e5, latency=5.0, seed=seed)
+        payload = json.loads((job / "results.json").read_text())
+        if version is not None:
+            payload["arithmetic"] = {"version": version}
+        (job / "results.json").write_text(json.dumps(payload))
+    configurations = group_configurations(load_runs([tmp_path]))
+    assert sorted((c.name, c.n) for c in configurations) == [
+        ("dorefa W2A2 (arithmetic=1)", 2),
+        ("dorefa W2A2 (arithmetic=2)", 2),
+    ]
+    fp32 = write_job(tmp_path / "f", 0, "fp32", 32, 32, acc=0.9, size=8e5, latency=5.0, seed=0)
+    assert "arithmetic" not in load_runs([fp32])[0].settings

@@ -44,6 +44,7 @@ from lowbit.measure import count_bops, count_macs, measure_latency, model_size
 from lowbit.pretrained import InitSource, describe_source, is_set, load_initial_weights
 from lowbit.quant.calibrate import calibrate, input_quantizers, reestimate_batchnorm
 from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
+from lowbit.quant.integer import ARITHMETIC_VERSION, integer_layers
 from lowbit.quant.optim import learned_values
 from lowbit.randomness import RandomState
 from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from here)
@@ -161,9 +162,20 @@ def loggable_config(cfg: DictConfig, init_source: InitSource | None = None) -> d
     config["quantizer"] = cfg.quant.quantizer
     config["model_name"], config["dataset_name"] = chosen_option("model"), chosen_option("dataset")
     config["start"] = start_of(cfg)
+    config["arithmetic"] = ARITHMETIC_VERSION  # the report pools no runs of different arithmetic
     if init_source is not None:
         config["init_source"] = init_source.record()
     return config
+
+
+def arithmetic_record(model: nn.Module) -> dict[str, Any]:
+    """What results.json says of the run's arithmetic (``lowbit.quant.integer``): its version,
+    the layers that evaluate in integers, and the 8-bit DoReFa weight grid."""
+    return {
+        "version": ARITHMETIC_VERSION,
+        "integer_layers": integer_layers(model),
+        "dorefa_8bit_weights": "narrow range: 255 levels, codes -127..127",
+    }
 
 
 def start_of(cfg: DictConfig) -> str:
@@ -360,6 +372,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         if init_source is not None:
             results["init"] = init_source.record()
         quantize(cfg, model, datamodule)
+        results["arithmetic"] = arithmetic_record(model)
         if components.loaded:  # ranges from the trained model, before any step
             results["calibration"] = calibrate_from_data(cfg, model, datamodule)
 

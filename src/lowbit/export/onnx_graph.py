@@ -5,16 +5,13 @@ the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes Q
 
 - Weights: int8 initializers holding the layer's own integer codes, with a per-output-channel
   DequantizeLinear scale (the grid's step times BatchNorm's factor s_c). DoReFa Eq. 9 codes are
-  the odd integers 2c - n in [-n, n] (step 1/n), abs-max codes lie in [-m, m] (step max|w_c|/m),
-  1-bit DoReFa (Eq. 7) codes are +-1 (step E|w|): int8 holds them exactly up to 7 bits
-  (abs-max: 8), and are stored multiplied by K = floor(127 / max|code|) (the same grid at step
-  / K, for a K times finer bias grid). Wider codes do not fit int8 and ORT has no 16-bit integer
-  conv (and fuses even a float-output Gemm into an int8 QGemm), so a channel whose codes exceed
-  127 is re-rounded onto 127 steps of its own max|code| (8-bit DoReFa: at most half an int8
-  step, about a quarter of the 1/255 grid step); channels that fit stay exact, and a layer
-  with a float output keeps such codes exact as a float weight. Biases: int32 on the scale
-  input_scale * weight_scale, as QLinearConv requires; their rounding (at most 1/2K of the
-  accumulator step) is the one inexact part of an exact layer.
+  the odd integers 2c - n in [-n, n] (step 1/n; at 8 bits the narrow range -127..127, step
+  1/127), abs-max codes lie in [-m, m] (step max|w_c|/m), 1-bit DoReFa (Eq. 7) codes are +-1
+  (step E|w|). A user's quantizer whose codes exceed int8 is re-rounded per channel onto 127
+  steps of its max|code| (not exact; ORT has no 16-bit integer conv), or, for a layer with a
+  float output, keeps its exact weight in float. Biases: int32 on the scale input_scale *
+  weight_scale, as QLinearConv requires, rounded as the model's integer evaluation rounds them
+  (``lowbit.quant.integer``), so an integer layer computes exactly what evaluation computed.
 - Activations: a layer's input quantizer, read through its grid contract
   (``Quantizer.grid``), becomes QuantizeLinear with its input step (DoReFa: 1/(n act_scale),
   PACT: alpha/n, LSQ: s) and DequantizeLinear with the step the layer computes with (DoReFa: 1/n,

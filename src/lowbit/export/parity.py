@@ -1,17 +1,19 @@
-"""Where the integer export and the fake-quant model part: layer by layer, in activation codes.
+"""Where the integer export and the trained model part: layer by layer, in activation codes.
 
 For every layer whose input the integer graph quantizes, ``layer_parity`` compares the integer
-codes ONNX Runtime computes there with the codes of the PyTorch fake-quant model's own input
-quantizer (its output divided by its grid's step, ``Quantizer.grid``), on the same images:
+codes ONNX Runtime computes there with the codes of the PyTorch model's own input quantizer in
+evaluation (its output divided by its grid's step, ``Quantizer.grid``), on the same images:
 
 - ``differ``: the share of codes that are not equal;
 - ``max_steps``: the largest difference, in steps of that layer's grid.
 
-A layer whose input lowbit keeps in float (the image in front of the first conv) is quantized by
-the export with calibrated min/max and has no fake-quant codes: it is listed with ``None``.
-Differences start where the export departs from training on purpose (8-bit DoReFa weights
-re-rounded to int8, requantized layer outputs, int32 bias rounding; ``lowbit.export.onnx_graph``)
-and grow from there, so the first layer with a difference is where to look.
+Evaluation computes in integers where the runtime does (``lowbit.quant.integer``): BatchNorm
+folded, the bias on the int32 grid, ORT's requantization. There ``differ`` is 0. A layer whose
+input lowbit keeps in float (the image with ``input_bits=32``) is quantized by the export with
+calibrated min/max and has no codes of the model's own: it is listed with ``None``. Codes still
+differ after a layer output the export requantizes on its own (``requantized_output``: an
+output that reaches hard-swish or a residual sum, which training keeps in float), so the first
+layer with a difference is where to look.
 """
 
 from __future__ import annotations

@@ -182,6 +182,16 @@ def start_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def arithmetic_settings(quantizer: str | None, version: Any) -> dict[str, Any]:
+    """The arithmetic a quantized run evaluated with, as a setting, so that runs of different
+    arithmetic never pool (``lowbit.quant.integer.ARITHMETIC_VERSION``): the version recorded,
+    1 for a quantized run made before lowbit recorded it (``version`` None). A float run has
+    none to differ in."""
+    if quantizer in (None, "fp32"):
+        return {}
+    return {"arithmetic": int(version) if version is not None else 1}
+
+
 def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None) -> RunRecord:
     """A RunRecord from a results.json payload (keys it lacks stay None: nothing is guessed);
     ``results_dir``, the folder the file is in, is where an old run's seed is looked up."""
@@ -204,7 +214,14 @@ def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None
         duration_s=payload.get("duration_s"),
         seed=recorded_seed(payload, config),
         settings=recorded_settings(
-            {**quant, **training_settings(config), **start_settings(payload)}
+            {
+                **quant,
+                **training_settings(config),
+                **start_settings(payload),
+                **arithmetic_settings(
+                    quant.get("quantizer"), (payload.get("arithmetic") or {}).get("version")
+                ),
+            }
         ),
         run_id=wandb_info.get("id") if isinstance(wandb_info, dict) else None,
     )

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lowbit.report.runs import RunRecord, as_int, run_order
+from lowbit.report.runs import RunRecord, arithmetic_settings, as_int, run_order
 
 WANDB_SOURCE, WANDB_INCOMPLETE = "W&B", "W&B (incomplete)"
 
@@ -44,7 +44,7 @@ def run_from_wandb(
         metrics=metrics,
         run_dir=str((config.get("paths") or {}).get("output_dir", "")),
         seed=as_int(config.get("seed")),
-        settings=dict(quant),
+        settings={**quant, **arithmetic_settings(quant.get("quantizer"), config.get("arithmetic"))},
         run_id=run_id,
         source=WANDB_SOURCE if summary.get("status") else WANDB_INCOMPLETE,
     )
