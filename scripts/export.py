@@ -13,8 +13,9 @@ that id for ``wandb sync``, with the new model_int8.onnx as its artifact's next 
 ``--parity`` instead prints, layer by layer, the share of
 activation codes where ONNX Runtime and the PyTorch model in evaluation (integer arithmetic,
 ``lowbit.quant.integer``) differ and the largest difference in steps (``lowbit.export.parity``),
-on the first ``--images`` val images, then the rows as one JSON line. Bad input (missing dir, unfinished run, no weights) is one line on stderr and exit
-status 2, before any work (``lowbit.export.onnx_run``).
+on the first ``--images`` val images, then the rows as one JSON line. Bad input (missing dir,
+unfinished run, no weights) is one line on stderr and exit status 2, before any work
+(``lowbit.export.onnx_run``).
 """
 
 from __future__ import annotations
