@@ -53,13 +53,14 @@ from lowbit.quant.graph import (
     LAYERS,
     PAD_MODES,
     UntraceableModel,
+    feeds_a_layer,
     hoisted_quantizers,
     is_relu,
     pad_mode,
     passes_through,
 )
 from lowbit.quant.graph import trace as trace_graph
-from lowbit.quant.modules import QuantizedLayer, Quantizer
+from lowbit.quant.modules import OutputRequantizer, QuantizedLayer, Quantizer
 
 INPUT, OUTPUT = "input", "logits"
 # Model metadata: the layers whose outputs the export adds a Q to, and each layer's input codes.
@@ -373,17 +374,12 @@ def plan_requantization(
     A layer whose output reaches no other layer (a classifier, a detector's heads, NIN's last
     conv before its pooling) stays float: nothing integer would follow it."""
     modules = dict(gm.named_modules())
-    feeds_layer: dict[torch.fx.Node, bool] = {}
-    for node in reversed(gm.graph.nodes):
-        feeds_layer[node] = any(
-            (user.op == "call_module" and isinstance(modules[user.target], LAYERS))
-            or feeds_layer.get(user, False)
-            for user in node.users
-        )
+    feeds_layer = feeds_a_layer(gm)
     requantized = {}
     for node in gm.graph.nodes:
         if (
             node.op == "call_module"
+            and isinstance(modules[node.target], LAYERS)
             and node.target in grids
             and node not in points
             and node.target in observed_outputs
@@ -461,13 +457,28 @@ def build_int8_graph(
         grid = input_grid(modules[name], name, observed_inputs)
         if grid is not None:
             grids[name] = grid
+    # the 8-bit requantizations training put on layer outputs (lowbit.quant.integer): a Q whose
+    # place is the output of the layer before it, like an input quantizer's
+    requantizers = {
+        name: quantizer_grid(module, name)
+        for name, module in modules.items()
+        if isinstance(module, OutputRequantizer) and module.grid() is not None
+    }
     if not grids:
         raise UnsupportedModel(
             f"{type(model).__name__} has no quantized layer input: quantize it "
             f"with lowbit.quant.quantize_model or pass calibration images"
         )
     results = graph_outputs(gm)
-    points, direct = plan_quantize_points(gm, grids)
+    points, direct = plan_quantize_points(gm, {**grids, **requantizers})
+    for node in gm.graph.nodes:  # layers that end in their own output_quantizer
+        own = (
+            getattr(modules.get(node.target), "output_quantizer", None)
+            if node.op == "call_module"
+            else None
+        )
+        if own is not None and own.grid() is not None:
+            points[node] = quantizer_grid(own, f"{node.target}.output_quantizer")
     requantized = plan_requantization(gm, grids, points, observed_outputs)
     names = output_names(len(results))
     b = Builder()
@@ -496,6 +507,10 @@ def build_int8_graph(
                 direct.get(node),
                 fused=node in points or node in requantized,
             )
+        elif node.op == "call_module" and node.target in requantizers:
+            value = env[node.args[0]]  # quantized where it was produced (``points``)
+            if node in direct:
+                value = b.quantize(b.dequantize(value, name), direct[node], name)
         elif fetch_is_int(node, env) and passes_through(node, modules):
             value = emit_integer_pass(b, node, modules, env[node.args[0]])
         else:

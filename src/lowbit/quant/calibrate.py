@@ -40,7 +40,7 @@ from torch import nn
 
 from lowbit.errors import ConfigError
 from lowbit.quant.integer import float_arithmetic
-from lowbit.quant.modules import QuantizedLayer, Quantizer
+from lowbit.quant.modules import OutputRequantizer, QuantizedLayer, Quantizer
 
 METHODS = ("minmax", "percentile", "mse")
 SAMPLE_PER_BATCH = 1 << 16
@@ -122,12 +122,17 @@ def check_settings(method: str, percentile: float, batches: int) -> None:
 
 
 def input_quantizers(model: nn.Module) -> dict[str, Quantizer]:
-    """Each quantized layer's input quantizer, by layer name."""
-    return {
-        name: module.input_quantizer
-        for name, module in model.named_modules()
-        if isinstance(module, QuantizedLayer)
-    }
+    """Each quantized layer's input quantizer, by layer name, and each 8-bit requantization of
+    a layer output (``OutputRequantizer``, ``lowbit.quant.integer``), by its module name."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLayer):
+            found[name] = module.input_quantizer
+            if module.output_quantizer is not None:
+                found[f"{name}.output_quantizer"] = module.output_quantizer
+        elif isinstance(module, OutputRequantizer):
+            found[name] = module
+    return found
 
 
 def images_of(batch) -> torch.Tensor:

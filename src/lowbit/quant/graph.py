@@ -121,11 +121,25 @@ def hoisted_quantizers(gm: torch.fx.GraphModule, quantized_inputs: set[str]):
     return points, direct
 
 
+def feeds_a_layer(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, bool]:
+    """For every node, whether its output reaches a Conv2d/Linear (through any ops)."""
+    modules = dict(gm.named_modules())
+    feeds: dict[torch.fx.Node, bool] = {}
+    for node in reversed(gm.graph.nodes):
+        feeds[node] = any(
+            (user.op == "call_module" and isinstance(modules[user.target], LAYERS))
+            or feeds.get(user, False)
+            for user in node.users
+        )
+    return feeds
+
+
 __all__ = [
     "LAYERS",
     "Hoisted",
     "Tracer",
     "UntraceableModel",
+    "feeds_a_layer",
     "hoisted_quantizers",
     "is_relu",
     "passes_through",

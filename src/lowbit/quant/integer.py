@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant.fold import foldable
-from lowbit.quant.graph import UntraceableModel, hoisted_quantizers, trace
-from lowbit.quant.modules import QuantizedLayer, Quantizer
+from lowbit.quant.graph import UntraceableModel, feeds_a_layer, hoisted_quantizers, trace
+from lowbit.quant.modules import OutputRequantizer, QuantizedLayer, Quantizer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 #: The report never pools runs of different arithmetic.
 ARITHMETIC_VERSION = 2
 FLOAT32_EXACT = 1 << 24  # integers up to 2^24 are exact in float32, and sums of them below it
+REQUANTIZED_BITS = 8  # the integer runtime's activation type (uint8)
 
 
 @dataclass(frozen=True)
@@ -87,50 +88,139 @@ class IntegerSequential(nn.Sequential):
             if module is skip:
                 continue
             output = getattr(module, "integer_output", None)
-            if output is not None and module.integer_arithmetic:
-                x = integer_forward(module, x, output)
-                skip = output.batchnorm
+            y = None
+            if output is not None and module.integer_arithmetic and output.batchnorm is not None:
+                y = integer_forward(module, x, output)
+            if y is None:
+                x = module(x)  # float, or a layer that computes its integer output itself
             else:
-                x = module(x)
+                x, skip = y, output.batchnorm
         return x
 
 
-def use_integer_arithmetic(model: nn.Module) -> list[str]:
-    """Make ``model``'s evaluation integer (module docstring); returns the layers that compute
-    in integers. A model torch.fx cannot trace keeps float evaluation, with one log line."""
-    candidates = {
+def integer_input_layers(model: nn.Module) -> set[str]:
+    return {
         name
         for name, module in model.named_modules()
         if isinstance(module, QuantizedLayer) and module.input_quantizer.is_active
     }
+
+
+def requantize_outputs(model: nn.Module, gm: torch.fx.GraphModule | None = None) -> list[str]:
+    """Give every integer-input layer whose output no input quantizer reads, but that reaches
+    another layer (through hard-swish, a residual sum, squeeze-excite's product, ...), an 8-bit
+    ``OutputRequantizer``: after its BatchNorm, as the next child of their Sequential, or, with
+    no BatchNorm, as the layer's ``output_quantizer``. Those are the outputs an integer
+    runtime must requantize (the export used to calibrate them on its own). Returns the layers."""
+    candidates = integer_input_layers(model)
+    if not candidates:
+        return []
+    if gm is None:
+        try:
+            gm = trace(model)
+        except UntraceableModel as error:
+            log.warning("layer outputs stay float: %s", error)
+            return []
+    modules = dict(model.named_modules())
+    hoisted, _direct = hoisted_quantizers(gm, candidates)
+    feeds = feeds_a_layer(gm)
+    added = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in candidates:
+            continue
+        after = folded_batchnorm_node(node, modules)
+        end = after if after is not None else node
+        if end in hoisted or not feeds[end]:
+            continue  # the next layer's quantizer ends it, or nothing integer follows
+        if after is None:
+            modules[node.target].output_quantizer = OutputRequantizer(REQUANTIZED_BITS)
+        else:
+            parent_name, _, bn_name = after.target.rpartition(".")
+            insert_after(modules[parent_name], bn_name, OutputRequantizer(REQUANTIZED_BITS))
+        added.append(node.target)
+    return added
+
+
+def insert_after(parent: nn.Sequential, name: str, module: nn.Module) -> None:
+    """Insert ``module`` into ``parent`` right after its child ``name``, under a new name."""
+    new_name = "requant" if "requant" not in parent._modules else f"{name}_requant"
+    children = list(parent._modules.items())
+    parent._modules.clear()
+    for key, child in children:
+        parent._modules[key] = child
+        if key == name:
+            parent._modules[new_name] = module
+
+
+def folded_batchnorm_node(node: torch.fx.Node, modules: dict[str, nn.Module]):
+    """The fx node of the foldable BatchNorm right after layer ``node`` in the same Sequential
+    (``lowbit.quant.fold``'s rule), or None."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module":
+        return None
+    bn_node = users[0]
+    bn = modules[bn_node.target]
+    parent_name, _, bn_name = bn_node.target.rpartition(".")
+    layer_parent, _, layer_name = node.target.rpartition(".")
+    if not (foldable(bn) and isinstance(modules[node.target], nn.Conv2d)) or (
+        parent_name != layer_parent or not parent_name
+    ):
+        return None
+    parent = modules[parent_name]
+    names = list(parent._modules)
+    if not isinstance(parent, nn.Sequential) or names.index(bn_name) != names.index(layer_name) + 1:
+        return None
+    return bn_node
+
+
+def use_integer_arithmetic(model: nn.Module, requantize: bool = True) -> list[str]:
+    """Make ``model``'s evaluation integer (module docstring), after giving the outputs that
+    need one an ``OutputRequantizer`` (``requantize_outputs``; ``requantize=False`` leaves them
+    float, and the export calibrates them on its own); returns the layers that compute in
+    integers. A model torch.fx cannot trace keeps float evaluation, with one log line."""
+    candidates = integer_input_layers(model)
     if not candidates:
         return []
     try:
+        if requantize:
+            requantize_outputs(model)
         gm = trace(model)
     except UntraceableModel as error:
         log.warning("evaluation stays in float arithmetic: %s", error)
         return []
     modules = dict(model.named_modules())
-    hoisted, _direct = hoisted_quantizers(gm, candidates)
+    requantizers = {
+        name for name, module in modules.items() if isinstance(module, OutputRequantizer)
+    }
+    hoisted, _direct = hoisted_quantizers(gm, candidates | requantizers)
     chosen = []
     for source, where in hoisted.items():
         producer, batchnorm = producing_layer(source, modules)
         if producer is None or producer not in candidates:
             continue  # a float-input layer, or no layer at all (the model's input)
-        layer = modules[producer]
         consumer = modules[where.consumer.target]
+        quantizer = consumer if isinstance(consumer, Quantizer) else consumer.input_quantizer
+        layer = modules[producer]
+        if batchnorm is not None:  # the Sequential computes the layer and its BatchNorm
+            parent = modules[producer.rpartition(".")[0]]
+            if type(parent) is nn.Sequential:
+                parent.__class__ = IntegerSequential  # same object: parents, optimizers keep it
+            if not isinstance(parent, IntegerSequential):
+                continue
         object.__setattr__(  # a reference, not a submodule: the quantizer stays where it is
-            layer, "integer_output", IntegerOutput(consumer.input_quantizer, where.relu, batchnorm)
+            layer, "integer_output", IntegerOutput(quantizer, where.relu, batchnorm)
         )
         layer.integer_arithmetic = True
-        parent = modules[producer.rpartition(".")[0]] if "." in producer else model
-        if type(parent) is nn.Sequential:
-            parent.__class__ = IntegerSequential  # same object: parents and optimizers keep it
-        if isinstance(parent, IntegerSequential):
-            chosen.append(producer)
-        else:  # nothing would run the integer forward: leave the layer as it was
-            object.__delattr__(layer, "integer_output")
-    return chosen
+        chosen.append(producer)
+    for name in sorted(candidates - set(chosen)):
+        layer = modules[name]
+        if layer.output_quantizer is not None:  # ends in its own requantization
+            ends_in = IntegerOutput(layer.output_quantizer, False, None)
+            object.__setattr__(layer, "integer_output", ends_in)
+            layer.integer_arithmetic = True
+            chosen.append(name)
+    order = {name: i for i, name in enumerate(modules)}
+    return sorted(chosen, key=order.__getitem__)
 
 
 def producing_layer(source, modules: dict[str, nn.Module]):
@@ -243,18 +333,19 @@ def requantization(
 
 
 @torch.no_grad()
-def integer_forward(layer: nn.Module, x: torch.Tensor, output: IntegerOutput) -> torch.Tensor:
-    """The layer (and its folded BatchNorm) as the integer runtime computes it; returns the
-    centre of each output code's bin on the consumer's input scale (module docstring)."""
+def integer_forward(
+    layer: nn.Module, x: torch.Tensor, output: IntegerOutput
+) -> torch.Tensor | None:
+    """The layer (and its folded BatchNorm) as the integer runtime computes it: the centre of
+    each output code's bin on the consumer's input scale (module docstring); None when a grid
+    is not set yet (the caller computes in float)."""
     x_values = layer.input_quantizer(x)
     x_grid = layer.input_quantizer.grid(x)
     weight_quantizer = layer.weight_quantizer
     w_grid = weight_quantizer.grid(layer.weight)
     y_grid = output.quantizer.grid()
     if x_grid is None or w_grid is None or y_grid is None or x_grid.per_channel:
-        # a grid not set yet (an image range before any training batch): float, as before
-        y = layer(x)
-        return output.batchnorm(y) if output.batchnorm is not None else y
+        return None  # a grid not set yet (an image range before any batch): float, as before
     x_step = x_grid.scale.float().to(x.device)
     x_codes = torch.round(x_values.float() / x_step)  # q_x - z_x, exact integers
     w_codes = weight_quantizer.integer_codes(layer.weight)

@@ -637,6 +637,38 @@ class ImageQuantizer(Quantizer):
         return super().extra_repr() + shown
 
 
+class OutputRequantizer(ImageQuantizer):
+    """A layer output on the 8-bit grid the integer runtime requantizes it to, where no input
+    quantizer reads it: before hard-swish, hard-sigmoid, leaky ReLU, a residual sum or squeeze-
+    excite's product. An integer conv must end in a quantized output; training keeps that
+    rounding in the model instead of leaving it to the export's calibration, so that what is
+    deployed is what was trained (issue #27).
+
+    The grid is ImageQuantizer's (unsigned, asymmetric, an integer zero point), over an
+    exponential moving average of the training batches' min and max (torch.ao's
+    MovingAverageMinMaxObserver, averaging constant 0.01): activations move while a network
+    trains, and an all-time range would keep the widest early batch forever. The first batch
+    sets the range. Gradient: straight-through inside the range, as ImageQuantizer's.
+    """
+
+    AVERAGING = 0.01
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        low = mean_over_replicas(x.detach().min().float().clamp(max=0.0))
+        high = mean_over_replicas(x.detach().max().float().clamp(min=0.0))
+        if self.is_observed:
+            low = self.low + self.AVERAGING * (low - self.low)
+            high = self.high + self.AVERAGING * (high - self.high)
+        self.low.copy_(low)
+        self.high.copy_(high)
+        self.observed.fill_(True)
+        self.is_observed = True
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace("range from training batches", "range: moving min/max")
+
+
 class DoReFaGradient(Quantizer):
     """DoReFa Eq. 12 on the gradient flowing back through this point; identity forward.
 
@@ -722,8 +754,32 @@ class QuantizedLayer:
     def gbits(self) -> int:
         return self.gradient_quantizer.bits
 
+    @property
+    def output_quantizer(self) -> Quantizer | None:
+        """An 8-bit requantization of the layer's output (``OutputRequantizer``), where no
+        BatchNorm follows and no input quantizer reads the output (``lowbit.quant.integer``);
+        None: none. Set it as a submodule (``layer.output_quantizer = ...``); a property, since
+        a class attribute would hide the submodule from attribute lookup."""
+        return self._modules.get("output_quantizer")
+
+    # Set by ``lowbit.quant.integer.use_integer_arithmetic``: how evaluation computes the layer.
+    integer_output = None
+    integer_arithmetic = False
+
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quantizer(self.weight)
+
+    def integer_output_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """In evaluation, the layer as the integer runtime computes it, where no BatchNorm
+        follows (``lowbit.quant.integer``); None: the float computation."""
+        output = self.integer_output
+        if self.training or output is None or not self.integer_arithmetic:
+            return None
+        if output.batchnorm is not None:
+            return None  # the Sequential computes the layer and its BatchNorm together
+        from lowbit.quant.integer import integer_forward
+
+        return integer_forward(self, x, output)
 
     def bits_repr(self) -> str:
         return (
@@ -734,7 +790,11 @@ class QuantizedLayer:
 
 class QuantConv2d(QuantizedLayer, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        y = self.integer_output_of(x)
+        if y is None:
+            y = self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y)
         return self.gradient_quantizer(y)
 
     def extra_repr(self) -> str:
@@ -743,7 +803,11 @@ class QuantConv2d(QuantizedLayer, nn.Conv2d):
 
 class QuantLinear(QuantizedLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        y = self.integer_output_of(x)
+        if y is None:
+            y = F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y)
         return self.gradient_quantizer(y)
 
     def extra_repr(self) -> str:
