@@ -113,3 +113,46 @@ def test_training_computes_as_before_and_evaluation_in_integers(digits):
             assert torch.equal(model(images), fake)
         # training mode: BatchNorm on the batch's statistics, float arithmetic, as before
         assert torch.equal(model.train()(images), fake_quant.train()(images))
+
+
+def mobilenet(quantizer: str, bits: int) -> nn.Module:
+    from lowbit.models.mobilenetv3 import mobilenetv3_small
+
+    torch.manual_seed(0)
+    return quantize_model(
+        mobilenetv3_small(num_classes=10, stem="cifar"),
+        input_shape=SHAPE,
+        quantizer=quantizer,
+        wbits=bits,
+        abits=bits,
+        input_bits=8,
+    )
+
+
+@pytest.mark.parametrize("quantizer,bits", [("lsq", 2), ("pact_symmetric", 4)])
+def test_mobilenetv3_deploys_bit_for_bit(tmp_path, digits, quantizer, bits):
+    # hard-swish, squeeze-excite and residual sums: every conv output that no input quantizer
+    # reads is requantized on 8 bits in training (OutputRequantizer), as the runtime must
+    model = trained(mobilenet(quantizer, bits), digits, steps=15)
+    images = digits[2][:128]
+    path = export_int8_onnx(model, SHAPE, tmp_path / "int8.onnx")
+    rows = layer_parity(model, path, images)
+    assert len(rows) == 54 and not any(row["requantized_output"] for row in rows)
+    assert all(row["differ"] == 0.0 for row in rows), [r for r in rows if r["differ"]]
+    with torch.no_grad():
+        logits = model(images).numpy()
+    assert (ort_logits(path, images).argmax(1) == logits.argmax(1)).all()
+
+
+def test_a_packed_model_evaluates_as_the_model_it_was_packed_from(tmp_path, digits):
+    # BatchNorm travels as its affine map (mean 0, unit variance): the folded factors come from
+    # PyTorch's eval kernel on both sides, so the restored model computes the same integers
+    from lowbit.export.packing import load_packed, save_packed
+
+    images = digits[2][:64]
+    for build in (lambda: nin("dorefa", 4), lambda: mobilenet("lsq", 4)):
+        model = trained(build(), digits, steps=5)
+        path = save_packed(model, tmp_path / "packed.safetensors")
+        restored = load_packed(path, build()).eval()
+        with torch.no_grad():
+            assert torch.equal(restored(images), model(images))

@@ -45,6 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from lowbit.quant.fold import batchnorm_factors
 from lowbit.quant.functional import FULL_PRECISION
 from lowbit.quant.grid import IntegerGrid
 from lowbit.quant.modules import QuantizedLayer
@@ -177,20 +178,10 @@ def unit_variance(eps: float) -> torch.Tensor:
     return v
 
 
-@torch.no_grad()
 def kernel_affine(layer: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) with y = a x + b, exactly as PyTorch's CPU eval kernel computes them.
-
-    b is the output at x = 0; a is the output at x = 1 of a copy whose mean and beta are 0
-    (a depends only on gamma, the variance and eps, and then the kernel adds exactly 0).
-    """
-    ones = (1, layer.num_features) + (1,) * (2 if isinstance(layer, nn.BatchNorm2d) else 0)
-    cpu = copy.deepcopy(layer).float().cpu().eval()
-    shift = cpu(torch.zeros(ones)).flatten()
-    cpu.bias.zero_()
-    cpu.running_mean.zero_()
-    scale = cpu(torch.ones(ones)).flatten()
-    return scale, shift
+    """(a, b) with y = a x + b, exactly as PyTorch's CPU eval kernel computes them: a is the
+    output at x = 1 with mean and beta 0, b the output at x = 0 (``batchnorm_factors``)."""
+    return batchnorm_factors(layer)
 
 
 @torch.no_grad()

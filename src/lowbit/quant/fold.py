@@ -2,9 +2,10 @@
 
 In eval mode BatchNorm is the per-channel affine map y = s (x - mean) + beta with
 s = gamma / sqrt(var + eps), so conv(x, W) + b followed by it is conv(x, s W) + s (b - mean) + beta
-(Jacob et al., arXiv 1712.05877, Sec. 3.2, without its training-time simulation). The folded
-factors are computed in float64 and rounded once to float32, which keeps the folded model within
-float32 rounding of the original.
+(Jacob et al., arXiv 1712.05877, Sec. 3.2). The folded factors are the ones PyTorch's own CPU
+eval kernel computes (``batchnorm_factors``), which keeps the folded model within float32
+rounding of the original, and makes the export, the model's integer evaluation and a model
+restored from a packed file fold alike, bit for bit.
 
 A quantized conv is folded after its weight quantizer: the grid belongs to the trained weight, and
 s rescales that grid per output channel (s W_q = codes x step x s), which an integer runtime
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowbit.quant.modules import QuantizedLayer, Quantizer, conv_like
@@ -47,12 +49,32 @@ class FoldedQuantConv2d(nn.Conv2d):
 
 
 @torch.no_grad()
+def batchnorm_factors(
+    bn: nn.BatchNorm2d, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, the folded bias), float32 on the CPU, as PyTorch's CPU eval kernel computes them:
+    s is its output at x = 1 with mean 0 and beta 0 (the per-channel factor alone), the folded
+    bias its output at x = ``bias`` (the conv's bias, or 0). Both the export and the model's
+    integer evaluation (``lowbit.quant.integer``) fold with these, and a BatchNorm restored from
+    a packed file as its affine map (``lowbit.export.packing``) gives the very same two."""
+    channels = bn.num_features
+    shape = (1, channels, 1, 1)
+    weight, beta = bn.weight.detach().float().cpu(), bn.bias.detach().float().cpu()
+    mean, var = bn.running_mean.float().cpu(), bn.running_var.float().cpu()
+    x = bias.detach().float().cpu().reshape(shape) if bias is not None else torch.zeros(shape)
+    folded_bias = F.batch_norm(x, mean, var, weight, beta, False, 0.0, bn.eps).flatten()
+    zeros = torch.zeros(channels)
+    scale = F.batch_norm(torch.ones(shape), zeros, var, weight, zeros, False, 0.0, bn.eps)
+    return scale.flatten(), folded_bias
+
+
+@torch.no_grad()
 def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """One conv computing bn(conv(x)) in eval mode (``FoldedQuantConv2d`` if conv is quantized)."""
     weight = conv.quantized_weight() if isinstance(conv, QuantizedLayer) else conv.weight
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    new_bias = (bias - bn.running_mean.double()) * scale + bn.bias.double()
+    factor, new_bias = batchnorm_factors(bn, conv.bias)
+    scale = factor.double().to(weight.device)
+    new_bias = new_bias.to(weight.device)
     folded_class = FoldedQuantConv2d if isinstance(conv, QuantizedLayer) else nn.Conv2d
     folded = conv_like(folded_class, conv, bias=True, device=conv.weight.device)
     shape = (-1,) + (1,) * (weight.dim() - 1)
@@ -88,4 +110,4 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return folded_model
 
 
-__all__ = ["FoldedQuantConv2d", "fold_bn", "foldable", "folded_conv"]
+__all__ = ["FoldedQuantConv2d", "batchnorm_factors", "fold_bn", "foldable", "folded_conv"]

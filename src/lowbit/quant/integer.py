@@ -18,8 +18,8 @@ bit for bit: every quantized layer whose output the next layer's input quantizer
 ReLU, max pooling, ...: ``lowbit.quant.graph.hoisted_quantizers``, the placement the export
 uses) computes
 
-- its BatchNorm folded in with the running statistics (``lowbit.quant.fold``'s factors, in
-  float64, rounded once to float32 as the export rounds them);
+- its BatchNorm folded in with the running statistics (``lowbit.quant.fold``'s factors, as
+  PyTorch's eval kernel computes them, the same the export folds with);
 - its bias rounded to the int32 grid s_x * s_w,c;
 - the accumulation on integer codes: float32 is exact while every partial sum stays below
   2^24, which ``accumulation_bound`` checks per batch from the weight codes and the largest
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.quant.fold import foldable
+from lowbit.quant.fold import batchnorm_factors, foldable
 from lowbit.quant.graph import UntraceableModel, feeds_a_layer, hoisted_quantizers, trace
 from lowbit.quant.modules import OutputRequantizer, QuantizedLayer, Quantizer
 
@@ -285,19 +285,17 @@ def integer_layers(model: nn.Module) -> list[str]:
 def folded_factors(
     layer: nn.Module, batchnorm: nn.BatchNorm2d | None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(BatchNorm's factor s_c in float32, or None; the folded bias in float32), computed in
-    float64 and rounded once, exactly as ``lowbit.quant.fold.folded_conv`` folds for export."""
-    out_channels = layer.weight.shape[0]
-    bias = (
-        layer.bias.detach().double()
-        if layer.bias is not None
-        else torch.zeros(out_channels, dtype=torch.float64, device=layer.weight.device)
-    )
+    """(BatchNorm's factor s_c, or None; the folded bias), float32 on the layer's device, as
+    the export folds them (``lowbit.quant.fold.batchnorm_factors``)."""
+    device = layer.weight.device
     if batchnorm is None:
-        return None, bias.float()
-    scale = batchnorm.weight.double() / torch.sqrt(batchnorm.running_var.double() + batchnorm.eps)
-    folded_bias = (bias - batchnorm.running_mean.double()) * scale + batchnorm.bias.double()
-    return scale.float(), folded_bias.float()
+        bias = layer.bias
+        out_channels = layer.weight.shape[0]
+        return None, (
+            bias.detach().float() if bias is not None else torch.zeros(out_channels, device=device)
+        )
+    scale, bias = batchnorm_factors(batchnorm, layer.bias)
+    return scale.to(device), bias.to(device)
 
 
 def channel_steps(grid, out_channels: int) -> torch.Tensor:
