@@ -250,13 +250,13 @@ def test_unsupported_models_fail_with_one_line(tmp_path, build, words):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def finished_run(run_dir, model: nn.Module) -> None:
+def finished_run(run_dir, model: nn.Module, input_bits: int = 32) -> None:
     """The files a finished digits run leaves: config, packed weights, results.json."""
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text(
         "model:\n  _target_: lowbit.models.nin.NIN\n  in_channels: 3\n"
         "quant:\n  quantizer: pact\n  wbits: 4\n  abits: 4\n  gbits: 32\n"
-        "  first_layer_bits: 8\n  last_layer_bits: 8\n"
+        f"  first_layer_bits: 8\n  last_layer_bits: 8\n  input_bits: {input_bits}\n"
         "dataset:\n  _target_: lowbit.data.digits.DigitsData\n  batch_size: 128\n"
     )
     save_packed(model, run_dir / "model_packed.safetensors")
@@ -340,6 +340,35 @@ def test_parity_script_prints_each_layer_and_a_json_line(tmp_path):
     )
     assert rows[0]["differ"] is None and "calibrated" in lines[1]
     assert len(lines) == len(rows) + 2  # header, one line per layer, the JSON line
+
+
+def test_parity_summary_writes_one_csv_row_per_run(tmp_path):
+    import csv
+    import io
+
+    torch.manual_seed(0)
+    model = quantize_model(
+        NIN(num_classes=10),
+        input_shape=(3, 32, 32),
+        quantizer="pact",
+        wbits=4,
+        abits=4,
+        gbits=32,
+        input_bits=8,  # a run's default: the image on the model's own grid
+    )
+    model.train()(torch.rand(8, 3, 32, 32))  # the image range, from a training batch
+    finished_run(tmp_path, model.eval(), input_bits=8)
+    script = ROOT / "scripts" / "parity_summary.py"
+    command = [sys.executable, str(script), "--images", "8", "--threads", "1", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (row,) = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert row["integer_layers"] == "9" and row["layers_differing"] == "0"
+    assert row["images"] == "8" and int(row["codes_compared"]) > 0
+    missing = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ codes ONNX Runtime computes there with the codes of the PyTorch model's own inpu
 evaluation (its output divided by its grid's step, ``Quantizer.grid``), on the same images:
 
 - ``differ``: the share of codes that are not equal;
-- ``max_steps``: the largest difference, in steps of that layer's grid.
+- ``max_steps``: the largest difference, in steps of that layer's grid;
+- ``codes``: how many codes were compared (``images`` images).
 
 Evaluation computes in integers where the runtime does (``lowbit.quant.integer``): BatchNorm
 folded, the bias on the int32 grid, ORT's requantization. There ``differ`` is 0. A layer whose
@@ -100,11 +101,14 @@ def layer_parity(
             "differ": None,
             "max_steps": None,
             "requantized_output": layer in requantized,
+            "codes": 0,
+            "images": len(images),
         }
         if layer in trained:
             difference = np.abs(actual - trained[layer].reshape(actual.shape))
             row["differ"] = float((difference > 0).mean())
             row["max_steps"] = float(difference.max(initial=0))
+            row["codes"] = int(difference.size)
         rows.append(row)
     return rows
 
