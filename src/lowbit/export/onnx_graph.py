@@ -464,6 +464,11 @@ def build_int8_graph(
         for name, module in modules.items()
         if isinstance(module, OutputRequantizer) and module.grid() is not None
     }
+    unobserved = {  # before any training batch: they pass their input through, float
+        name
+        for name, module in modules.items()
+        if isinstance(module, OutputRequantizer) and module.grid() is None
+    }
     if not grids:
         raise UnsupportedModel(
             f"{type(model).__name__} has no quantized layer input: quantize it "
@@ -507,6 +512,8 @@ def build_int8_graph(
                 direct.get(node),
                 fused=node in points or node in requantized,
             )
+        elif node.op == "call_module" and node.target in unobserved:
+            value = env[node.args[0]]
         elif node.op == "call_module" and node.target in requantizers:
             value = env[node.args[0]]  # quantized where it was produced (``points``)
             if node in direct:

@@ -121,13 +121,20 @@ def hoisted_quantizers(gm: torch.fx.GraphModule, quantized_inputs: set[str]):
     return points, direct
 
 
-def feeds_a_layer(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, bool]:
-    """For every node, whether its output reaches a Conv2d/Linear (through any ops)."""
+def feeds_a_layer(
+    gm: torch.fx.GraphModule, layers: set[str] | None = None
+) -> dict[torch.fx.Node, bool]:
+    """For every node, whether its output reaches a Conv2d/Linear (through any ops); given
+    ``layers``, only the layers named there count."""
     modules = dict(gm.named_modules())
     feeds: dict[torch.fx.Node, bool] = {}
     for node in reversed(gm.graph.nodes):
         feeds[node] = any(
-            (user.op == "call_module" and isinstance(modules[user.target], LAYERS))
+            (
+                user.op == "call_module"
+                and isinstance(modules[user.target], LAYERS)
+                and (layers is None or user.target in layers)
+            )
             or feeds.get(user, False)
             for user in node.users
         )

@@ -73,6 +73,11 @@ class IntegerOutput:
     relu: bool
     batchnorm: nn.BatchNorm2d | None
 
+    def compute(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """``integer_forward(layer, x, self)``: how a layer reaches it without importing this
+        module (``lowbit.quant.modules`` is imported by it)."""
+        return integer_forward(layer, x, self)
+
 
 class IntegerSequential(nn.Sequential):
     """An ``nn.Sequential`` whose layers with an ``integer_output`` evaluate in integer
@@ -108,7 +113,8 @@ def integer_input_layers(model: nn.Module) -> set[str]:
 
 def requantize_outputs(model: nn.Module, gm: torch.fx.GraphModule | None = None) -> list[str]:
     """Give every integer-input layer whose output no input quantizer reads, but that reaches
-    another layer (through hard-swish, a residual sum, squeeze-excite's product, ...), an 8-bit
+    another integer-input layer (through hard-swish, a residual sum, squeeze-excite's product,
+    ...; a layer kept in float reads a float tensor, in training as deployed), an 8-bit
     ``OutputRequantizer``: after its BatchNorm, as the next child of their Sequential, or, with
     no BatchNorm, as the layer's ``output_quantizer``. Those are the outputs an integer
     runtime must requantize (the export used to calibrate them on its own). Returns the layers."""
@@ -123,7 +129,7 @@ def requantize_outputs(model: nn.Module, gm: torch.fx.GraphModule | None = None)
             return []
     modules = dict(model.named_modules())
     hoisted, _direct = hoisted_quantizers(gm, candidates)
-    feeds = feeds_a_layer(gm)
+    feeds = feeds_a_layer(gm, candidates)  # a float layer reads a float tensor, as deployed
     added = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or node.target not in candidates:

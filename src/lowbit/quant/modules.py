@@ -777,9 +777,7 @@ class QuantizedLayer:
             return None
         if output.batchnorm is not None:
             return None  # the Sequential computes the layer and its BatchNorm together
-        from lowbit.quant.integer import integer_forward
-
-        return integer_forward(self, x, output)
+        return output.compute(self, x)
 
     def bits_repr(self) -> str:
         return (
