@@ -202,3 +202,32 @@ def test_a_draw_key_from_a_seed_tensor_equals_the_integer_one():
     for seed in seeds:
         draw = torch.tensor(7, dtype=torch.int64)
         assert int(draw_key(torch.tensor(seed), draw)) == int(draw_key(seed, draw))
+
+
+def test_a_model_with_output_requantizers_traces_as_one_graph():
+    # conv -> BN -> hard-swish -> conv: the first conv's output is requantized on 8 bits in
+    # training (lowbit.quant.integer's OutputRequantizer), whose flags are Python bools too
+    torch.manual_seed(0)
+    model = quantize_model(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.Hardswish(),
+            torch.nn.Conv2d(8, 8, 3),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8 * 6 * 6, 5),
+        ),
+        quantizer="lsq",
+        wbits=4,
+        abits=4,
+        input_bits=8,
+        input_shape=(3, 8, 8),
+    )
+    assert type(model[2]).__name__ == "BatchNorm2d" and "requant" in model._modules
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(2):
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        model(x)

@@ -169,7 +169,7 @@ def folded_batchnorm_node(node: torch.fx.Node, modules: dict[str, nn.Module]):
     parent_name, _, bn_name = bn_node.target.rpartition(".")
     layer_parent, _, layer_name = node.target.rpartition(".")
     if not (foldable(bn) and isinstance(modules[node.target], nn.Conv2d)) or (
-        parent_name != layer_parent or not parent_name
+        parent_name != layer_parent
     ):
         return None
     parent = modules[parent_name]
@@ -243,8 +243,8 @@ def producing_layer(source, modules: dict[str, nn.Module]):
     parent_name, _, bn_name = source.target.rpartition(".")
     if before.op != "call_module" or before.target.rpartition(".")[0] != parent_name:
         return None, None
-    parent = modules[parent_name] if parent_name else None
-    if parent is None or not isinstance(parent, nn.Sequential):
+    parent = modules[parent_name]  # "" is the model itself
+    if not isinstance(parent, nn.Sequential):
         return None, None
     names = list(parent._modules)
     conv_name = before.target.rpartition(".")[2]
