@@ -68,10 +68,19 @@ def ort_logits(path, images: torch.Tensor) -> np.ndarray:
     return session.run(None, {"input": images.numpy()})[0]
 
 
-@pytest.mark.parametrize("quantizer,bits", [("dorefa", 2), ("dorefa", 4), ("pact", 4), ("lsq", 2)])
+@pytest.mark.parametrize(
+    "quantizer,bits",
+    [
+        ("dorefa", 2),
+        ("pact", 4),
+        pytest.param("dorefa", 4, marks=pytest.mark.slow),
+        pytest.param("lsq", 2, marks=pytest.mark.slow),
+        pytest.param("dorefa", 8, marks=pytest.mark.slow),  # the narrow-range 8-bit weights
+    ],
+)
 def test_nin_deploys_bit_for_bit(tmp_path, digits, quantizer, bits):
     model = trained(nin(quantizer, bits), digits)
-    images = digits[2][:256]
+    images = digits[2][:128]
     # every conv but the last (whose output is pooled in float) ends in an integer requantization
     assert len(integer_layers(model)) == 8
     path = export_int8_onnx(model, SHAPE, tmp_path / "int8.onnx")
