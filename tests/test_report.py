@@ -669,5 +669,8 @@ def test_runs_of_different_arithmetic_never_pool(tmp_path):
         ("dorefa W2A2 (arithmetic=1)", 2),
         ("dorefa W2A2 (arithmetic=2)", 2),
     ]
+    # one verdict between the two arithmetic versions, and none of another kind
+    comparisons = draw_comparisons(configurations, "val/acc_best")
+    assert [c.kind for c in comparisons] == ["arithmetic"]
     fp32 = write_job(tmp_path / "f", 0, "fp32", 32, 32, acc=0.9, size=8e5, latency=5.0, seed=0)
     assert "arithmetic" not in load_runs([fp32])[0].settings

@@ -1,7 +1,8 @@
 """The comparisons a report draws, each with Welch's verdict on whether it exceeds the noise.
 
 Within each (model, data set, bits): every pair of quantizers. Within each (model, data set,
-quantizer, bits): every pair of starts (PTQ, QAT from trained weights, QAT from scratch).
+quantizer, bits): every pair of starts (PTQ, QAT from trained weights, QAT from scratch), and
+every pair of arithmetic versions (runs before and after a change of how lowbit computes).
 Within each (model, data set, quantizer): adjacent bit widths along the swept one (W = A when
 they move together; one line per setting of the others, as in the accuracy-vs-bits figure).
 Each is judged on the primary metric (val/acc_best, val/map50_best for detection) with
@@ -30,7 +31,7 @@ class Comparison:
     worse: Configuration
     metric: str
     difference: Difference
-    kind: str  # "quantizers", "starts" or "bits"
+    kind: str  # "quantizers", "starts", "arithmetic" or "bits"
 
 
 def is_fraction(metric: str) -> bool:
@@ -49,13 +50,14 @@ def compare(a: Configuration, b: Configuration, metric: str, kind: str) -> Compa
 
 
 START_KEYS = ("start", "init")  # lowbit.report.runs.start_settings
+ARITHMETIC_KEY = "arithmetic"  # lowbit.report.runs.arithmetic_settings
 
 
 def quantizer_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
     groups: dict[tuple, list[Configuration]] = defaultdict(list)
     for c in configurations:
         if c.quantizer != FULL_PRECISION:
-            start = tuple(c.first.settings.get(k) for k in START_KEYS)
+            start = tuple(c.first.settings.get(k) for k in (*START_KEYS, ARITHMETIC_KEY))
             groups[
                 (c.model, c.dataset, c.bits_label, training_key(c.first.settings), start)
             ].append(c)
@@ -73,12 +75,29 @@ def start_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
     groups: dict[tuple, list[Configuration]] = defaultdict(list)
     for c in configurations:
         if c.quantizer != FULL_PRECISION:
-            groups[(c.model, c.dataset, c.quantizer, c.bits_label)].append(c)
+            arithmetic = c.first.settings.get(ARITHMETIC_KEY)
+            groups[(c.model, c.dataset, c.quantizer, c.bits_label, arithmetic)].append(c)
     return [
         (a, b)
         for group in groups.values()
         for a, b in combinations(group, 2)
         if any(a.first.settings.get(k) != b.first.settings.get(k) for k in START_KEYS)
+    ]
+
+
+def arithmetic_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
+    """Within each (model, data set, quantizer, bits, start): every pair of arithmetic versions
+    (``lowbit.quant.integer.ARITHMETIC_VERSION``), what a change of arithmetic cost."""
+    groups: dict[tuple, list[Configuration]] = defaultdict(list)
+    for c in configurations:
+        if c.quantizer != FULL_PRECISION:
+            start = tuple(c.first.settings.get(k) for k in START_KEYS)
+            groups[(c.model, c.dataset, c.quantizer, c.bits_label, start)].append(c)
+    return [
+        (a, b)
+        for group in groups.values()
+        for a, b in combinations(group, 2)
+        if a.first.settings.get(ARITHMETIC_KEY) != b.first.settings.get(ARITHMETIC_KEY)
     ]
 
 
@@ -104,12 +123,13 @@ def adjacent_bit_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
 
 def draw_comparisons(configurations: Sequence[Configuration], metric: str) -> list[Comparison]:
     """Quantizer pairs first, then starts (PTQ, from trained weights, from scratch), then
-    adjacent bit widths, in the configurations' order; only
+    arithmetic versions, then adjacent bit widths, in the configurations' order; only
     configurations with a finished run that recorded the metric take part (a failed one would
     break the line of bits it sits on)."""
     measured = [c for c in configurations if c.summary(metric) is not None]
     drawn = [compare(a, b, metric, "quantizers") for a, b in quantizer_pairs(measured)]
     drawn += [compare(a, b, metric, "starts") for a, b in start_pairs(measured)]
+    drawn += [compare(a, b, metric, "arithmetic") for a, b in arithmetic_pairs(measured)]
     drawn += [compare(a, b, metric, "bits") for a, b in adjacent_bit_pairs(measured)]
     return [c for c in drawn if c is not None]
 
