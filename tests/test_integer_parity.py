@@ -165,3 +165,18 @@ def test_a_packed_model_evaluates_as_the_model_it_was_packed_from(tmp_path, digi
         restored = load_packed(path, build()).eval()
         with torch.no_grad():
             assert torch.equal(restored(images), model(images))
+
+
+def test_integer_costs_script_prints_both_measures():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "integer_costs.py"
+    command = [sys.executable, str(script), "--model", "nin", "--rounds", "1", "--batch", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["measure"] for line in lines] == ["train_step", "eval_forward"]
+    assert all(line["ratio_median"] > 0 and line["ms_median"] > 0 for line in lines)
