@@ -229,37 +229,24 @@ def use_integer_arithmetic(model: nn.Module, requantize: bool = True) -> list[st
     return sorted(chosen, key=order.__getitem__)
 
 
-def producing_layer(source, modules: dict[str, nn.Module]):
-    """(layer name, folded BatchNorm) for a hoisted point's source node: the layer itself, or a
-    foldable BatchNorm right after it in the same Sequential; (None, None) otherwise."""
+def producing_layer(source: torch.fx.Node, modules: dict[str, nn.Module]):
+    """(layer name, folded BatchNorm) for a hoisted point's source node: the layer itself, or the
+    conv a foldable BatchNorm right after it folds into (``folded_batchnorm_node``); (None, None)
+    otherwise."""
     if source.op != "call_module":
         return None, None
     module = modules[source.target]
     if isinstance(module, QuantizedLayer):
         return source.target, None
-    if not isinstance(module, nn.BatchNorm2d):
-        return None, None
-    before = source.args[0]
-    parent_name, _, bn_name = source.target.rpartition(".")
-    if before.op != "call_module" or before.target.rpartition(".")[0] != parent_name:
-        return None, None
-    parent = modules[parent_name]  # "" is the model itself
-    if not isinstance(parent, nn.Sequential):
-        return None, None
-    names = list(parent._modules)
-    conv_name = before.target.rpartition(".")[2]
-    index = names.index(bn_name)
-    conv = modules[before.target]
+    before = source.args[0] if source.args else None
     if (
-        index == 0
-        or names[index - 1] != conv_name
-        or not isinstance(conv, (QuantizedLayer))
-        or not isinstance(conv, nn.Conv2d)
-        or not foldable(module)
-        or len(before.users) != 1
+        isinstance(before, torch.fx.Node)
+        and before.op == "call_module"
+        and isinstance(modules[before.target], QuantizedLayer)
+        and folded_batchnorm_node(before, modules) is source
     ):
-        return None, None
-    return before.target, module
+        return before.target, module
+    return None, None
 
 
 @contextlib.contextmanager
