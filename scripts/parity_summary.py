@@ -8,8 +8,10 @@ evaluation on the first N val images (``lowbit.export.onnx_run.parity_run``, wha
 seed, its ``arithmetic`` version, how many layers have an integer input and how many of those
 differ anywhere, the largest share of differing codes and the largest difference in steps (with
 the layer), how many codes were compared, and the run's own ``val/acc_best`` and
-``export/top1_agreement`` (the whole val set, measured by the run's export stage). Bad input is
-one line on stderr and exit status 2, before any work.
+``export/top1_agreement`` (the whole val set, measured by the run's export stage), and how many
+layers' worst-case accumulation bound reaches 2^24 (``lowbit.quant.integer.worst_case_bounds``:
+there evaluation accumulates in float64 when a batch needs it) with the largest bound. Bad input
+is one line on stderr and exit status 2, before any work.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import sys
 from lowbit.cli import fail
 from lowbit.errors import ConfigError
 from lowbit.export.onnx_graph import UnsupportedModel
-from lowbit.export.onnx_run import PARITY_IMAGES, THREADS, check_run_dir, parity_run
+from lowbit.export.onnx_run import (
+    PARITY_IMAGES,
+    THREADS,
+    check_run_dir,
+    load_run_model,
+    parity_run,
+)
+from lowbit.quant.integer import FLOAT32_EXACT, worst_case_bounds
 from lowbit.results import RESULTS_FILE, read_results
 
 COLUMNS = [
@@ -41,11 +50,14 @@ COLUMNS = [
     "images",
     "val_acc_best",
     "top1_agreement",
+    "layers_past_float32",
+    "largest_bound",
 ]
 
 
 def summary(run_dir, images: int, threads: int) -> dict:
     rows = parity_run(run_dir, threads=threads, images=images)
+    bounds = worst_case_bounds(load_run_model(run_dir)[0])
     record = read_results(run_dir / RESULTS_FILE)
     compared = [row for row in rows if row["differ"] is not None]
     worst = max(compared, key=lambda row: row["differ"], default=None)
@@ -68,6 +80,8 @@ def summary(run_dir, images: int, threads: int) -> dict:
         "images": rows[0].get("images", "") if rows else "",
         "val_acc_best": metrics.get("val/acc_best", ""),
         "top1_agreement": metrics.get("export/top1_agreement", ""),
+        "layers_past_float32": sum(bound >= FLOAT32_EXACT for bound in bounds.values()),
+        "largest_bound": max(bounds.values(), default=""),
     }
 
 

@@ -303,6 +303,24 @@ def accumulation_bound(weight_codes: torch.Tensor, largest_input: torch.Tensor) 
     return weight_codes.abs().flatten(1).sum(1).max() * largest_input
 
 
+@torch.no_grad()
+def worst_case_bounds(model: nn.Module) -> dict[str, int]:
+    """For each layer that evaluates in integers, ``accumulation_bound`` with the largest input
+    code its grid allows: where it reaches 2^24 (``FLOAT32_EXACT``), float32 could round a
+    partial sum, and evaluation accumulates that layer in float64 whenever a batch's own bound
+    gets there."""
+    bounds = {}
+    for name in integer_layers(model):
+        layer = model.get_submodule(name)
+        grid = layer.input_quantizer.grid()
+        if grid is None:
+            continue
+        largest = max(abs(grid.qmin - grid.zero_point), abs(grid.qmax - grid.zero_point))
+        codes = layer.weight_quantizer.integer_codes(layer.weight)
+        bounds[name] = int(accumulation_bound(codes, torch.tensor(largest)))
+    return bounds
+
+
 def accumulate(layer: nn.Module, x_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tensor:
     """sum (q_x - z_x) q_w of every output, exact: float32 while ``accumulation_bound`` stays
     below 2^24, float64 otherwise."""
@@ -372,4 +390,5 @@ __all__ = [
     "integer_layers",
     "requantization",
     "use_integer_arithmetic",
+    "worst_case_bounds",
 ]
