@@ -16,8 +16,14 @@ from lowbit.data.detection import DetectionData, collate_detection
 from lowbit.data.digits import DigitsData
 from lowbit.data.shapes import ShapesData
 from lowbit.data.shapes_det import ShapesDetData
-from lowbit.data.vision import (CIFAR10Data, CIFAR100Data, FashionMNISTData, ImageFolderData,
-                                MNISTData, SVHNData)
+from lowbit.data.vision import (
+    CIFAR10Data,
+    CIFAR100Data,
+    FashionMNISTData,
+    ImageFolderData,
+    MNISTData,
+    SVHNData,
+)
 from lowbit.data.voc import VOCData
 
 __all__ = [

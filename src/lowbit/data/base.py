@@ -9,8 +9,8 @@ methods. Batches are always ``(float32 [B, C, H, W] normalised images, int64 [B]
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
@@ -38,8 +38,9 @@ class SplitLoaders:
     batch_size: int
     num_workers: int
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool,
-                collate_fn: Callable | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset | None, shuffle: bool, collate_fn: Callable | None = None
+    ) -> DataLoader:
         """``collate_fn`` overrides the class's (digits' training split: random shifts)."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its data loaders")
@@ -69,8 +70,10 @@ class SplitLoaders:
         """Raise ConfigError when the data cannot be had; cheap, runs before training starts."""
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
-                f"image_shape={self.image_shape}, batch_size={self.batch_size})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
+            f"image_shape={self.image_shape}, batch_size={self.batch_size})"
+        )
 
 
 class BuiltInMemory:
@@ -103,8 +106,9 @@ class ClassificationData(SplitLoaders, pl.LightningDataModule):
     image_shape: tuple[int, int, int] = (3, 32, 32)
     class_names: list[str] = []
 
-    def __init__(self, data_dir: str = "", batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0):
+    def __init__(
+        self, data_dir: str = "", batch_size: int = 128, num_workers: int = 0, seed: int = 0
+    ):
         super().__init__()
         self.data_dir = Path(str(data_dir)).expanduser() if data_dir else Path(".")
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -113,4 +117,3 @@ class ClassificationData(SplitLoaders, pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
-

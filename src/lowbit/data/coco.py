@@ -42,7 +42,8 @@ def read_coco_json(path: Path) -> dict:
     except (OSError, ValueError) as error:
         raise BadAnnotations(f"{type(error).__name__}: {error}") from None
     if not isinstance(content, dict) or not all(
-            isinstance(content.get(key), list) for key in ("images", "annotations", "categories")):
+        isinstance(content.get(key), list) for key in ("images", "annotations", "categories")
+    ):
         raise BadAnnotations("no 'images', 'annotations' and 'categories' lists")
     return content
 
@@ -58,13 +59,17 @@ def coco_categories(content: dict) -> tuple[list[int], list[str]]:
     return [id_ for id_, _ in categories], [name for _, name in categories]
 
 
-def coco_targets(content: dict, category_ids: list[int],
-                 ) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+def coco_targets(
+    content: dict,
+    category_ids: list[int],
+) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
     """File names and per-image (boxes xyxy float32 [n, 4], labels int64 [n]), in file order."""
     label_of = {id_: label for label, id_ in enumerate(category_ids)}
     try:
-        images = [(int(image["id"]), str(image["file_name"]), image.get("width"),
-                   image.get("height")) for image in content["images"]]
+        images = [
+            (int(image["id"]), str(image["file_name"]), image.get("width"), image.get("height"))
+            for image in content["images"]
+        ]
     except (KeyError, TypeError, ValueError):
         raise BadAnnotations("an image without an integer 'id' and a 'file_name'") from None
     index_of = {id_: index for index, (id_, *_) in enumerate(images)}
@@ -78,8 +83,10 @@ def coco_targets(content: dict, category_ids: list[int],
             label = label_of[int(annotation["category_id"])]
             x, y, width, height = (float(v) for v in annotation["bbox"])
         except (KeyError, TypeError, ValueError):
-            raise BadAnnotations(f"annotation {annotation.get('id')!r} names an unknown image "
-                                 f"or category, or has no [x, y, w, h] bbox") from None
+            raise BadAnnotations(
+                f"annotation {annotation.get('id')!r} names an unknown image "
+                f"or category, or has no [x, y, w, h] bbox"
+            ) from None
         _, _, image_width, image_height = images[index]
         x0, y0, x1, y1 = x, y, x + width, y + height
         if image_width and image_height:
@@ -88,8 +95,10 @@ def coco_targets(content: dict, category_ids: list[int],
         if x1 > x0 and y1 > y0:
             boxes[index].append([x0, y0, x1, y1])
             labels[index].append(label)
-    per_image = [(np.asarray(b, dtype=np.float32).reshape(-1, 4),
-                  np.asarray(lab, dtype=np.int64)) for b, lab in zip(boxes, labels)]
+    per_image = [
+        (np.asarray(b, dtype=np.float32).reshape(-1, 4), np.asarray(lab, dtype=np.int64))
+        for b, lab in zip(boxes, labels)
+    ]
     return [name for _, name, *_ in images], per_image
 
 
@@ -107,15 +116,28 @@ class COCOData(DetectionData):
 
     name = "coco"
 
-    def __init__(self, data_dir: str, batch_size: int = 16, num_workers: int = 0,
-                 seed: int = 0, image_size: int = 416, flip: float = 0.5,
-                 num_classes: int = 80,
-                 train_annotation_file: str = "annotations/instances_train2017.json",
-                 train_image_dir: str = "train2017",
-                 val_annotation_file: str = "annotations/instances_val2017.json",
-                 val_image_dir: str = "val2017"):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, image_size=image_size, flip=flip)
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        image_size: int = 416,
+        flip: float = 0.5,
+        num_classes: int = 80,
+        train_annotation_file: str = "annotations/instances_train2017.json",
+        train_image_dir: str = "train2017",
+        val_annotation_file: str = "annotations/instances_val2017.json",
+        val_image_dir: str = "val2017",
+    ):
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            image_size=image_size,
+            flip=flip,
+        )
         self.num_classes = check_int("num_classes", num_classes, 1)
         self.class_names: list[str] = []
         self.files = {
@@ -125,9 +147,11 @@ class COCOData(DetectionData):
         self._records: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _missing_error(self, path: Path) -> ConfigError:
-        return ConfigError(f"coco: {path} is missing; get the COCO images and annotations from "
-                           f"{COCO_DOWNLOAD} and unpack them under {self.data_dir}, or set "
-                           f"dataset.data_dir and the dataset.*_annotation_file/*_image_dir paths")
+        return ConfigError(
+            f"coco: {path} is missing; get the COCO images and annotations from "
+            f"{COCO_DOWNLOAD} and unpack them under {self.data_dir}, or set "
+            f"dataset.data_dir and the dataset.*_annotation_file/*_image_dir paths"
+        )
 
     def _read(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Image paths and flat boxes, labels, offsets of a split; validates it on first use."""
@@ -143,23 +167,31 @@ class COCOData(DetectionData):
             category_ids, names = coco_categories(content)
             file_names, per_image = coco_targets(content, category_ids)
         except BadAnnotations as error:
-            raise ConfigError(f"coco: {annotation_file} is not a COCO annotation file "
-                              f"({one_line(error)}); replace it with the official one") from None
+            raise ConfigError(
+                f"coco: {annotation_file} is not a COCO annotation file "
+                f"({one_line(error)}); replace it with the official one"
+            ) from None
         if len(names) != self.num_classes:
             raise ConfigError(
                 f"coco: {annotation_file} has {len(names)} categories but dataset.num_classes="
-                f"{self.num_classes}; set dataset.num_classes={len(names)}")
+                f"{self.num_classes}; set dataset.num_classes={len(names)}"
+            )
         if self.class_names and names != self.class_names:
-            raise ConfigError(f"coco: {annotation_file} lists other categories than the "
-                              f"{'train' if split == 'val' else 'val'} annotations; both splits "
-                              f"must share one category list")
+            raise ConfigError(
+                f"coco: {annotation_file} lists other categories than the "
+                f"{'train' if split == 'val' else 'val'} annotations; both splits "
+                f"must share one category list"
+            )
         self.class_names = names
         present = set(os.listdir(image_dir))
-        absent = [name for name in file_names
-                  if name not in present and not (image_dir / name).is_file()]
+        absent = [
+            name for name in file_names if name not in present and not (image_dir / name).is_file()
+        ]
         if absent:
-            raise ConfigError(f"coco: {len(absent)} images named in {annotation_file} are not in "
-                              f"{image_dir} (e.g. {absent[0]}); unpack the split's images there")
+            raise ConfigError(
+                f"coco: {len(absent)} images named in {annotation_file} are not in "
+                f"{image_dir} (e.g. {absent[0]}); unpack the split's images there"
+            )
         paths = [str(image_dir / name) for name in file_names]
         self._records[split] = (paths, *flatten(per_image))
         return self._records[split]
@@ -172,7 +204,8 @@ class COCOData(DetectionData):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        self.train_set = ImageFileDetections(*self._read("train"), size=self.image_size,
-                                             flip=self.flip)
+        self.train_set = ImageFileDetections(
+            *self._read("train"), size=self.image_size, flip=self.flip
+        )
         self.val_set = ImageFileDetections(*self._read("val"), size=self.image_size)
         self.test_set = self.val_set

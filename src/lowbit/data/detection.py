@@ -18,8 +18,8 @@ horizontal flip maps x to S - x, both exact (COCO's boxes use it too).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -37,8 +37,11 @@ PAD_GREY = 0.5  # letterbox padding, the middle of the [0, 1] pixel range
 STRIDE = 32  # the largest stride of the YOLO heads: the input side must be a multiple of it
 
 
-def letterbox(image: torch.Tensor, boxes: torch.Tensor, size: int,
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def letterbox(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``image`` float [3, H, W] resized to fit a ``size`` x ``size`` square, aspect kept.
 
     The image is scaled by min(size/H, size/W) (bilinear, antialiased when shrinking), centred,
@@ -51,18 +54,25 @@ def letterbox(image: torch.Tensor, boxes: torch.Tensor, size: int,
     new_height = min(size, max(1, round(height * scale)))
     new_width = min(size, max(1, round(width * scale)))
     if (new_height, new_width) != (height, width):
-        image = F.interpolate(image[None], size=(new_height, new_width), mode="bilinear",
-                              align_corners=False, antialias=True)[0].clamp(0.0, 1.0)
+        image = F.interpolate(
+            image[None],
+            size=(new_height, new_width),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )[0].clamp(0.0, 1.0)
     top, left = (size - new_height) // 2, (size - new_width) // 2
     square = image.new_full((image.shape[0], size, size), PAD_GREY)
-    square[:, top:top + new_height, left:left + new_width] = image
+    square[:, top : top + new_height, left : left + new_width] = image
     factor = boxes.new_tensor([new_width / width, new_height / height] * 2)
     shift = boxes.new_tensor([left, top] * 2)
     return square, (boxes * factor + shift).clamp(0.0, float(size))
 
 
-def horizontal_flip(image: torch.Tensor, boxes: torch.Tensor,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def horizontal_flip(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``image`` [C, H, W] mirrored left-right, and ``boxes`` xyxy onto the same pixels.
 
     x maps to W - x, so the new x0 is W - x1 and the new x1 is W - x0.
@@ -72,12 +82,12 @@ def horizontal_flip(image: torch.Tensor, boxes: torch.Tensor,
 
 def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     """xyxy ``boxes`` of an image ``width`` pixels wide, mirrored left-right with it."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]],
-                       dim=1)
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
-def collate_detection(batch: Sequence[tuple[torch.Tensor, Target]],
-                      ) -> tuple[torch.Tensor, list[Target]]:
+def collate_detection(
+    batch: Sequence[tuple[torch.Tensor, Target]],
+) -> tuple[torch.Tensor, list[Target]]:
     """DataLoader ``collate_fn``: images stacked to [B, 3, S, S], targets kept as a list.
 
     Images carry different numbers of boxes, so the targets cannot be stacked. The images are
@@ -88,8 +98,10 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, Target]],
 
 
 def make_target(boxes: torch.Tensor, labels: torch.Tensor) -> Target:
-    return {"boxes": boxes.to(torch.float32).reshape(-1, 4),
-            "labels": labels.to(torch.int64).reshape(-1)}
+    return {
+        "boxes": boxes.to(torch.float32).reshape(-1, 4),
+        "labels": labels.to(torch.int64).reshape(-1),
+    }
 
 
 def coin(probability: float) -> bool:
@@ -101,8 +113,11 @@ def coin(probability: float) -> bool:
     return probability > 0 and bool(torch.rand(()) < probability)
 
 
-def random_flip(image: torch.Tensor, boxes: torch.Tensor, probability: float,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def random_flip(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    probability: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``horizontal_flip`` with ``probability`` (see ``coin``)."""
     return horizontal_flip(image, boxes) if coin(probability) else (image, boxes)
 
@@ -116,8 +131,15 @@ class ImageFileDetections(Dataset):
     probability of a random horizontal flip (0 for evaluation).
     """
 
-    def __init__(self, paths: list[str], boxes: np.ndarray, labels: np.ndarray,
-                 offsets: np.ndarray, size: int, flip: float = 0.0):
+    def __init__(
+        self,
+        paths: list[str],
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        offsets: np.ndarray,
+        size: int,
+        flip: float = 0.0,
+    ):
         self.paths = paths
         self.boxes = boxes.astype(np.float32).reshape(-1, 4)
         self.labels = labels.astype(np.int64).reshape(-1)
@@ -131,8 +153,10 @@ class ImageFileDetections(Dataset):
     def annotations(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (xyxy, file pixels) and labels of image ``index``, untransformed."""
         start, stop = self.offsets[index], self.offsets[index + 1]
-        return (torch.from_numpy(self.boxes[start:stop].copy()),
-                torch.from_numpy(self.labels[start:stop].copy()))
+        return (
+            torch.from_numpy(self.boxes[start:stop].copy()),
+            torch.from_numpy(self.labels[start:stop].copy()),
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         with Image.open(self.paths[index]) as file:
@@ -144,8 +168,9 @@ class ImageFileDetections(Dataset):
         return image, make_target(boxes, labels)
 
 
-def flatten(per_image: list[tuple[np.ndarray, np.ndarray]],
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def flatten(
+    per_image: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image (boxes [n, 4], labels [n]) as the flat arrays ``ImageFileDetections`` holds."""
     counts = [len(labels) for _, labels in per_image]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -180,8 +205,15 @@ class DetectionData(SplitLoaders, pl.LightningDataModule):
     image_shape: tuple[int, int, int] = (3, 416, 416)  # set from image_size per instance
     class_names: list[str] = []
 
-    def __init__(self, data_dir: str = "", batch_size: int = 32, num_workers: int = 0,
-                 seed: int = 0, image_size: int = 416, flip: float = 0.5):
+    def __init__(
+        self,
+        data_dir: str = "",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        image_size: int = 416,
+        flip: float = 0.5,
+    ):
         super().__init__()
         self.data_dir = Path(str(data_dir)).expanduser() if data_dir else Path(".")
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -189,8 +221,10 @@ class DetectionData(SplitLoaders, pl.LightningDataModule):
         self.seed = check_int("seed", seed, 0)
         self.image_size = check_int("image_size", image_size, STRIDE)
         if self.image_size % STRIDE:
-            raise ConfigError(f"dataset.image_size must be a multiple of {STRIDE} (the "
-                              f"detector's largest stride), got {image_size}")
+            raise ConfigError(
+                f"dataset.image_size must be a multiple of {STRIDE} (the "
+                f"detector's largest stride), got {image_size}"
+            )
         self.image_shape = (3, self.image_size, self.image_size)
         if isinstance(flip, bool) or not isinstance(flip, (int, float)) or not 0 <= flip <= 1:
             raise ConfigError(f"dataset.flip must be a probability in [0, 1], got {flip!r}")

@@ -40,26 +40,31 @@ class RandomTranslate:
         padded = F.pad(images, (shift, shift, shift, shift), value=self.fill)
         height, width = images.shape[-2:]
         offsets = torch.randint(0, 2 * shift + 1, (len(samples), 2))
-        shifted = torch.stack([
-            padded[i, :, dy:dy + height, dx:dx + width]
-            for i, (dy, dx) in enumerate(offsets.tolist())
-        ])
+        shifted = torch.stack(
+            [
+                padded[i, :, dy : dy + height, dx : dx + width]
+                for i, (dy, dx) in enumerate(offsets.tolist())
+            ]
+        )
         return shifted, labels
 
 
-def stratified_split(labels: torch.Tensor, val_fraction: float, test_fraction: float,
-                     seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def stratified_split(
+    labels: torch.Tensor, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices of train/val/test with every class in each split in proportion to its size.
 
     Two stratified cuts (test off the whole, then val off the rest) with scikit-learn, whose
     result depends only on ``seed``.
     """
     indices = torch.arange(len(labels)).numpy()
-    rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels.numpy(),
-                                  random_state=seed)
+    rest, test = train_test_split(
+        indices, test_size=test_fraction, stratify=labels.numpy(), random_state=seed
+    )
     val_of_rest = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=labels[rest].numpy(),
-                                  random_state=seed)
+    train, val = train_test_split(
+        rest, test_size=val_of_rest, stratify=labels[rest].numpy(), random_state=seed
+    )
     return tuple(torch.as_tensor(split).sort().values for split in (train, val, test))
 
 
@@ -83,17 +88,27 @@ class DigitsData(BuiltInMemory, ClassificationData):
     class_names = [str(digit) for digit in range(10)]
     max_shift = 2
 
-    def __init__(self, data_dir: str = "", batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 augment: bool = False):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed)
+    def __init__(
+        self,
+        data_dir: str = "",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        augment: bool = False,
+    ):
+        super().__init__(
+            data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed
+        )
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise ConfigError(f"dataset.{key} must be a number between 0 and 1, got {value!r}")
         if val_fraction + test_fraction >= 1:
-            raise ConfigError(f"dataset.val_fraction + dataset.test_fraction must be below 1, "
-                              f"got {val_fraction} + {test_fraction}")
+            raise ConfigError(
+                f"dataset.val_fraction + dataset.test_fraction must be below 1, "
+                f"got {val_fraction} + {test_fraction}"
+            )
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
         self.augment = bool(augment)
@@ -105,10 +120,16 @@ class DigitsData(BuiltInMemory, ClassificationData):
         bunch = load_digits()
         raw = torch.as_tensor(bunch.images, dtype=torch.float32) / DIGITS_MAX_VALUE
         labels = torch.as_tensor(bunch.target, dtype=torch.int64)
-        images = F.interpolate(raw.unsqueeze(1), size=self.image_shape[1:], mode="bilinear",
-                               align_corners=False).expand(-1, 3, -1, -1).contiguous()
-        train, val, test = stratified_split(labels, self.val_fraction, self.test_fraction,
-                                            self.seed)
+        images = (
+            F.interpolate(
+                raw.unsqueeze(1), size=self.image_shape[1:], mode="bilinear", align_corners=False
+            )
+            .expand(-1, 3, -1, -1)
+            .contiguous()
+        )
+        train, val, test = stratified_split(
+            labels, self.val_fraction, self.test_fraction, self.seed
+        )
         self.mean = images[train].mean().item()
         self.std = images[train].std().item()
         images = (images - self.mean) / self.std

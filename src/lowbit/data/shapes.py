@@ -9,7 +9,7 @@ second, and the same ``seed`` gives bit-identical tensors on every machine.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,15 +28,17 @@ SHAPES: dict[str, Mask] = {
     "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.8,
     # Apex at the top (v = -0.9), flat base at v = 0.6.
     "triangle": lambda u, v: (v <= 0.6) & (np.abs(u) <= 0.6 * (v + 0.9)),
-    "plus": lambda u, v: ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95))
-    | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95)),
+    "plus": lambda u, v: (
+        ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
+    ),
     "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.55**2),
     "diamond": lambda u, v: np.abs(u) + np.abs(v) <= 1.0,
     "horizontal_bar": lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.3),
     "vertical_bar": lambda u, v: (np.abs(u) <= 0.3) & (np.abs(v) <= 1.0),
     "x": lambda u, v: SHAPES["plus"]((u + v) / np.sqrt(2.0), (u - v) / np.sqrt(2.0)),
-    "frame": lambda u, v: (np.maximum(np.abs(u), np.abs(v)) <= 0.9)
-    & (np.maximum(np.abs(u), np.abs(v)) >= 0.5),
+    "frame": lambda u, v: (
+        (np.maximum(np.abs(u), np.abs(v)) <= 0.9) & (np.maximum(np.abs(u), np.abs(v)) >= 0.5)
+    ),
 }
 
 MIN_RADIUS, MAX_RADIUS = 6.0, 13.0  # half the shape's box, in pixels
@@ -45,8 +47,11 @@ MIN_COLOUR_DISTANCE = 0.5  # RGB distance between shape and background, so the s
 NOISE_STD = 0.06
 
 
-def draw_shapes(count: int, seed: np.random.SeedSequence, size: int = 32,
-                ) -> tuple[np.ndarray, np.ndarray]:
+def draw_shapes(
+    count: int,
+    seed: np.random.SeedSequence,
+    size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` images float32 [N, 3, size, size] in [0, 1] and their int64 labels.
 
     Classes are exactly balanced (N mod 10 aside) and shuffled.
@@ -102,11 +107,19 @@ class ShapesData(BuiltInMemory, ClassificationData):
     image_shape = (3, 32, 32)
     class_names = list(SHAPES)
 
-    def __init__(self, data_dir: str = "", batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0, train_size: int = 5000, val_size: int = 1000,
-                 test_size: int = 1000):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed)
+    def __init__(
+        self,
+        data_dir: str = "",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_size: int = 5000,
+        val_size: int = 1000,
+        test_size: int = 1000,
+    ):
+        super().__init__(
+            data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed
+        )
         self.train_size = check_int("train_size", train_size, 1)
         self.val_size = check_int("val_size", val_size, 1)
         self.test_size = check_int("test_size", test_size, 1)
@@ -117,14 +130,17 @@ class ShapesData(BuiltInMemory, ClassificationData):
             return
         seeds = np.random.SeedSequence(self.seed).spawn(3)
         sizes = (self.train_size, self.val_size, self.test_size)
-        splits = [draw_shapes(size, split_seed, self.image_shape[1])
-                  for size, split_seed in zip(sizes, seeds)]
+        splits = [
+            draw_shapes(size, split_seed, self.image_shape[1])
+            for size, split_seed in zip(sizes, seeds)
+        ]
         train_images = torch.from_numpy(splits[0][0])
         self.mean = train_images.mean(dim=(0, 2, 3), keepdim=True)[0]
         self.std = train_images.std(dim=(0, 2, 3), keepdim=True)[0]
         train, val, test = (
-            TensorDataset((torch.from_numpy(images) - self.mean) / self.std,
-                          torch.from_numpy(labels))
+            TensorDataset(
+                (torch.from_numpy(images) - self.mean) / self.std, torch.from_numpy(labels)
+            )
             for images, labels in splits
         )
         self.train_set, self.val_set, self.test_set = train, val, test

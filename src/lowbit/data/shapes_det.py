@@ -79,8 +79,10 @@ def windows(array: np.ndarray, side: int) -> np.ndarray:
     *lead, height, width = array.shape
     strides = array.strides
     return np.lib.stride_tricks.as_strided(
-        array, shape=(lead[0], height - side + 1, width - side + 1, *lead[1:], side, side),
-        strides=(strides[0], strides[-2], strides[-1], *strides[1:-2], strides[-2], strides[-1]))
+        array,
+        shape=(lead[0], height - side + 1, width - side + 1, *lead[1:], side, side),
+        strides=(strides[0], strides[-2], strides[-1], *strides[1:-2], strides[-2], strides[-1]),
+    )
 
 
 class Objects(NamedTuple):
@@ -103,8 +105,13 @@ class Objects(NamedTuple):
         return boxes + np.stack([self.left, self.top] * 2, axis=1), non_empty
 
 
-def draw_objects(rng: np.random.Generator, count: int, size: int, num_classes: int,
-                 radius_range: tuple[float, float]) -> Objects:
+def draw_objects(
+    rng: np.random.Generator,
+    count: int,
+    size: int,
+    num_classes: int,
+    radius_range: tuple[float, float],
+) -> Objects:
     """``count`` random shapes, each in the square window of the image that holds it.
 
     Only the window (side 2.3 x the largest radius) is computed, not the whole image: the masks
@@ -144,11 +151,18 @@ def contrasting_colours(rng: np.random.Generator, background: np.ndarray) -> np.
         colours[too_close] = rng.random((int(too_close.sum()), 3), dtype=np.float32)
 
 
-def draw_scenes(count: int, seed: np.random.SeedSequence, size: int = 128,
-                num_classes: int = 5, min_objects: int = 1, max_objects: int = 4,
-                min_object_size: float = 0.125, max_object_size: float = 0.5,
-                ramp: float = RAMP, noise_std: float = NOISE_STD,
-                ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+def draw_scenes(
+    count: int,
+    seed: np.random.SeedSequence,
+    size: int = 128,
+    num_classes: int = 5,
+    min_objects: int = 1,
+    max_objects: int = 4,
+    min_object_size: float = 0.125,
+    max_object_size: float = 0.5,
+    ramp: float = RAMP,
+    noise_std: float = NOISE_STD,
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """``count`` scenes: uint8 images [N, 3, S, S], and per image its boxes and labels.
 
     Boxes are float32 [n, 4] xyxy (pixel edges, see ``lowbit.data.detection``), the tight boxes
@@ -176,8 +190,11 @@ def draw_scenes(count: int, seed: np.random.SeedSequence, size: int = 128,
         # Kept as 255 x value + 0.5 - noise_levels: adding the noise, clipping to 0..255 and
         # truncating to uint8 then round the pixels (see the end of the loop).
         offset = 0.5 - noise_levels
-        canvas = ((255 * base[:, :, None, None] + offset) + 255 * ramp_y[:, None, :, None]
-                  + 255 * ramp_x[:, None, None, :])
+        canvas = (
+            (255 * base[:, :, None, None] + offset)
+            + 255 * ramp_y[:, None, :, None]
+            + 255 * ramp_x[:, None, None, :]
+        )
         occupied = np.zeros((n, size, size), dtype=bool)
         boxes = np.full((n, max_objects, 4), np.nan, dtype=np.float32)
         labels = np.full((n, max_objects), -1, dtype=np.int64)
@@ -190,25 +207,28 @@ def draw_scenes(count: int, seed: np.random.SeedSequence, size: int = 128,
                 # crowded image (at SHRINK_AFTER redraws only the smallest size is drawn).
                 shrink = min(1.0, attempt / SHRINK_AFTER)
                 upper = radius_range[1] - shrink * (radius_range[1] - radius_range[0])
-                drawn = draw_objects(rng, len(pending), size, num_classes,
-                                     (radius_range[0], upper))
+                drawn = draw_objects(rng, len(pending), size, num_classes, (radius_range[0], upper))
                 drawn_boxes, non_empty = drawn.boxes()
                 overlap = box_overlap(drawn_boxes, boxes[pending, :slot]) >= MAX_OVERLAP
                 # Windows as strided views (one image per window, so no two alias): plain
                 # slicing per item, several times faster than fancy-indexing every pixel.
                 side = drawn.masks.shape[1]
                 occupied_windows = windows(occupied, side)
-                fits = (non_empty & ~overlap.any(axis=1) & ~(
-                    drawn.masks & occupied_windows[pending, drawn.top, drawn.left]
-                ).any(axis=(1, 2)))
+                fits = (
+                    non_empty
+                    & ~overlap.any(axis=1)
+                    & ~(drawn.masks & occupied_windows[pending, drawn.top, drawn.left]).any(
+                        axis=(1, 2)
+                    )
+                )
                 placed, masks = pending[fits], drawn.masks[fits]
                 where = (placed, drawn.top[fits], drawn.left[fits])
                 occupied_windows[where] |= masks
                 canvas_windows = windows(canvas, side)  # [n, ..., 3, w, w]
                 colours = contrasting_colours(rng, base[placed])
-                canvas_windows[where] = np.where(masks[:, None],
-                                                 255 * colours[:, :, None, None] + offset,
-                                                 canvas_windows[where])
+                canvas_windows[where] = np.where(
+                    masks[:, None], 255 * colours[:, :, None, None] + offset, canvas_windows[where]
+                )
                 boxes[placed, slot] = drawn_boxes[fits]
                 labels[placed, slot] = drawn.labels[fits]
                 pending = pending[~fits]
@@ -217,12 +237,13 @@ def draw_scenes(count: int, seed: np.random.SeedSequence, size: int = 128,
                     f"shapes_det: cannot fit {max_objects} objects of up to "
                     f"{max_object_size:g} x image_size without overlap into {size} x {size} "
                     f"images; lower dataset.max_objects or dataset.max_object_size, or raise "
-                    f"dataset.image_size")
+                    f"dataset.image_size"
+                )
         # Uniform noise of -noise_levels..noise_levels (the offset above), then to uint8.
         if noise_levels:
             canvas += rng.integers(0, 2 * noise_levels + 1, canvas.shape, dtype=np.uint8)
         np.clip(canvas, 0.0, 255.0, out=canvas)
-        images[start:start + n] = canvas  # truncating x + 0.5 rounds x
+        images[start : start + n] = canvas  # truncating x + 0.5 rounds x
         for image in range(n):
             kept = labels[image] >= 0
             all_boxes.append(boxes[image, kept])
@@ -233,8 +254,13 @@ def draw_scenes(count: int, seed: np.random.SeedSequence, size: int = 128,
 class SceneSet(Dataset):
     """uint8 images [N, 3, S, S] with their boxes, served as [0, 1] floats, flipped at random."""
 
-    def __init__(self, images: torch.Tensor, boxes: list[torch.Tensor],
-                 labels: list[torch.Tensor], flip: float = 0.0):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        boxes: list[torch.Tensor],
+        labels: list[torch.Tensor],
+        flip: float = 0.0,
+    ):
         self.images = images
         self.boxes = boxes
         self.labels = labels
@@ -257,8 +283,7 @@ class SceneSet(Dataset):
 
 def check_fraction(name: str, value: object, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-        raise ConfigError(f"dataset.{name} must be a number in ({low:g}, {high:g}], "
-                          f"got {value!r}")
+        raise ConfigError(f"dataset.{name} must be a number in ({low:g}, {high:g}], got {value!r}")
     return float(value)
 
 
@@ -282,33 +307,60 @@ class ShapesDetData(BuiltInMemory, DetectionData):
 
     name = "shapes_det"
 
-    def __init__(self, data_dir: str = "", batch_size: int = 32, num_workers: int = 0,
-                 seed: int = 0, image_size: int = 128, flip: float = 0.5,
-                 num_classes: int = 5, min_objects: int = 1, max_objects: int = 4,
-                 min_object_size: float = 0.125, max_object_size: float = 0.5,
-                 train_size: int = 2000, val_size: int = 200, test_size: int = 200):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, image_size=image_size, flip=flip)
-        if (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                or not 1 <= num_classes <= len(SHAPES)):
-            raise ConfigError(f"dataset.num_classes must be 1..{len(SHAPES)} (the shapes in "
-                              f"lowbit.data.shapes.SHAPES), got {num_classes!r}")
+    def __init__(
+        self,
+        data_dir: str = "",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        image_size: int = 128,
+        flip: float = 0.5,
+        num_classes: int = 5,
+        min_objects: int = 1,
+        max_objects: int = 4,
+        min_object_size: float = 0.125,
+        max_object_size: float = 0.5,
+        train_size: int = 2000,
+        val_size: int = 200,
+        test_size: int = 200,
+    ):
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            image_size=image_size,
+            flip=flip,
+        )
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, int)
+            or not 1 <= num_classes <= len(SHAPES)
+        ):
+            raise ConfigError(
+                f"dataset.num_classes must be 1..{len(SHAPES)} (the shapes in "
+                f"lowbit.data.shapes.SHAPES), got {num_classes!r}"
+            )
         self.num_classes = num_classes
         self.class_names = list(SHAPES)[:num_classes]
         self.min_objects = check_int("min_objects", min_objects, 0)
         self.max_objects = check_int("max_objects", max_objects, 1)
         if self.min_objects > self.max_objects:
-            raise ConfigError(f"dataset.min_objects={min_objects} exceeds "
-                              f"dataset.max_objects={max_objects}")
+            raise ConfigError(
+                f"dataset.min_objects={min_objects} exceeds dataset.max_objects={max_objects}"
+            )
         # Up to 0.8: a shape reaches 1.15 radii from its centre, and must fit with a margin.
         self.max_object_size = check_fraction("max_object_size", max_object_size, 0.0, 0.8)
-        self.min_object_size = check_fraction("min_object_size", min_object_size, 0.0,
-                                              self.max_object_size)
+        self.min_object_size = check_fraction(
+            "min_object_size", min_object_size, 0.0, self.max_object_size
+        )
         smallest = self.min_object_size * self.image_size
         if smallest < MIN_DIAMETER_PX:
-            raise ConfigError(f"dataset.min_object_size={min_object_size} is {smallest:g} px at "
-                              f"image_size={self.image_size}; shapes need at least "
-                              f"{MIN_DIAMETER_PX} px")
+            raise ConfigError(
+                f"dataset.min_object_size={min_object_size} is {smallest:g} px at "
+                f"image_size={self.image_size}; shapes need at least "
+                f"{MIN_DIAMETER_PX} px"
+            )
         self.train_size = check_int("train_size", train_size, 1)
         self.val_size = check_int("val_size", val_size, 1)
         self.test_size = check_int("test_size", test_size, 1)
@@ -317,9 +369,16 @@ class ShapesDetData(BuiltInMemory, DetectionData):
         """The scenes of split 0 (train), 1 (val) or 2 (test)."""
         seeds = np.random.SeedSequence(self.seed).spawn(3)
         size = (self.train_size, self.val_size, self.test_size)[split]
-        return draw_scenes(size, seeds[split], self.image_size, self.num_classes,
-                           self.min_objects, self.max_objects, self.min_object_size,
-                           self.max_object_size)
+        return draw_scenes(
+            size,
+            seeds[split],
+            self.image_size,
+            self.num_classes,
+            self.min_objects,
+            self.max_objects,
+            self.min_object_size,
+            self.max_object_size,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -327,8 +386,12 @@ class ShapesDetData(BuiltInMemory, DetectionData):
         splits = []
         for split in range(3):
             images, boxes, labels = self.draw(split)
-            splits.append(SceneSet(torch.from_numpy(images),
-                                   [torch.from_numpy(b) for b in boxes],
-                                   [torch.from_numpy(lab) for lab in labels],
-                                   flip=self.flip if split == 0 else 0.0))
+            splits.append(
+                SceneSet(
+                    torch.from_numpy(images),
+                    [torch.from_numpy(b) for b in boxes],
+                    [torch.from_numpy(lab) for lab in labels],
+                    flip=self.flip if split == 0 else 0.0,
+                )
+            )
         self.train_set, self.val_set, self.test_set = splits

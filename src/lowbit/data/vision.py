@@ -22,9 +22,9 @@ import pickle
 import socket
 import tarfile
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,8 +33,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.datasets.utils import (calculate_md5, download_and_extract_archive,
-                                        download_url)
+from torchvision.datasets.utils import calculate_md5, download_and_extract_archive, download_url
 
 from lowbit.data.base import ClassificationData, check_int
 from lowbit.errors import ConfigError, one_line
@@ -54,8 +53,18 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3
 # ImageNet, as torchvision's pretrained models expect.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 # A stalled connection must fail the pre-flight check, not hang it: urllib has no timeout of
 # its own, so one is set for the duration of a download.
@@ -136,10 +145,18 @@ class TrainTestData(ClassificationData):
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
-    def __init__(self, data_dir: str, batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0, download: bool = True, val_size: int = 5000):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed)
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = True,
+        val_size: int = 5000,
+    ):
+        super().__init__(
+            data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed
+        )
         self.download = bool(download)
         self.val_size = check_int("val_size", val_size, 0)
 
@@ -172,13 +189,15 @@ class TrainTestData(ClassificationData):
         hint = "" if self.download else ", or set dataset.download=true"
         return ConfigError(
             f"{self.name}: {len(missing)} of its files missing under {self.data_dir} "
-            f"(expected {', '.join(self.files)}); put them there{hint}")
+            f"(expected {', '.join(self.files)}); put them there{hint}"
+        )
 
     def _corrupt_error(self, path: Path, reason: object) -> ConfigError:
         return ConfigError(
             f"{self.name}: {path} is unreadable or not in the {self.name} format "
             f"({one_line(reason)}); delete it and run with dataset.download=true, "
-            f"or replace it with the official file")
+            f"or replace it with the official file"
+        )
 
     def _fetch_missing(self) -> None:
         missing = self.missing_files()
@@ -193,7 +212,8 @@ class TrainTestData(ClassificationData):
             raise ConfigError(
                 f"{self.name}: download into {self.data_dir} failed "
                 f"({type(error).__name__}: {one_line(error)}); put {', '.join(self.files)} "
-                f"there by hand, or fix the network and run again") from None
+                f"there by hand, or fix the network and run again"
+            ) from None
         missing = self.missing_files()
         if missing:
             raise self._missing_error(missing)
@@ -202,7 +222,8 @@ class TrainTestData(ClassificationData):
         if self.val_size >= train_count:
             raise ConfigError(
                 f"dataset.val_size={self.val_size} leaves no training images: the {self.name} "
-                f"train split under {self.data_dir} has {train_count}; choose a smaller val_size")
+                f"train split under {self.data_dir} has {train_count}; choose a smaller val_size"
+            )
 
     def prepare_data(self) -> None:
         self._fetch_missing()
@@ -237,10 +258,11 @@ class TrainTestData(ClassificationData):
         if self.val_size == 0:
             self.train_set, self.val_set = train_view, self.test_set
             return
-        order = torch.randperm(len(train_labels),
-                               generator=torch.Generator().manual_seed(self.seed))
-        val_indices = order[:self.val_size].sort().values.tolist()
-        train_indices = order[self.val_size:].sort().values.tolist()
+        order = torch.randperm(
+            len(train_labels), generator=torch.Generator().manual_seed(self.seed)
+        )
+        val_indices = order[: self.val_size].sort().values.tolist()
+        train_indices = order[self.val_size :].sort().values.tolist()
         self.train_set = Subset(train_view, train_indices)
         self.val_set = Subset(eval_view, val_indices)
 
@@ -267,6 +289,7 @@ def is_official(path: Path, md5: str | None) -> bool:
 
 # --- CIFAR ----------------------------------------------------------------------------------
 
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings and numpy arrays, nothing else.
 
@@ -275,11 +298,15 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     """
 
     ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
         # pickle protocol 5 rebuilds arrays from out-of-band-capable buffers
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         # Python 3 writes bytes under protocols 0-2 as _codecs.encode(str, "latin1")
         ("_codecs", "encode"),
     }
@@ -300,12 +327,13 @@ def load_cifar_pickle(path: Path) -> dict[str, object]:
         entry = NumpyOnlyUnpickler(file, encoding="latin1").load()
     if not isinstance(entry, dict):
         raise CorruptFile(f"expected a dict, found {type(entry).__name__}")
-    return {(key.decode("latin1") if isinstance(key, bytes) else key): value
-            for key, value in entry.items()}
+    return {
+        (key.decode("latin1") if isinstance(key, bytes) else key): value
+        for key, value in entry.items()
+    }
 
 
-def read_cifar_batch(path: Path, label_key: str, num_classes: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, 32, 32, 3] and labels of one batch: rows are 1024 R, 1024 G, 1024 B."""
     entry = load_cifar_pickle(path)
     if "data" not in entry or label_key not in entry:
@@ -343,10 +371,23 @@ class CIFAR10Data(TrainTestData):
     names_key = "label_names"
     train_count = 50_000  # of the official train files, for the md5 fast path
 
-    def __init__(self, data_dir: str, batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0, download: bool = True, val_size: int = 5000):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, download=download, val_size=val_size)
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = True,
+        val_size: int = 5000,
+    ):
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            download=download,
+            val_size=val_size,
+        )
         tv = self.torchvision_class
         folder = tv.base_folder
         self.train_files = [f"{folder}/{name}" for name, _ in tv.train_list]
@@ -358,38 +399,55 @@ class CIFAR10Data(TrainTestData):
 
     def fetch(self) -> None:
         tv = self.torchvision_class
-        download_and_extract_archive(tv.url, str(self.data_dir), filename=tv.filename,
-                                     md5=tv.tgz_md5)
+        download_and_extract_archive(
+            tv.url, str(self.data_dir), filename=tv.filename, md5=tv.tgz_md5
+        )
 
     def validate(self) -> int:
         meta = self.data_dir / self.meta_file
         if not is_official(meta, self.official_md5[self.meta_file]):
-            parse_file(meta, lambda path: read_cifar_names(path, self.names_key,
-                                                           self.num_classes))
+            parse_file(meta, lambda path: read_cifar_names(path, self.names_key, self.num_classes))
         train_count = 0
         for name in (*self.train_files, *self.test_files):
             path = self.data_dir / name
             if is_official(path, self.official_md5[name]):
                 count = self.train_count // len(self.train_files)
             else:
-                count = len(parse_file(path, lambda path: read_cifar_batch(
-                    path, self.label_key, self.num_classes))[1])
+                count = len(
+                    parse_file(
+                        path, lambda path: read_cifar_batch(path, self.label_key, self.num_classes)
+                    )[1]
+                )
             train_count += count if name in self.train_files else 0
         return train_count
 
     def read(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
-        batches = [parse_file(self.data_dir / name, lambda path: read_cifar_batch(
-            path, self.label_key, self.num_classes))
-            for name in (self.train_files if train else self.test_files)]
+        batches = [
+            parse_file(
+                self.data_dir / name,
+                lambda path: read_cifar_batch(path, self.label_key, self.num_classes),
+            )
+            for name in (self.train_files if train else self.test_files)
+        ]
         if train:
-            self.class_names = parse_file(self.data_dir / self.meta_file, lambda path: (
-                read_cifar_names(path, self.names_key, self.num_classes)))
-        return (np.concatenate([images for images, _ in batches]),
-                np.concatenate([labels for _, labels in batches]))
+            self.class_names = parse_file(
+                self.data_dir / self.meta_file,
+                lambda path: read_cifar_names(path, self.names_key, self.num_classes),
+            )
+        return (
+            np.concatenate([images for images, _ in batches]),
+            np.concatenate([labels for _, labels in batches]),
+        )
 
     def train_transform(self) -> Callable:
-        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize(self.mean, self.std)])
+        return T.Compose(
+            [
+                T.RandomCrop(32, padding=4),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
 
 
 class CIFAR100Data(CIFAR10Data):
@@ -409,6 +467,7 @@ class CIFAR100Data(CIFAR10Data):
 
 
 # --- SVHN -----------------------------------------------------------------------------------
+
 
 def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, 32, 32, 3] and labels 0..9 of a cropped-digits .mat file.
@@ -467,8 +526,9 @@ class SVHNData(TrainTestData):
         return parse_file(self.data_dir / self._split_record(train)[1], read_svhn_mat)
 
     def train_transform(self) -> Callable:
-        return T.Compose([T.RandomCrop(32, padding=4), T.ToTensor(),
-                          T.Normalize(self.mean, self.std)])
+        return T.Compose(
+            [T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(self.mean, self.std)]
+        )
 
 
 # --- MNIST and Fashion-MNIST -----------------------------------------------------------------
@@ -488,7 +548,7 @@ def read_idx_header(path: Path, dims: int) -> tuple[int, ...]:
         raise CorruptFile("shorter than its header")
     if header[0] != 0 or header[1] != 0 or header[2] != IDX_UBYTE or header[3] != dims:
         raise CorruptFile(f"not an unsigned-byte idx file of {dims} dimensions")
-    shape = tuple(int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     expected = len(header) + int(np.prod(shape))
     actual = path.stat().st_size
     if actual != expected:
@@ -520,13 +580,28 @@ class MNISTData(TrainTestData):
     mean, std = MNIST_MEAN, MNIST_STD
     torchvision_class = tv_datasets.MNIST
 
-    def __init__(self, data_dir: str, batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0, download: bool = True, val_size: int = 5000):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, download=download, val_size=val_size)
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = True,
+        val_size: int = 5000,
+    ):
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            download=download,
+            val_size=val_size,
+        )
         self.raw_dir = f"{self.torchvision_class.__name__}/raw"
-        self.files = tuple(f"{self.raw_dir}/{self._raw_name(archive)}"
-                           for archive, _ in self.torchvision_class.resources)
+        self.files = tuple(
+            f"{self.raw_dir}/{self._raw_name(archive)}"
+            for archive, _ in self.torchvision_class.resources
+        )
 
     @staticmethod
     def _raw_name(archive: str) -> str:
@@ -546,8 +621,9 @@ class MNISTData(TrainTestData):
                 continue
             for index, mirror in enumerate(tv.mirrors):
                 try:
-                    download_and_extract_archive(f"{mirror}{archive}", str(raw),
-                                                 filename=archive, md5=md5)
+                    download_and_extract_archive(
+                        f"{mirror}{archive}", str(raw), filename=archive, md5=md5
+                    )
                     break
                 except DOWNLOAD_ERRORS:
                     if index == len(tv.mirrors) - 1:
@@ -567,13 +643,19 @@ class MNISTData(TrainTestData):
     def read(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         images_path, labels_path = self._split_files(train)
         images = parse_file(images_path, lambda path: read_idx(path, 3))
-        labels = parse_file(labels_path, lambda path: check_labels(
-            read_idx(path, 1), len(images), 0, self.num_classes - 1))
+        labels = parse_file(
+            labels_path,
+            lambda path: check_labels(read_idx(path, 1), len(images), 0, self.num_classes - 1),
+        )
         return images, labels
 
     def _to_rgb32(self) -> list[Callable]:
-        return [T.Pad(2, fill=0), T.Grayscale(num_output_channels=3), T.ToTensor(),
-                T.Normalize(self.mean, self.std)]
+        return [
+            T.Pad(2, fill=0),
+            T.Grayscale(num_output_channels=3),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ]
 
     def eval_transform(self) -> Callable:
         return T.Compose(self._to_rgb32())
@@ -597,6 +679,7 @@ class FashionMNISTData(MNISTData):
 
 
 # --- ImageNet-style folders ----------------------------------------------------------------
+
 
 def first_image(folder: Path) -> Path | None:
     """Some image file under ``folder`` (recursively, as ImageFolder looks), or None."""
@@ -630,80 +713,111 @@ class ImageFolderData(ClassificationData):
 
     name = "imagefolder"
 
-    def __init__(self, data_dir: str, batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0, num_classes: int = 1000, image_size: int = 224):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed)
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        num_classes: int = 1000,
+        image_size: int = 224,
+    ):
+        super().__init__(
+            data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, seed=seed
+        )
         self.num_classes = check_int("num_classes", num_classes, 1)
         self.image_size = check_int("image_size", image_size, 1)
         self.image_shape = (3, self.image_size, self.image_size)
         self.class_names: list[str] = []
 
     def _layout_hint(self) -> str:
-        return (f"lay out {self.data_dir}/train/<class>/<image> and "
-                f"{self.data_dir}/val/<class>/<image> (the ImageNet layout)")
+        return (
+            f"lay out {self.data_dir}/train/<class>/<image> and "
+            f"{self.data_dir}/val/<class>/<image> (the ImageNet layout)"
+        )
 
     def check(self) -> None:
         """Both folders there, the same ``num_classes`` class folders, each with an image."""
         if not self.data_dir.is_dir():
-            raise ConfigError(f"imagefolder: {self.data_dir} does not exist; "
-                              f"{self._layout_hint()}")
+            raise ConfigError(f"imagefolder: {self.data_dir} does not exist; {self._layout_hint()}")
         for split in ("train", "val"):
             if not (self.data_dir / split).is_dir():
-                raise ConfigError(f"imagefolder: no {split}/ folder in {self.data_dir}; "
-                                  f"{self._layout_hint()}")
+                raise ConfigError(
+                    f"imagefolder: no {split}/ folder in {self.data_dir}; {self._layout_hint()}"
+                )
         train_classes = class_folders(self.data_dir / "train")
         if len(train_classes) != self.num_classes:
             raise ConfigError(
                 f"imagefolder: {self.data_dir / 'train'} has {len(train_classes)} class folders "
                 f"but dataset.num_classes={self.num_classes}; set dataset.num_classes="
-                f"{len(train_classes)} or fix the folders")
+                f"{len(train_classes)} or fix the folders"
+            )
         val_classes = class_folders(self.data_dir / "val")
         if val_classes != train_classes:
             differing = sorted(set(train_classes) ^ set(val_classes))
             raise ConfigError(
                 f"imagefolder: {self.data_dir / 'val'} and {self.data_dir / 'train'} must hold "
                 f"the same class folders; differing: {', '.join(differing[:5])}"
-                f"{' ...' if len(differing) > 5 else ''}")
+                f"{' ...' if len(differing) > 5 else ''}"
+            )
         for split in ("train", "val"):
             for class_name in train_classes:
                 folder = self.data_dir / split / class_name
                 if first_image(folder) is None:
                     raise ConfigError(
                         f"imagefolder: no images in {folder}; put image files "
-                        f"({', '.join(IMG_EXTENSIONS[:3])}, ...) there or remove the folder")
+                        f"({', '.join(IMG_EXTENSIONS[:3])}, ...) there or remove the folder"
+                    )
         sample = first_image(self.data_dir / "train" / train_classes[0])
         try:
             with Image.open(sample) as image:
                 image.verify()
         except Exception as error:  # noqa: BLE001 - any PIL failure means a bad file
-            raise ConfigError(f"imagefolder: cannot read the image {sample} "
-                              f"({one_line(error)}); replace or remove it") from None
+            raise ConfigError(
+                f"imagefolder: cannot read the image {sample} "
+                f"({one_line(error)}); replace or remove it"
+            ) from None
 
     def train_transform(self) -> Callable:
-        return T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(),
-                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(self.image_size),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     def eval_transform(self) -> Callable:
-        return T.Compose([T.Resize(int(self.image_size * 256 / 224)),
-                          T.CenterCrop(self.image_size), T.ToTensor(),
-                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return T.Compose(
+            [
+                T.Resize(int(self.image_size * 256 / 224)),
+                T.CenterCrop(self.image_size),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         try:
-            train = tv_datasets.ImageFolder(str(self.data_dir / "train"),
-                                            transform=self.train_transform())
-            val = tv_datasets.ImageFolder(str(self.data_dir / "val"),
-                                          transform=self.eval_transform())
+            train = tv_datasets.ImageFolder(
+                str(self.data_dir / "train"), transform=self.train_transform()
+            )
+            val = tv_datasets.ImageFolder(
+                str(self.data_dir / "val"), transform=self.eval_transform()
+            )
         except (FileNotFoundError, OSError) as error:
-            raise ConfigError(f"imagefolder: cannot read {self.data_dir} ({one_line(error)}); "
-                              f"{self._layout_hint()}") from None
+            raise ConfigError(
+                f"imagefolder: cannot read {self.data_dir} ({one_line(error)}); "
+                f"{self._layout_hint()}"
+            ) from None
         if len(train.classes) != self.num_classes or val.classes != train.classes:
             raise ConfigError(
                 f"imagefolder: {self.data_dir} has {len(train.classes)} train classes and "
                 f"{len(val.classes)} val classes, dataset.num_classes={self.num_classes}; "
-                f"run check() for details")
+                f"run check() for details"
+            )
         self.class_names = list(train.classes)
         self.train_set, self.val_set, self.test_set = train, val, val

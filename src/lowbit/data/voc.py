@@ -28,9 +28,28 @@ from lowbit.data.detection import DetectionData, ImageFileDetections, flatten
 from lowbit.data.vision import DOWNLOAD_ERRORS, DOWNLOAD_SOCKET_TIMEOUT_S, socket_timeout
 from lowbit.errors import ConfigError, one_line
 
-VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-               "sheep", "sofa", "train", "tvmonitor"]
+VOC_CLASSES = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 YEARS = ("2007", "2012")
 
 
@@ -53,14 +72,12 @@ def read_voc_xml(path: Path) -> tuple[np.ndarray, np.ndarray]:
             continue
         box = item.find("bndbox")
         try:
-            x0, y0, x1, y1 = (float(box.findtext(key)) for key in
-                              ("xmin", "ymin", "xmax", "ymax"))
+            x0, y0, x1, y1 = (float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError):
             raise BadAnnotation(f"an object {name!r} without a numeric bndbox") from None
         boxes.append([x0 - 1, y0 - 1, x1, y1])
         labels.append(VOC_CLASSES.index(name))
-    return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-            np.asarray(labels, dtype=np.int64))
+    return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64))
 
 
 class VOCData(DetectionData):
@@ -80,12 +97,28 @@ class VOCData(DetectionData):
     num_classes = len(VOC_CLASSES)
     class_names = VOC_CLASSES
 
-    def __init__(self, data_dir: str, batch_size: int = 16, num_workers: int = 0,
-                 seed: int = 0, image_size: int = 416, flip: float = 0.5,
-                 download: bool = True, year: str = "2007", train_image_set: str = "trainval",
-                 val_image_set: str = "test", test_image_set: str = "test"):
-        super().__init__(data_dir=data_dir, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, image_size=image_size, flip=flip)
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        image_size: int = 416,
+        flip: float = 0.5,
+        download: bool = True,
+        year: str = "2007",
+        train_image_set: str = "trainval",
+        val_image_set: str = "test",
+        test_image_set: str = "test",
+    ):
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            image_size=image_size,
+            flip=flip,
+        )
         self.download = bool(download)
         self.year = str(year)
         if self.year not in YEARS:
@@ -94,8 +127,10 @@ class VOCData(DetectionData):
         self.image_sets = (train_image_set, val_image_set, test_image_set)
         for key, image_set in zip(("train", "val", "test"), self.image_sets):
             if image_set not in allowed:
-                raise ConfigError(f"dataset.{key}_image_set must be one of {', '.join(allowed)}"
-                                  f" for VOC{self.year}, got {image_set!r}")
+                raise ConfigError(
+                    f"dataset.{key}_image_set must be one of {', '.join(allowed)}"
+                    f" for VOC{self.year}, got {image_set!r}"
+                )
         self.root = self.data_dir / "VOCdevkit" / f"VOC{self.year}"
         self._records: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -111,18 +146,29 @@ class VOCData(DetectionData):
         ids = self._ids(image_set)
         if ids is None:
             return str(self.root / "ImageSets" / "Main" / f"{image_set}.txt")
-        missing = [path for id_ in ids for path in (self.root / "JPEGImages" / f"{id_}.jpg",
-                                                    self.root / "Annotations" / f"{id_}.xml")
-                   if not path.is_file()]
+        missing = [
+            path
+            for id_ in ids
+            for path in (
+                self.root / "JPEGImages" / f"{id_}.jpg",
+                self.root / "Annotations" / f"{id_}.xml",
+            )
+            if not path.is_file()
+        ]
         if missing:
             return f"{len(missing)} files listed in {image_set}.txt, e.g. {missing[0]}"
         return None
 
     def _missing_error(self, what: str) -> ConfigError:
-        hint = (f"delete {self.root} to download it again" if self.download
-                else "set dataset.download=true")
-        return ConfigError(f"voc: {what} missing (VOC{self.year} under {self.data_dir}); "
-                           f"{hint}, or point dataset.data_dir at the folder holding VOCdevkit/")
+        hint = (
+            f"delete {self.root} to download it again"
+            if self.download
+            else "set dataset.download=true"
+        )
+        return ConfigError(
+            f"voc: {what} missing (VOC{self.year} under {self.data_dir}); "
+            f"{hint}, or point dataset.data_dir at the folder holding VOCdevkit/"
+        )
 
     def _fetch_missing(self) -> None:
         for image_set in dict.fromkeys(self.image_sets):
@@ -134,14 +180,16 @@ class VOCData(DetectionData):
                 raise self._missing_error(missing)
             try:
                 with socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
-                    VOCDetection(str(self.data_dir), year=self.year, image_set=image_set,
-                                 download=True)
+                    VOCDetection(
+                        str(self.data_dir), year=self.year, image_set=image_set, download=True
+                    )
             except DOWNLOAD_ERRORS as error:
                 raise ConfigError(
                     f"voc: download of VOC{self.year} {image_set} into {self.data_dir} failed "
                     f"({type(error).__name__}: {one_line(error)}); unpack the VOC{self.year} "
                     f"archives there by hand (VOCdevkit/VOC{self.year}/...), or fix the network "
-                    f"and run again") from None
+                    f"and run again"
+                ) from None
             missing = self._missing(image_set)
             if missing is not None:
                 raise self._missing_error(missing)
@@ -151,16 +199,19 @@ class VOCData(DetectionData):
         if image_set not in self._records:
             ids = self._ids(image_set)
             if ids is None:
-                raise self._missing_error(str(self.root / "ImageSets" / "Main" /
-                                              f"{image_set}.txt"))
+                raise self._missing_error(
+                    str(self.root / "ImageSets" / "Main" / f"{image_set}.txt")
+                )
             per_image = []
             for id_ in ids:
                 path = self.root / "Annotations" / f"{id_}.xml"
                 try:
                     per_image.append(read_voc_xml(path))
                 except BadAnnotation as error:
-                    raise ConfigError(f"voc: {path} is not a VOC annotation ({one_line(error)});"
-                                      f" replace it with the official file") from None
+                    raise ConfigError(
+                        f"voc: {path} is not a VOC annotation ({one_line(error)});"
+                        f" replace it with the official file"
+                    ) from None
             paths = [str(self.root / "JPEGImages" / f"{id_}.jpg") for id_ in ids]
             self._records[image_set] = (paths, *flatten(per_image))
         return self._records[image_set]
@@ -182,7 +233,9 @@ class VOCData(DetectionData):
             if missing is not None:
                 raise self._missing_error(missing)
         train, val, test = (
-            ImageFileDetections(*self._read(image_set), size=self.image_size,
-                                flip=self.flip if split == 0 else 0.0)
-            for split, image_set in enumerate(self.image_sets))
+            ImageFileDetections(
+                *self._read(image_set), size=self.image_size, flip=self.flip if split == 0 else 0.0
+            )
+            for split, image_set in enumerate(self.image_sets)
+        )
         self.train_set, self.val_set, self.test_set = train, val, test
