@@ -60,7 +60,7 @@ from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config, write_json_atomically
 from lowbit.validation import check_values, validate
-from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard
+from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard, wandb_logger_of
 
 log = logging.getLogger(__name__)
 
@@ -305,17 +305,10 @@ def run_stages(stages: list[Stage], metrics: dict[str, float]) -> StageFailure |
     return first_failure
 
 
-def wandb_run_of(loggers: list):
-    for logger in loggers:
-        if isinstance(logger, pl.loggers.WandbLogger):
-            return logger.experiment
-    return None
-
-
 def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[str, Any] | None:
     """Write the summary into the W&B run and finish it (a sweep runs many jobs in one process)."""
-    run = wandb_run_of(loggers)
-    return None if run is None else finish_run(run, summary, status)
+    logger = wandb_logger_of(loggers)
+    return None if logger is None else finish_run(logger.experiment, summary, status)
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -52,6 +52,7 @@ SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file opens with its JSON header's 
 
 
 def wandb_logger_of(loggers: list):
+    """The run's W&B logger among its loggers, or None (its ``experiment`` is the W&B run)."""
     from pytorch_lightning.loggers import WandbLogger
 
     return next((logger for logger in loggers if isinstance(logger, WandbLogger)), None)
