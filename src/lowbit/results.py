@@ -1,15 +1,16 @@
 """results.json, the record every run leaves: its name, its statuses, and how to find them.
 
-``lowbit.train`` writes it; the sweep's outcome, the report, the notebook and
-scripts/results_table.py read it. This module imports nothing heavy (no torch), so that readers
-never load training code. The names of the run folder's files that other tools read back, and
-the check that a run folder can be written at all, are here too.
+``lowbit.train`` and the export write it (``write_json_atomically``); the sweep's outcome, the
+report, the notebook and scripts/results_table.py read it. This module imports nothing heavy
+(no torch), so that readers never load training code. The names of the run folder's files that
+other tools read back, and the check that a run folder can be written at all, are here too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,20 @@ def read_results(path: Path) -> dict[str, Any]:
         }
     payload.setdefault("run_dir", str(Path(path).parent))
     return payload
+
+
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_writable(folder: Path, keep: bool = True) -> None:

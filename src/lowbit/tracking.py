@@ -1,4 +1,4 @@
-"""Experiment tracking: a W&B logger that never blocks, and the run's results.json.
+"""Experiment tracking: a W&B logger that never blocks.
 
 W&B mode is decided before ``wandb.init`` so that a run never waits on a login prompt or a
 network time-out: WANDB_MODE (or the ``mode`` argument) wins; otherwise online needs both
@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import netrc
 import os
 import socket
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,17 +188,3 @@ def wandb_logger(
         # the setting (any value) has no effect: leave it out unless the user asked for it.
         logger._wandb_init.pop("anonymous", None)
     return logger
-
-
-def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

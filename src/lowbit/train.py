@@ -55,10 +55,11 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
     STATUS_INTERRUPTED,
     STATUS_OK,
     check_writable,
+    write_json_atomically,
 )
 from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
 from lowbit.tasks.base import Diverged
-from lowbit.tracking import check_logger_config, write_json_atomically
+from lowbit.tracking import check_logger_config
 from lowbit.validation import check_values, validate
 from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard, wandb_logger_of
 

@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from lowbit.errors import ConfigError
-from lowbit.results import PACKED_FILE, RESULTS_FILE, STATUS_OK
+from lowbit.results import PACKED_FILE, RESULTS_FILE, STATUS_OK, write_json_atomically
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 INT8_FILE, FP32_FILE = "model_int8.onnx", "model_fp32.onnx"
@@ -260,8 +260,6 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
     ConfigError before any work when the run dir is not a finished run with weights;
     ``UnsupportedModel`` when the model has a layer without an integer form.
     """
-    from lowbit.tracking import write_json_atomically
-
     run_dir = check_run_dir(run_dir)
     model, datamodule, cfg = load_run_model(run_dir)
     detection = cfg.get("detection")
