@@ -15,9 +15,10 @@ import sys
 
 import lowbit.config  # noqa: F401  (registers the config resolvers)
 from lowbit.build import build_datamodule, build_quantized_model, quant_settings
-from lowbit.cli import check_group_choices, compose, config_groups, fail, hydra_error_line
+from lowbit.cli import check_group_choices, compose, config_groups, fail
 from lowbit.errors import ConfigError
 from lowbit.measure.summary import format_table, summarize
+from lowbit.overrides import hydra_error_line
 
 
 def main(argv: list[str]) -> None:

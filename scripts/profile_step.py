@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 import lowbit.config  # noqa: F401  (registers the config resolvers)
 from lowbit.allocator import keep_freed_memory
 from lowbit.build import build_datamodule, build_model, kind_of, quantize
-from lowbit.cli import check_group_choices, compose, config_groups, fail, hydra_error_line
+from lowbit.cli import check_group_choices, compose, config_groups, fail
 from lowbit.errors import ConfigError
 from lowbit.measure.kernels import (
     compiled_step,
@@ -44,6 +44,7 @@ from lowbit.measure.kernels import (
     profile_kernels,
 )
 from lowbit.measure.profile import TrainingStep, format_profile, profile_step
+from lowbit.overrides import hydra_error_line
 from lowbit.quant.modules import use_noise_stream
 from lowbit.quant.optim import apply_lr_mult, param_groups
 

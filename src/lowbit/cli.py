@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.config import CONFIG_DIR
-from lowbit.errors import ConfigError, one_line
+from lowbit.errors import ConfigError
+from lowbit.overrides import hydra_error_line, override_key
 from lowbit.results import RESULTS_FILE, check_writable
 from lowbit.validation import check_values
 
@@ -150,17 +151,6 @@ def sweep_values(override) -> list[str]:
     )
 
 
-def override_key(override: str) -> str:
-    """The key or group an override sets, as Hydra's override parser reads it (no ``+``/``~``,
-    no ``@package``)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        return OverridesParser.create().parse_override(override).key_or_group
-    except Exception as error:
-        raise ConfigError(hydra_error_line(error)) from None
-
-
 def merge_overrides(*lists: list[str]) -> list[str]:
     """Overrides in order, a later one replacing an earlier one of the same key element (key,
     ``+``/``~`` prefix and package, ``Override.get_key_element``), as Hydra's basic sweeper
@@ -198,21 +188,6 @@ def check_group_choices(overrides: list[str], groups: dict[str, list[str]]) -> N
                 raise ConfigError(
                     f"unknown {key} {value!r}: available are {', '.join(groups[key])}"
                 )
-
-
-def hydra_error_line(error: BaseException) -> str:
-    """A Hydra composition or override error as one line: its first two lines without the hint
-    about HYDRA_FULL_ERROR, and an unknown key said in the user's words."""
-    text = str(error)
-    if text.startswith("Could not override '"):  # Hydra's hint to use + is rarely what is meant
-        key = text.split("'")[1]
-        return (
-            f"unknown setting {key!r}: it is not in the composed config; check the spelling "
-            f"and the chosen groups (e.g. quant.alpha_init needs quantizer=pact), or "
-            f"prefix + to add a new key"
-        )
-    lines = [line for line in text.splitlines() if "HYDRA_FULL_ERROR" not in line]
-    return one_line("\n".join(lines), max_lines=2) or type(error).__name__
 
 
 MISSING_VALUE = "Missing mandatory value: "

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lowbit.errors import ConfigError
+from lowbit.overrides import override_key
 
 RESUME_KEY, CKPT_KEY, INIT_KEY = "resume", "ckpt_path", "init"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -29,9 +30,12 @@ WANDB_ID_FILE = "wandb_id.txt"
 RUN_DIR_KEY = "hydra.run.dir"
 
 
-def override_key(override: str) -> str:
-    """``+trainer.limit_train_batches=3`` -> ``trainer.limit_train_batches``."""
-    return override.split("=", 1)[0].lstrip("+~")
+def names_resume(override: str) -> bool:
+    """Whether ``override`` is ``resume=...``. Only its key goes to Hydra's parser: the run
+    folder is written as the shell gave it (``~``, ``=``, parentheses), which Hydra's grammar
+    refuses until ``resume_overrides`` quotes it."""
+    key, equals, _ = override.partition("=")
+    return override_key(key + equals) == RESUME_KEY
 
 
 def override_value(override: str) -> str:
@@ -86,11 +90,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str] 
     RUN_DIR (also in the processes that Lightning's DDP starts, which see the expanded command
     line and expand it again to the same result).
     """
-    resumes = [
-        o
-        for o in overrides
-        if override_key(o) == RESUME_KEY and override_value(o) not in ("", "null")
-    ]
+    resumes = [o for o in overrides if names_resume(o) and override_value(o) not in ("", "null")]
     if not resumes:
         return None
     if len(resumes) > 1:
@@ -100,32 +100,25 @@ def resume_overrides(overrides: list[str], multirun: bool = False) -> list[str] 
             "resume= continues one run: drop -m/--multirun (resume each job of a "
             "sweep from its own folder)"
         )
-    if any(
-        override_key(o) == INIT_KEY and override_value(o) not in ("", "null") for o in overrides
-    ):
+    others = [o for o in overrides if not names_resume(o)]
+    if any(override_key(o) == INIT_KEY and override_value(o) not in ("", "null") for o in others):
         raise ConfigError(
             "resume= and init= both given: resume=RUN_DIR continues that run with its own "
             "weights; init= starts a new run from trained weights. Choose one"
         )
     run_dir = run_dir_to_resume(override_value(resumes[0]))
-    if any(
-        override_key(o) == CKPT_KEY and override_value(o) not in ("", "null") for o in overrides
-    ):
+    if any(override_key(o) == CKPT_KEY and override_value(o) not in ("", "null") for o in others):
         raise ConfigError(
             "resume= and ckpt_path= both given: resume=RUN_DIR takes that run's "
             "last.ckpt; ckpt_path=FILE starts a new run from FILE"
         )
-    given = [o for o in overrides if override_key(o) != RUN_DIR_KEY]
-    given_keys = {override_key(o) for o in given}
-    kept = [
-        o
-        for o in saved_overrides(run_dir)
-        if override_key(o) not in given_keys | {RESUME_KEY, CKPT_KEY}
-    ]
     given = [
-        f"{RESUME_KEY}={quoted(str(run_dir))}" if override_key(o) == RESUME_KEY else o
-        for o in given
+        f"{RESUME_KEY}={quoted(str(run_dir))}" if names_resume(o) else o
+        for o in overrides
+        if names_resume(o) or override_key(o) != RUN_DIR_KEY
     ]
+    given_keys = {override_key(o) for o in others} - {RUN_DIR_KEY} | {RESUME_KEY, CKPT_KEY}
+    kept = [o for o in saved_overrides(run_dir) if override_key(o) not in given_keys]
     return [*kept, *given, f"{RUN_DIR_KEY}={quoted(str(run_dir))}"]
 
 
