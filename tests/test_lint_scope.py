@@ -1,5 +1,6 @@
 """`make lint` sees every source folder: ruff's excludes are anchored to the repository root, so
-a folder that only shares a name with one (``src/lowbit/data`` and the root's ``data/``) is linted."""
+a folder that only shares a name with one (``src/lowbit/data`` and the root's ``data/``) is
+linted."""
 
 import shutil
 import subprocess
