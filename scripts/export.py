@@ -28,7 +28,7 @@ from pathlib import Path
 from lowbit.cli import fail
 from lowbit.errors import ConfigError
 from lowbit.export.onnx_graph import UnsupportedModel
-from lowbit.export.onnx_run import PARITY_IMAGES, THREADS, check_run_dir, export_run, parity_run
+from lowbit.export.onnx_run import PARITY_IMAGES, THREADS, export_run, finished_run_dir, parity_run
 from lowbit.export.parity import parity_table
 from lowbit.wandb_log import recorded_run, update_run_summary
 
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
     if args.images < 1:
         fail(f"--images must be >= 1, got {args.images}")
     try:
-        check_run_dir(args.run_dir)
+        finished_run_dir(args.run_dir)
         if args.parity:
             rows = parity_run(args.run_dir, threads=args.threads, images=args.images)
             print(parity_table(rows))

@@ -26,7 +26,7 @@ from lowbit.export.onnx_graph import UnsupportedModel
 from lowbit.export.onnx_run import (
     PARITY_IMAGES,
     THREADS,
-    check_run_dir,
+    finished_run_dir,
     load_run_model,
     parity_run,
 )
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
     if args.images < 1 or args.threads < 1:
         fail("--images and --threads must be >= 1")
     try:
-        run_dirs = [check_run_dir(path) for path in args.run_dirs]
+        run_dirs = [finished_run_dir(path) for path in args.run_dirs]
         writer = csv.DictWriter(sys.stdout, COLUMNS)
         writer.writeheader()
         for run_dir in run_dirs:

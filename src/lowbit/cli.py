@@ -209,7 +209,7 @@ def compose(config_name: str, overrides: list[str], return_hydra_config: bool = 
         )
 
 
-def check_run_dir(config_name: str, overrides: list[str], multirun: bool) -> None:
+def check_new_run_dir_writable(config_name: str, overrides: list[str], multirun: bool) -> None:
     """The folder Hydra creates for the run (the sweep's, in a multirun) must be writable:
     checked here, since Hydra would fail with a traceback before any job starts."""
     from hydra.core.hydra_config import HydraConfig
@@ -287,7 +287,7 @@ def preflight(argv: list[str]) -> None:
             check_config(cfg)
         # hydra.* settings and hydra/* groups (hydra/launcher=joblib hydra.launcher.n_jobs=2)
         hydra_settings = [o for o in overrides if override_key(o).startswith("hydra")]
-        check_run_dir(config_name, [*variants[0], *hydra_settings], multirun)
+        check_new_run_dir_writable(config_name, [*variants[0], *hydra_settings], multirun)
     except ConfigError as error:
         fail(str(error))
 

@@ -47,8 +47,9 @@ CALIBRATION_IMAGES = 64
 THREADS = 2
 
 
-def check_run_dir(run_dir: str | Path) -> Path:
-    """The run dir, resolved, if it holds a finished run with weights; else a ConfigError."""
+def finished_run_dir(run_dir: str | Path) -> Path:
+    """The run dir, resolved, if it holds a finished run (status ok) with weights; else a
+    ConfigError. What export and parity start from."""
     run_dir = Path(run_dir).expanduser().resolve()
     if not run_dir.is_dir():
         raise ConfigError(
@@ -260,7 +261,7 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
     ConfigError before any work when the run dir is not a finished run with weights;
     ``UnsupportedModel`` when the model has a layer without an integer form.
     """
-    run_dir = check_run_dir(run_dir)
+    run_dir = finished_run_dir(run_dir)
     model, datamodule, cfg = load_run_model(run_dir)
     detection = cfg.get("detection")
     decoding = OmegaConf.to_container(detection, resolve=True) if detection else None
@@ -290,7 +291,7 @@ def parity_run(
     from lowbit.export.onnx import export_int8_onnx
     from lowbit.export.parity import layer_parity
 
-    run_dir = check_run_dir(run_dir)
+    run_dir = finished_run_dir(run_dir)
     model, datamodule, _ = load_run_model(run_dir)
     shape = tuple(datamodule.image_shape)
     path = export_int8_onnx(
@@ -299,4 +300,4 @@ def parity_run(
     return layer_parity(model, path, validation_images(datamodule, images), threads)
 
 
-__all__ = ["check_run_dir", "export_model", "export_run", "load_run_model", "parity_run"]
+__all__ = ["export_model", "export_run", "finished_run_dir", "load_run_model", "parity_run"]
