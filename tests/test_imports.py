@@ -6,6 +6,9 @@ still ties the two modules together: moving one means editing the other)."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lowbit
@@ -86,3 +89,22 @@ def test_the_cycle_finder_finds_a_cycle_through_three_modules():
 def test_no_module_imports_one_that_imports_it_back():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_detection_task_does_not_reach_the_export():
+    """Training depends one way on the rest: a task must not load the export (ONNX) code, as it
+    did through ``lowbit.wandb_log`` for its W&B boxes. A fresh interpreter, so that modules
+    other tests imported do not count."""
+    code = (
+        "import sys, lowbit.tasks.detection; "
+        "print(sorted(m for m in sys.modules if m.startswith('lowbit.export')))"
+    )
+    path = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")]))
+    found = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": path},  # this source tree's lowbit, as in this test
+    ).stdout.strip()
+    assert found == "[]", f"lowbit.tasks.detection imports {found}"

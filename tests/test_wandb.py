@@ -24,13 +24,13 @@ from wandb_offline import md5_base64, read_offline_run, read_table
 
 from lowbit.cli import preflight
 from lowbit.config import CONFIG_DIR
+from lowbit.detection.wandb_boxes import detection_boxes
 from lowbit.errors import ConfigError
 from lowbit.export.packing import payload_bytes
 from lowbit.tracking import check_logger_config, sweep_unique_name, wandb_logger
 from lowbit.wandb_log import (
     BEST_OF,
     LAYER_TABLE_KEY,
-    detection_boxes,
     final_summary,
     packed_bytes_by_key,
 )

@@ -27,13 +27,13 @@ from torchmetrics.detection import MeanAveragePrecision
 from lowbit.detection.decode import decode_heads, postprocess
 from lowbit.detection.draw import draw_detections, save_png
 from lowbit.detection.loss import YOLOLoss
+from lowbit.detection.wandb_boxes import detection_boxes
 from lowbit.tasks.base import (
     NOT_HYPERPARAMETERS,
     OptimizerFactory,
     QuantTrainingTask,
     SchedulerFactory,
 )
-from lowbit.wandb_log import detection_boxes
 
 LOSS_TERMS = ("box", "obj", "cls")
 
