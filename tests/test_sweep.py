@@ -13,12 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, run_env
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from sweep_results import write_job
 from wandb_offline import read_offline_run
 
 from lowbit.cli import compose, job_variants, main_job, preflight, preset_sweeps
+from lowbit.hydra_compat import basic_sweeper
 from lowbit.report import load_runs
 from lowbit.sweep import job
 from lowbit.sweep.outcome import failure_line, job_outcomes
@@ -43,7 +43,8 @@ def as_settings(job_overrides: list[str]) -> dict[str, str]:
 def basic_sweeper_jobs(preset: str) -> list[dict[str, str]]:
     """The jobs Hydra's basic sweeper makes of a preset's ``hydra.sweeper.params``."""
     (params,) = preset_sweeps("train", [f"sweep={preset}"])
-    (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
+    parsed = OverridesParser.create().parse_overrides(params)
+    (jobs,) = basic_sweeper().split_arguments(parsed, None)
     return [as_settings(j) for j in jobs]
 
 
@@ -92,7 +93,7 @@ def sweeper_jobs(preset: str, overrides: list[str], arguments: list[str]) -> lis
     if hasattr(sweeper, "job_overrides"):  # lowbit's grids sweeper
         return [as_settings(j) for j in sweeper.job_overrides(arguments)]
     parsed = OverridesParser.create().parse_overrides([*sweeper._parse_config(), *arguments])
-    (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    (jobs,) = basic_sweeper().split_arguments(parsed, None)
     return [as_settings(j) for j in jobs]
 
 

@@ -42,7 +42,7 @@ def fail(message: str, status: int = EXIT_BAD_INPUT) -> None:
 def split_argv(argv: list[str]) -> tuple[list[str], str, bool] | None:
     """(overrides, config name, multirun) as Hydra's own argument parser reads ``argv``, or
     None when Hydra is asked for something other than a run (``NOT_A_RUN``)."""
-    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
+    from lowbit.hydra_compat import get_args_parser  # the parser @hydra.main uses
 
     args, unparsed = get_args_parser().parse_known_args(argv)
     if any(getattr(args, name) for name in NOT_A_RUN):

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from lowbit.hydra_compat import basic_sweeper
 from lowbit.sweep.grids import grid_override_lists
+
+BasicSweeper = basic_sweeper()  # when Hydra's plugin scan executes this module: see basic_sweeper
 
 
 class GridsSweeper(BasicSweeper):
