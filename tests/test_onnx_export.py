@@ -30,7 +30,7 @@ from lowbit.export.onnx import (
     optimized_op_types,
     top1_agreement,
 )
-from lowbit.export.onnx_graph import UnsupportedModel
+from lowbit.export.onnx_graph import FLOAT_OPS, UnsupportedModel
 from lowbit.export.onnx_run import export_run
 from lowbit.models import NIN
 from lowbit.quant import fold_bn, quantize_model
@@ -248,6 +248,29 @@ def test_unsupported_models_fail_with_one_line(tmp_path, build, words):
     assert isinstance(error.value, UnsupportedModel)
     assert words in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "x.onnx").exists()
+
+
+class Tanh(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.Tanh()
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.act(self.conv(x))).flatten(1)
+
+
+def test_an_unsupported_module_is_told_with_exactly_the_ops_of_the_table(tmp_path):
+    """The list of supported ops is written from the emitter's table, so it cannot drift from
+    what the export writes: the layers, then every entry of ``FLOAT_OPS``, nothing else."""
+    model = quantize_model(Tanh(), quantizer="dorefa", wbits=4, abits=4, input_shape=SHAPE)
+    with pytest.raises(UnsupportedModel) as error:
+        export_int8_onnx(model, SHAPE, tmp_path / "x.onnx")
+    message = str(error.value)
+    assert message.startswith("cannot export module act (Tanh) to integer ONNX: supported are ")
+    listed = message.split("supported are ", 1)[1].split(", ")
+    assert listed == ["Conv2d", "Linear", *(op.label for op in FLOAT_OPS)]
 
 
 def finished_run(run_dir, model: nn.Module, input_bits: int = 32) -> None:

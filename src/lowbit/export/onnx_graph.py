@@ -24,7 +24,7 @@ the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes Q
   bound is at zero): the conv then ends in a Q and fuses, ReLU disappears into the clip, and
   the others run on uint8.
 - Between layers: add, mul, concat, hard-swish, hard-sigmoid, leaky ReLU, sigmoid, pooling,
-  flatten (``emit_float_op``), and a model may return several tensors (a detector's heads).
+  flatten (one table, ``FLOAT_OPS``), and a model may return several tensors (a detector's heads).
 - Inputs lowbit leaves in float (the image in front of the first layer, layers the first/last
   policy keeps at 32 bits) stay float unless ``calibration`` images are given; then they are
   quantized on uint8 with the min/max those images reach there (not exact: a runtime choice).
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -641,15 +642,16 @@ def emit_integer_pass(b: Builder, node: torch.fx.Node, modules, x: Value) -> Val
         and float(node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0.0))
     ):
         raise UnsupportedModel(f"{node.name}: constant padding with a value other than 0")
-    emitted = emit_shape_op(b, node, modules, x.name, x.grid)
+    module = modules.get(node.target) if node.op == "call_module" else None
+    emitted = emit_shape_op(b, node, module, x.name, x.grid)
     return x if emitted is None else Value(emitted, x.grid)
 
 
-def emit_shape_op(b: Builder, node: torch.fx.Node, modules, x: str, grid: Grid | None):
-    """MaxPool, nearest Resize or Pad of ``x`` (integers on ``grid``, or float); None for ops
-    that leave the tensor as it is (Identity, Dropout in eval)."""
+def emit_shape_op(b: Builder, node: torch.fx.Node, module, x: str, grid: Grid | None):
+    """MaxPool, nearest Resize or Pad of ``x`` (integers on ``grid``, or float) by ``node`` (its
+    module, or None for a function); None for ops that leave the tensor as it is (Identity,
+    Dropout in eval)."""
     name = node.name
-    module = modules.get(node.target) if node.op == "call_module" else None
     if isinstance(module, nn.MaxPool2d):
         return b.node("MaxPool", [x], name, **maxpool_attributes(module))
     if node.op == "call_function" and node.target is F.max_pool2d:
@@ -697,111 +699,170 @@ def maxpool_attributes(module: nn.MaxPool2d) -> dict:
     )
 
 
-ELEMENTWISE = {
-    operator.add: "Add",
-    torch.add: "Add",
-    operator.mul: "Mul",
-    torch.mul: "Mul",
-    operator.sub: "Sub",
-    torch.sub: "Sub",
-}
-ACTIVATIONS = (nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.Sigmoid, nn.ReLU6)
+# -- the float ops between layers: one table drives emission and the list of what is supported
+
+# An emitter writes one fx node's op in float: (builder, node, its module or None, as_float)
+# -> the ONNX output's name, or None for a form of the op that has no export (the node is then
+# UnsupportedModel like any op missing from the table). ``as_float(arg, name)`` is the float
+# ONNX tensor of an fx argument (dequantized if it holds integers).
+FloatEmitter = Callable[[Builder, torch.fx.Node, "nn.Module | None", Callable], "str | None"]
 
 
-def emit_activation(b: Builder, module: nn.Module, x: str, name: str) -> str:
-    if isinstance(module, nn.Hardswish):
-        return b.node("HardSwish", [x], name)
-    if isinstance(module, nn.Hardsigmoid):  # relu6(x + 3) / 6
-        return b.node("HardSigmoid", [x], name, alpha=1.0 / 6, beta=0.5)
-    if isinstance(module, nn.LeakyReLU):
-        return b.node("LeakyRelu", [x], name, alpha=float(module.negative_slope))
-    if isinstance(module, nn.Sigmoid):
-        return b.node("Sigmoid", [x], name)
+def unary(op: str, **attributes) -> FloatEmitter:
+    """The emitter of one ONNX ``op`` on the node's input, with fixed attributes."""
+
+    def emit(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+        return b.node(op, [as_float(node.args[0], node.name)], node.name, **attributes)
+
+    return emit
+
+
+def elementwise(op: str) -> FloatEmitter:
+    """The emitter of a binary ONNX ``op``; a number operand becomes a float constant."""
+
+    def emit(b: Builder, node: torch.fx.Node, module, as_float) -> str | None:
+        if len(node.args) != 2:
+            return None
+        operands = [
+            as_float(arg, f"{node.name}_{i}")
+            if isinstance(arg, torch.fx.Node)
+            else b.constant(f"{node.name}_const", np.float32(arg))
+            for i, arg in enumerate(node.args)
+        ]
+        return b.node(op, operands, node.name)
+
+    return emit
+
+
+def emit_relu6(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+    name = node.name
+    x = as_float(node.args[0], name)
     low, high = b.constant(f"{name}_low", np.float32(0)), b.constant(f"{name}_high", np.float32(6))
-    return b.node("Clip", [x, low, high], name)  # ReLU6
+    return b.node("Clip", [x, low, high], name)
+
+
+def emit_leaky_relu(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+    x = as_float(node.args[0], node.name)
+    return b.node("LeakyRelu", [x], node.name, alpha=float(module.negative_slope))
+
+
+def emit_concat(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+    name, args = node.name, node.args
+    axis = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
+    tensors = [as_float(t, f"{name}_{i}") for i, t in enumerate(args[0])]
+    return b.node("Concat", tensors, name, axis=int(axis))
+
+
+def emit_float_shape_op(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+    """MaxPool, nearest Resize or Pad on float (``emit_shape_op``); Identity and Dropout (eval)
+    leave the tensor as it is."""
+    x = as_float(node.args[0], node.name)
+    emitted = emit_shape_op(b, node, module, x, None)
+    return x if emitted is None else emitted
+
+
+def emit_average_pool(b: Builder, node: torch.fx.Node, module, as_float) -> str | None:
+    if module.divisor_override is not None:
+        return None
+    return b.node(
+        "AveragePool",
+        [as_float(node.args[0], node.name)],
+        node.name,
+        kernel_shape=pair(module.kernel_size),
+        strides=pair(module.stride or module.kernel_size),
+        pads=pair(module.padding) * 2,
+        ceil_mode=int(module.ceil_mode),
+        count_include_pad=int(module.count_include_pad),
+    )
+
+
+def emit_global_average_pool(b: Builder, node: torch.fx.Node, module, as_float) -> str | None:
+    if pair(module.output_size) != [1, 1]:
+        return None
+    return b.node("GlobalAveragePool", [as_float(node.args[0], node.name)], node.name)
+
+
+def emit_flatten(b: Builder, node: torch.fx.Node, module, as_float) -> str | None:
+    """nn.Flatten, torch.flatten or Tensor.flatten, from dimension 1 to the last only."""
+    args = node.args
+    if module is not None:
+        start, end = module.start_dim, module.end_dim
+    else:
+        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+        end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+    if start != 1 or end != -1:
+        return None
+    return b.node("Flatten", [as_float(args[0], node.name)], node.name, axis=1)
+
+
+@dataclass(frozen=True)
+class FloatOp:
+    """An op the export writes in float between layers: its name in the list of supported ops,
+    what stands for it in a traced graph (module classes, subclasses included; functions; a
+    str names a Tensor method) and its emitter."""
+
+    label: str
+    targets: tuple
+    emit: FloatEmitter
+
+
+# Adding an op is one entry: emission and UnsupportedModel's list both read this table.
+FLOAT_OPS = (
+    FloatOp("ReLU", (nn.ReLU, F.relu, torch.relu, "relu"), unary("Relu")),
+    FloatOp("ReLU6", (nn.ReLU6,), emit_relu6),
+    FloatOp("LeakyReLU", (nn.LeakyReLU,), emit_leaky_relu),
+    FloatOp("Hardswish", (nn.Hardswish,), unary("HardSwish")),
+    # relu6(x + 3) / 6
+    FloatOp("Hardsigmoid", (nn.Hardsigmoid,), unary("HardSigmoid", alpha=1.0 / 6, beta=0.5)),
+    FloatOp("Sigmoid", (nn.Sigmoid,), unary("Sigmoid")),
+    FloatOp("add", (operator.add, torch.add), elementwise("Add")),
+    FloatOp("mul", (operator.mul, torch.mul), elementwise("Mul")),
+    FloatOp("sub", (operator.sub, torch.sub), elementwise("Sub")),
+    FloatOp("cat", (torch.cat,), emit_concat),
+    FloatOp("MaxPool2d", (nn.MaxPool2d, F.max_pool2d), emit_float_shape_op),
+    FloatOp("AvgPool2d", (nn.AvgPool2d,), emit_average_pool),
+    FloatOp("global average pooling", (nn.AdaptiveAvgPool2d,), emit_global_average_pool),
+    FloatOp("nearest Upsample", (nn.Upsample,), emit_float_shape_op),
+    FloatOp("zero/replicate padding", (F.pad,), emit_float_shape_op),
+    FloatOp("Flatten", (nn.Flatten, torch.flatten, "flatten"), emit_flatten),
+    FloatOp("Identity", (nn.Identity,), emit_float_shape_op),
+    FloatOp("Dropout", (nn.Dropout,), emit_float_shape_op),
+)
+FLOAT_OP_OF = {target: op for op in FLOAT_OPS for target in op.targets}
+
+
+def supported_ops() -> str:
+    """What the integer export writes: the layers, then the float ops of ``FLOAT_OPS``."""
+    return ", ".join([*(layer.__name__ for layer in LAYERS), *(op.label for op in FLOAT_OPS)])
+
+
+def float_op(node: torch.fx.Node, module: nn.Module | None) -> FloatOp | None:
+    """The table's entry for ``node``: a module by its class or the nearest base class in the
+    table (as isinstance would), a function or a Tensor method by its target; None if absent."""
+    if node.op == "call_module":
+        return next((FLOAT_OP_OF[c] for c in type(module).__mro__ if c in FLOAT_OP_OF), None)
+    if node.op in ("call_function", "call_method"):
+        return FLOAT_OP_OF.get(node.target)
+    return None
 
 
 def emit_float_op(b: Builder, node: torch.fx.Node, modules, as_float) -> Value:
-    """The float ops between layers; anything else is UnsupportedModel (one line)."""
-    name = node.name
+    """The float ops between layers (``FLOAT_OPS``); anything else is UnsupportedModel (one
+    line, listing what is supported)."""
     target = node.target
     module = modules.get(target) if node.op == "call_module" else None
-    args = node.args
     if node.op == "call_module" and isinstance(module, Quantizer):
         raise UnsupportedModel(f"{target}: a quantizer outside a Conv2d/Linear layer")
-    if is_relu(node, modules):
-        return Value(b.node("Relu", [as_float(args[0], name)], name))
-    if isinstance(module, ACTIVATIONS):
-        return Value(emit_activation(b, module, as_float(args[0], name), name))
-    if node.op == "call_function" and target in ELEMENTWISE and len(args) == 2:
-        operands = [
-            as_float(arg, f"{name}_{i}")
-            if isinstance(arg, torch.fx.Node)
-            else b.constant(f"{name}_const", np.float32(arg))
-            for i, arg in enumerate(args)
-        ]
-        return Value(b.node(ELEMENTWISE[target], operands, name))
-    if node.op == "call_function" and target is torch.cat:
-        tensors = args[0]
-        axis = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
-        return Value(
-            b.node(
-                "Concat",
-                [as_float(t, f"{name}_{i}") for i, t in enumerate(tensors)],
-                name,
-                axis=int(axis),
-            )
-        )
-    if (
-        passes_through(node, modules)
-        or isinstance(module, (nn.Upsample, nn.MaxPool2d))
-        or (node.op == "call_function" and target in (F.pad, F.max_pool2d))
-    ):
-        x = as_float(args[0], name)
-        emitted = emit_shape_op(b, node, modules, x, None)
-        return Value(x if emitted is None else emitted)
-    if isinstance(module, nn.AdaptiveAvgPool2d) and pair(module.output_size) == [1, 1]:
-        return Value(b.node("GlobalAveragePool", [as_float(args[0], name)], name))
-    if isinstance(module, nn.AvgPool2d) and module.divisor_override is None:
-        return Value(
-            b.node(
-                "AveragePool",
-                [as_float(args[0], name)],
-                name,
-                kernel_shape=pair(module.kernel_size),
-                strides=pair(module.stride or module.kernel_size),
-                pads=pair(module.padding) * 2,
-                ceil_mode=int(module.ceil_mode),
-                count_include_pad=int(module.count_include_pad),
-            )
-        )
-    if isinstance(module, nn.Flatten) or (
-        (node.op == "call_method" and target == "flatten")
-        or (node.op == "call_function" and target is torch.flatten)
-    ):
-        start = (
-            module.start_dim
-            if module is not None
-            else (args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0))
-        )
-        end = (
-            module.end_dim
-            if module is not None
-            else (args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1))
-        )
-        if start == 1 and end == -1:
-            return Value(b.node("Flatten", [as_float(args[0], name)], name, axis=1))
+    op = float_op(node, module)
+    emitted = None if op is None else op.emit(b, node, module, as_float)
+    if emitted is not None:
+        return Value(emitted)
     what = (
         f"module {target} ({type(module).__name__})"
         if module is not None
         else f"{node.op} {getattr(target, '__name__', target)}"
     )
-    raise UnsupportedModel(
-        f"cannot export {what} to integer ONNX: supported are Conv2d, Linear, "
-        f"ReLU, ReLU6, LeakyReLU, Hardswish, Hardsigmoid, Sigmoid, add, mul, "
-        f"cat, MaxPool2d, AvgPool2d, global average pooling, nearest "
-        f"Upsample, zero/replicate padding, Flatten, Identity and Dropout"
-    )
+    raise UnsupportedModel(f"cannot export {what} to integer ONNX: supported are {supported_ops()}")
 
 
 __all__ = [
