@@ -153,6 +153,32 @@ def test_mobilenetv3_deploys_bit_for_bit(tmp_path, digits, quantizer, bits):
     assert (ort_logits(path, images).argmax(1) == logits.argmax(1)).all()
 
 
+def test_output_requantizer_trains_on_the_grid_it_evaluates_on():
+    # training uses torch's fused fake quantization (speed), evaluation the runtime's x / scale:
+    # the same codes, and the straight-through gradient stops outside the grid
+    from lowbit.quant.modules import OutputRequantizer
+
+    torch.manual_seed(0)
+    requantizer = OutputRequantizer(8).train()
+    x = torch.randn(64, 8, 6, 6) * 3 + 1
+    requantizer(x)  # the first batch sets the range
+    wider = torch.cat([x, 3 * x]).requires_grad_(True)  # moves the range 1% toward its extremes
+    y = requantizer(wider)
+    low, high = requantizer.low.item(), requantizer.high.item()
+    assert x.min() > wider.min() and low < x.min().item()
+    with torch.no_grad():
+        assert torch.equal(y, requantizer.eval()(wider))
+    scale, zero_point = requantizer.scale_and_zero_tensor()
+    codes = (y.detach() / scale + zero_point).round()
+    assert codes.min() == 0 and codes.max() == 255 and codes.unique().numel() == 256
+    y.backward(torch.ones_like(y))
+    step = scale.item()
+    inside = (wider > low + step) & (wider < high - step)
+    outside = (wider < low - step) | (wider > high + step)
+    assert inside.sum() > 1000 and outside.sum() > 100
+    assert torch.all(wider.grad[inside] == 1) and torch.all(wider.grad[outside] == 0)
+
+
 def test_a_packed_model_evaluates_as_the_model_it_was_packed_from(tmp_path, digits):
     # BatchNorm travels as its affine map (mean 0, unit variance): the folded factors come from
     # PyTorch's eval kernel on both sides, so the restored model computes the same integers
