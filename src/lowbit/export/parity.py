@@ -13,8 +13,9 @@ folded, the bias on the int32 grid, ORT's requantization. There ``differ`` is 0.
 input lowbit keeps in float (the image with ``input_bits=32``) is quantized by the export with
 calibrated min/max and has no codes of the model's own: it is listed with ``None``. Codes still
 differ after a layer output the export requantizes on its own (``requantized_output``: an
-output that reaches hard-swish or a residual sum, which training keeps in float), so the first
-layer with a difference is where to look.
+output that reaches hard-swish or a residual sum where the model holds no ``OutputRequantizer``,
+e.g. one trained before arithmetic version 2), so the first layer with a difference is where to
+look.
 """
 
 from __future__ import annotations
