@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from lowbit.models.pooling import GlobalAveragePool
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
 from lowbit.quant.graph import (
     LAYERS,
@@ -782,6 +783,24 @@ def emit_global_average_pool(b: Builder, node: torch.fx.Node, module, as_float) 
     return b.node("GlobalAveragePool", [as_float(node.args[0], node.name)], node.name)
 
 
+def emit_exact_global_average_pool(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+    """``lowbit.models.pooling.GlobalAveragePool``: the sum in float64, divided by H x W (taken
+    from the tensor's shape, an exact integer product), cast back to float32, as its forward."""
+    x = b.node(
+        "Cast", [as_float(node.args[0], node.name)], f"{node.name}_f64", to=TensorProto.DOUBLE
+    )
+    spatial_axes = b.constant(f"{node.name}_axes", np.array([2, 3], dtype=np.int64))
+    total = b.node("ReduceSum", [x, spatial_axes], f"{node.name}_sum", keepdims=1)
+    shape = b.node("Shape", [x], f"{node.name}_shape")
+    start = b.constant(f"{node.name}_start", np.array([2], dtype=np.int64))
+    end = b.constant(f"{node.name}_end", np.array([4], dtype=np.int64))
+    size = b.node("Slice", [shape, start, end], f"{node.name}_size")
+    count = b.node("ReduceProd", [size], f"{node.name}_count", keepdims=1)
+    count = b.node("Cast", [count], f"{node.name}_count_f64", to=TensorProto.DOUBLE)
+    mean = b.node("Div", [total, count], f"{node.name}_mean")
+    return b.node("Cast", [mean], node.name, to=TensorProto.FLOAT)
+
+
 def emit_flatten(b: Builder, node: torch.fx.Node, module, as_float) -> str | None:
     """nn.Flatten, torch.flatten or Tensor.flatten, from dimension 1 to the last only."""
     args = node.args
@@ -822,6 +841,7 @@ FLOAT_OPS = (
     FloatOp("MaxPool2d", (nn.MaxPool2d, F.max_pool2d), emit_float_shape_op),
     FloatOp("AvgPool2d", (nn.AvgPool2d,), emit_average_pool),
     FloatOp("global average pooling", (nn.AdaptiveAvgPool2d,), emit_global_average_pool),
+    FloatOp("GlobalAveragePool", (GlobalAveragePool,), emit_exact_global_average_pool),
     FloatOp("nearest Upsample", (nn.Upsample,), emit_float_shape_op),
     FloatOp("zero/replicate padding", (F.pad,), emit_float_shape_op),
     FloatOp("Flatten", (nn.Flatten, torch.flatten, "flatten"), emit_flatten),

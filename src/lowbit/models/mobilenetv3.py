@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
+from lowbit.models.pooling import GlobalAveragePool
 
 CHANNEL_DIVISOR = 8
 BATCHNORM_EPS = 1e-3
@@ -155,7 +156,7 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, squeeze_channels: int):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAveragePool()  # order-independent: parity (lowbit.models.pooling)
         self.squeeze = nn.Conv2d(channels, squeeze_channels, 1)
         self.act = nn.ReLU()
         self.excite = nn.Conv2d(squeeze_channels, channels, 1)
@@ -282,7 +283,7 @@ class MobileNetV3(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         last_channels = LAST_CONV_EXPANSION * channels
         self.last_conv = conv_bn(channels, last_channels, 1, activation=nn.Hardswish)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAveragePool()
         hidden = width(classifier_hidden)
         self.classifier = nn.Sequential(
             OrderedDict(

@@ -22,6 +22,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.models.pooling import GlobalAveragePool
 from lowbit.quant.modules import Quantizer
 
 LAYERS = (nn.Conv2d, nn.Linear)
@@ -38,7 +39,9 @@ class Tracer(torch.fx.Tracer):
     """Keeps layers and quantizers whole: the exporter reads their state, not their maths."""
 
     def is_leaf_module(self, module: nn.Module, name: str) -> bool:
-        return isinstance(module, (*LAYERS, Quantizer)) or super().is_leaf_module(module, name)
+        # GlobalAveragePool: one exported op whose arithmetic the export writes as its forward
+        kept_whole = (*LAYERS, Quantizer, GlobalAveragePool)
+        return isinstance(module, kept_whole) or super().is_leaf_module(module, name)
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
