@@ -5,6 +5,7 @@ strict mode in CI, `make docs`; this check needs no mkdocs)."""
 from __future__ import annotations
 
 import re
+import runpy
 
 import yaml
 from conftest import ROOT
@@ -39,3 +40,9 @@ def test_the_readmes_sweep_and_quantizer_commands_are_in_getting_started():
     readme, index = (ROOT / "README.md").read_text(), (DOCS / "index.md").read_text()
     for command in ("python train.py quantizer=dorefa quant.wbits=4", "make export RUN="):
         assert command in readme and command in index
+
+
+def test_the_configuration_reference_is_what_the_schema_and_conf_say():
+    """docs/configuration_reference.md is generated; regenerate it with the command it names."""
+    page = runpy.run_path(str(ROOT / "scripts" / "config_reference.py"))["page"]()
+    assert (DOCS / "configuration_reference.md").read_text() == page
