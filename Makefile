@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint report export bench profile clean help
+.PHONY: install train test test-slow test-all lint docs docs-serve report export bench profile clean help
 
 help:
 	@echo "make train [ARGS='quantizer=dorefa quant.wbits=4']  train (NIN on digits by default)"
 	@echo "make test                                           the test suite (slow tests excluded)"
 	@echo "make test-slow / test-all                           the slow accuracy tests / everything"
 	@echo "make lint                                           ruff: lint, then the format check"
+	@echo "make docs / docs-serve                              the documentation site, strict (site/) / served locally"
 	@echo "make report [SWEEP=outputs/multiruns/<dir>]         HTML/PNG/Markdown comparison of a sweep (default: the latest)"
 	@echo "make export RUN=outputs/runs/<dir>                  integer ONNX export of a finished run, measured"
 	@echo "make bench                                          size, int8 latency and train-step ratios on NIN"
@@ -44,6 +45,20 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The docs extra goes into .venv beside the test one, once per pyproject.toml (its own stamp).
+DOCS_STAMP := $(VENV)/.docs-$(shell cksum pyproject.toml | cut -d' ' -f1)
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,docs]"
+	rm -f $(VENV)/.docs-*
+	touch $@
+
+# Strict: a broken link, a missing page in the nav or a docstring warning fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 # The most recently written sweep folder unless SWEEP names one.
 SWEEP ?= $(shell ls -dt outputs/multiruns/*/ 2>/dev/null | head -n 1)
 report: install
@@ -62,4 +77,4 @@ profile: install
 	$(PY) scripts/profile_step.py $(ARGS)
 
 clean:
-	rm -rf outputs multirun .pytest_cache .hypothesis
+	rm -rf outputs multirun .pytest_cache .hypothesis site

@@ -1,6 +1,6 @@
-"""The README's accuracy claims, re-measured (slow: about 6 minutes on 2 CPU cores).
+"""The accuracy claims of docs/results.md, re-measured (slow: about 6 minutes on 2 CPU cores).
 
-Run with `make test-slow`. Same configs as `make train`, the README's DoReFa W4A4 row and its
+Run with `make test-slow`. Same configs as `make train`, docs/results.md's DoReFa W4A4 row and its
 MobileNetV3-Small FP32 row.
 """
 
@@ -33,7 +33,7 @@ def test_default_run_and_dorefa_w4a4_reach_the_readme_accuracies(make_cfg):
 def test_mobilenetv3_small_learns_digits_in_eval_mode(make_cfg):
     """Validation runs in eval mode on BatchNorm's running statistics: with torchvision's
     momentum 0.01 they lagged so far behind after 80 steps that validation stayed at chance
-    while training accuracy reached 0.89. Batch 32 as in the README's MobileNetV3 table."""
+    while training accuracy reached 0.89. Batch 32 as in docs/results.md's MobileNetV3 table."""
     metrics = run(
         make_cfg(
             "model=mobilenetv3_small",

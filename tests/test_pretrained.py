@@ -183,7 +183,7 @@ def test_the_ptq_vs_qat_preset_checks_every_job_and_needs_its_fp32_run(fp32_run,
 
 @pytest.mark.slow
 def test_the_ptq_vs_qat_preset_runs_its_three_starts_from_one_fp32_run(fp32_run, tmp_path):
-    """The preset as the README runs it (one seed, a few batches per job): 13 jobs, all ok, and
+    """The preset as the docs run it (one seed, a few batches per job): 13 jobs, all ok, and
     the report draws the starts' verdicts."""
     import subprocess
     import sys

@@ -1,5 +1,6 @@
-"""The README's table of models states counts that the code measures: each row's parameters and
-MACs are recounted here from the built model (lowbit.measure), so the table cannot drift."""
+"""The models table (docs/configuration.md) states counts that the code measures: each row's
+parameters and MACs are recounted here from the built model (lowbit.measure), so the table
+cannot drift."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from lowbit.models.yolov3_tiny import YOLOv3Tiny
 
 
 def models_table() -> dict[str, list[str]]:
-    """The README's "### Models" table: the cells of each row, by its `model=` name."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Models", 1)[1].split("\n\n", 2)[1]
+    """The "## Models" table of docs/configuration.md: each row's cells, by its `model=` name."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    section = text.split("## Models", 1)[1].split("\n\n", 2)[1]
     rows = {}
     for line in section.splitlines()[2:]:  # below the header and its rule
         cells = [cell.strip() for cell in line.strip("|").split("|")]

@@ -90,7 +90,7 @@ report_script = load_script("report")
 
 def test_user_quantizer_runs_the_whole_pipeline_from_the_command_line(tmp_path):
     """``quantizer=fixed_point`` from the user's config folder on Hydra's search path: trains,
-    packs and exports with no change to lowbit (the README's "Write your own quantizer")."""
+    packs and exports with no change to lowbit (docs/extending.md, "Write your own quantizer")."""
     env = {**run_env(), "PYTHONPATH": str(USER_DIR)}
     conf = USER_DIR / "user_schemes" / "conf"
     result = subprocess.run(

@@ -340,7 +340,7 @@ def test_bad_value_of_each_group_stops_the_preflight(tmp_path, capsys, args, mes
 
 
 def test_voc_year_is_taken_as_the_command_line_writes_it():
-    """README: ``dataset=voc dataset.year=2012``; Hydra reads 2012 as an integer."""
+    """docs/index.md: ``dataset=voc dataset.year=2012``; Hydra reads 2012 as an integer."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", ["model=yolov3_tiny", "dataset=voc", "dataset.year=2012"])

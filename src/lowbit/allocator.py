@@ -4,8 +4,8 @@ torch takes every CPU tensor's buffer from ``malloc``. glibc serves a request ab
 threshold (128 KiB, raised on its own up to 32 MiB) with a fresh ``mmap`` and unmaps it again on
 ``free``. A training step frees its activations and gradients and the next step asks for the
 same sizes, so every step maps them anew, and the kernel faults in and zero-fills every page a
-second time: in the eager NIN train-step bench without this setting, 79 of 213 s were system
-time (README, "What a training step costs"). Fake quantization allocates more such buffers per
+second time, which showed as system time in the eager NIN train-step bench (docs/performance.md,
+"Measurements behind code choices"). Fake quantization allocates more such buffers per
 step than the float model (each quantizer's output, the quantized weights, Eq. 12's gradient),
 so it pays more: the step ratios of issue 15 move with this setting.
 

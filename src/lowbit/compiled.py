@@ -25,10 +25,8 @@ from lowbit.errors import ConfigError
 # backward recomputes each BatchNorm's output from the saved convolution output (mean, invstd,
 # weight, bias: 5 reads) for the ReLU's and the activation quantizer's masks; at 4 inductor
 # stored it, one extra write and read of a whole activation per layer in the backward kernel.
-# At 8 the kernel recomputes it where it reads it (the generated code, checked). Measured at
-# 16 and 64, compiled NIN, channels-last, 15 to 17 interleaved rounds: FP32 0.94x to 0.97x of
-# its default-options step, DoReFa W4A4G32 0.92x to 0.94x (README, "What a training step
-# costs").
+# At 8 the kernel recomputes it where it reads it (the generated code, checked), and the
+# compiled step is faster (docs/performance.md, "Measurements behind code choices").
 INDUCTOR_OPTIONS = {"realize_reads_threshold": 8}
 
 

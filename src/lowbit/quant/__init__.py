@@ -2,7 +2,7 @@
 (schemes), surgery (convert), BatchNorm folding for deployment (fold).
 
 A quantizer of your own subclasses ``Quantizer`` and states its ``IntegerGrid``; a method of
-your own subclasses ``Scheme`` and registers it (README, "Write your own quantizer")."""
+your own subclasses ``Scheme`` and registers it (docs/extending.md, "Write your own quantizer")."""
 
 from lowbit.quant import functional
 from lowbit.quant.convert import SUPPORTED_BITS, LayerBits, plan_bits, quantize_model

@@ -1,6 +1,6 @@
 """Model surgery: swap the Conv2d/Linear layers of any nn.Module for quantized ones.
 
-Policy (documented in the README):
+Policy (documented in docs/extending.md):
 - Layers are ordered as ``model.named_modules()`` visits them (registration order); the first
   and the last Conv2d/Linear are the "first" and "last" layers. A model with several outputs
   names its output layers in a ``last_layers`` attribute (YOLOv3-tiny's two output convs); all

@@ -358,10 +358,8 @@ def _row_scales(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     """Eq. 12's per-row m = max|g| and the factor 2^32 n / 2m of the scaled gradient (2m taken
     as 2 where m = 0); one row per sample."""
     # max|g| per row as max(max g, -min g): exact, and no |g| temporary of the gradient's size.
-    # amax and amin are two vectorised reads; torch.aminmax along a dimension, one read, took
-    # 3 to 4x as long on the CPU (42 vs 11 ms for 128 rows of 196,608 floats, 2 threads): in a
-    # compiled NIN G8 step, 120 ms of rows' maxima became about 30 (README, "What a training
-    # step costs").
+    # amax and amin are two vectorised reads; torch.aminmax along a dimension, one read, is
+    # slower on the CPU (docs/performance.md, "Measurements behind code choices").
     m = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_())
     safe_two_m = torch.where(m > 0, 2 * m, 2.0)
     return m, (n * 2.0**32) / safe_two_m
@@ -371,7 +369,7 @@ def _row_scales(flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
 def _eq12_native(g: torch.Tensor, key: torch.Tensor, n: int) -> torch.Tensor:
     """Eq. 12 of a float32 CPU gradient with the native kernel, the rows' max and the reshapes
     included: one custom operator, so that torch.compile keeps it as one call (it cannot trace
-    into C) and hands it the gradient as it is, once (README, "What a training step costs")."""
+    into C) and hands it the gradient as it is, once (docs/performance.md)."""
     rows = _rows(g)
     m, scale = _row_scales(rows, n)
     out = native.quantize_gradient_rows(rows, key, scale, 2 * m / n, m.neg(), _GOLDEN, _MIX, n)

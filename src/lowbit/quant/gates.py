@@ -7,12 +7,10 @@ AOTAutograd's partitioner chooses what the forward saves for it: the smallest te
 which the backward can be recomputed. Written with comparisons, the gate's smallest form is a
 ``bool`` tensor (1 byte per element, against 4 for the float input), so wherever the input
 cannot be recomputed in the backward (the output of a max-pool: NIN's second and third stages)
-the forward stores a bool mask. Inductor's vectorised CPU code stores bool outputs about 25
-times slower than float ones (torch 2.14.1, ``cpp.simdlen`` 256 and 512 alike: 35 ms against
-1.4 ms eagerly for one comparison over 3.1M elements, NIN's first pooled activation at batch
-128; its scalar code, ``cpp.simdlen=1``, is as fast as eager). In the compiled NIN step the two
-kernels that stored them took 32 and 18 ms more than FP32's (deleting the first one's bool
-store alone removed 31 ms), about 4% of the step (README, "What a training step costs").
+the forward stores a bool mask. Inductor's vectorised CPU code stores bool outputs many times
+slower than float ones (its scalar code, ``cpp.simdlen=1``, is as fast as eager), and in the
+compiled NIN step those stores were a visible share of the step (docs/performance.md,
+"Measurements behind code choices").
 
 The gates here have no boolean intermediate, so the partitioner saves float tensors (stored at
 full speed) or recomputes the gate from the recomputed input. Each is exactly 0.0 or 1.0 for

@@ -148,7 +148,7 @@ class PACT(Scheme):
         alpha_lr_mult: alpha's learning rate over the base one (PaddleSlim's built-in PACT: 1000).
         weight_quantizer: ``dorefa`` or ``channel_wise_abs_max``.
         alpha_calibration: None, or a percentile p in (0, 100]: the first training batch sets
-            each alpha to the p-th percentile of what it clips (lowbit's addition, see README).
+            each alpha to the p-th percentile of what it clips (lowbit's addition; docs/results.md).
     """
 
     symmetric_everywhere = False

@@ -64,9 +64,9 @@ class QuantTrainingTask(pl.LightningModule):
     def train_channels_last(self) -> None:
         """Train in channels-last memory order (``channels_last=true``): the model's weights
         and every training batch NHWC, in which MobileNetV3's depthwise convolutions run
-        faster on a CPU (README, "What a training step costs"). Values are the same up to
-        float rounding; the layout is the model's business only, so ``lowbit.train.run`` puts
-        it back to NCHW before the measuring stages."""
+        faster on a CPU (docs/performance.md). Values are the same up to float rounding; the
+        layout is the model's business only, so ``lowbit.train.run`` puts it back to NCHW
+        before the measuring stages."""
         self.model.to(memory_format=torch.channels_last)
         self.channels_last = True
 
