@@ -9,6 +9,7 @@ arithmetic (fake quantization as before) must find differences, or the test coul
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -148,6 +149,9 @@ def test_mobilenetv3_deploys_bit_for_bit(tmp_path, digits, quantizer, bits):
     rows = layer_parity(model, path, images)
     assert len(rows) == 54 and not any(row["requantized_output"] for row in rows)
     assert all(row["differ"] == 0.0 for row in rows), [r for r in rows if r["differ"]]
+    # the float ops between layers in the form ORT computes as PyTorch does (onnx_graph)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Sum" in ops and not ops & {"Add", "HardSwish", "HardSigmoid", "GlobalAveragePool"}
     with torch.no_grad():
         logits = model(images).numpy()
     assert (ort_logits(path, images).argmax(1) == logits.argmax(1)).all()

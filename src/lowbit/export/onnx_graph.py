@@ -735,6 +735,34 @@ def elementwise(op: str) -> FloatEmitter:
     return emit
 
 
+def emit_hard_swish(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+    """x * min(max(x + 3, 0), 6) / 6, in PyTorch's order (its CPU kernel): ONNX's HardSwish,
+    x * max(0, min(1, x / 6 + 1/2)), rounds differently in the last bit, and a value within an
+    ulp of the next quantizer's half-step then gets another code (docs/integer_parity.md)."""
+    x = as_float(node.args[0], node.name)
+    x_gate = b.node("Mul", [x, hard_gate_times_six(b, x, node.name)], f"{node.name}_x_gate")
+    six = b.constant(f"{node.name}_six", np.float32(6))
+    return b.node("Div", [x_gate, six], node.name)
+
+
+def emit_hard_sigmoid(b: Builder, node: torch.fx.Node, module, as_float) -> str:
+    """min(max(x + 3, 0), 6) / 6, in PyTorch's order (see ``emit_hard_swish``)."""
+    x = as_float(node.args[0], node.name)
+    six = b.constant(f"{node.name}_six", np.float32(6))
+    return b.node("Div", [hard_gate_times_six(b, x, node.name), six], node.name)
+
+
+def hard_gate_times_six(b: Builder, x: str, name: str) -> str:
+    """min(max(x + 3, 0), 6): Add, then Clip."""
+    three = b.constant(f"{name}_three", np.float32(3))
+    shifted = b.node("Add", [x, three], f"{name}_plus_three")
+    low, high = (
+        b.constant(f"{name}_zero", np.float32(0)),
+        b.constant(f"{name}_six_max", np.float32(6)),
+    )
+    return b.node("Clip", [shifted, low, high], f"{name}_clip")
+
+
 def emit_relu6(b: Builder, node: torch.fx.Node, module, as_float) -> str:
     name = node.name
     x = as_float(node.args[0], name)
@@ -830,11 +858,13 @@ FLOAT_OPS = (
     FloatOp("ReLU", (nn.ReLU, F.relu, torch.relu, "relu"), unary("Relu")),
     FloatOp("ReLU6", (nn.ReLU6,), emit_relu6),
     FloatOp("LeakyReLU", (nn.LeakyReLU,), emit_leaky_relu),
-    FloatOp("Hardswish", (nn.Hardswish,), unary("HardSwish")),
-    # relu6(x + 3) / 6
-    FloatOp("Hardsigmoid", (nn.Hardsigmoid,), unary("HardSigmoid", alpha=1.0 / 6, beta=0.5)),
+    FloatOp("Hardswish", (nn.Hardswish,), emit_hard_swish),
+    FloatOp("Hardsigmoid", (nn.Hardsigmoid,), emit_hard_sigmoid),
     FloatOp("Sigmoid", (nn.Sigmoid,), unary("Sigmoid")),
-    FloatOp("add", (operator.add, torch.add), elementwise("Add")),
+    # Sum, not Add: ONNX Runtime fuses DequantizeLinear -> Add -> QuantizeLinear into its own
+    # QLinearAdd, which rounds otherwise than the float sum lowbit evaluates; Sum of two
+    # tensors is the same IEEE addition and is not fused (docs/integer_parity.md).
+    FloatOp("add", (operator.add, torch.add), elementwise("Sum")),
     FloatOp("mul", (operator.mul, torch.mul), elementwise("Mul")),
     FloatOp("sub", (operator.sub, torch.sub), elementwise("Sub")),
     FloatOp("cat", (torch.cat,), emit_concat),
