@@ -681,9 +681,9 @@ class OutputRequantizer(ImageQuantizer):
             return super().forward(x)  # evaluation: the runtime's x / scale, code for code
         self.observe(x)
         scale, zero_point = self.scale_and_zero_tensor()
-        # Training: torch's fused fake quantization, one kernel forward and one backward
-        # (MobileNetV3-Small has 40 of these; the unfused clamp/round/STE chain made its step
-        # 1.66x slower, docs/integer_parity.md). It computes round(x * (1 / scale)), which can
+        # Training: torch's fused fake quantization, one kernel forward and one backward, since
+        # a network can hold dozens of these (the step cost: docs/integer_parity.md, "What the
+        # output requantizers cost a training step"). It computes round(x * (1 / scale)), which can
         # differ from evaluation's x / scale by one code for a value within an ulp of a
         # half-step; its straight-through gradient passes where the rounded code is inside the
         # grid, i.e. up to half a step beyond [low, high].
