@@ -58,6 +58,7 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
     write_json_atomically,
 )
 from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
+from lowbit.startup import FirstStepTime
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config
 from lowbit.validation import check_values, validate
@@ -385,8 +386,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             callbacks = [
                 c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)
             ]
-        replica_sync = ReplicaSync()
-        callbacks += [RandomState(cfg.get("seed")), replica_sync]
+        replica_sync, first_step = ReplicaSync(), FirstStepTime()
+        callbacks += [RandomState(cfg.get("seed")), replica_sync, first_step]
         # Checkpoints are the callbacks group's business: none configured, none written.
         saves_checkpoints = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
         trainer: pl.Trainer = instantiate(
@@ -402,6 +403,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             trainer.validate(task, datamodule=datamodule, verbose=False)
         else:
             trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        if first_step.record() is not None:
+            results["startup"] = first_step.record()
+            log.info(
+                "first training step %.1f s after the process started", first_step.first_step_s
+            )
         metrics = results["metrics"]  # filled in place: whatever fails later, these are kept
         metrics.update(
             {
