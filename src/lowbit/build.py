@@ -20,6 +20,7 @@ from torch import nn
 from lowbit.config import chosen_option
 from lowbit.errors import ConfigError, one_line
 from lowbit.quant import quantize_model
+from lowbit.quant.convert import QuantizationPlan, apply_plan, plan_quantization
 
 TASK_KIND = "task"  # the class attribute models, data sets and tasks declare what they do by
 DEFAULT_KIND = "classification"  # a user's class without the attribute
@@ -123,9 +124,19 @@ def quant_settings(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.quant, resolve=True)
 
 
-def quantize(cfg: DictConfig, model: nn.Module, datamodule) -> nn.Module:
-    """``model`` with its layers swapped for the ``quant`` node's quantized ones, in place."""
-    return quantize_model(model, input_shape=datamodule.image_shape, **quant_settings(cfg))
+def quantization_plan(cfg: DictConfig, model: nn.Module, datamodule) -> QuantizationPlan:
+    """The ``quant`` node's plan for ``model``: every check of it, the model untouched."""
+    return plan_quantization(model, input_shape=datamodule.image_shape, **quant_settings(cfg))
+
+
+def quantize(
+    cfg: DictConfig, model: nn.Module, datamodule, planned: QuantizationPlan | None = None
+) -> nn.Module:
+    """``model`` with its layers swapped for the ``quant`` node's quantized ones, in place;
+    ``planned``: the plan ``quantization_plan`` made for this model, applied as it is."""
+    if planned is None:
+        return quantize_model(model, input_shape=datamodule.image_shape, **quant_settings(cfg))
+    return apply_plan(model, *planned)
 
 
 def build_quantized_model(cfg: DictConfig, datamodule) -> nn.Module:

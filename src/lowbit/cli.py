@@ -14,9 +14,11 @@ multirun in which some jobs failed (``lowbit.sweep.outcome``; the other jobs ran
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,15 +211,12 @@ def compose(config_name: str, overrides: list[str], return_hydra_config: bool = 
         )
 
 
-def check_new_run_dir_writable(config_name: str, overrides: list[str], multirun: bool) -> None:
+def check_new_run_dir_writable(cfg: Any, multirun: bool) -> None:
     """The folder Hydra creates for the run (the sweep's, in a multirun) must be writable:
-    checked here, since Hydra would fail with a traceback before any job starts."""
+    checked here, since Hydra would fail with a traceback before any job starts. ``cfg`` is
+    composed with Hydra's own node (``return_hydra_config``)."""
     from hydra.core.hydra_config import HydraConfig
 
-    try:
-        cfg = compose(config_name, overrides, return_hydra_config=True)
-    except Exception as error:
-        raise ConfigError(hydra_error_line(error)) from None
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     hydra_config.set_config(cfg)  # ${hydra:...} in the folder name resolves as in the job
@@ -228,12 +227,60 @@ def check_new_run_dir_writable(config_name: str, overrides: list[str], multirun:
     check_writable(folder, keep=False)  # Hydra creates it; nothing left behind
 
 
+def job_config(config_name: str, overrides: list[str], with_hydra: bool = False) -> Any:
+    """One job's composed config, Hydra's own node included when asked; ConfigError with
+    Hydra's message on one line."""
+    try:
+        return compose(config_name, overrides, return_hydra_config=with_hydra)
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError(hydra_error_line(error)) from None
+
+
+def without_hydra_node(cfg: Any) -> Any:
+    """The job's config as ``@hydra.main`` hands it over: the composition without ``hydra``."""
+    from omegaconf import OmegaConf, open_dict
+
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        job.pop("hydra")
+    OmegaConf.set_readonly(job, None)
+    return job
+
+
+@dataclass
+class PreparedRun:
+    """What the command line's checks built for a single run, handed to it (``main_job``):
+    the config they checked, as data, and ``check_config``'s parts."""
+
+    config: dict
+    components: Any  # lowbit.train.Components
+
+
+PREPARED: list[PreparedRun] = []  # at most one: the single run this process was started for
+
+
+def hand_over(cfg: Any) -> Any:
+    """The parts the checks built, if they were built for exactly this config (else None,
+    and the run builds its own: a notebook or a test calls ``main_job`` without ``preflight``)."""
+    from omegaconf import OmegaConf
+
+    if not PREPARED:
+        return None
+    prepared = PREPARED.pop()
+    same = prepared.config == OmegaConf.to_container(cfg, resolve=False)
+    return prepared.components if same else None
+
+
 def preflight(argv: list[str]) -> None:
     """Check every job the command line describes; one line and exit 2 on the first problem.
 
     The checks that need no torch (groups, Hydra's composition, ``check_values``) run on every
     job first, so that such bad input is answered before the training code is imported (torch,
-    torchvision and Lightning take seconds); then ``check_config`` on every job."""
+    torchvision and Lightning take seconds); then ``check_config`` on every job. The parts
+    ``check_config`` builds for a single run (data, model, plan) are handed to it (``hand_over``),
+    so that the run builds each of them once."""
     try:
         split = split_argv(argv)
         if split is None:
@@ -270,24 +317,29 @@ def preflight(argv: list[str]) -> None:
                     for preset_overrides in sweeps
                     for variant in job_variants(merge_overrides(preset_overrides, overrides))[0]
                 ]
+        # hydra.* settings and hydra/* groups (hydra/launcher=joblib hydra.launcher.n_jobs=2),
+        # the search path among them: the first job is composed with them and Hydra's node, which
+        # names the run's folder
+        hydra_settings = [o for o in overrides if override_key(o).startswith("hydra")]
         jobs = []
-        for variant in variants:
+        for index, variant in enumerate(variants):
             check_group_choices(variant, groups)
-            try:
-                cfg = compose(config_name, [*searchpath, *variant])
-            except ConfigError:
-                raise
-            except Exception as error:
-                raise ConfigError(hydra_error_line(error)) from None
+            if index == 0:
+                first = job_config(config_name, [*variant, *hydra_settings], with_hydra=True)
+                cfg = without_hydra_node(first)
+            else:
+                cfg = job_config(config_name, [*searchpath, *variant])
             check_values(cfg, imports=False)
             jobs.append(cfg)
         from lowbit.train import check_config
 
         for cfg in jobs:
-            check_config(cfg)
-        # hydra.* settings and hydra/* groups (hydra/launcher=joblib hydra.launcher.n_jobs=2)
-        hydra_settings = [o for o in overrides if override_key(o).startswith("hydra")]
-        check_new_run_dir_writable(config_name, [*variants[0], *hydra_settings], multirun)
+            components = check_config(cfg, values_checked=True)
+        check_new_run_dir_writable(first, multirun)
+        if not multirun and len(jobs) == 1:
+            from omegaconf import OmegaConf
+
+            PREPARED[:] = [PreparedRun(OmegaConf.to_container(jobs[0], resolve=False), components)]
     except ConfigError as error:
         fail(str(error))
 
@@ -335,7 +387,7 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
 
     if not job.in_multirun():
         try:
-            results = run(cfg)
+            results = run(cfg, components=hand_over(cfg))
         except ConfigError as error:
             fail(str(error))
         except Diverged as error:

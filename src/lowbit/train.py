@@ -31,6 +31,7 @@ from lowbit.build import (
     check_task_fits_data,
     kind_of,
     quant_settings,
+    quantization_plan,
     quantize,
 )
 from lowbit.checkpoints import Interrupted, check_checkpoint
@@ -43,10 +44,10 @@ from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
 from lowbit.pretrained import InitSource, describe_source, is_set, load_initial_weights
 from lowbit.quant.calibrate import calibrate, input_quantizers, reestimate_batchnorm
-from lowbit.quant.convert import TARGET_KEY, plan_quantization, scheme_class
+from lowbit.quant.convert import TARGET_KEY, QuantizationPlan, scheme_class
 from lowbit.quant.integer import ARITHMETIC_VERSION, integer_layers
 from lowbit.quant.optim import learned_values
-from lowbit.randomness import RandomState
+from lowbit.randomness import RandomState, capture_global_state, restore_global_state
 from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from here)
     PACKED_FILE,
     RESULTS_FILE,
@@ -61,7 +62,7 @@ from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
 from lowbit.startup import FirstStepTime
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config
-from lowbit.validation import check_values, validate
+from lowbit.validation import check_values
 from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard, wandb_logger_of
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Components:
-    """Everything ``check_config`` built: reused by the run, so nothing is built twice."""
+    """Everything ``check_config`` built, handed to the run so that nothing is built twice: the
+    command line's checks build them for a single run (``lowbit.cli.preflight``) and ``run``
+    goes on with them."""
 
     datamodule: ClassificationData
-    model: nn.Module
+    model: nn.Module  # float, as built (and loaded, with init=): ``plan`` quantizes it
+    plan: QuantizationPlan
+    # torch's, NumPy's and Python's generators once the parts were built from the seed: the
+    # run goes on from here wherever the parts were built, so its draws do not depend on it
+    random_state: dict[str, Any]
     init_source: InitSource | None = None  # where the run's weights came from (init=)
     loaded: bool = False  # loaded into ``model`` now (not a resumed run's): calibrate them
 
@@ -98,9 +105,14 @@ def check_start(cfg: DictConfig) -> None:
         )
 
 
-def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
-    """Every check of the user's input, cheapest first; ConfigError with one line on failure."""
-    check_values(cfg)  # types and ranges, compile, a quantizer named: no torch needed
+def check_config(
+    cfg: DictConfig, output_dir: Path | None = None, values_checked: bool = False
+) -> Components:
+    """Every check of the user's input, cheapest first, and the parts built on the way (data,
+    float model, quantization plan); ConfigError with one line on failure. ``values_checked``:
+    the checks of ``check_values`` that import nothing already ran (the command line runs them
+    on every job first), so only those that import code run here."""
+    check_values(cfg, plain=not values_checked)  # types and ranges, compile, a quantizer named
     check_logger_config(cfg)  # logger.wandb: only what WandbLogger and wandb.init take
     quant = quant_settings(cfg)
     # an unknown name or _target_ fails before anything is built
@@ -108,6 +120,8 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
     check_start(cfg)
     if output_dir is not None:
         check_writable(output_dir)
+    if cfg.get("seed") is not None:  # before the model is built: it seeds the init
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     check_task_fits_data(cfg, datamodule)
@@ -118,11 +132,18 @@ def check_config(cfg: DictConfig, output_dir: Path | None = None) -> Components:
             init_source, loaded = load_initial_weights(model, cfg.get(INIT_KEY)), True
         else:  # resumed: the checkpoint has the weights; the source is recorded, not read
             init_source = describe_source(cfg.get(INIT_KEY))
-    plan_quantization(model, input_shape=datamodule.image_shape, **quant)
+    planned = quantization_plan(cfg, model, datamodule)
     if checkpoint is not None:  # names and shapes against the quantized model, before any data
-        check_checkpoint(checkpoint, quantize(cfg, copy.deepcopy(model), datamodule))
+        check_checkpoint(checkpoint, quantize(cfg, copy.deepcopy(model), datamodule, planned))
     datamodule.check()
-    return Components(datamodule, model, init_source=init_source, loaded=loaded)
+    return Components(
+        datamodule,
+        model,
+        planned,
+        random_state=capture_global_state(),
+        init_source=init_source,
+        loaded=loaded,
+    )
 
 
 def calibrate_from_data(cfg: DictConfig, model: nn.Module, datamodule) -> dict[str, Any]:
@@ -327,8 +348,13 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 LIGHTNING_LEAFSPEC_NOTICE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
-def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig, output_dir: str | Path | None = None, components: Components | None = None
+) -> dict[str, Any]:
     """Train, test and measure one configuration; returns the results written to results.json.
+
+    ``components``: what ``check_config`` built for this ``cfg`` (the command line's checks hand
+    them over); without them the run checks and builds them itself.
 
     Raises ConfigError for bad input (before any work), Diverged for a NaN loss, Interrupted
     when SIGTERM or Ctrl-C stopped training (after saving last.ckpt), StageFailed when a stage
@@ -353,11 +379,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     loggers: list = []
     warnings.filterwarnings("ignore", message=LIGHTNING_LEAFSPEC_NOTICE, category=FutureWarning)
     try:
-        validate(cfg)  # the seed among them, before it seeds anything
-        compiled = compile_requested(cfg)  # one line on a bad value, before any work
-        if cfg.get("seed") is not None:  # before the model is built: it seeds the init
-            pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        components = check_config(cfg, output_dir)
+        if components is None:
+            components = check_config(cfg, output_dir)
+        else:  # built by the command line's checks, which could not know the run's folder
+            check_writable(output_dir)
+        restore_global_state(components.random_state)
+        compiled = compile_requested(cfg)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         keep_freed_memory()  # reuse freed CPU buffers instead of re-faulting them each step
@@ -366,7 +393,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results["start"] = start_of(cfg)
         if init_source is not None:
             results["init"] = init_source.record()
-        quantize(cfg, model, datamodule)
+        quantize(cfg, model, datamodule, components.plan)
         results["arithmetic"] = arithmetic_record(model)
         if components.loaded:  # ranges from the trained model, before any step
             results["calibration"] = calibrate_from_data(cfg, model, datamodule)

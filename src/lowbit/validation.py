@@ -512,24 +512,29 @@ def resolved_value(cfg: DictConfig, key: str) -> Any:
     return value
 
 
-def check_values(cfg: DictConfig, imports: bool = True) -> None:
+def check_values(cfg: DictConfig, imports: bool = True, plain: bool = True) -> None:
     """The checks of the composed config alone: ``validate``, ``compile`` (refused with DDP,
-    for every job of a multirun) and a quantizer named. With ``imports=False`` the checks that
-    import code (``Check.imports``) are left out: the command line runs that on every job
-    before it imports anything heavy (torch, torchvision and Lightning take seconds), so such
-    bad input is answered at once; ``check_config`` runs them all, first."""
-    validate(cfg, imports)
-    compile_requested(cfg)
-    if not (cfg.get("quant") or {}).get("quantizer"):
-        raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
+    for every job of a multirun) and a quantizer named. The command line runs the checks that
+    import nothing (``imports=False``) on every job before it imports anything heavy (torch,
+    torchvision and Lightning take seconds), so such bad input is answered at once;
+    ``check_config`` then runs the rest (``plain=False``), or all of them when it is called
+    without the command line (a notebook, a test)."""
+    validate(cfg, imports, plain)
+    if plain:
+        compile_requested(cfg)
+        if not (cfg.get("quant") or {}).get("quantizer"):
+            raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
 
 
-def validate(cfg: DictConfig, imports: bool = True) -> None:
+def validate(cfg: DictConfig, imports: bool = True, plain: bool = True) -> None:
     """ConfigError (one line naming the key, what it must be and what it got) for the first
-    value of ``cfg`` outside its check in ``SCHEMA``; keys without an entry are left alone, and
-    so are those whose check imports code when ``imports`` is False."""
+    value of ``cfg`` outside its check in ``SCHEMA``; keys without an entry are left alone. The
+    checks that import code (``Check.imports``) run when ``imports``, the others when
+    ``plain``."""
     keys = [
-        key for key in config_keys(cfg) if key in SCHEMA and (imports or not SCHEMA[key].imports)
+        key
+        for key in config_keys(cfg)
+        if key in SCHEMA and (imports if SCHEMA[key].imports else plain)
     ]
     # The checks that import nothing first (see Check.imports); within each, the values set
     # directly first, then those that repeat another (${trainer.max_epochs}), so that the

@@ -180,6 +180,9 @@ def probe_signed_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> set[s
 
 TARGET_KEY = "_target_"
 
+# What ``plan_quantization`` returns: the method's scheme and each layer's bits by name.
+QuantizationPlan = tuple[Scheme, dict[str, LayerBits]]
+
 
 def scheme_class(quantizer: str, target: str | None = None) -> type[Scheme]:
     """The Scheme class of a quantizer config: its ``_target_`` (a dotted class path, one hop
@@ -234,7 +237,7 @@ def plan_quantization(
     input_shape: tuple[int, ...] | None = None,
     input_bits: int = FULL_PRECISION,
     **options: Any,
-) -> tuple[Scheme, dict[str, LayerBits]]:
+) -> QuantizationPlan:
     """Every check of a quantization request, without touching the model: (scheme, plan).
 
     The arguments are those of ``quantize_model`` (the ``quant`` config node).
@@ -303,7 +306,19 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
     model is touched; the policy is in this module's docstring.
     """
     integer = quant.pop("integer_arithmetic", True)
-    scheme, plan = plan_quantization(model, **quant)
+    return apply_plan(model, *plan_quantization(model, **quant), integer_arithmetic=integer)
+
+
+def apply_plan(
+    model: nn.Module,
+    scheme: Scheme,
+    plan: Mapping[str, LayerBits],
+    integer_arithmetic: bool = True,
+) -> nn.Module:
+    """Swap ``model``'s layers for the quantized ones ``plan_quantization`` planned, in place.
+
+    The plan is made once and checked before any work (``lowbit.train.check_config``); a run
+    then applies it here without planning (and probing the model's inputs) again."""
     for name, layer in quantizable_layers(model):
         bits = plan[name]
         if bits.is_full_precision:
@@ -321,6 +336,6 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, new)
-    if integer:
+    if integer_arithmetic:
         use_integer_arithmetic(model)
     return model
