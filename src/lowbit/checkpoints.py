@@ -11,6 +11,9 @@
 - Every checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain
   containers only, so a crafted file cannot run code. lowbit puts nothing else into its
   checkpoints (no pickled hyper-parameters, RNG states as tensors).
+- ``AtomicCheckpointIO`` writes every checkpoint whole or not at all (``lowbit.storage``): a
+  full disk or a SIGKILL mid-write leaves the previous ``last.ckpt`` as it was, so the run
+  resumes from it.
 - ``check_checkpoint`` runs in the pre-flight checks: the file exists, loads, is a Lightning
   checkpoint and its weights have the composed model's names and shapes, so a wrong or
   truncated checkpoint costs a second, not a data load.
@@ -27,11 +30,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lowbit.errors import ConfigError
+from lowbit.storage import write_atomically
 
 MODEL_PREFIX = "model."  # ClassificationTask keeps the network as ``self.model``
 SHOWN = 3  # names quoted in a mismatch message
@@ -178,3 +183,17 @@ class SaveOnInterrupt(pl.Callback):
             exception, (KeyboardInterrupt, SIGTERMException)
         ):
             trainer.save_checkpoint(self.path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, saving through ``lowbit.storage.write_atomically``: into a
+    temporary file in the checkpoint's own folder, then renamed over it. (Lightning's writes
+    into the system's temporary folder and copies the file across, which is neither atomic nor
+    on the output folder's disk.) A storage fault comes out as ``StorageFault``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        write_atomically(path, lambda handle: torch.save(checkpoint, handle))

@@ -9,7 +9,10 @@ with one line on stderr and exit status 2, before any data is loaded.
 Exit statuses: 2 bad input (nothing ran), 3 a single run diverged, 1 a single run trained and
 tested but a stage after that failed (``lowbit.train.StageFailed``; its metrics are kept), or a
 multirun in which some jobs failed (``lowbit.sweep.outcome``; the other jobs ran to the end),
-143 / 130 a run stopped by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it).
+4 a fault of the output folder's storage (``lowbit.storage``: a full disk or quota, a folder
+turned read-only, an I/O error; before the run when its filesystem has less free space than
+the run needs, or during it, with every metric measured so far kept), 143 / 130 a run stopped
+by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lowbit.validation import check_values
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STAGE_FAILED = 1
+EXIT_STORAGE_FAULT = 4
 # Hydra's answers that are not a run (help, the config, information, shell completion) or
 # replay a saved one: the names of its argument parser's options, which the checks leave alone.
 NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun")
@@ -211,7 +215,7 @@ def compose(config_name: str, overrides: list[str], return_hydra_config: bool = 
         )
 
 
-def check_new_run_dir_writable(cfg: Any, multirun: bool) -> None:
+def check_new_run_dir_writable(cfg: Any, multirun: bool) -> Path:
     """The folder Hydra creates for the run (the sweep's, in a multirun) must be writable:
     checked here, since Hydra would fail with a traceback before any job starts. ``cfg`` is
     composed with Hydra's own node (``return_hydra_config``)."""
@@ -225,6 +229,24 @@ def check_new_run_dir_writable(cfg: Any, multirun: bool) -> None:
     finally:
         hydra_config.cfg = previous
     check_writable(folder, keep=False)  # Hydra creates it; nothing left behind
+    return folder
+
+
+def check_free_space(folder: Path, needed: int, space=None) -> None:
+    """Refuse a run whose output filesystem has less free space than it will write (one line,
+    exit ``EXIT_STORAGE_FAULT``): found now, not at the first checkpoint that does not fit.
+    ``space`` (a ``lowbit.storage.SpaceNeeded``) itemises a single run's need."""
+    from lowbit.storage import MB, free_bytes
+
+    free = free_bytes(folder)
+    if free < needed:
+        detail = space.describe() if space is not None else f"about {needed / MB:.1f} MB"
+        fail(
+            f"not enough space: {folder} has {free / MB:.1f} MB free and this run needs {detail}; "
+            f"free some space or choose another folder with hydra.run.dir=PATH "
+            f"(hydra.sweep.dir=PATH for a multirun)",
+            EXIT_STORAGE_FAULT,
+        )
 
 
 def job_config(config_name: str, overrides: list[str], with_hydra: bool = False) -> Any:
@@ -333,9 +355,13 @@ def preflight(argv: list[str]) -> None:
             jobs.append(cfg)
         from lowbit.train import check_config
 
+        needed = 0
         for cfg in jobs:
             components = check_config(cfg, values_checked=True)
-        check_new_run_dir_writable(first, multirun)
+            needed += components.space.total
+        folder = check_new_run_dir_writable(first, multirun)
+        # a sweep's jobs all keep their files: the checked variants stand for the whole sweep
+        check_free_space(folder, needed, components.space if len(jobs) == 1 else None)
         if not multirun and len(jobs) == 1:
             from omegaconf import OmegaConf
 
@@ -381,6 +407,7 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
     after testing failed still gives the sweeper the objectives it measured."""
     from lowbit.checkpoints import Interrupted
     from lowbit.console import print_summary
+    from lowbit.storage import StorageFault
     from lowbit.sweep import job
     from lowbit.tasks.base import Diverged
     from lowbit.train import StageFailed, run
@@ -390,12 +417,16 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
             results = run(cfg, components=hand_over(cfg))
         except ConfigError as error:
             fail(str(error))
+        except StorageFault as fault:  # what was measured is in results.json, or on stdout
+            fail(fault.advice or str(fault), EXIT_STORAGE_FAULT)
         except Diverged as error:
             fail(f"run diverged: {error}", EXIT_DIVERGED)
         except Interrupted as error:
             fail(str(error), error.code)
         except StageFailed as error:  # the traceback is in the log
             print_summary(error.results)
+            if "fault" in error.results:
+                fail(error.results["error"], EXIT_STORAGE_FAULT)
             fail(
                 f"{error}; the metrics measured are kept in "
                 f"{Path(error.results['run_dir']) / RESULTS_FILE}",
@@ -416,6 +447,9 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
     except StageFailed as error:
         print(f"lowbit: job {name} failed: {error}; the sweep goes on", file=sys.stderr)
         return objective_values(cfg, error.results["metrics"])
+    except StorageFault as fault:  # recorded in its results.json (or stdout); the next job
+        print(f"lowbit: job {name} failed: {fault.advice}; the sweep goes on", file=sys.stderr)
+        return objective_values(cfg, {})
     except Exception:  # a bug or a crash: its traceback, then the next job
         traceback.print_exc()
         print(f"lowbit: job {name} crashed; the sweep goes on", file=sys.stderr)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from lowbit.errors import ConfigError
+from lowbit.storage import write_bytes_atomically
 
 RESULTS_FILE = "results.json"
 # The packed weights (lowbit.export.packing): measured as model/size_bytes, exported to ONNX.
@@ -60,17 +60,10 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``payload`` as JSON into ``path``, whole or not at all (``lowbit.storage``): readers
+    never see half a file; StorageFault when the storage refuses it."""
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    write_bytes_atomically(path, text.encode())
 
 
 def check_writable(folder: Path, keep: bool = True) -> None:

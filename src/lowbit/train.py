@@ -8,6 +8,7 @@ with configs from Hydra's compose API. Every check of the user's input happens i
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -34,7 +35,7 @@ from lowbit.build import (
     quantization_plan,
     quantize,
 )
-from lowbit.checkpoints import Interrupted, check_checkpoint
+from lowbit.checkpoints import AtomicCheckpointIO, Interrupted, check_checkpoint
 from lowbit.compiled import compile_requested
 from lowbit.config import chosen_option, start_kind
 from lowbit.data.base import ClassificationData
@@ -60,6 +61,7 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
 )
 from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
 from lowbit.startup import FirstStepTime
+from lowbit.storage import SpaceNeeded, StorageFault, fault_advice, space_needed, storage_fault_of
 from lowbit.tasks.base import Diverged
 from lowbit.tracking import check_logger_config
 from lowbit.validation import check_values
@@ -80,6 +82,7 @@ class Components:
     # torch's, NumPy's and Python's generators once the parts were built from the seed: the
     # run goes on from here wherever the parts were built, so its draws do not depend on it
     random_state: dict[str, Any]
+    space: SpaceNeeded  # what the run will write (the free-space check, a full disk's message)
     init_source: InitSource | None = None  # where the run's weights came from (init=)
     loaded: bool = False  # loaded into ``model`` now (not a resumed run's): calibrate them
 
@@ -141,9 +144,39 @@ def check_config(
         model,
         planned,
         random_state=capture_global_state(),
+        space=run_space_needed(cfg, model),
         init_source=init_source,
         loaded=loaded,
     )
+
+
+def run_space_needed(cfg: DictConfig, model: nn.Module) -> SpaceNeeded:
+    """What a run of ``cfg`` writes at most (``lowbit.storage.space_needed``): the checkpoints
+    its ModelCheckpoints keep at once (``save_top_k`` each; -1 keeps one per epoch), one more
+    while one is replaced, the packed checkpoint and the ONNX export."""
+    kept = 0
+    for node in (cfg.get("callbacks") or {}).values():
+        if node and str(node.get("_target_", "")).endswith("ModelCheckpoint"):
+            top_k = int(node.get("save_top_k", 1))
+            kept += top_k if top_k >= 0 else int(cfg.trainer.get("max_epochs") or 1)
+    optimizer = str((cfg.get("optimizer") or {}).get("_target_", "")).rpartition(".")[2]
+    return space_needed(
+        model,
+        optimizer,
+        checkpoints_kept=kept + 1 if kept else 0,
+        export_onnx=bool((cfg.get("export") or {}).get("onnx", True)),
+    )
+
+
+def logged_metrics(trainer: pl.Trainer | None) -> dict[str, float]:
+    """The ``train/``, ``val/`` and ``test/`` metrics the trainer holds now."""
+    if trainer is None:
+        return {}
+    return {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key.startswith(("val/", "train/", "test/"))
+    }
 
 
 def calibrate_from_data(cfg: DictConfig, model: nn.Module, datamodule) -> dict[str, Any]:
@@ -284,6 +317,7 @@ class StageFailure:
 
     stage: str
     error: str  # "<ExceptionType>: <message>", one line
+    fault: StorageFault | None = None  # a fault of the storage (a full disk), not a bug
 
 
 class StageFailed(RuntimeError):
@@ -324,7 +358,8 @@ def run_stages(stages: list[Stage], metrics: dict[str, float]) -> StageFailure |
             metrics.update(measure())
         except Exception as error:
             log.exception("the %s stage failed; the metrics measured so far are kept", name)
-            first_failure = first_failure or StageFailure(name, describe(error))
+            fault = storage_fault_of(error)
+            first_failure = first_failure or StageFailure(name, describe(error), fault)
     return first_failure
 
 
@@ -346,6 +381,25 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 # Lightning's pytree helper builds torch's deprecated LeafSpec on every optimizer step and says
 # so in a FutureWarning about its own code: nothing a lowbit user can act on, so runs hide it.
 LIGHTNING_LEAFSPEC_NOTICE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+def write_results(
+    output_dir: Path, results: dict[str, Any], space: SpaceNeeded | None
+) -> StorageFault | None:
+    """results.json into ``output_dir``; when the storage refuses even that, the results go to
+    stdout as one JSON line instead (nothing measured is lost), and the fault is returned."""
+    try:
+        write_json_atomically(output_dir / RESULTS_FILE, results)
+        return None
+    except StorageFault as fault:
+        fault.advice = fault_advice(fault, output_dir, space) + (
+            f"; {RESULTS_FILE} could not be written, so the results are on stdout as one JSON line"
+        )
+        if "failed_stage" not in results:
+            results.update(status=STATUS_FAILED, failed_stage="results", error=fault.advice)
+        results.setdefault("fault", fault.record())
+        print(json.dumps(results, default=str, sort_keys=True), flush=True)
+        return fault
 
 
 def run(
@@ -377,6 +431,10 @@ def run(
         "run_dir": str(output_dir),
     }
     loggers: list = []
+    trainer: pl.Trainer | None = None
+    space: SpaceNeeded | None = None
+    results_fault: StorageFault | None = None
+    stage = "setup"  # the stage a fault of the storage stopped, as results.json names it
     warnings.filterwarnings("ignore", message=LIGHTNING_LEAFSPEC_NOTICE, category=FutureWarning)
     try:
         if components is None:
@@ -384,6 +442,7 @@ def run(
         else:  # built by the command line's checks, which could not know the run's folder
             check_writable(output_dir)
         restore_global_state(components.random_state)
+        space = components.space
         compiled = compile_requested(cfg)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
@@ -417,15 +476,17 @@ def run(
         callbacks += [RandomState(cfg.get("seed")), replica_sync, first_step]
         # Checkpoints are the callbacks group's business: none configured, none written.
         saves_checkpoints = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
-        trainer: pl.Trainer = instantiate(
+        trainer = instantiate(
             cfg.trainer,
             logger=loggers or False,
             callbacks=callbacks,
             enable_checkpointing=saves_checkpoints,
+            plugins=[AtomicCheckpointIO()],  # checkpoints whole or not at all (lowbit.storage)
         )
         resume_from = checkpoint_to_resume(cfg)
         if resume_from is not None:
             results["resumed_from"] = str(resume_from)
+        stage = "train"
         if is_post_training(cfg):  # PTQ: the calibrated model as it is, validated once
             trainer.validate(task, datamodule=datamodule, verbose=False)
         else:
@@ -436,13 +497,8 @@ def run(
                 "first training step %.1f s after the process started", first_step.first_step_s
             )
         metrics = results["metrics"]  # filled in place: whatever fails later, these are kept
-        metrics.update(
-            {
-                k: float(v)
-                for k, v in trainer.callback_metrics.items()
-                if k.startswith(("val/", "train/"))
-            }
-        )
+        metrics.update(logged_metrics(trainer))
+        stage = "test"
         if cfg.get("test", True):
             tested = trainer.test(
                 task,
@@ -474,6 +530,11 @@ def run(
         )
         if failure is not None:
             results.update(status=STATUS_FAILED, failed_stage=failure.stage, error=failure.error)
+            if failure.fault is not None:
+                results.update(
+                    fault=failure.fault.record(),
+                    error=fault_advice(failure.fault, output_dir, space),
+                )
     except Diverged as error:
         results.update(status=STATUS_DIVERGED, error=str(error))
         raise
@@ -481,7 +542,14 @@ def run(
         stopped = Interrupted.from_exception(error, output_dir)
         results.update(status=STATUS_INTERRUPTED, error=str(stopped))
         raise stopped from None
-    except BaseException as error:  # bad input or a bug: recorded, then re-raised
+    except BaseException as error:  # bad input, a fault of the storage or a bug: recorded
+        fault = storage_fault_of(error)
+        if fault is not None:  # one line for the user, every metric measured so far kept
+            for key, value in logged_metrics(trainer).items():
+                results["metrics"].setdefault(key, value)
+            fault.advice = fault_advice(fault, output_dir, space)
+            results.update(failed_stage=stage, error=fault.advice, fault=fault.record())
+            raise fault from error
         results["error"] = (
             str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
         )
@@ -491,7 +559,9 @@ def run(
         if is_global_zero():  # one record and one W&B run per run, however many processes
             results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
             if output_dir.is_dir():
-                write_json_atomically(output_dir / RESULTS_FILE, results)
+                results_fault = write_results(output_dir, results, space)
+    if results_fault is not None:
+        raise results_fault
     if "failed_stage" in results:
         raise StageFailed(results)
     return results

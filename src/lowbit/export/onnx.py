@@ -18,6 +18,7 @@ quantization does the same); without it the export reproduces the fake-quant mod
 
 from __future__ import annotations
 
+import io
 import statistics
 import time
 import warnings
@@ -33,6 +34,7 @@ from torch import nn
 from lowbit.export.onnx_graph import INPUT, UnsupportedModel, build_int8_graph, output_names
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
 from lowbit.quant.modules import QuantConv2d, QuantLinear, conv_like
+from lowbit.storage import write_bytes_atomically
 
 DEFAULT_THREADS = 2
 INTEGER_CONV_OPS = ("QLinearConv", "ConvInteger")
@@ -96,20 +98,21 @@ def export_fp32_onnx(
     with torch.no_grad():
         example = network(torch.zeros(1, *input_shape))
     outputs = output_names(len(example) if isinstance(example, (tuple, list)) else 1)
+    exported = io.BytesIO()  # written whole or not at all below (lowbit.storage)
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore")
         # dynamo=False: the torch.export-based exporter needs onnxscript, not a lowbit dependency.
         torch.onnx.export(
             network,
             (torch.zeros(1, *input_shape),),
-            str(path),
+            exported,
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT],
             output_names=outputs,
             dynamic_axes={name: {0: "batch"} for name in [INPUT, *outputs]},
         )
-    return path
+    return write_bytes_atomically(path, exported.getvalue())
 
 
 class _Batches:
@@ -145,10 +148,8 @@ def ort_static_qdq(fp32_onnx_path: str | Path, calibration: torch.Tensor, path: 
 
 
 def save(proto: onnx.ModelProto, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    return path
+    """``proto`` into ``path``, whole or not at all (``lowbit.storage``)."""
+    return write_bytes_atomically(path, proto.SerializeToString())
 
 
 # -- running ----------------------------------------------------------------------------------

@@ -42,13 +42,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from lowbit.quant.fold import batchnorm_factors
 from lowbit.quant.functional import FULL_PRECISION
 from lowbit.quant.grid import IntegerGrid
 from lowbit.quant.modules import QuantizedLayer
+from lowbit.storage import write_bytes_atomically
 
 FORMAT = "lowbit-packed"
 FORMAT_VERSION = 2  # 2: every grid described through the quantizers' grid contract
@@ -278,9 +279,8 @@ def save_packed(model: nn.Module, path: str | Path, batchnorm: str = "affine") -
             sort_keys=True,
         )
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    # whole or not at all: a full disk leaves no half file that load_packed would read
+    return write_bytes_atomically(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 def read_packed(path: str | Path) -> tuple[dict[str, PackedWeight], dict[str, torch.Tensor]]:
