@@ -67,7 +67,7 @@ def cell(value: object, decimals: int | str = 4) -> str:
         number = float(text)
     except ValueError:
         return text
-    if number.is_integer() and not re.search(r"[.eE]", text):
+    if number.is_integer() and "." not in text:
         return str(int(number))
     return f"{number:.{decimals}f}"
 
@@ -120,7 +120,7 @@ class TableSpec:
         """The columns shown and the rows kept, each checked against the file."""
         path = docs_dir / self.path
         rows = read_rows(path)
-        known = list(rows[0]) if rows else []
+        known = list(dict.fromkeys(key for row in rows for key in row))  # a JSON row may lack some
         columns = list(self.columns) or known
         missing = [c for c in [*columns, *(c for c, _ in self.where)] if c not in known]
         if not rows or missing:
@@ -133,7 +133,7 @@ class TableSpec:
 
     def cells(self, docs_dir: Path) -> tuple[list[str], list[list[str]]]:
         columns, rows = self.header_and_rows(docs_dir)
-        return columns, [[cell(row[c], self.decimals) for c in columns] for row in rows]
+        return columns, [[cell(row.get(c), self.decimals) for c in columns] for row in rows]
 
     def table(self, docs_dir: Path) -> str:
         """The Markdown table, ending in a newline."""
