@@ -90,12 +90,15 @@ class TableSpec:
     @classmethod
     def parse(cls, body: str) -> TableSpec:
         """``PATH [columns=A,B] [where=COLUMN=VALUE ...] [decimals=N|keep]``"""
-        path, *options = shlex.split(body)
+        tokens = shlex.split(body)
+        if not tokens:
+            raise ResultsTableError("a results-table marker names no file")
+        path, *options = tokens
         columns: tuple[str, ...] = ()
         where: list[tuple[str, str]] = []
         decimals: int | str = 4
         for option in options:
-            key, sep, value = option.partition("=")
+            key, _, value = option.partition("=")
             if key == "columns" and value:
                 columns = tuple(value.split(","))
             elif key == "where" and "=" in value:
@@ -138,11 +141,6 @@ class TableSpec:
     def table(self, docs_dir: Path) -> str:
         """The Markdown table, ending in a newline."""
         return markdown_rows(*self.cells(docs_dir))
-
-
-def specs(markdown: str) -> list[TableSpec]:
-    """The tables a page's markers ask for, in page order."""
-    return [TableSpec.parse(match["body"]) for match in MARKER.finditer(markdown)]
 
 
 def render_markers(markdown: str, docs_dir: Path) -> str:
