@@ -126,8 +126,10 @@ class TableSpec:
         known = list(dict.fromkeys(key for row in rows for key in row))  # a JSON row may lack some
         columns = list(self.columns) or known
         missing = [c for c in [*columns, *(c for c, _ in self.where)] if c not in known]
-        if not rows or missing:
-            raise ResultsTableError(f"{path} has no rows or no column {', '.join(missing)}")
+        if not rows:
+            raise ResultsTableError(f"{path} has no rows")
+        if missing:
+            raise ResultsTableError(f"{path} has no column {', '.join(missing)}")
         for column, wanted in self.where:
             rows = [row for row in rows if str(row.get(column)) == wanted]
         if not rows:
