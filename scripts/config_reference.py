@@ -3,14 +3,27 @@
     python scripts/config_reference.py > docs/configuration_reference.md
 
 The config groups and their options are the files under conf/; each key's accepted values are
-its check in ``lowbit.validation.SCHEMA``, the one every command line is checked against.
+its check in ``lowbit.validation.SCHEMA``, the one every command line is checked against; its
+default is the value in the config that ``python train.py`` composes with no overrides, or, for
+a key that only some group options set, the value each of them sets (composed, as Hydra would).
 tests/test_docs_site.py fails when the committed page differs from this script's output.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from lowbit.cli import compose
 from lowbit.config import CONFIG_DIR
 from lowbit.validation import SCHEMA
+
+# The groups whose options set keys the default run does not have, in the order a key's default
+# is looked for: a key is shown with the first group that sets it (the task's keys with
+# task=detection, not with the data sets that choose it; the sweeps' own keys last).
+OPTION_GROUPS = ("model", "quantizer", "task", "dataset", "scheduler", "trainer", "logger", "sweep")
 
 HEADER = """# Configuration reference
 
@@ -34,10 +47,71 @@ def groups() -> list[str]:
     return lines
 
 
+def flatten(node: dict, prefix: str = "") -> dict[str, Any]:
+    """Every key of a composed config, dotted, its value unresolved (``${quant.wbits}`` stays)."""
+    out: dict[str, Any] = {}
+    for name, value in node.items():
+        out[f"{prefix}{name}"] = value
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{name}."))
+    return out
+
+
+def composed(overrides: list[str]) -> dict[str, Any]:
+    return flatten(OmegaConf.to_container(compose("train", overrides), resolve=False))
+
+
+def literal(value: Any) -> str:
+    """A value as it would be written on the command line (lists in brackets)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value) if value != "" else "''"
+
+
+def shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping (its keys below)" if value else "`{}`"
+    return "required (`???`)" if value == "???" else f"`{literal(value)}`"
+
+
+def defaults() -> dict[str, str]:
+    """Each schema key's default: the default run's value, else the values group options set."""
+    default = composed([])
+    by_option: dict[str, dict[str, list[str]]] = {}
+    by_option_here: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for group in OPTION_GROUPS:
+        found: set[str] = set()
+        for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+            option = f"{group}={path.stem}"
+            for key, value in composed([option]).items():
+                if key in SCHEMA and key not in default and key not in by_option:
+                    found.add(key)
+                    by_option_here[key][shown(value)].append(f"`{option}`")
+        for key in found:
+            by_option[key] = by_option_here.pop(key)
+    cells = {key: shown(default[key]) for key in SCHEMA if key in default}
+    for key, values in by_option.items():
+        cells[key] = "; ".join(f"{v} with {', '.join(options)}" for v, options in values.items())
+    return cells
+
+
 def keys() -> list[str]:
-    lines = ["## Keys and the values they accept", "", "| key | accepts |", "|---|---|"]
+    lines = [
+        "## Keys, their defaults and the values they accept",
+        "",
+        "The default is what `python train.py` runs with; a key that only some options of a group",
+        'set shows the value each of them sets. No file in `conf/` sets a key marked "not set":',
+        "the model's class count and input size follow the data set (`lowbit.build.build_model`).",
+        "",
+        "| key | default | accepts |",
+        "|---|---|---|",
+    ]
+    known = defaults()
     for key in sorted(SCHEMA):
-        lines.append(f"| `{key}` | {cell(SCHEMA[key].expected)} |")
+        default = cell(known.get(key, "not set"))
+        lines.append(f"| `{key}` | {default} | {cell(SCHEMA[key].expected)} |")
     return lines
 
 

@@ -1,51 +1,51 @@
-"""Print chosen columns of a CSV file (a report's configurations.csv) as a Markdown table.
+"""Print chosen columns of a results data file (CSV, or a JSON list of objects) as a Markdown
+table, or the marker that renders that table into a documentation page.
 
-    python scripts/csv_table.py docs/results/ptq_vs_qat_nin_digits.csv \\
-        configuration n mean ci_low ci_high --where metric=val/acc_best
+    python scripts/csv_table.py docs/results/ptq_vs_qat_nin_digits/configurations.csv \\
+        configuration n mean ci_low ci_high --where metric=val/acc_best [--marker]
 
-The documentation's measured tables are made this way from the data files beside them, so that
-no number is typed by hand. Numbers are printed with 4 decimals; ``--where COLUMN=VALUE`` keeps
-the rows whose column holds that value.
+The documentation's measured tables are these tables: a page holds the ``--marker`` line and
+the site build (docs/hooks/results_tables.py) replaces it with the table, so that no number is
+typed by hand. Numbers are printed with 4 decimals (``--decimals N``, or ``keep`` for the
+file's own digits); ``--where COLUMN=VALUE`` keeps the rows whose column holds that value. The
+formatting is ``lowbit.report.results_tables``, the hook's.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
+from lowbit.report.results_tables import ResultsTableError, TableSpec, parse_decimals
 
-def cell(value: str) -> str:
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return str(int(number)) if number.is_integer() and "." not in value else f"{number:.4f}"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv", type=Path)
-    parser.add_argument("columns", nargs="+")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("columns", nargs="*", help="default: every column, in the file's order")
     parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE")
+    parser.add_argument("--decimals", default="4", metavar="N|keep")
+    parser.add_argument("--marker", action="store_true", help="print the page's marker instead")
     args = parser.parse_args(argv)
-    if not args.csv.is_file():
-        print(f"csv_table: error: no such file {args.csv}", file=sys.stderr)
+    path = args.file.resolve()
+    try:
+        where = tuple(tuple(w.split("=", 1)) for w in args.where if "=" in w)
+        decimals = parse_decimals(args.decimals)
+        spec = TableSpec(str(path), tuple(args.columns), where, decimals)
+        spec.table(Path("/"))  # the file, its columns and rows are checked either way
+        if args.marker:
+            if not path.is_relative_to(DOCS):
+                raise ResultsTableError(f"a page can only show a file under {DOCS}")
+            relative = TableSpec(str(path.relative_to(DOCS)), spec.columns, where, decimals)
+            print(relative.marker())
+        else:
+            print(spec.table(Path("/")), end="")
+    except ResultsTableError as error:
+        print(f"csv_table: error: {error}", file=sys.stderr)
         return 2
-    with args.csv.open(newline="") as file:
-        rows = list(csv.DictReader(file))
-    missing = [c for c in args.columns if rows and c not in rows[0]]
-    if missing:
-        print(f"csv_table: error: {args.csv} has no column {', '.join(missing)}", file=sys.stderr)
-        return 2
-    for condition in args.where:
-        column, _, value = condition.partition("=")
-        rows = [row for row in rows if row.get(column) == value]
-    print("| " + " | ".join(args.columns) + " |")
-    print("|" + "---|" * len(args.columns))
-    for row in rows:
-        print("| " + " | ".join(cell(row[c]) for c in args.columns) + " |")
     return 0
 
 

@@ -46,3 +46,23 @@ def test_the_configuration_reference_is_what_the_schema_and_conf_say():
     """docs/configuration_reference.md is generated; regenerate it with the command it names."""
     page = runpy.run_path(str(ROOT / "scripts" / "config_reference.py"))["page"]()
     assert (DOCS / "configuration_reference.md").read_text() == page
+
+
+def test_the_configuration_reference_shows_each_keys_default():
+    """Every schema key has a default cell, and the default run's values are the composed ones."""
+    from lowbit.cli import compose
+    from lowbit.validation import SCHEMA
+
+    rows = {}
+    for line in (DOCS / "configuration_reference.md").read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    assert set(rows) == set(SCHEMA) and all(rows.values())
+    cfg = compose("train", [])
+    for key in ("trainer.max_epochs", "optimizer.lr", "calibration.method", "quant.wbits"):
+        assert rows[key] == f"`{cfg[key.split('.')[0]][key.split('.')[1]]}`"
+    assert (
+        rows["quant.alpha_init"]
+        == "`10.0` with `quantizer=pact`; `20.0` with `quantizer=pact_symmetric`"
+    )

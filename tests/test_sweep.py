@@ -18,7 +18,7 @@ from sweep_results import write_job
 from wandb_offline import read_offline_run
 
 from lowbit.cli import compose, job_variants, main_job, preflight, preset_sweeps
-from lowbit.hydra_compat import basic_sweeper
+from lowbit.hydra_compat import basic_sweeper, hydra_context
 from lowbit.report import load_runs
 from lowbit.sweep import job
 from lowbit.sweep.outcome import failure_line, job_outcomes
@@ -80,13 +80,11 @@ def test_quantizers_is_fp32_once_then_every_quantizer_at_w_equal_a():
 def sweeper_jobs(preset: str, overrides: list[str], arguments: list[str]) -> list[dict]:
     """The jobs Hydra's sweeper of a preset makes, instantiated as Hydra does (the preset's
     ``${seeds}`` resolved against the composed config), with ``arguments`` on the command line."""
-    from hydra._internal.callbacks import Callbacks
     from hydra.core.plugins import Plugins
-    from hydra.types import HydraContext
 
     cfg = compose("train", [f"sweep={preset}", *overrides], return_hydra_config=True)
     sweeper = Plugins.instance().instantiate_sweeper(
-        hydra_context=HydraContext(config_loader=None, callbacks=Callbacks()),
+        hydra_context=hydra_context(),
         task_function=lambda cfg: None,
         config=cfg,
     )
@@ -232,9 +230,7 @@ def test_a_job_of_a_multirun_survives_a_crash_but_not_ctrl_c(monkeypatch, make_c
 def test_slurm_launcher_configs_compose_into_an_sbatch_script(launcher, tmp_path, monkeypatch):
     """Up to the submission: the composed settings become the sbatch script's parameters."""
     import submitit
-    from hydra._internal.callbacks import Callbacks
     from hydra.core.plugins import Plugins
-    from hydra.types import HydraContext
 
     fake_bin = tmp_path / "bin"  # submitit looks for srun before it submits anything
     fake_bin.mkdir()
@@ -262,7 +258,7 @@ def test_slurm_launcher_configs_compose_into_an_sbatch_script(launcher, tmp_path
 
     monkeypatch.setattr(submitit.AutoExecutor, "map_array", submit)
     slurm = Plugins.instance().instantiate_launcher(
-        hydra_context=HydraContext(config_loader=None, callbacks=Callbacks()),
+        hydra_context=hydra_context(),
         task_function=lambda cfg: None,
         config=cfg,
     )

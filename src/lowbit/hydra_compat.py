@@ -3,7 +3,7 @@
 Hydra gives no public form of these, and a private module may move in any release: keeping
 every such import here means one file to check when hydra-core is upgraded. Checked against
 hydra-core 1.3.8. Nothing else in lowbit (the sweeper plugin under ``src/hydra_plugins``
-included) imports ``hydra._internal``.
+included) or its tests imports ``hydra._internal``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 # CLI's checks read the command line with it, so that they split flags from overrides exactly
 # as Hydra will; hydra.main offers no public way to get it.
 from hydra._internal.utils import get_args_parser
+from hydra.types import HydraContext
 
 
 def basic_sweeper() -> type:
@@ -27,4 +28,14 @@ def basic_sweeper() -> type:
     return module.BasicSweeper
 
 
-__all__ = ["basic_sweeper", "get_args_parser"]
+def hydra_context() -> HydraContext:
+    """A Hydra context with no config loader and no callbacks, what instantiating a sweeper or
+    a launcher outside ``@hydra.main`` needs (the tests compose a preset's sweeper this way).
+    ``HydraContext`` is public, but its ``callbacks`` must be an instance of the private
+    ``Callbacks`` class, which Hydra exports nowhere public."""
+    from hydra._internal.callbacks import Callbacks
+
+    return HydraContext(config_loader=None, callbacks=Callbacks())
+
+
+__all__ = ["basic_sweeper", "get_args_parser", "hydra_context"]
