@@ -9,7 +9,9 @@ with one line on stderr and exit status 2, before any data is loaded.
 Exit statuses: 2 bad input (nothing ran), 3 a single run diverged, 1 a single run trained and
 tested but a stage after that failed (``lowbit.train.StageFailed``; its metrics are kept), or a
 multirun in which some jobs failed (``lowbit.sweep.outcome``; the other jobs ran to the end),
-143 / 130 a run stopped by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it).
+143 / 130 a run stopped by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it),
+6 a single run that ran to its end without W&B, whose service died mid-run (results.json keeps
+every metric and the fault, ``lowbit.tracker_guard``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lowbit.validation import check_values
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STAGE_FAILED = 1
+EXIT_TRACKER_LOST = 6  # the run went on to its end without W&B (lowbit.tracker_guard)
 # Hydra's answers that are not a run (help, the config, information, shell completion) or
 # replay a saved one: the names of its argument parser's options, which the checks leave alone.
 NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun")
@@ -376,13 +379,15 @@ def expand_resume(argv: list[str]) -> list[str]:
 def main_job(cfg) -> float | tuple[float, ...] | None:
     """The body of ``@hydra.main``: one run. A single run answers bad input with one line and
     exit status 2, a NaN loss with exit status 3, a failed stage after testing with its metrics
-    table, one line and exit status 1. A job of a multirun never stops its sweep: its failure is
+    table, one line and exit status 1; a run whose W&B service died goes on to its end without
+    it, then exits with status 6. A job of a multirun never stops its sweep: its failure is
     recorded (results.json, W&B tag), told on stderr, and the sweep goes on; a job whose stage
     after testing failed still gives the sweeper the objectives it measured."""
     from lowbit.checkpoints import Interrupted
     from lowbit.console import print_summary
     from lowbit.sweep import job
     from lowbit.tasks.base import Diverged
+    from lowbit.tracker_guard import lost_tracker
     from lowbit.train import StageFailed, run
 
     if not job.in_multirun():
@@ -402,6 +407,8 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
                 EXIT_STAGE_FAILED,
             )
         print_summary(results)
+        if lost_tracker(results):  # its one line was printed when W&B was lost
+            raise SystemExit(EXIT_TRACKER_LOST)
         return objective_values(cfg, results["metrics"])
 
     job.settle_job_settings(cfg)

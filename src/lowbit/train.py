@@ -61,6 +61,7 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
 from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
 from lowbit.startup import FirstStepTime
 from lowbit.tasks.base import Diverged
+from lowbit.tracker_guard import tracker_faults
 from lowbit.tracking import check_logger_config
 from lowbit.validation import check_values
 from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard, wandb_logger_of
@@ -331,7 +332,7 @@ def run_stages(stages: list[Stage], metrics: dict[str, float]) -> StageFailure |
 def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[str, Any] | None:
     """Write the summary into the W&B run and finish it (a sweep runs many jobs in one process)."""
     logger = wandb_logger_of(loggers)
-    return None if logger is None else finish_run(logger.experiment, summary, status)
+    return None if logger is None else finish_run(logger, summary, status)
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -490,6 +491,8 @@ def run(
         results["duration_s"] = round(time.time() - started, 2)
         if is_global_zero():  # one record and one W&B run per run, however many processes
             results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
+            # a W&B service that died mid-run: the run went on without it (lowbit.tracker_guard)
+            results.setdefault("faults", []).extend(tracker_faults(loggers))
             if output_dir.is_dir():
                 write_json_atomically(output_dir / RESULTS_FILE, results)
     if "failed_stage" in results:
