@@ -18,6 +18,7 @@ from test_wandb import offline_env
 from wandb_offline import records
 
 from lowbit.cli import EXIT_TRACKER_LOST
+from lowbit.sweep.outcome import failure_line, job_outcomes, ok_line
 from lowbit.tracker_guard import FAULT_KIND, GuardedWandbLogger, tracker_faults, warning_line
 from lowbit.tracking import wandb_logger
 from lowbit.wandb_log import finish_run
@@ -157,3 +158,16 @@ def test_wandb_sync_is_offered_only_for_what_the_service_wrote(tmp_path):
     log.write_bytes(b":W&B" + bytes(3) + b"a record")
     assert f"`wandb sync {tmp_path}` uploads what W&B wrote before" in warning_line(fault)
     assert "a W&B call failed at step 9" in warning_line(fault, service_gone=False)
+
+
+def test_the_end_of_sweep_line_names_the_job_that_lost_its_tracker(tmp_path):
+    for number, faults in [(0, [{"kind": FAULT_KIND, "at_step": 7}]), (1, [])]:
+        job_dir = tmp_path / f"{number}_nin-fp32-w32a32g32-digits"
+        (job_dir / ".hydra").mkdir(parents=True)
+        (job_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+        (job_dir / "results.json").write_text(json.dumps({"status": "ok", "faults": faults}))
+    outcomes = job_outcomes(tmp_path)
+    assert failure_line(outcomes) is None  # both jobs have every metric: ok
+    assert ok_line(outcomes, tmp_path).startswith(
+        "lowbit: 2 of 2 jobs ok; 1 went on past a fault: 0_nin-fp32-w32a32g32-digits (tracker); "
+    )
