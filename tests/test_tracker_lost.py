@@ -38,10 +38,21 @@ def service_of(pid: int) -> psutil.Process | None:
 
 
 def kill_service(pid: int) -> None:
+    """SIGKILL ``pid``'s W&B service and wait until it is dead (a zombie until ``pid`` reaps it)."""
     service = service_of(pid)
     assert service is not None, f"no {SERVICE} process under {pid}"
     service.kill()
-    service.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while alive(service):
+        assert time.monotonic() < deadline, f"{SERVICE} {service.pid} outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_run_whose_wandb_service_is_killed_goes_on_to_its_end(tmp_path):
