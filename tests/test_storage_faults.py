@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -104,7 +103,9 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_metrics_and_resume_ends_as_an_unb
     assert "Traceback" not in stopped.stderr
     results = json.loads((faulty_dir / "results.json").read_text())
     assert results["status"] == "failed" and results["failed_stage"] == "train"
-    assert results["fault"] == {"kind": "the disk is full", "errno": "ENOSPC", "path": str(last)}
+    assert results["faults"] == [
+        {"kind": "storage", "error": "the disk is full", "errno": "ENOSPC", "path": str(last)}
+    ]
     assert {"val/acc", "val/loss", "train/loss"} <= set(results["metrics"])
     assert torch.load(last, weights_only=True)["epoch"] == 0  # the first epoch's, whole
     assert leftovers(faulty_dir) == []
@@ -114,7 +115,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_metrics_and_resume_ends_as_an_unb
     assert finish(whole).returncode == 0
     expected = json.loads((whole_dir / "results.json").read_text())
     results = json.loads((faulty_dir / "results.json").read_text())
-    assert results["status"] == "ok" and "fault" not in results
+    assert results["status"] == "ok" and results["faults"] == []
     assert comparable(results) == comparable(expected)
 
 
@@ -144,7 +145,8 @@ def test_a_full_disk_after_testing_keeps_every_metric_and_leaves_no_half_file(
     assert line.startswith(f"lowbit: error: the disk is full writing {run_dir / file} ")
     assert f"resume={run_dir}" in line
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["failed_stage"] == stage and results["fault"]["path"] == str(run_dir / file)
+    assert results["failed_stage"] == stage
+    assert [fault["path"] for fault in results["faults"]] == [str(run_dir / file)]
     # trained, tested, and the other stages measured
     assert {"val/acc", "test/acc", "latency/ms", other_stages_metric} <= set(results["metrics"])
     assert not (run_dir / file).exists()
@@ -181,7 +183,8 @@ def test_a_folder_turned_read_only_is_named_as_such(tmp_path):
         f"make the folder writable again (or mount it read-write), then run the same command "
         f"again (no checkpoint was written)"
     )
-    assert json.loads((run_dir / "results.json").read_text())["fault"]["errno"] == "EROFS"
+    faults = json.loads((run_dir / "results.json").read_text())["faults"]
+    assert [fault["errno"] for fault in faults] == ["EROFS"]
 
 
 # -- the writes themselves ------------------------------------------------------------------

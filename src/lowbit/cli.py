@@ -11,8 +11,10 @@ tested but a stage after that failed (``lowbit.train.StageFailed``; its metrics 
 multirun in which some jobs failed (``lowbit.sweep.outcome``; the other jobs ran to the end),
 4 a fault of the output folder's storage (``lowbit.storage``: a full disk or quota, a folder
 turned read-only, an I/O error; before the run when its filesystem has less free space than
-the run needs, or during it, with every metric measured so far kept), 143 / 130 a run stopped
-by SIGTERM / Ctrl-C (last.ckpt saved; ``resume=RUN_DIR`` continues it).
+the run needs, or during it, with every metric measured so far kept), 6 a single run that ran
+to its end without W&B, whose service died mid-run (results.json keeps every metric and the
+fault, ``lowbit.tracker_guard``), 143 / 130 a run stopped by SIGTERM / Ctrl-C (last.ckpt saved;
+``resume=RUN_DIR`` continues it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STAGE_FAILED = 1
 EXIT_STORAGE_FAULT = 4
+EXIT_TRACKER_LOST = 6  # the run went on to its end without W&B (lowbit.tracker_guard)
 # Hydra's answers that are not a run (help, the config, information, shell completion) or
 # replay a saved one: the names of its argument parser's options, which the checks leave alone.
 NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun")
@@ -402,14 +405,16 @@ def expand_resume(argv: list[str]) -> list[str]:
 def main_job(cfg) -> float | tuple[float, ...] | None:
     """The body of ``@hydra.main``: one run. A single run answers bad input with one line and
     exit status 2, a NaN loss with exit status 3, a failed stage after testing with its metrics
-    table, one line and exit status 1. A job of a multirun never stops its sweep: its failure is
+    table, one line and exit status 1; a run whose W&B service died goes on to its end without
+    it, then exits with status 6. A job of a multirun never stops its sweep: its failure is
     recorded (results.json, W&B tag), told on stderr, and the sweep goes on; a job whose stage
     after testing failed still gives the sweeper the objectives it measured."""
     from lowbit.checkpoints import Interrupted
     from lowbit.console import print_summary
-    from lowbit.storage import StorageFault
+    from lowbit.storage import StorageFault, has_storage_fault
     from lowbit.sweep import job
     from lowbit.tasks.base import Diverged
+    from lowbit.tracker_guard import lost_tracker
     from lowbit.train import StageFailed, run
 
     if not job.in_multirun():
@@ -425,7 +430,7 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
             fail(str(error), error.code)
         except StageFailed as error:  # the traceback is in the log
             print_summary(error.results)
-            if "fault" in error.results:
+            if has_storage_fault(error.results):
                 fail(error.results["error"], EXIT_STORAGE_FAULT)
             fail(
                 f"{error}; the metrics measured are kept in "
@@ -433,6 +438,8 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
                 EXIT_STAGE_FAILED,
             )
         print_summary(results)
+        if lost_tracker(results):  # its one line was printed when W&B was lost
+            raise SystemExit(EXIT_TRACKER_LOST)
         return objective_values(cfg, results["metrics"])
 
     job.settle_job_settings(cfg)

@@ -42,6 +42,7 @@ FAULT_KINDS = {
     errno.EIO: "the disk reported an I/O error",
 }
 SPACE_FAULTS = (errno.ENOSPC, errno.EDQUOT)
+FAULT_KIND = "storage"  # results.json's faults[].kind (a lost W&B service is "tracker")
 
 MB = 1e6
 
@@ -62,12 +63,18 @@ class StorageFault(Exception):
         return self.code in SPACE_FAULTS
 
     def record(self) -> dict[str, Any]:
-        """What results.json keeps under ``fault``."""
+        """What results.json keeps of it in its ``faults`` list."""
         return {
-            "kind": self.kind,
+            "kind": FAULT_KIND,
+            "error": self.kind,
             "errno": errno.errorcode.get(self.code, str(self.code)),
             "path": None if self.path is None else str(self.path),
         }
+
+
+def has_storage_fault(results: dict[str, Any]) -> bool:
+    """Whether a run's results record a fault of the storage (its ``faults`` list)."""
+    return any(fault.get("kind") == FAULT_KIND for fault in results.get("faults") or ())
 
 
 def fault_errors(error: BaseException | None) -> Iterator[BaseException]:

@@ -1,4 +1,4 @@
-"""Experiment tracking: a W&B logger that never blocks.
+"""Experiment tracking: a W&B logger that never blocks, and whose loss never ends the run.
 
 W&B mode is decided before ``wandb.init`` so that a run never waits on a login prompt or a
 network time-out: WANDB_MODE (or the ``mode`` argument) wins; otherwise online needs both
@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from lowbit.errors import ConfigError, one_line
+from lowbit.tracker_guard import GuardedWandbLogger
 
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 3.0
@@ -133,8 +134,9 @@ def sweep_unique_name(name: str) -> str:
     return f"{name}-job{hydra_settings().job.num}" if in_multirun() else name
 
 
-class MonitoredCheckpointsWandbLogger(WandbLogger):
-    """Lightning's WandbLogger, whose ``log_model=true`` uploads the checkpoints of the
+class MonitoredCheckpointsWandbLogger(GuardedWandbLogger):
+    """Lightning's WandbLogger, guarded against a W&B service that dies mid-run
+    (``lowbit.tracker_guard``), whose ``log_model=true`` uploads the checkpoints of the
     ModelCheckpoint that has a ``monitor`` only, the best one aliased "best". Lightning (2.6)
     gives "best" to the ``best_model_path`` of every ModelCheckpoint, and a monitor-less one
     (lowbit's ``last.ckpt`` writer, conf/callbacks/default.yaml) calls its newest file its best,

@@ -61,8 +61,16 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
 )
 from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
 from lowbit.startup import FirstStepTime
-from lowbit.storage import SpaceNeeded, StorageFault, fault_advice, space_needed, storage_fault_of
+from lowbit.storage import (
+    SpaceNeeded,
+    StorageFault,
+    fault_advice,
+    has_storage_fault,
+    space_needed,
+    storage_fault_of,
+)
 from lowbit.tasks.base import Diverged
+from lowbit.tracker_guard import tracker_faults
 from lowbit.tracking import check_logger_config
 from lowbit.validation import check_values
 from lowbit.wandb_log import dashboard_stage, finish_run, start_dashboard, wandb_logger_of
@@ -366,7 +374,7 @@ def run_stages(stages: list[Stage], metrics: dict[str, float]) -> StageFailure |
 def finish_wandb(loggers: list, summary: dict[str, Any], status: str) -> dict[str, Any] | None:
     """Write the summary into the W&B run and finish it (a sweep runs many jobs in one process)."""
     logger = wandb_logger_of(loggers)
-    return None if logger is None else finish_run(logger.experiment, summary, status)
+    return None if logger is None else finish_run(logger, summary, status)
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -397,7 +405,8 @@ def write_results(
         )
         if "failed_stage" not in results:
             results.update(status=STATUS_FAILED, failed_stage="results", error=fault.advice)
-        results.setdefault("fault", fault.record())
+        if not has_storage_fault(results):
+            results.setdefault("faults", []).append(fault.record())
         print(json.dumps(results, default=str, sort_keys=True), flush=True)
         return fault
 
@@ -531,10 +540,8 @@ def run(
         if failure is not None:
             results.update(status=STATUS_FAILED, failed_stage=failure.stage, error=failure.error)
             if failure.fault is not None:
-                results.update(
-                    fault=failure.fault.record(),
-                    error=fault_advice(failure.fault, output_dir, space),
-                )
+                results["error"] = fault_advice(failure.fault, output_dir, space)
+                results.setdefault("faults", []).append(failure.fault.record())
     except Diverged as error:
         results.update(status=STATUS_DIVERGED, error=str(error))
         raise
@@ -548,7 +555,8 @@ def run(
             for key, value in logged_metrics(trainer).items():
                 results["metrics"].setdefault(key, value)
             fault.advice = fault_advice(fault, output_dir, space)
-            results.update(failed_stage=stage, error=fault.advice, fault=fault.record())
+            results.update(failed_stage=stage, error=fault.advice)
+            results.setdefault("faults", []).append(fault.record())
             raise fault from error
         results["error"] = (
             str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
@@ -558,6 +566,8 @@ def run(
         results["duration_s"] = round(time.time() - started, 2)
         if is_global_zero():  # one record and one W&B run per run, however many processes
             results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
+            # a W&B service that died mid-run: the run went on without it (lowbit.tracker_guard)
+            results.setdefault("faults", []).extend(tracker_faults(loggers))
             if output_dir.is_dir():
                 results_fault = write_results(output_dir, results, space)
     if results_fault is not None:

@@ -10,6 +10,8 @@
   quantization settings and the metrics as metadata.
 - At the end: the final metrics and the status in the summary; ``scripts/export.py`` later
   reopens the same run (``update_run_summary``) to add what it measured.
+- Each of these goes through the logger's guard (``lowbit.tracker_guard``): once W&B's service
+  is gone, they are skipped and the run goes on without W&B.
 - Detection runs log their first validation images with W&B's native boxes
   (``lowbit.detection.wandb_boxes``) instead of drawn ones, so that the viewer hides classes and
   filters by score.
@@ -34,6 +36,7 @@ from lowbit.quant.functional import FULL_PRECISION
 from lowbit.quant.modules import QuantizedLayer
 from lowbit.quant.optim import learned_values
 from lowbit.results import PACKED_FILE, RESULTS_FILE, STATUS_OK
+from lowbit.tracker_guard import guarded, tracked_run
 
 # Higher is better for scores, lower for losses; the summary keeps the best and the last value.
 BEST_OF = {
@@ -91,9 +94,11 @@ def start_dashboard(loggers: list) -> None:
     logger = wandb_logger_of(loggers)
     if logger is None or not is_global_zero():
         return
-    run = logger.experiment
+    run = tracked_run(logger)
+    if run is None:  # W&B failed to start: the run goes on without it (lowbit.tracker_guard)
+        return
     # Lightning joins its ``prefix`` option and the key with "-" (WandbLogger.log_metrics).
-    define_best_metrics(run, getattr(logger, "_prefix", ""))
+    guarded(logger, define_best_metrics, run, getattr(logger, "_prefix", ""))
     print(f"lowbit: W&B run {run.name} ({run.id}): {address(run)}", flush=True)
 
 
@@ -235,17 +240,19 @@ def log_run_outputs(
     results: dict[str, Any],
 ) -> dict[str, float]:
     """The per-layer table and the artifacts (module docstring); a stage of ``lowbit.train``,
-    so it measures nothing and returns no metrics."""
+    so it measures nothing and returns no metrics. Skipped once W&B is lost; a failure of
+    W&B itself loses it (``lowbit.tracker_guard``) rather than failing the stage."""
     import wandb
 
     logger = wandb_logger_of(loggers)
-    if logger is None:
+    if logger is None or getattr(logger, "lost", False):
         return {}
     run = logger.experiment
     packed = output_dir / ARTIFACT_FILES["packed"]
     columns, rows = layer_rows(model, input_shape, packed if packed.is_file() else None)
-    run.log({LAYER_TABLE_KEY: wandb.Table(columns=columns, data=rows)})
-    log_artifacts(run, output_dir, artifact_metadata(results))
+    table = wandb.Table(columns=columns, data=rows)
+    guarded(logger, run.log, {LAYER_TABLE_KEY: table})
+    guarded(logger, log_artifacts, run, output_dir, artifact_metadata(results))
     return {}
 
 
@@ -271,13 +278,10 @@ def final_summary(metrics: dict[str, Any], status: str) -> dict[str, Any]:
     return {**{k: v for k, v in metrics.items() if k not in BEST_OF}, "status": status}
 
 
-def finish_run(run, metrics: dict[str, Any], status: str) -> dict[str, Any]:
-    """Write the final summary, tag a failed run with its status, finish it; returns what
-    results.json records of it (``scripts/export.py`` reopens the run from that)."""
-    run.summary.update(final_summary(metrics, status))
-    if status != STATUS_OK:
-        run.tags = tuple(run.tags or ()) + (status,)
-    info = {
+def run_record(run) -> dict[str, Any]:
+    """What results.json records of the W&B run (``scripts/export.py`` reopens the run from
+    that); read from the run's settings, so a lost service still leaves it."""
+    return {
         "id": run.id,
         "name": run.name,
         "project": run.project,
@@ -286,7 +290,24 @@ def finish_run(run, metrics: dict[str, Any], status: str) -> dict[str, Any]:
         "dir": str(Path(run.dir).parent),  # the offline-run-* folder that `wandb sync` takes
         "url": run.url if run_mode(run) == "online" else None,
     }
+
+
+def close_run(run, metrics: dict[str, Any], status: str) -> None:
+    """Write the final summary, tag a failed run with its status, finish it."""
+    run.summary.update(final_summary(metrics, status))
+    if status != STATUS_OK:
+        run.tags = tuple(run.tags or ()) + (status,)
     run.finish(exit_code=0 if status == STATUS_OK else 1)
+
+
+def finish_run(logger, metrics: dict[str, Any], status: str) -> dict[str, Any] | None:
+    """``close_run`` on the logger's W&B run, through its guard (a lost W&B run is left as
+    it is); returns ``run_record``."""
+    run = tracked_run(logger)
+    if run is None:  # W&B failed to start: nothing to finish, nothing to record
+        return None
+    info = run_record(run)
+    guarded(logger, close_run, run, metrics, status)
     return info
 
 

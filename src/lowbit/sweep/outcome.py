@@ -9,6 +9,9 @@ joblib's worker processes or on a Slurm cluster all leave a results.json behind.
 it prints one line and, when any job failed, exits with status 1:
 
     lowbit: 1 of 9 jobs failed: 4_nin-dorefa-w4a4g32-digits (diverged)
+
+A job that went on past a fault (results.json's ``faults``, such as a W&B service that died:
+``lowbit.tracker_guard``) is ok, and named in that line with the kinds of its faults.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ CLOCK_SLACK_S = 1.0
 class JobOutcome:
     name: str  # the job's folder, e.g. 4_nin-dorefa-w4a4g32-digits
     status: str  # ok, failed, diverged, or "no results.json" for a job that died unrecorded
+    faults: tuple[str, ...] = ()  # the kinds of the faults it went on past ("tracker")
 
     @property
     def ok(self) -> bool:
@@ -57,12 +61,14 @@ def job_outcomes(sweep_dir: Path, since: float = 0.0) -> list[JobOutcome]:
     outcomes = []
     for job_dir in sorted(job_dirs, key=job_order):
         results = job_dir / RESULTS_FILE
-        status = (
-            str(read_results(results).get("status", "unknown"))
-            if fresh(results)
-            else f"no {RESULTS_FILE}"
+        record = read_results(results) if fresh(results) else {"status": f"no {RESULTS_FILE}"}
+        outcomes.append(
+            JobOutcome(
+                job_dir.relative_to(sweep_dir).as_posix(),
+                str(record.get("status", "unknown")),
+                tuple(str(fault.get("kind")) for fault in record.get("faults") or ()),
+            )
         )
-        outcomes.append(JobOutcome(job_dir.relative_to(sweep_dir).as_posix(), status))
     return outcomes
 
 
@@ -72,12 +78,28 @@ def job_order(job_dir: Path) -> tuple[int, str]:
     return (int(number) if number.isdigit() else sys.maxsize, job_dir.as_posix())
 
 
+def fault_note(outcomes: list[JobOutcome]) -> str:
+    """``; 1 went on past a fault: 0_nin-...-digits (tracker)``, or "" when none did."""
+    faulted = [o for o in outcomes if o.faults]
+    if not faulted:
+        return ""
+    names = ", ".join(f"{o.name} ({', '.join(o.faults)})" for o in faulted)
+    return f"; {len(faulted)} went on past a fault: {names}"
+
+
+def ok_line(outcomes: list[JobOutcome], sweep_dir: Path) -> str:
+    return (
+        f"lowbit: {len(outcomes)} of {len(outcomes)} jobs ok{fault_note(outcomes)}; compare "
+        f"them with python scripts/report.py {sweep_dir}"
+    )
+
+
 def failure_line(outcomes: list[JobOutcome]) -> str | None:
     failed = [o for o in outcomes if not o.ok]
     if not failed:
         return None
     names = ", ".join(f"{o.name} ({o.status})" for o in failed)
-    return f"lowbit: {len(failed)} of {len(outcomes)} jobs failed: {names}"
+    return f"lowbit: {len(failed)} of {len(outcomes)} jobs failed: {names}{fault_note(outcomes)}"
 
 
 class SweepOutcome(Callback):
@@ -94,11 +116,7 @@ class SweepOutcome(Callback):
         outcomes = job_outcomes(sweep_dir, since=self.started)
         line = failure_line(outcomes)
         if line is None:
-            print(
-                f"lowbit: {len(outcomes)} of {len(outcomes)} jobs ok; compare them with "
-                f"python scripts/report.py {sweep_dir}",
-                flush=True,
-            )
+            print(ok_line(outcomes, sweep_dir), flush=True)
             return
         sys.stdout.flush()
         print(line, file=sys.stderr, flush=True)
