@@ -111,9 +111,7 @@ class OptunaSweeper(Sweeper):
         return f"{tally['complete']} of {self.n_trials} trials complete, {tally['fail']} failed"
 
     def run_batch(self, study: Any, space: studies.SearchSpace, size: int) -> Sequence[Any]:
-        trials = [study.ask(space.distributions) for _ in range(size)]
-        for trial in trials:
-            studies.claim(trial)
+        trials = [studies.ask(study, space) for _ in range(size)]
         batch = [
             [
                 *studies.trial_overrides(space, trial),

@@ -19,6 +19,7 @@ about the study is here.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
@@ -166,6 +167,27 @@ def check_study_name(name: str) -> str:
     return name
 
 
+class JournalFlock:
+    """The journal file's lock for Optuna's ``JournalFileBackend``, as ``flock(2)`` on the file:
+    the kernel frees it with its process, so a sweep killed while writing leaves no stale lock
+    (Optuna's own symlink lock makes the next start wait out a 30 s grace period). lowbit's
+    sweeps lock the journal alike; a writer with Optuna's lock (optuna-dashboard's notes) does
+    not wait for them, and its appends are single writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.handle = path, None
+
+    def acquire(self) -> bool:
+        self.handle = open(self.path, "ab")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        self.handle = None
+
+
 def open_storage(storage: str | None, study_name: str, studies_dir: Path) -> tuple[Any, str]:
     """(the Optuna storage, where it is) for ``hydra.sweeper.storage``: null, the journal file
     ``studies_dir/<study_name>.log``; a path, a journal file there; a URL, Optuna's RDB storage.
@@ -188,7 +210,7 @@ def open_storage(storage: str | None, study_name: str, studies_dir: Path) -> tup
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab"):
             pass
-        journal = JournalStorage(JournalFileBackend(str(path)))
+        journal = JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFlock(path)))
     except OSError as error:
         raise ConfigError(
             f"cannot write the study file {path}: {error.strerror}; name another with "
@@ -262,7 +284,10 @@ def open_study(
     earlier = summary.n_trials if summary is not None else 0
     if callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):
         seed = getattr(sampler, "keywords", {}).get("seed")
-        sampler = sampler(seed=seed + earlier) if seed is not None else sampler()
+        try:
+            sampler = sampler(seed=seed + earlier) if seed is not None else sampler()
+        except Exception as error:  # a setting the sampler does not take
+            raise ConfigError(f"hydra.sweeper.sampler: {first_line(error)}") from None
     study = optuna.create_study(
         storage=storage, sampler=sampler, study_name=name, directions=wanted, load_if_exists=True
     )
@@ -271,10 +296,17 @@ def open_study(
     return study
 
 
-def claim(trial: optuna.trial.Trial) -> None:
-    """Record this process as the one running ``trial`` (see ``fail_orphans``)."""
-    trial.set_user_attr(HOST_ATTR, socket.gethostname())
-    trial.set_user_attr(PID_ATTR, os.getpid())
+def ask(study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
+    """A new trial, claimed by this process (see ``fail_orphans``). The claim is written with
+    the trial (enqueued with it, then asked), so that no kill leaves a running trial without
+    one; a trial that another sweep enqueued and this one popped is claimed again."""
+    claim = {HOST_ATTR: socket.gethostname(), PID_ATTR: os.getpid()}
+    study.enqueue_trial({}, user_attrs=claim)
+    trial = study.ask(space.distributions)
+    for key, value in claim.items():
+        if trial.user_attrs.get(key) != value:
+            trial.set_user_attr(key, value)
+    return trial
 
 
 def process_alive(pid: int) -> bool:
