@@ -38,8 +38,6 @@ from optuna.distributions import (
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
-    distribution_to_json,
-    json_to_distribution,
 )
 from optuna.trial import FrozenTrial, TrialState
 
@@ -48,7 +46,7 @@ from lowbit.overrides import hydra_error_line
 
 DIRECTIONS = ("minimize", "maximize")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # also the journal file's name
-SPACE_ATTR = "search_space"  # the study's user attribute: {name: distribution as JSON}
+SPACE_ATTR = "search_space"  # the study's user attribute: {name: "choice(2, 4, 8)", ...}
 # Each trial records the sweep process that runs it, so that a later start can tell a trial
 # whose process died from one that another live sweep is running.
 HOST_ATTR, PID_ATTR = "sweeper_host", "sweeper_pid"
@@ -61,7 +59,9 @@ class SearchSpace:
     fixed: list[str]  # the other overrides, as written
 
     def signature(self) -> dict[str, str]:
-        return {name: distribution_to_json(d) for name, d in sorted(self.distributions.items())}
+        """The space as the study records it, each sweep in Hydra's grammar (readable in
+        optuna-dashboard): written from the distribution, so the same space reads the same."""
+        return {name: written(d) for name, d in sorted(self.distributions.items())}
 
 
 def search_space(overrides: Sequence[str]) -> SearchSpace:
@@ -253,9 +253,10 @@ def check_continues(
 
 def space_changes(before: Mapping[str, str], now: Mapping[str, str]) -> str:
     """The first differences of two signatures, as ``key: old -> new`` in Hydra's grammar."""
-    shown = lambda sig, key: written(json_to_distribution(sig[key])) if key in sig else "fixed"  # noqa: E731
     keys = sorted(key for key in {*before, *now} if before.get(key) != now.get(key))
-    return "; ".join(f"{key}: {shown(before, key)} -> {shown(now, key)}" for key in keys[:2])
+    return "; ".join(
+        f"{key}: {before.get(key, 'fixed')} -> {now.get(key, 'fixed')}" for key in keys[:2]
+    )
 
 
 def written(distribution: BaseDistribution) -> str:
