@@ -208,6 +208,8 @@ def test_a_changed_space_or_direction_is_refused_unless_the_study_is_new(capsys,
     )
     line = refusal(capsys, tmp_path, "hydra.sweeper.direction=[maximize,maximize]")
     assert "another direction (maximize, minimize, now maximize, maximize)" in line
+    line = refusal(capsys, tmp_path, "objectives=[test/acc,model/size_bytes]")
+    assert "with other objectives (val/acc_best, model/size_bytes, now test/acc, model/" in line
     assert "quant.abits: choice(2, 3, 4, 6, 8) -> fixed" in refusal(
         capsys, tmp_path, arguments=["quant.abits=4"]
     )

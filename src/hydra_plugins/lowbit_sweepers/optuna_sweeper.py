@@ -65,7 +65,7 @@ class OptunaSweeper(Sweeper):
             [*(f"{key}={value}" for key, value in self.params.items()), *arguments]
         )
         directions = studies.directions(self.direction)
-        objectives = list(self.config.get("objectives") or [])
+        objectives = [str(metric) for metric in self.config.get("objectives") or []]
         if len(objectives) != len(directions):
             raise ConfigError(
                 f"hydra.sweeper.direction has {len(directions)} direction(s) and objectives "
@@ -75,7 +75,9 @@ class OptunaSweeper(Sweeper):
         name = studies.check_study_name(self.study_name or sweep_dir.name)
         studies_dir = Path(str(self.config.paths.log_dir)) / "studies"
         storage, where = studies.open_storage(self.storage, name, studies_dir)
-        study = studies.open_study(storage, where, name, directions, space, self.sampler)
+        study = studies.open_study(
+            storage, where, name, space, objectives, directions, self.sampler
+        )
         return study, space, where
 
     def sweep(self, arguments: list[str]) -> list[Sequence[Any]]:

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import socket
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -46,7 +47,8 @@ from lowbit.overrides import hydra_error_line
 
 DIRECTIONS = ("minimize", "maximize")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # also the journal file's name
-SPACE_ATTR = "search_space"  # the study's user attribute: {name: "choice(2, 4, 8)", ...}
+# The study's user attributes: {name: "choice(2, 4, 8)", ...} and the metrics it optimises.
+SPACE_ATTR, OBJECTIVES_ATTR = "search_space", "objectives"
 # Each trial records the sweep process that runs it, so that a later start can tell a trial
 # whose process died from one that another live sweep is running.
 HOST_ATTR, PID_ATTR = "sweeper_host", "sweeper_pid"
@@ -232,23 +234,30 @@ def existing_study(storage: Any, name: str) -> optuna.study.StudySummary | None:
 
 
 def check_continues(
-    summary: optuna.study.StudySummary, space: SearchSpace, wanted: list[str], where: str
+    summary: optuna.study.StudySummary,
+    space: SearchSpace,
+    metrics: list[str],
+    directions: list[str],
+    where: str,
 ) -> None:
-    """ConfigError unless the study ``summary`` searched ``space`` in the ``wanted`` directions
-    (a study started elsewhere, without lowbit's record of its space, is taken as it is)."""
-    refuse = (
-        f"study {summary.study_name} ({where}) was started with another %s; to search this "
-        f"one, name a new study: hydra.sweeper.study_name=NAME"
-    )
-    had = [d.name.lower() for d in summary.directions]
-    if had != wanted:
-        raise ConfigError(refuse % f"direction ({', '.join(had)}, now {', '.join(wanted)})")
-    recorded = summary.user_attrs.get(SPACE_ATTR)
-    if recorded is None:
-        return
-    changes = space_changes(recorded, space.signature())
+    """ConfigError unless the study ``summary`` searched ``space`` for the same ``metrics`` in
+    the same ``directions`` (what a study started elsewhere did not record is not checked)."""
+    recorded = summary.user_attrs
+    had_directions = [d.name.lower() for d in summary.directions]
+    had_metrics = recorded.get(OBJECTIVES_ATTR, metrics)
+    if had_directions != directions:
+        what = "another direction"
+        changes = f"{', '.join(had_directions)}, now {', '.join(directions)}"
+    elif had_metrics != metrics:
+        what, changes = "other objectives", f"{', '.join(had_metrics)}, now {', '.join(metrics)}"
+    else:
+        what = "another search space"
+        changes = space_changes(recorded.get(SPACE_ATTR, space.signature()), space.signature())
     if changes:
-        raise ConfigError(refuse % f"search space ({changes})")
+        raise ConfigError(
+            f"study {summary.study_name} ({where}) was started with {what} ({changes}); to "
+            f"search this one, name a new study: hydra.sweeper.study_name=NAME"
+        )
 
 
 def space_changes(before: Mapping[str, str], now: Mapping[str, str]) -> str:
@@ -273,15 +282,22 @@ def written(distribution: BaseDistribution) -> str:
 
 
 def open_study(
-    storage: Any, where: str, name: str, wanted: list[str], space: SearchSpace, sampler: Any
+    storage: Any,
+    where: str,
+    name: str,
+    space: SearchSpace,
+    metrics: list[str],
+    directions: list[str],
+    sampler: Any,
 ) -> optuna.Study:
-    """The study ``name`` in ``storage``, continued or created; ``sampler`` is built here
-    (a ``functools.partial`` of the sampler class, or a sampler) so that a continued study's
+    """The study ``name`` in ``storage``, continued or created, optimising ``metrics`` (the
+    config's ``objectives``) in ``directions``. ``sampler`` is built here (a
+    ``functools.partial`` of the sampler class, or a sampler) so that a continued study's
     sampler is seeded with seed + its number of trials: its draws are not the first run's
     again."""
     summary = existing_study(storage, name)
     if summary is not None:
-        check_continues(summary, space, wanted, where)
+        check_continues(summary, space, metrics, directions, where)
     earlier = summary.n_trials if summary is not None else 0
     if callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):
         seed = getattr(sampler, "keywords", {}).get("seed")
@@ -290,10 +306,18 @@ def open_study(
         except Exception as error:  # a setting the sampler does not take
             raise ConfigError(f"hydra.sweeper.sampler: {first_line(error)}") from None
     study = optuna.create_study(
-        storage=storage, sampler=sampler, study_name=name, directions=wanted, load_if_exists=True
+        storage=storage,
+        sampler=sampler,
+        study_name=name,
+        directions=directions,
+        load_if_exists=True,
     )
-    if summary is None or SPACE_ATTR not in summary.user_attrs:
+    if summary is None:
         study.set_user_attr(SPACE_ATTR, space.signature())
+        study.set_user_attr(OBJECTIVES_ATTR, metrics)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and still in 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metrics)  # optuna-dashboard's axis titles
     return study
 
 
