@@ -247,6 +247,18 @@ def test_failed_jobs_are_failed_trials_and_the_search_goes_on(tmp_path):
     assert front.solutions == [] and front.trials == {"fail": 3}
 
 
+def test_ctrl_c_stops_the_search_and_fails_its_running_trials(tmp_path):
+    class Interrupted(Launcher):
+        def launch(self, batch, initial_job_idx):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path, "hydra.sweeper.n_jobs=2", launcher=Interrupted())
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert trials[0].user_attrs["failure"] == "the sweep stopped while it ran"
+
+
 def test_trials_of_a_killed_sweep_are_marked_failed_and_live_ones_are_left(tmp_path):
     search(tmp_path, "hydra.sweeper.n_trials=1")
     study = load(tmp_path)
