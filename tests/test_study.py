@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, run_env
+from conftest import FAST, ROOT, run_env
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -31,18 +31,7 @@ from lowbit.cli import compose
 from lowbit.errors import ConfigError
 from lowbit.sweep import study as studies
 
-FAST_ARGS = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
-    "dataset.batch_size=16",
-    "latency.warmup=1",
-    "latency.repeats=2",
-    "trainer.enable_progress_bar=false",
-    "callbacks=none",
-    "logger=none",
-]
+FAST_ARGS = [*FAST, "callbacks=none", "logger=none"]  # a few batches, nothing tracked
 
 
 class Launcher:
