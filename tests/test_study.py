@@ -264,6 +264,16 @@ def test_trials_of_a_killed_sweep_are_marked_failed_and_live_ones_are_left(tmp_p
     assert [number for number, _ in launcher.jobs] == [3]
 
 
+def test_a_trials_wandb_config_names_its_study_and_trial(make_cfg):
+    """What the sweeper gives each job (optuna.study, optuna.trial) is in the config that the
+    W&B run logs, as columns to filter and group a study's runs by."""
+    from lowbit.train import loggable_config
+
+    logged = loggable_config(make_cfg("optuna.study=acc_vs_size", "optuna.trial=3"))
+    assert logged["optuna"] == {"study": "acc_vs_size", "trial": 3}
+    assert loggable_config(make_cfg())["optuna"] == {"study": None, "trial": None}
+
+
 def test_objectives_and_directions_must_pair_up(capsys, tmp_path):
     assert "1 direction(s) and objectives 2 metric(s)" in refusal(
         capsys, tmp_path, "hydra.sweeper.direction=maximize"
