@@ -30,6 +30,8 @@ RESULTS_FILE = "optimization_results.yaml"
 
 
 class OptunaSweeper(Sweeper):
+    """hydra/sweeper=optuna (conf/hydra/sweeper/optuna.yaml says what each setting does)."""
+
     def __init__(
         self,
         sampler: Any = None,
@@ -103,6 +105,8 @@ class OptunaSweeper(Sweeper):
                 break
             returns.append(self.run_batch(study, space, batch))
             asked += batch
+        if not asked:
+            log.info(f"Nothing to run: hydra.sweeper.n_trials={self.n_trials + 8} adds 8 trials")
         results = studies.results(study, where)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
         log.info(f"Study {study.study_name}: {self.describe(study)}; {sweep_dir / RESULTS_FILE}")

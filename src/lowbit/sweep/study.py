@@ -12,8 +12,8 @@ about the study is here.
   it); a path names another journal file, a URL (``sqlite:///studies.db``,
   ``postgresql://...``) Optuna's RDB storage.
 - **Continuing**: a study that exists in the storage is continued, its trial numbers go on and
-  its sampler sees the earlier trials; its search space and directions (kept in the study's user
-  attributes) must be this command's, or the command is refused: a new space is a new study.
+  its sampler sees the earlier trials; its search space, objectives and directions (kept in the
+  study) must be this command's, or the command is refused: a new space is a new study.
   Trials left running by a sweep process that died (SIGKILL, a lost node) are marked FAIL.
 """
 
@@ -93,7 +93,7 @@ def search_space(overrides: Sequence[str]) -> SearchSpace:
 
 def distribution(override: Override) -> BaseDistribution:
     """One sweep as an Optuna distribution; ConfigError naming it when it has no such form."""
-    value, written = override.value(), override.input_line
+    value, sweep = override.value(), override.input_line
     try:
         if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
             choices = list(override.sweep_iterator())
@@ -110,9 +110,9 @@ def distribution(override: Override) -> BaseDistribution:
                 return IntDistribution(value.start, value.end, log=log)
             return FloatDistribution(float(value.start), float(value.end), log=log)
     except ValueError as error:
-        raise ConfigError(f"search space {written}: {error}") from None
+        raise ConfigError(f"search space {sweep}: {error}") from None
     raise ConfigError(
-        f"search space {written}: an Optuna search takes choice(), range() and interval() "
+        f"search space {sweep}: an Optuna search takes choice(), range() and interval() "
         f"(with tag(log, ...) for a log scale)"
     )
 
@@ -372,16 +372,15 @@ def trial_values(returned: Any, count: int) -> list[float] | None:
     return floats
 
 
-def record(study: optuna.Study, trial: optuna.trial.Trial, returned: Any, failure: str) -> bool:
-    """Tell the study what the trial's job returned (``failure``: why it has no values, when it
-    has none, e.g. the job's exception). True for a complete trial."""
+def record(study: optuna.Study, trial: optuna.trial.Trial, returned: Any, failure: str) -> None:
+    """Tell the study what the trial's job returned; ``failure`` says why it has no values when
+    it has none (the job's exception, a stopped sweep)."""
     values = trial_values(returned, len(study.directions)) if not failure else None
     if values is None:
         trial.set_user_attr(FAILURE_ATTR, failure or f"the job returned {returned!r}")
         study.tell(trial, state=TrialState.FAIL)
-        return False
-    study.tell(trial, values)
-    return True
+    else:
+        study.tell(trial, values)
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
