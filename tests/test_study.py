@@ -336,3 +336,31 @@ def test_a_killed_search_continues_to_its_trials(tmp_path):
         config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
         assert (config.optuna.study, config.optuna.trial) == ("acc_vs_size", number)
         assert job_dir.name.startswith(f"{number}_")
+
+
+# Slow: two trials in joblib's worker processes (35 to 60 s on 2 busy cores).
+@pytest.mark.slow
+def test_an_optuna_search_runs_its_trials_side_by_side(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "sweep=acc_vs_size",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *FAST_ARGS,
+            f"paths.log_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert trial_states(tmp_path / "studies" / "acc_vs_size.log") == [TrialState.COMPLETE] * 2
+    assert "lowbit: 2 of 2 jobs ok" in result.stdout
