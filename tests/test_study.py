@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST, ROOT, run_env
+from conftest import FAST, ROOT, run_env, run_train
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -154,6 +154,20 @@ def test_a_bad_storage_is_one_line_and_exit_2(capsys, tmp_path, storage, says):
     (tmp_path / "a_file").write_text("not a folder")
     storage = storage.format(tmp=tmp_path)
     assert says in refusal(capsys, tmp_path, f"hydra.sweeper.storage={storage}")
+
+
+def test_a_refusal_is_one_line_and_exit_2_from_the_command_line(tmp_path):
+    """The sweeper's refusal as a user meets it: through train.py and Hydra, before any job."""
+    (tmp_path / "a_file").write_text("not a folder")
+    storage = f"hydra.sweeper.storage={tmp_path}/a_file/acc_vs_size.log"
+    result = run_train(["-m", "sweep=acc_vs_size", storage], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"lowbit: error: cannot write the study file {tmp_path}/a_file/acc_vs_size.log: "
+        f"{tmp_path}/a_file is a file; name another with hydra.sweeper.storage=PATH, or a "
+        f"database URL"
+    ]
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_study_is_a_journal_file_that_the_same_command_continues(tmp_path):

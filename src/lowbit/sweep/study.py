@@ -208,16 +208,23 @@ def open_storage(storage: str | None, study_name: str, studies_dir: Path) -> tup
             f"hydra.sweeper.storage={path} is a folder: name the study's file, e.g. "
             f"{path / study_name}.log"
         )
+
+    def cannot(reason: str) -> ConfigError:
+        return ConfigError(
+            f"cannot write the study file {path}: {reason}; name another with "
+            f"hydra.sweeper.storage=PATH, or a database URL"
+        )
+
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise cannot(f"{existing} is a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab"):
             pass
         journal = JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFlock(path)))
     except OSError as error:
-        raise ConfigError(
-            f"cannot write the study file {path}: {error.strerror}; name another with "
-            f"hydra.sweeper.storage=PATH, or a database URL"
-        ) from None
+        raise cannot(error.strerror) from None
     except Exception as error:  # the journal's replay: not an Optuna journal
         raise ConfigError(f"{path} is not an Optuna journal file: {first_line(error)}") from None
     return journal, str(path)
