@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	# lowbit's own sweeper replaced hydra-optuna-sweeper, which pins Optuna below 3 and registers
+	# the same hydra/sweeper=optuna options: gone from a .venv made before (#30).
+	$(PY) -m pip uninstall --quiet --yes hydra-optuna-sweeper
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -338,7 +338,10 @@ def test_a_joblib_sweep_with_a_diverging_job_finishes_the_others_and_says_so(tmp
 
 @pytest.mark.slow
 def test_optuna_search_runs_trials_and_writes_its_pareto_front(tmp_path):
-    result = multirun(["sweep=acc_vs_size", "hydra.sweeper.n_trials=2", "logger=none"], tmp_path)
+    study = f"hydra.sweeper.storage={tmp_path}/acc_vs_size.log"  # not the repository's study
+    result = multirun(
+        ["sweep=acc_vs_size", "hydra.sweeper.n_trials=2", "logger=none", study], tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lowbit: 2 of 2 jobs ok" in result.stdout
     front = (tmp_path / "sweep" / "optimization_results.yaml").read_text()

@@ -88,6 +88,8 @@ BAD_VALUES = {
     "group": 5,
     "job_type": ["a"],
     "tags": "fast",
+    "optuna.study": "",
+    "optuna.trial": -1,
     "objectives": ["accuracy"],
     "run_name": "",
     "resume": "",

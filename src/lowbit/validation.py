@@ -281,6 +281,8 @@ SCHEMA: dict[str, Check] = {
     "group": optional(TEXT),
     "job_type": optional(TEXT),
     "tags": list_of(either(TEXT, integer())),
+    "optuna.study": optional(NON_EMPTY_TEXT),  # set by hydra/sweeper=optuna for each trial
+    "optuna.trial": optional(NON_NEGATIVE_COUNT),
     "objectives": list_of(METRIC),
     "run_name": NON_EMPTY_TEXT,
     "resume": optional(NON_EMPTY_TEXT),

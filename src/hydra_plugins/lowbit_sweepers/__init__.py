@@ -1,1 +1,2 @@
-"""lowbit's Hydra sweeper plugin (Hydra discovers plugins in the ``hydra_plugins`` package)."""
+"""lowbit's Hydra sweeper plugins, grids and optuna (Hydra discovers plugins in the
+``hydra_plugins`` package)."""
