@@ -11,7 +11,8 @@ tested but a stage after that failed (``lowbit.train.StageFailed``; its metrics 
 multirun in which some jobs failed (``lowbit.sweep.outcome``; the other jobs ran to the end),
 4 a fault of the output folder's storage (``lowbit.storage``: a full disk or quota, a folder
 turned read-only, an I/O error; before the run when its filesystem has less free space than
-the run needs, or during it, with every metric measured so far kept), 6 a single run that ran
+the run needs, or during it, with every metric measured so far kept), 5 a data file damaged
+while the run read it (``lowbit.data.faults``; metrics kept likewise), 6 a single run that ran
 to its end without W&B, whose service died mid-run (results.json keeps every metric and the
 fault, ``lowbit.tracker_guard``), 143 / 130 a run stopped by SIGTERM / Ctrl-C (last.ckpt saved;
 ``resume=RUN_DIR`` continues it).
@@ -37,6 +38,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STAGE_FAILED = 1
 EXIT_STORAGE_FAULT = 4
+EXIT_DATA_FAULT = 5
 EXIT_TRACKER_LOST = 6  # the run went on to its end without W&B (lowbit.tracker_guard)
 # Hydra's answers that are not a run (help, the config, information, shell completion) or
 # replay a saved one: the names of its argument parser's options, which the checks leave alone.
@@ -411,6 +413,7 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
     after testing failed still gives the sweeper the objectives it measured."""
     from lowbit.checkpoints import Interrupted
     from lowbit.console import print_summary
+    from lowbit.data.faults import DataFault
     from lowbit.storage import StorageFault, has_storage_fault
     from lowbit.sweep import job
     from lowbit.tasks.base import Diverged
@@ -424,6 +427,8 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
             fail(str(error))
         except StorageFault as fault:  # what was measured is in results.json, or on stdout
             fail(fault.advice or str(fault), EXIT_STORAGE_FAULT)
+        except DataFault as fault:  # a data file damaged mid-run; kept as for a storage fault
+            fail(fault.advice, EXIT_DATA_FAULT)
         except Diverged as error:
             fail(f"run diverged: {error}", EXIT_DIVERGED)
         except Interrupted as error:
@@ -454,7 +459,7 @@ def main_job(cfg) -> float | tuple[float, ...] | None:
     except StageFailed as error:
         print(f"lowbit: job {name} failed: {error}; the sweep goes on", file=sys.stderr)
         return objective_values(cfg, error.results["metrics"])
-    except StorageFault as fault:  # recorded in its results.json (or stdout); the next job
+    except (StorageFault, DataFault) as fault:  # recorded in results.json; the next job
         print(f"lowbit: job {name} failed: {fault.advice}; the sweep goes on", file=sys.stderr)
         return objective_values(cfg, {})
     except Exception:  # a bug or a crash: its traceback, then the next job

@@ -30,6 +30,14 @@ WANDB_ID_FILE = "wandb_id.txt"
 RUN_DIR_KEY = "hydra.run.dir"
 
 
+def how_to_continue(run_dir: Path) -> str:
+    """The end of a fault's line: ``resume=`` where the run wrote a checkpoint, else the same
+    command again."""
+    if (Path(run_dir) / LAST_CHECKPOINT).is_file():
+        return f"then continue with: python train.py resume={run_dir}"
+    return "then run the same command again (no checkpoint was written)"
+
+
 def names_resume(override: str) -> bool:
     """Whether ``override`` is ``resume=...``. Only its key goes to Hydra's parser: the run
     folder is written as the shell gave it (``~``, ``=``, parentheses), which Hydra's grammar

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lowbit.resume import how_to_continue
+
 # errno -> the fault in the user's words. Any other OSError is a bug or a crash, not a fault of
 # the storage, and keeps its traceback.
 FAULT_KINDS = {
@@ -205,9 +207,7 @@ def fault_advice(fault: StorageFault, run_dir: Path, space: SpaceNeeded | None) 
         message += "; make the folder writable again (or mount it read-write)"
     else:
         message += "; make the folder writable for this user"
-    if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
-        return f"{message}, then continue with: python train.py resume={run_dir}"
-    return f"{message}, then run the same command again (no checkpoint was written)"
+    return f"{message}, {how_to_continue(run_dir)}"
 
 
 def existing_folder(path: Path) -> Path:

@@ -39,6 +39,7 @@ from lowbit.checkpoints import AtomicCheckpointIO, Interrupted, check_checkpoint
 from lowbit.compiled import compile_requested
 from lowbit.config import chosen_option, start_kind
 from lowbit.data.base import ClassificationData
+from lowbit.data.faults import data_fault_of
 from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError, one_line
 from lowbit.export import save_packed
@@ -59,7 +60,7 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
     check_writable,
     write_json_atomically,
 )
-from lowbit.resume import INIT_KEY, checkpoint_to_resume, pin_wandb_run_id
+from lowbit.resume import INIT_KEY, checkpoint_to_resume, how_to_continue, pin_wandb_run_id
 from lowbit.startup import FirstStepTime
 from lowbit.storage import (
     SpaceNeeded,
@@ -550,11 +551,14 @@ def run(
         results.update(status=STATUS_INTERRUPTED, error=str(stopped))
         raise stopped from None
     except BaseException as error:  # bad input, a fault of the storage or a bug: recorded
-        fault = storage_fault_of(error)
+        fault = storage_fault_of(error) or data_fault_of(error)
         if fault is not None:  # one line for the user, every metric measured so far kept
             for key, value in logged_metrics(trainer).items():
                 results["metrics"].setdefault(key, value)
-            fault.advice = fault_advice(fault, output_dir, space)
+            if isinstance(fault, StorageFault):
+                fault.advice = fault_advice(fault, output_dir, space)
+            else:
+                fault.advice = f"{fault.line()}; restore the file, {how_to_continue(output_dir)}"
             results.update(failed_stage=stage, error=fault.advice)
             results.setdefault("faults", []).append(fault.record())
             raise fault from error

@@ -36,6 +36,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import calculate_md5, download_and_extract_archive, download_url
 
 from lowbit.data.base import ClassificationData, check_int
+from lowbit.data.faults import load_image
 from lowbit.errors import ConfigError, one_line
 
 # Normalisation constants, per RGB channel.
@@ -802,11 +803,12 @@ class ImageFolderData(ClassificationData):
         if self.train_set is not None:
             return
         try:
+            # load_image: a file damaged after the run started is named (lowbit.data.faults)
             train = tv_datasets.ImageFolder(
-                str(self.data_dir / "train"), transform=self.train_transform()
+                str(self.data_dir / "train"), transform=self.train_transform(), loader=load_image
             )
             val = tv_datasets.ImageFolder(
-                str(self.data_dir / "val"), transform=self.eval_transform()
+                str(self.data_dir / "val"), transform=self.eval_transform(), loader=load_image
             )
         except (FileNotFoundError, OSError) as error:
             raise ConfigError(

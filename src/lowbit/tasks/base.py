@@ -77,13 +77,20 @@ class QuantTrainingTask(pl.LightningModule):
             return self.compiled_model(x)
         return self.model(x)
 
-    def stop_if_diverged(self, loss: torch.Tensor) -> None:
+    def stop_if_diverged(self, loss: torch.Tensor, images: torch.Tensor | None = None) -> None:
         """Raise ``Diverged`` on a NaN/inf loss. Agreed by every DDP process, so that all stop
-        at the same step and none is left waiting for the others' gradients."""
+        at the same step and none is left waiting for the others' gradients. When the batch's
+        ``images`` hold NaN/inf themselves, the message blames the data, not the training."""
         if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss), all=False):
+            where = f"at epoch {self.current_epoch}, step {self.global_step}"
+            if images is not None and not bool(torch.isfinite(images).all()):
+                raise Diverged(
+                    f"a training batch holds NaN or inf pixel values {where}: the data set's "
+                    f"files are damaged or its transform divides by zero; check them and start "
+                    f"again"
+                )
             raise Diverged(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, "
-                f"step {self.global_step}: lower optimizer.lr or use more bits "
+                f"training loss is {loss.item()} {where}: lower optimizer.lr or use more bits "
                 f"(quant.wbits/abits/gbits) and start again"
             )
 

@@ -65,7 +65,7 @@ class ClassificationTask(QuantTrainingTask):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch, "train")
-        self.stop_if_diverged(loss)
+        self.stop_if_diverged(loss, batch[0])
         self.log_learned()
         return loss
 

@@ -105,7 +105,7 @@ class DetectionTask(QuantTrainingTask):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         loss = self._loss(self(images), targets, "train")
-        self.stop_if_diverged(loss)
+        self.stop_if_diverged(loss, images)
         self.log_learned()
         return loss
 
