@@ -152,6 +152,15 @@ def test_a_full_disk_after_testing_keeps_every_metric_and_leaves_no_half_file(
     assert not (run_dir / file).exists()
     assert leftovers(run_dir) == []
 
+    # resume=: no epoch is left, so it tests, measures, packs and exports again; what the run
+    # measured before the fault (val/) stays
+    resumed = finish(start([f"resume={run_dir}"], tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((run_dir / "results.json").read_text())
+    assert again["status"] == "ok" and (run_dir / file).is_file()
+    kept = {k: v for k, v in results["metrics"].items() if k.startswith(("val/", "test/"))}
+    assert {k: again["metrics"][k] for k in kept} == kept
+
 
 def test_when_results_json_cannot_be_written_the_results_go_to_stdout(tmp_path):
     run_dir = tmp_path / "run"

@@ -184,8 +184,7 @@ def space_needed(
     """The space a run of ``model`` (float, as built) writes: each checkpoint holds the weights
     and the optimizer's copies of them; the packed checkpoint is at most the float weights; the
     ONNX export writes the float model and the integer one (at most half the float size: 8-bit
-    weights plus their scales). Measured on NIN FP32 (970 k parameters, SGD): checkpoint 7.8
-    MB, packed 3.9 MB, ONNX 3.9 + 1.0 MB against 7.8, 3.9, 5.8 estimated."""
+    weights plus their scales). docs/reliability.md compares it with the files of a run."""
     weights = state_bytes(model)
     copies = OPTIMIZER_COPIES.get(optimizer, 2)
     return SpaceNeeded(

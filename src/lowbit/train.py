@@ -58,6 +58,7 @@ from lowbit.results import (  # noqa: F401  (RESULTS_FILE: tests import it from 
     STATUS_INTERRUPTED,
     STATUS_OK,
     check_writable,
+    read_results,
     write_json_atomically,
 )
 from lowbit.resume import INIT_KEY, checkpoint_to_resume, how_to_continue, pin_wandb_run_id
@@ -494,8 +495,13 @@ def run(
             plugins=[AtomicCheckpointIO()],  # checkpoints whole or not at all (lowbit.storage)
         )
         resume_from = checkpoint_to_resume(cfg)
+        earlier: dict[str, float] = {}
         if resume_from is not None:
             results["resumed_from"] = str(resume_from)
+            # what the run measured before it stopped (a fault after its last epoch): kept
+            # where the resumed part does not measure it again, e.g. val/ when no epoch is left
+            if (output_dir / RESULTS_FILE).is_file():
+                earlier = read_results(output_dir / RESULTS_FILE).get("metrics") or {}
         stage = "train"
         if is_post_training(cfg):  # PTQ: the calibrated model as it is, validated once
             trainer.validate(task, datamodule=datamodule, verbose=False)
@@ -508,6 +514,9 @@ def run(
             )
         metrics = results["metrics"]  # filled in place: whatever fails later, these are kept
         metrics.update(logged_metrics(trainer))
+        for key, value in earlier.items():
+            if key.startswith(("train/", "val/")):
+                metrics.setdefault(key, value)
         stage = "test"
         if cfg.get("test", True):
             tested = trainer.test(
