@@ -79,10 +79,12 @@ class UnsupportedModel(ValueError):
 
 
 @dataclass(frozen=True)
-class Grid:
+class ActivationEncoding:
     """How one float tensor becomes uint8 codes at runtime: q = clip(round(x / q_scale) +
     zero_point, lo, hi), and back: value = (q - zero_point) * dq_scale (dq_scale != q_scale for
-    DoReFa's act_scale). Signed grids arrive shifted by 128 (``quantizer_grid``)."""
+    DoReFa's act_scale). Signed grids arrive shifted by 128 (``quantizer_grid``). Not the
+    quantizer's grid (``lowbit.quant.grid.IntegerGrid``, any bits, per channel, code steps):
+    its encoding in the runtime's one 8-bit unsigned type, read from that grid."""
 
     q_scale: float
     dq_scale: float
@@ -94,14 +96,14 @@ class Grid:
     numpy_type = np.uint8
     saturation = (0, 255)
 
-    def at_least(self, low: int) -> Grid:
+    def at_least(self, low: int) -> ActivationEncoding:
         """The same grid with its lower clip raised to ``low`` (a ReLU absorbed: low = zp)."""
-        return Grid(
+        return ActivationEncoding(
             self.q_scale, self.dq_scale, max(self.lo, low), self.hi, self.zero_point, self.exact
         )
 
 
-def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
+def quantizer_grid(quantizer: Quantizer, where: str) -> ActivationEncoding | None:
     """The integer grid of an activation quantizer, read through its grid contract
     (``Quantizer.grid``); None when it leaves the tensor in float."""
     contract = stated_grid(quantizer, None, where)
@@ -120,7 +122,7 @@ def quantizer_grid(quantizer: Quantizer, where: str) -> Grid | None:
     # Signed codes travel as uint8 shifted by 128 (zero point 128): the same values, and ORT on
     # x86 fuses QLinearConv only for uint8 activations (its int8-activation kernels are ARM's).
     shift = UINT8_SHIFT if contract.signed else 0
-    grid = Grid(
+    grid = ActivationEncoding(
         float(contract.quantize_scale),
         float(contract.scale),
         contract.qmin + shift,
@@ -143,12 +145,12 @@ def stated_grid(quantizer: Quantizer, x: torch.Tensor | None, where: str):
         raise UnsupportedModel(f"{where}: {error}") from None
 
 
-def calibrated_grid(low: float, high: float) -> Grid:
+def calibrated_grid(low: float, high: float) -> ActivationEncoding:
     """uint8 asymmetric min/max grid (zero exactly representable), for a tensor kept float."""
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / 255 if high > low else 1.0
     zero_point = int(np.clip(round(-low / scale), 0, 255))
-    return Grid(scale, scale, 0, 255, zero_point, exact=False)
+    return ActivationEncoding(scale, scale, 0, 255, zero_point, exact=False)
 
 
 # -- weights ----------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ class Value:
     """An fx node's ONNX tensor: float, or integers on ``grid``."""
 
     name: str
-    grid: Grid | None = None
+    grid: ActivationEncoding | None = None
 
 
 class Builder:
@@ -273,7 +275,7 @@ class Builder:
         )
         return output
 
-    def quantize(self, x: str, grid: Grid, name: str) -> Value:
+    def quantize(self, x: str, grid: ActivationEncoding, name: str) -> Value:
         """Q (and, where the grid clips tighter than the integer type saturates, an int Clip)."""
         scale = self.constant(f"{name}_q_scale", np.float32(grid.q_scale))
         zero = self.constant(f"{name}_zero_point", grid.numpy_type(grid.zero_point))
@@ -299,7 +301,7 @@ def pair(value) -> list[int]:
 
 def input_grid(
     layer: nn.Module, name: str, observed: dict[str, tuple[float, float]]
-) -> Grid | None:
+) -> ActivationEncoding | None:
     quantizer = getattr(layer, "input_quantizer", None)
     grid = quantizer_grid(quantizer, name) if quantizer is not None else None
     if grid is None and name in observed:
@@ -307,7 +309,7 @@ def input_grid(
     return grid
 
 
-def plan_quantize_points(gm: torch.fx.GraphModule, grids: dict[str, Grid]):
+def plan_quantize_points(gm: torch.fx.GraphModule, grids: dict[str, ActivationEncoding]):
     """Where each layer's input Q goes (``lowbit.quant.graph.hoisted_quantizers``): {producing
     fx node: grid, its clip raised to the zero point where a ReLU folds in} and {layer node:
     grid applied right at its input}."""
@@ -362,7 +364,7 @@ def observe_layers(
 
 def plan_requantization(
     gm: torch.fx.GraphModule,
-    grids: dict[str, Grid],
+    grids: dict[str, ActivationEncoding],
     points: dict,
     observed_outputs: dict[str, tuple[float, float]],
 ):
@@ -565,7 +567,12 @@ def fetch_is_int(node: torch.fx.Node, env: dict) -> bool:
 
 
 def emit_layer(
-    b: Builder, node: torch.fx.Node, layer: nn.Module, x: Value, grid: Grid | None, fused: bool
+    b: Builder,
+    node: torch.fx.Node,
+    layer: nn.Module,
+    x: Value,
+    grid: ActivationEncoding | None,
+    fused: bool,
 ) -> Value:
     """Conv2d/Linear: DQ(x) and DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, float output.
 
@@ -648,7 +655,7 @@ def emit_integer_pass(b: Builder, node: torch.fx.Node, modules, x: Value) -> Val
     return x if emitted is None else Value(emitted, x.grid)
 
 
-def emit_shape_op(b: Builder, node: torch.fx.Node, module, x: str, grid: Grid | None):
+def emit_shape_op(b: Builder, node: torch.fx.Node, module, x: str, grid: ActivationEncoding | None):
     """MaxPool, nearest Resize or Pad of ``x`` (integers on ``grid``, or float) by ``node`` (its
     module, or None for a function); None for ops that leave the tensor as it is (Identity,
     Dropout in eval)."""
@@ -916,7 +923,7 @@ def emit_float_op(b: Builder, node: torch.fx.Node, modules, as_float) -> Value:
 
 
 __all__ = [
-    "Grid",
+    "ActivationEncoding",
     "IntegerWeight",
     "UnsupportedModel",
     "build_int8_graph",
