@@ -85,6 +85,25 @@ def read_allocation(value: Any) -> Allocation:
     return Allocation(widths, quantizer, str(path.resolve()), details)
 
 
+def allocation_of(cfg: Mapping[str, Any]) -> Allocation | None:
+    """The allocation a run's config names (``quant.allocation``), or None."""
+    value = (cfg.get("quant") or {}).get("allocation")
+    return None if value is None else read_allocation(value)
+
+
+def check_fits_model(allocation: Allocation, model: Any) -> None:
+    """Every layer the allocation names is a Conv2d/Linear layer of ``model``."""
+    from lowbit.quant.convert import quantizable_layers
+
+    names = {name for name, _ in quantizable_layers(model)}
+    missing = [name for name in allocation.widths if name not in names]
+    if missing:
+        raise ConfigError(
+            f"{KEY}={allocation.path} names {missing[0]!r}, which is not a Conv2d/Linear layer "
+            f"of this model: it was made for another model; allocate for this one"
+        )
+
+
 def check_allocation(key: str, value: Any) -> None:
     """The schema's rule for ``quant.allocation`` (``lowbit.validation``): null or a valid file."""
     if value is not None:
