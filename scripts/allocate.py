@@ -34,12 +34,12 @@ def main(argv: list[str]) -> None:
         outcome = allocate(compose_for(source, overrides), source)
     except ConfigError as error:
         fail(str(error))
-    measured = outcome.measured
+    measured, details = outcome.measured, outcome.allocation.details
     print(aligned(table(outcome), text_columns=1))
     print(
-        f"{outcome.allocation.details['method']} sensitivity in {outcome.sensitivity_seconds:.1f} s; "
+        f"{details['method']} sensitivity in {outcome.sensitivity_seconds:.1f} s; "
         f"packed {measured.size_bytes:,} bytes (+{measured.slack} reserved for the header), "
-        f"{measured.bops:,} BOPs ({outcome.allocation.details['bops_ratio']:.4f} of W8A8); "
+        f"{measured.bops:,} BOPs ({details['bops_ratio']:.4f} of W8A8); "
         f"allocation written to {outcome.path}"
     )
     print(json.dumps(outcome.summary()))

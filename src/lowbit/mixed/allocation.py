@@ -37,7 +37,12 @@ class Allocation:
 
     def record(self) -> dict[str, Any]:
         """What results.json keeps of it."""
-        return {"path": self.path, "quantizer": self.quantizer, "wbits": self.widths, **self.details}
+        return {
+            "path": self.path,
+            "quantizer": self.quantizer,
+            "wbits": self.widths,
+            **self.details,
+        }
 
 
 def write_allocation(path: Path, allocation: Allocation, comment: str = "") -> Path:
@@ -81,7 +86,9 @@ def read_allocation(value: Any) -> Allocation:
         if not isinstance(bits, Mapping) or set(bits) != {"wbits"}:
             raise ConfigError(f"{where}: layer {name!r} must have {{wbits: bits}}, got {bits!r}")
         widths[str(name)] = check_bits(f"{where}: {name}.wbits", bits["wbits"])
-    details = {k: v for k, v in body.items() if k not in ("format", "version", "quantizer", "overrides")}
+    details = {
+        k: v for k, v in body.items() if k not in ("format", "version", "quantizer", "overrides")
+    }
     return Allocation(widths, quantizer, str(path.resolve()), details)
 
 
