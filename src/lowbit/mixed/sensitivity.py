@@ -84,6 +84,19 @@ def roundings(
     return result
 
 
+@dataclass
+class Probe:
+    """What every method scores with: the float model, the weights to score by layer name,
+    their roundings, the batches, and the Hutchinson samples and seed (hessian)."""
+
+    model: nn.Module
+    weights: dict[str, nn.Parameter]
+    rounded: dict[str, Rounding]
+    batches: list[Batch]
+    samples: int
+    seed: int
+
+
 def loss_of(model: nn.Module, batch: Batch) -> torch.Tensor:
     images, labels = batch
     return F.cross_entropy(model(images), labels)
@@ -120,15 +133,9 @@ def hutchinson_traces(
     return {name: (float(means[i]), float(errors[i])) for i, name in enumerate(names)}
 
 
-def hessian(
-    model: nn.Module,
-    weights: dict[str, nn.Parameter],
-    rounded: dict[str, Rounding],
-    batches: list[Batch],
-    samples: int,
-    seed: int,
-) -> dict[str, LayerSensitivity]:
-    traces = hutchinson_traces(model, weights, batches, samples, seed)
+def hessian(probe: Probe) -> dict[str, LayerSensitivity]:
+    model, weights, rounded = probe.model, probe.weights, probe.rounded
+    traces = hutchinson_traces(model, weights, probe.batches, probe.samples, probe.seed)
     result = {}
     for name, weight in weights.items():
         trace, error = traces[name]
@@ -143,14 +150,8 @@ def hessian(
     return result
 
 
-def fisher(
-    model: nn.Module,
-    weights: dict[str, nn.Parameter],
-    rounded: dict[str, Rounding],
-    batches: list[Batch],
-    samples: int,
-    seed: int,
-) -> dict[str, LayerSensitivity]:
+def fisher(probe: Probe) -> dict[str, LayerSensitivity]:
+    model, weights, rounded, batches = probe.model, probe.weights, probe.rounded, probe.batches
     squares = {name: torch.zeros_like(w) for name, w in weights.items()}
     for batch in batches:
         grads = torch.autograd.grad(loss_of(model, batch), list(weights.values()))
@@ -172,14 +173,8 @@ def mean_loss(model: nn.Module, batches: list[Batch]) -> float:
 
 
 @torch.no_grad()
-def ablation(
-    model: nn.Module,
-    weights: dict[str, nn.Parameter],
-    rounded: dict[str, Rounding],
-    batches: list[Batch],
-    samples: int,
-    seed: int,
-) -> dict[str, LayerSensitivity]:
+def ablation(probe: Probe) -> dict[str, LayerSensitivity]:
+    model, weights, rounded, batches = probe.model, probe.weights, probe.rounded, probe.batches
     result = {}
     for name, weight in weights.items():
         original = weight.detach().clone()
@@ -196,7 +191,7 @@ def ablation(
     return result
 
 
-METHODS: dict[str, Callable[..., dict[str, LayerSensitivity]]] = {
+METHODS: dict[str, Callable[[Probe], dict[str, LayerSensitivity]]] = {
     "hessian": hessian,
     "fisher": fisher,
     "ablation": ablation,
@@ -224,7 +219,7 @@ def layer_sensitivity(
     model.eval()
     try:
         rounded = roundings(scheme, weights, widths)
-        scores = METHODS[method](model, weights, rounded, batches, samples, seed)
+        scores = METHODS[method](Probe(model, weights, rounded, batches, samples, seed))
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
