@@ -208,6 +208,7 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
             "bops": measured.bops,
             "bops_ratio": measured.bops / reference,
             "predicted_sensitivity": predicted,
+            "sensitivity_seconds": round(seconds, 1),
         },
     )
     path = Path(cfg.output) if cfg.get("output") else default_path(source, cfg, budgets)
