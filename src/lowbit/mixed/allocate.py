@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from lowbit.build import build_datamodule, build_model, kind_of, quant_settings
 from lowbit.cli import compose, merge_overrides
@@ -113,6 +114,87 @@ def smallest_budget(key: str, needed: float, reference: float) -> str:
     return f"{math.ceil(needed / reference * 10_000) / 10_000:g}"
 
 
+@dataclass
+class Pricing:
+    """The costs of an allocation problem: each allocated layer's at each width, the rest of the
+    model's (``fixed``), the budgets' limits by cost, and the W8A8 BOPs ``bops_ratio`` scales."""
+
+    priced: dict[str, dict[int, dict[str, int]]]
+    fixed: dict[str, int]
+    limits: dict[str, float]
+    budgets: dict[str, float]
+    reference: int
+
+
+def price(
+    model: nn.Module,
+    quant: dict[str, Any],
+    plan: dict,
+    layers: list[str],
+    widths: list[int],
+    shape: tuple[int, ...],
+    quantizer: str,
+    budgets: dict[str, float],
+) -> Pricing:
+    """Every width's cost, and ConfigError naming the smallest budget when no allocation fits:
+    measured before any scoring."""
+    priced = costs.width_costs(model, plan, layers, widths, shape)
+    reference = costs.reference_bops(model, shape)
+    widest = Allocation({name: widths[-1] for name in layers}, quantizer)
+    at_widest = costs.measure(model, quant, widest, shape)
+    fixed = {  # what the model costs besides the allocated layers' codes
+        costs.SIZE: at_widest.size_bytes + at_widest.slack,
+        costs.BOPS: at_widest.bops,
+    }
+    for name in layers:
+        for cost in fixed:
+            fixed[cost] -= priced[name][widths[-1]][cost]
+    limits = {
+        BUDGETS[key]: value * (1000 if key == "size_kb" else reference)
+        for key, value in budgets.items()
+    }
+    for key, value in budgets.items():  # before any scoring: is there an allocation at all?
+        cost = BUDGETS[key]
+        least = fixed[cost] + sum(min(c[cost] for c in priced[name].values()) for name in layers)
+        if least > limits[cost]:
+            shown = smallest_budget(key, least, reference)
+            raise ConfigError(
+                f"budget.{key}={value:g} is below the smallest allocation's {key}={shown} "
+                f"(every allocated layer at {widths[0]} bits): use budget.{key}>={shown}"
+            )
+    return Pricing(priced, fixed, limits, budgets, reference)
+
+
+def solve_within(
+    options: dict[str, list[ilp.Option]],
+    pricing: Pricing,
+    model: nn.Module,
+    quant: dict[str, Any],
+    shape: tuple[int, ...],
+    quantizer: str,
+) -> tuple[dict[str, ilp.Option], costs.Measured]:
+    """The optimal options and the packed model's measurement; re-solved with less room when
+    the packed header outgrew the one measured at the widest widths."""
+    fixed, limits, budgets = pricing.fixed, pricing.limits, pricing.budgets
+    room = {cost: limit - fixed[cost] for cost, limit in limits.items()}
+    for _ in range(MAX_REPACKS):
+        try:
+            chosen = ilp.solve(options, room)
+        except ilp.Infeasible:  # each budget alone is met (checked above): not both
+            raise ConfigError(
+                f"budget {budgets}: each budget alone has allocations, but none meets all"
+            ) from None
+        allocation = Allocation({n: option.width for n, option in chosen.items()}, quantizer)
+        measured = costs.measure(model, quant, allocation, shape)
+        over = measured.size_bytes + measured.slack - limits.get(costs.SIZE, math.inf)
+        if over <= 0:
+            break
+        room[costs.SIZE] -= over  # the header came out longer than at the widest widths
+    else:
+        raise ConfigError(f"budget {budgets}: no allocation packs within it after re-solving")
+    return chosen, measured
+
+
 def allocate(cfg: DictConfig, source: str) -> Outcome:
     """Everything ``scripts/allocate.py`` does between the command line and the printing."""
     check_values(cfg)
@@ -137,30 +219,7 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
     datamodule.check()
     load_initial_weights(model, init.spec)
 
-    priced = costs.width_costs(model, plan, layers, widths, shape)
-    reference = costs.reference_bops(model, shape)
-    widest = Allocation({name: widths[-1] for name in layers}, scheme.name)
-    at_widest = costs.measure(model, quant, widest, shape)
-    fixed = {  # what the model costs besides the allocated layers' codes
-        costs.SIZE: at_widest.size_bytes + at_widest.slack,
-        costs.BOPS: at_widest.bops,
-    }
-    for name in layers:
-        for cost in fixed:
-            fixed[cost] -= priced[name][widths[-1]][cost]
-    limits = {
-        BUDGETS[key]: value * (1000 if key == "size_kb" else reference)
-        for key, value in budgets.items()
-    }
-    for key, value in budgets.items():  # before any scoring: is there an allocation at all?
-        cost = BUDGETS[key]
-        least = fixed[cost] + sum(min(c[cost] for c in priced[name].values()) for name in layers)
-        if least > limits[cost]:
-            shown = smallest_budget(key, least, reference)
-            raise ConfigError(
-                f"budget.{key}={value:g} is below the smallest allocation's {key}={shown} "
-                f"(every allocated layer at {widths[0]} bits): use budget.{key}>={shown}"
-            )
+    pricing = price(model, quant, plan, layers, widths, shape, scheme.name, budgets)
 
     datamodule.setup("fit")
     split = SPLITS[cfg.method]
@@ -176,26 +235,11 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
         seed=int(cfg.get("seed") or 0),
     )
     options = {
-        name: [ilp.Option(b, scores[name].by_width[b], priced[name][b]) for b in widths]
+        name: [ilp.Option(b, scores[name].by_width[b], pricing.priced[name][b]) for b in widths]
         for name in layers
     }
-    room = {cost: limit - fixed[cost] for cost, limit in limits.items()}
-    for _ in range(MAX_REPACKS):
-        try:
-            chosen = ilp.solve(options, room)
-        except ilp.Infeasible:  # each budget alone is met (checked above): not both
-            raise ConfigError(
-                f"budget {budgets}: each budget alone has allocations, but none meets all"
-            ) from None
-        allocation = Allocation({n: option.width for n, option in chosen.items()}, scheme.name)
-        measured = costs.measure(model, quant, allocation, shape)
-        over = measured.size_bytes + measured.slack - limits.get(costs.SIZE, math.inf)
-        if over <= 0:
-            break
-        room[costs.SIZE] -= over  # the header came out longer than at the widest widths
-    else:
-        raise ConfigError(f"budget {budgets}: no allocation packs within it after re-solving")
-
+    chosen, measured = solve_within(options, pricing, model, quant, shape, scheme.name)
+    allocation = Allocation({n: option.width for n, option in chosen.items()}, scheme.name)
     predicted = ilp.total(chosen)
     allocation = Allocation(
         allocation.widths,
@@ -206,7 +250,7 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
             "source": init.weights_file,
             "size_bytes": measured.size_bytes,
             "bops": measured.bops,
-            "bops_ratio": measured.bops / reference,
+            "bops_ratio": measured.bops / pricing.reference,
             "predicted_sensitivity": predicted,
             "sensitivity_seconds": round(seconds, 1),
         },
@@ -221,7 +265,7 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
             f"quantizer={scheme.name} init={source}"
         ),
     )
-    return Outcome(path, allocation, scores, priced, measured, predicted, seconds, widths)
+    return Outcome(path, allocation, scores, pricing.priced, measured, predicted, seconds, widths)
 
 
 def default_path(source: str, cfg: DictConfig, budgets: dict[str, float]) -> Path:
