@@ -349,3 +349,28 @@ def test_a_qat_run_of_an_allocation_packs_within_its_budget(fp32_run, tmp_path, 
     results = run(cfg, qat)
     assert results["metrics"]["model/size_bytes"] <= 290_000
     assert abs(results["metrics"]["model/size_bytes"] - json.loads(out[-1])["size_bytes"]) < 64
+
+
+def test_the_report_marks_a_mixed_run_apart_from_the_uniform_ones():
+    from lowbit.report.configs import group_configurations
+    from lowbit.report.runs import run_from_results
+
+    def payload(allocation: str | None, seed: int) -> dict:
+        return {
+            "status": "ok",
+            "model": "nin",
+            "dataset": "digits",
+            "seed": seed,
+            "quant": {**LSQ_QUANT, "allocation": allocation},
+            "metrics": {"val/acc_best": 0.9},
+            **({"allocation": {"wbits": {"features.1.0": 2}}} if allocation else {}),
+        }
+
+    runs = [run_from_results(payload(a, s)) for a in (None, "h.yaml", "f.yaml") for s in (0, 1)]
+    assert [r.wbits for r in runs] == [4, 4, None, None, None, None]
+    names = [c.name for c in group_configurations(runs)]
+    assert len(names) == 3 and "lsq W4A4" in names
+    assert sorted(n for n in names if "mixed" in n) == [
+        "lsq mixed A4 (allocation=f.yaml)",
+        "lsq mixed A4 (allocation=h.yaml)",
+    ]
