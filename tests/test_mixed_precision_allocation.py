@@ -374,3 +374,32 @@ def test_the_report_marks_a_mixed_run_apart_from_the_uniform_ones():
         "lsq mixed A4 (allocation=f.yaml)",
         "lsq mixed A4 (allocation=h.yaml)",
     ]
+
+
+def test_the_report_judges_each_mixed_run_against_the_uniform_one_nearest_in_size():
+    from lowbit.report.comparisons import draw_comparisons
+    from lowbit.report.configs import group_configurations
+    from lowbit.report.runs import run_from_results
+
+    def payload(wbits: int, allocation: str | None, size: int, acc: float, seed: int) -> dict:
+        return {
+            "status": "ok",
+            "model": "nin",
+            "dataset": "digits",
+            "seed": seed,
+            "quant": {**LSQ_QUANT, "wbits": wbits, "allocation": allocation},
+            "metrics": {"test/acc": acc + seed / 1000, "model/size_bytes": size},
+            **({"allocation": {"wbits": {"features.1.0": 2}}} if allocation else {}),
+        }
+
+    runs = [
+        run_from_results(payload(*setting, seed))
+        for setting in [(2, None, 280, 0.90), (3, None, 400, 0.95), (4, None, 520, 0.97)]
+        + [(4, "m.yaml", 395, 0.99)]
+        for seed in range(3)
+    ]
+    drawn = draw_comparisons(group_configurations(runs), "test/acc")
+    (mixed,) = [c for c in drawn if c.kind == "mixed"]
+    assert (mixed.better.name, mixed.worse.name) == ("lsq mixed A4", "lsq W3A4")
+    assert mixed.difference.delta == pytest.approx(0.04)
+    assert all("mixed" not in c.better.name + c.worse.name for c in drawn if c.kind != "mixed")
