@@ -145,9 +145,7 @@ def mixed_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
         for mixed in filter(is_mixed, group):
             if uniform:
                 size = mixed.metric(SIZE_METRIC)
-                pairs.append(
-                    (mixed, min(uniform, key=lambda c: abs(c.metric(SIZE_METRIC) - size)))
-                )
+                pairs.append((mixed, min(uniform, key=lambda c: abs(c.metric(SIZE_METRIC) - size))))
     return pairs
 
 
