@@ -16,6 +16,7 @@ from conftest import FAST, compose_config, load_script
 from torch import nn
 
 from lowbit.cli import preflight
+from lowbit.errors import ConfigError
 from lowbit.export.packing import pack_codes, packed_code_bytes, save_packed
 from lowbit.measure.complexity import count_bops
 from lowbit.mixed import costs, ilp
@@ -233,17 +234,25 @@ def allocate(args: list[str], capsys) -> tuple[int, list[str], str]:
     return status, captured.out.splitlines(), captured.err
 
 
-def test_an_infeasible_budget_is_one_line_naming_the_smallest_and_exit_2(fp32_run, capsys):
-    status, out, err = allocate([str(fp32_run), *ALLOCATE, "budget.size_kb=1"], capsys)
+@pytest.mark.parametrize("key, tiny", [("size_kb", 1), ("bops_ratio", 0.01)])
+def test_an_infeasible_budget_is_one_line_naming_the_smallest_and_exit_2(
+    fp32_run, capsys, key, tiny
+):
+    status, out, err = allocate([str(fp32_run), *ALLOCATE, f"budget.{key}={tiny}"], capsys)
     assert status == 2 and out == []
     (line,) = err.strip().splitlines()
-    assert line.startswith("lowbit: error: budget.size_kb=1 is below") and ">=" in line
+    assert line.startswith(f"lowbit: error: budget.{key}={tiny} is below") and ">=" in line
     smallest = float(line.rsplit(">=", 1)[1])
     status, out, err = allocate(
-        [str(fp32_run), *ALLOCATE, f"budget.size_kb={smallest}", "method=fisher"], capsys
+        [str(fp32_run), *ALLOCATE, f"budget.{key}={smallest}", "method=fisher"], capsys
     )
     assert status == 0, err
-    assert set(json.loads(out[-1])) == {"allocation", "size_bytes", "bops", "predicted_sensitivity"}
+    summary = json.loads(out[-1])
+    assert set(summary) == {"allocation", "size_bytes", "bops", "predicted_sensitivity"}
+    if key == "size_kb":
+        assert summary["size_bytes"] <= smallest * 1000
+    else:
+        assert summary["bops"] <= smallest * costs.reference_bops(NIN(), SHAPE)
 
 
 @pytest.mark.parametrize(
@@ -403,3 +412,18 @@ def test_the_report_judges_each_mixed_run_against_the_uniform_one_nearest_in_siz
     assert (mixed.better.name, mixed.worse.name) == ("lsq mixed A4", "lsq W3A4")
     assert mixed.difference.delta == pytest.approx(0.04)
     assert all("mixed" not in c.better.name + c.worse.name for c in drawn if c.kind != "mixed")
+
+
+def test_the_allocation_s_widths_win_over_overrides_whose_other_bits_stay():
+    from lowbit.quant.convert import plan_bits
+
+    quant = {**LSQ_QUANT, "overrides": {"features.1.0": {"abits": 8}, "features.*": {"wbits": 5}}}
+    merged = with_allocation(quant, Allocation({"features.1.0": 2}, "lsq"))
+    names = [f"features.{i}.0" for i in (0, 1, 2, 10)]
+    settings = {k: merged[k] for k in ("wbits", "abits", "gbits")}
+    edges = {k: merged[k] for k in ("first_layer_bits", "last_layer_bits")}
+    plan = plan_bits(names, **settings, **edges, overrides=merged["overrides"])
+    assert (plan["features.1.0"].wbits, plan["features.1.0"].abits) == (2, 8)
+    assert (plan["features.2.0"].wbits, plan["features.2.0"].abits) == (5, 4)
+    with pytest.raises(ConfigError, match="made for quantizer=lsq"):
+        with_allocation({**quant, "quantizer": "pact"}, Allocation({"features.1.0": 2}, "lsq"))
