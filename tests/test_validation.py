@@ -38,7 +38,8 @@ def top_level_groups() -> list[str]:
 
 @pytest.fixture(scope="module")
 def composed() -> dict[str, DictConfig]:
-    """The default config and, for each option of each group, the default with that option."""
+    """The default config, for each option of each group the default with that option, and
+    scripts/allocate.py's config (conf/allocate.yaml)."""
     variants = [""] + [
         f"{group}={option.stem}"
         for group in top_level_groups()
@@ -47,8 +48,11 @@ def composed() -> dict[str, DictConfig]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return {
-            variant: compose("train", [variant, *REQUIRED.get(variant, [])] if variant else [])
-            for variant in variants
+            **{
+                variant: compose("train", [variant, *REQUIRED.get(variant, [])] if variant else [])
+                for variant in variants
+            },
+            "allocate.yaml": compose("allocate", []),
         }
 
 
@@ -153,6 +157,7 @@ BAD_VALUES = {
     "quant.alpha_calibration": 100.5,
     "quant.weight_quantizer": "lsq",
     "quant.per_channel_weights": "no",
+    "quant.allocation": "/no/such/allocation.yaml",
     "dataset._target_": "lowbit.data.NoSuchData",
     "dataset.data_dir": 1,
     "dataset.batch_size": 0,
@@ -246,6 +251,13 @@ BAD_VALUES = {
     "callbacks.learning_rate_monitor._target_": "pytorch_lightning.callbacks.NoSuchMonitor",
     "callbacks.learning_rate_monitor.logging_interval": "batch",
     "callbacks.bits_summary._target_": "lowbit.callbacks.NoSuchSummary",
+    "method": "hessain",
+    "widths": [4, 2],
+    "budget.size_kb": 0,
+    "budget.bops_ratio": -0.5,
+    "sensitivity.batches": 0,
+    "sensitivity.samples": 1,
+    "output": "",
 }
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from lowbit.config import chosen_option
 from lowbit.errors import ConfigError, one_line
+from lowbit.mixed.allocation import quant_with_allocation
 from lowbit.quant import quantize_model
 from lowbit.quant.convert import QuantizationPlan, apply_plan, plan_quantization
 
@@ -120,8 +121,9 @@ def build_model(cfg: DictConfig, datamodule) -> nn.Module:
 
 
 def quant_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The ``quant`` node as ``quantize_model``'s keyword arguments."""
-    return OmegaConf.to_container(cfg.quant, resolve=True)
+    """The ``quant`` node as ``quantize_model``'s keyword arguments, ``quant.allocation``'s
+    widths applied as overrides (``lowbit.mixed.allocation``)."""
+    return quant_with_allocation(OmegaConf.to_container(cfg.quant, resolve=True))
 
 
 def quantization_plan(cfg: DictConfig, model: nn.Module, datamodule) -> QuantizationPlan:

@@ -44,6 +44,7 @@ from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError, one_line
 from lowbit.export import save_packed
 from lowbit.measure import count_bops, count_macs, measure_latency, model_size
+from lowbit.mixed.allocation import allocation_of, check_fits_model
 from lowbit.pretrained import InitSource, describe_source, is_set, load_initial_weights
 from lowbit.quant.calibrate import calibrate, input_quantizers, reestimate_batchnorm
 from lowbit.quant.convert import TARGET_KEY, QuantizationPlan, scheme_class
@@ -145,6 +146,9 @@ def check_config(
             init_source, loaded = load_initial_weights(model, cfg.get(INIT_KEY)), True
         else:  # resumed: the checkpoint has the weights; the source is recorded, not read
             init_source = describe_source(cfg.get(INIT_KEY))
+    allocation = allocation_of(cfg)
+    if allocation is not None:
+        check_fits_model(allocation, model)
     planned = quantization_plan(cfg, model, datamodule)
     if checkpoint is not None:  # names and shapes against the quantized model, before any data
         check_checkpoint(checkpoint, quantize(cfg, copy.deepcopy(model), datamodule, planned))
@@ -465,6 +469,9 @@ def run(
             results["init"] = init_source.record()
         quantize(cfg, model, datamodule, components.plan)
         results["arithmetic"] = arithmetic_record(model)
+        allocation = allocation_of(cfg)
+        if allocation is not None:  # per-layer weight widths from scripts/allocate.py
+            results["allocation"] = allocation.record()
         if components.loaded:  # ranges from the trained model, before any step
             results["calibration"] = calibrate_from_data(cfg, model, datamodule)
 

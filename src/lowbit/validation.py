@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lowbit.bit_widths import INPUT_BITS, check_bits
 from lowbit.compiled import compile_requested
 from lowbit.errors import ConfigError, one_line
+from lowbit.mixed.allocation import check_allocation
 
 # ---------------------------------------------------------------------------------------------
 # Checks: what a value must be, in words, and the test of it.
@@ -259,6 +260,12 @@ def weight_quantizers() -> tuple[str, ...]:
     return tuple(WEIGHT_QUANTIZERS)
 
 
+def sensitivity_methods() -> tuple[str, ...]:
+    from lowbit.mixed.sensitivity import METHODS
+
+    return tuple(METHODS)
+
+
 def signed_input_modes() -> tuple[str, ...]:
     from lowbit.quant.convert import SIGNED_INPUT_MODES
 
@@ -348,6 +355,8 @@ SCHEMA: dict[str, Check] = {
     "quant.overrides": Check(
         "null or a mapping of layer-name patterns to {wbits, abits, gbits}", layer_overrides
     ),
+    # a file from scripts/allocate.py: per-layer weight widths (lowbit.mixed.allocation)
+    "quant.allocation": Check("null or an allocation file", rule=check_allocation),
     "quant.signed_inputs": lazy_choice(signed_input_modes, "auto or never"),
     "quant.act_scale": number(above=0),
     "quant.alpha_init": number(above=0),
@@ -459,6 +468,14 @@ SCHEMA: dict[str, Check] = {
     "callbacks.learning_rate_monitor._target_": TARGET,
     "callbacks.learning_rate_monitor.logging_interval": optional(one_of("step", "epoch")),
     "callbacks.bits_summary._target_": TARGET,
+    # allocate.yaml: scripts/allocate.py's own keys (lowbit.mixed)
+    "method": lazy_choice(sensitivity_methods, "a sensitivity method"),
+    "widths": list_of(integer(minimum=1, maximum=16), increasing=True),
+    "budget.size_kb": optional(number(above=0)),
+    "budget.bops_ratio": optional(number(above=0)),
+    "sensitivity.batches": COUNT,
+    "sensitivity.samples": integer(minimum=2),
+    "output": optional(NON_EMPTY_TEXT),
 }
 
 

@@ -48,6 +48,7 @@ BEST_OF = {
 }
 STEP_METRIC = "trainer/global_step"  # the x axis Lightning's WandbLogger gives every metric
 LAYER_TABLE_KEY = "model/layers"
+ALLOCATION_TABLE_KEY = "model/allocation"  # quant.allocation's weight widths (lowbit.mixed)
 # The files a finished run holds (lowbit.train writes them) and their artifacts' name stems.
 ARTIFACT_FILES = {"packed": PACKED_FILE, "onnx-int8": INT8_FILE}
 ARTIFACT_TYPE = "model"
@@ -252,6 +253,11 @@ def log_run_outputs(
     columns, rows = layer_rows(model, input_shape, packed if packed.is_file() else None)
     table = wandb.Table(columns=columns, data=rows)
     guarded(logger, run.log, {LAYER_TABLE_KEY: table})
+    allocation = results.get("allocation")
+    if allocation:
+        widths = [[name, bits] for name, bits in allocation["wbits"].items()]
+        allocation_table = wandb.Table(columns=["layer", "wbits"], data=widths)
+        guarded(logger, run.log, {ALLOCATION_TABLE_KEY: allocation_table})
     guarded(logger, log_artifacts, run, output_dir, artifact_metadata(results))
     return {}
 

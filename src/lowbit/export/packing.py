@@ -59,8 +59,13 @@ CODES, SCALE = "codes", "scale"
 # -- bit packing ------------------------------------------------------------------------------
 
 
+def packed_code_bytes(count: int, bits: int) -> int:
+    """Bytes ``pack_codes`` writes for ``count`` codes of ``bits`` bits: ceil(count bits / 8)."""
+    return -(-count * bits // 8)
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer codes in [0, 2^bits) as a uint8 tensor of ceil(numel * bits / 8) bytes.
+    """Integer codes in [0, 2^bits) as a uint8 tensor of ``packed_code_bytes`` bytes.
 
     Bit j of code i lands at bit position i * bits + j of the stream, bytes filled from their
     least significant bit: the layout is the same for any bit width from 1 to 16.

@@ -76,6 +76,13 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
 
 
+def edge_layers(model: nn.Module) -> tuple[str, ...]:
+    """The first and the last layers under this module's policy: the first Conv2d/Linear and
+    the model's ``last_layers`` (default: the last Conv2d/Linear)."""
+    names = [name for name, _ in quantizable_layers(model)]
+    return tuple(dict.fromkeys([*names[:1], *(getattr(model, "last_layers", None) or names[-1:])]))
+
+
 def plan_bits(
     layer_names: list[str],
     wbits: int,

@@ -4,7 +4,8 @@ Within each (model, data set, bits): every pair of quantizers. Within each (mode
 quantizer, bits): every pair of starts (PTQ, QAT from trained weights, QAT from scratch), and
 every pair of arithmetic versions (runs before and after a change of how lowbit computes).
 Within each (model, data set, quantizer): adjacent bit widths along the swept one (W = A when
-they move together; one line per setting of the others, as in the accuracy-vs-bits figure).
+they move together; one line per setting of the others, as in the accuracy-vs-bits figure),
+and each mixed-precision configuration against the uniform one nearest in packed size.
 Each is judged on the primary metric (val/acc_best, val/map50_best for detection) with
 ``lowbit.report.stats.welch``; the better mean is named first, so a difference reads as what
 the first gains.
@@ -31,7 +32,7 @@ class Comparison:
     worse: Configuration
     metric: str
     difference: Difference
-    kind: str  # "quantizers", "starts", "arithmetic" or "bits"
+    kind: str  # "quantizers", "starts", "arithmetic", "bits" or "mixed"
 
 
 def is_fraction(metric: str) -> bool:
@@ -104,7 +105,7 @@ def arithmetic_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
 def adjacent_bit_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
     groups: dict[tuple, list[Configuration]] = defaultdict(list)
     for c in configurations:
-        if c.quantizer != FULL_PRECISION:
+        if c.quantizer != FULL_PRECISION and not is_mixed(c):  # no one width to line up by
             groups[(c.model, c.dataset, c.quantizer, c.distinct)].append(c)
     pairs = []
     for group in groups.values():
@@ -121,6 +122,33 @@ def adjacent_bit_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
     return pairs
 
 
+SIZE_METRIC = "model/size_bytes"
+
+
+def is_mixed(configuration: Configuration) -> bool:
+    """Trained from an allocation file (``quant.allocation``, lowbit.mixed)."""
+    return bool(configuration.first.settings.get("allocation"))
+
+
+def mixed_pairs(configurations: Sequence[Configuration]) -> list[tuple]:
+    """Within each (model, data set, quantizer, abits, gbits, training): each mixed-precision
+    configuration against the uniform one nearest to it in packed size, what its allocation
+    buys at about equal size."""
+    groups: dict[tuple, list[Configuration]] = defaultdict(list)
+    for c in configurations:
+        if c.quantizer != FULL_PRECISION and c.metric(SIZE_METRIC) is not None:
+            key = (c.model, c.dataset, c.quantizer, c.bits("abits"), c.bits("gbits"))
+            groups[(*key, training_key(c.first.settings))].append(c)
+    pairs = []
+    for group in groups.values():
+        uniform = [c for c in group if not is_mixed(c)]
+        for mixed in filter(is_mixed, group):
+            if uniform:
+                size = mixed.metric(SIZE_METRIC)
+                pairs.append((mixed, min(uniform, key=lambda c: abs(c.metric(SIZE_METRIC) - size))))
+    return pairs
+
+
 def draw_comparisons(configurations: Sequence[Configuration], metric: str) -> list[Comparison]:
     """Quantizer pairs first, then starts (PTQ, from trained weights, from scratch), then
     arithmetic versions, then adjacent bit widths, in the configurations' order; only
@@ -131,6 +159,7 @@ def draw_comparisons(configurations: Sequence[Configuration], metric: str) -> li
     drawn += [compare(a, b, metric, "starts") for a, b in start_pairs(measured)]
     drawn += [compare(a, b, metric, "arithmetic") for a, b in arithmetic_pairs(measured)]
     drawn += [compare(a, b, metric, "bits") for a, b in adjacent_bit_pairs(measured)]
+    drawn += [compare(a, b, metric, "mixed") for a, b in mixed_pairs(measured)]
     return [c for c in drawn if c is not None]
 
 

@@ -102,13 +102,15 @@ class Configuration:
 
     @property
     def name(self) -> str:
-        """E.g. "pact W2A2", "dorefa W4A4G8 (first_layer_bits=4)", "fp32"."""
+        """E.g. "pact W2A2", "dorefa W4A4G8 (first_layer_bits=4)", "fp32", "lsq mixed A4"."""
         bits = "".join(
             f"{k[0].upper()}{self.bits(k)}"
             for k in BIT_KINDS
             if self.bits(k) is not None and not (k == "gbits" and self.bits(k) == 32)
         )
         label = self.quantizer or "?"
+        if self.first.settings.get("allocation"):  # weights at its allocation's widths
+            label += " mixed"
         if self.quantizer != FULL_PRECISION and bits:
             label += f" {bits}"
         if self.distinct:

@@ -205,7 +205,9 @@ def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None
         model=payload.get("model"),
         dataset=payload.get("dataset"),
         quantizer=quant.get("quantizer"),
-        wbits=as_int(quant.get("wbits")),
+        # a mixed-precision run's weights have several widths: none is its wbits, and its
+        # allocation file (in ``settings``) tells it apart
+        wbits=None if payload.get("allocation") else as_int(quant.get("wbits")),
         abits=as_int(quant.get("abits")),
         gbits=as_int(quant.get("gbits")),
         metrics=dict(payload.get("metrics") or {}),

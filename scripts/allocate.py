@@ -1,0 +1,49 @@
+"""Choose each layer's weight width under a size or BOPs budget, from a trained run.
+
+    python scripts/allocate.py RUN_DIR quantizer=lsq budget.size_kb=150 method=hessian
+    python scripts/allocate.py RUN_DIR quantizer=lsq budget.bops_ratio=0.3 method=fisher
+
+RUN_DIR is what ``init=`` takes (a run folder, a .ckpt, a .safetensors); the other arguments are
+Hydra overrides of conf/allocate.yaml, on top of the run's own (``method``, ``widths``,
+``budget.*``, ``sensitivity.*``, ``output``, and any ``quant.*``). Prints the per-layer table
+(sensitivity at each width, the chosen width, its bytes and BOPs) and writes the allocation
+file; the last line is one JSON object with ``allocation`` (the file), ``size_bytes`` (the
+packed file at this allocation, as ``save_packed`` writes it), ``bops`` and
+``predicted_sensitivity``. Train it with ``python train.py quant.allocation=FILE
+quantizer=lsq init=RUN_DIR``. Bad input is one line on stderr and exit status 2, before any
+scoring (lowbit.mixed.allocate).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import lowbit.config  # noqa: F401  (registers the config resolvers)
+from lowbit.cli import fail
+from lowbit.errors import ConfigError
+from lowbit.measure.profile import aligned
+from lowbit.mixed.allocate import allocate, compose_for, table
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0].startswith("-") or "=" in argv[0]:
+        fail("usage: scripts/allocate.py RUN_DIR [overrides], e.g. budget.size_kb=150")
+    source, overrides = argv[0], argv[1:]
+    try:
+        outcome = allocate(compose_for(source, overrides), source)
+    except ConfigError as error:
+        fail(str(error))
+    measured, details = outcome.measured, outcome.allocation.details
+    print(aligned(table(outcome), text_columns=1))
+    print(
+        f"{details['method']} sensitivity in {outcome.sensitivity_seconds:.1f} s; "
+        f"packed {measured.size_bytes:,} bytes (+{measured.slack} reserved for the header), "
+        f"{measured.bops:,} BOPs ({details['bops_ratio']:.4f} of W8A8); "
+        f"allocation written to {outcome.path}"
+    )
+    print(json.dumps(outcome.summary()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
