@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from lowbit.checkpoints import AtomicCheckpointIO, Interrupted, check_checkpoint
 from lowbit.compiled import compile_requested
 from lowbit.config import chosen_option, start_kind
 from lowbit.data.base import ClassificationData
-from lowbit.data.faults import data_fault_of
+from lowbit.data.faults import DataFault, data_fault_of
 from lowbit.distributed import ReplicaSync, is_global_zero
 from lowbit.errors import ConfigError, one_line
 from lowbit.export import save_packed
@@ -417,25 +417,27 @@ def write_results(
         return fault
 
 
-def run(
-    cfg: DictConfig, output_dir: str | Path | None = None, components: Components | None = None
-) -> dict[str, Any]:
-    """Train, test and measure one configuration; returns the results written to results.json.
+@dataclass
+class RunState:
+    """What the stages of one run share with its error handling and its record: the results
+    being filled in (results.json), the stage under way, and what the record needs to finish
+    (the loggers, the trainer's metrics, the space the run needs)."""
 
-    ``components``: what ``check_config`` built for this ``cfg`` (the command line's checks hand
-    them over); without them the run checks and builds them itself.
+    output_dir: Path
+    results: dict[str, Any]
+    stage: str = "setup"  # the stage a fault stopped, as results.json names it
+    space: SpaceNeeded | None = None
+    loggers: list = field(default_factory=list)
+    trainer: pl.Trainer | None = None
 
-    Raises ConfigError for bad input (before any work), Diverged for a NaN loss, Interrupted
-    when SIGTERM or Ctrl-C stopped training (after saving last.ckpt), StageFailed when a stage
-    after testing failed (``measuring_stages``; every stage still ran, and results.json keeps
-    the metrics measured, with ``failed_stage`` and ``error`` naming the first failure).
-    results.json records every outcome with its ``status``. With ``resume``/``ckpt_path``
-    training continues from that checkpoint (``lowbit.resume``). Under DDP only global rank 0
-    measures and records.
-    """
-    output_dir = Path(output_dir or cfg.paths.output_dir)
-    started = time.time()
-    results: dict[str, Any] = {
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.results["metrics"]
+
+
+def new_results(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """results.json as a run starts: ``failed`` until a stage says otherwise."""
+    return {
         "status": STATUS_FAILED,
         "run_name": cfg.get("run_name"),
         "model": chosen_option("model"),
@@ -445,153 +447,240 @@ def run(
         "metrics": {},
         "run_dir": str(output_dir),
     }
-    loggers: list = []
-    trainer: pl.Trainer | None = None
-    space: SpaceNeeded | None = None
+
+
+def set_up(cfg: DictConfig, state: RunState, components: Components | None) -> Components:
+    """The checked parts (built here unless the command line's checks hand them over), the
+    model quantized by their plan and, when it starts from trained weights, calibrated."""
+    if components is None:
+        components = check_config(cfg, state.output_dir)
+    else:  # built by the command line's checks, which could not know the run's folder
+        check_writable(state.output_dir)
+    restore_global_state(components.random_state)
+    state.space = components.space
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    keep_freed_memory()  # reuse freed CPU buffers instead of re-faulting them each step
+    results = state.results
+    results["start"] = start_of(cfg)
+    if components.init_source is not None:
+        results["init"] = components.init_source.record()
+    quantize(cfg, components.model, components.datamodule, components.plan)
+    results["arithmetic"] = arithmetic_record(components.model)
+    allocation = allocation_of(cfg)
+    if allocation is not None:  # per-layer weight widths from scripts/allocate.py
+        results["allocation"] = allocation.record()
+    if components.loaded:  # ranges from the trained model, before any step
+        results["calibration"] = calibrate_from_data(cfg, components.model, components.datamodule)
+    return components
+
+
+def training_task(cfg: DictConfig, parts: Components) -> pl.LightningModule:
+    """The task's LightningModule around the quantized model, in the layout and compiled form
+    the config asks for."""
+    task = build_task(cfg, parts.datamodule, parts.model)
+    if cfg.get("channels_last"):
+        task.train_channels_last()
+    if compile_requested(cfg):
+        task.compile_training()
+    return task
+
+
+def start_tracking(cfg: DictConfig, state: RunState, init_source: InitSource | None) -> None:
+    """The loggers, with the run's config; W&B's best-of summaries and address now."""
+    pin_wandb_run_id(cfg, state.output_dir, write=is_global_zero())  # a resumed run keeps its id
+    state.loggers = make_loggers(cfg)
+    for logger in state.loggers:
+        logger.log_hyperparams(loggable_config(cfg, init_source))
+    start_dashboard(state.loggers)
+
+
+@dataclass
+class Probes:
+    """lowbit's callbacks whose readings the record takes after training."""
+
+    replica_sync: ReplicaSync = field(default_factory=ReplicaSync)
+    first_step: FirstStepTime = field(default_factory=FirstStepTime)
+
+
+def make_trainer(cfg: DictConfig, state: RunState, probes: Probes) -> pl.Trainer:
+    """Lightning's Trainer from the ``trainer`` node, with the configured callbacks, lowbit's
+    own and checkpoints written whole or not at all (``lowbit.storage``)."""
+    callbacks = make_callbacks(cfg)
+    if not state.loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    callbacks += [RandomState(cfg.get("seed")), probes.replica_sync, probes.first_step]
+    # Checkpoints are the callbacks group's business: none configured, none written.
+    saves_checkpoints = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
+    state.trainer = instantiate(
+        cfg.trainer,
+        logger=state.loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=saves_checkpoints,
+        plugins=[AtomicCheckpointIO()],
+    )
+    return state.trainer
+
+
+def train(
+    cfg: DictConfig,
+    task: pl.LightningModule,
+    trainer: pl.Trainer,
+    datamodule,
+    state: RunState,
+    probes: Probes,
+) -> None:
+    """Fit (or, for post-training quantization, validate once), from the checkpoint of
+    ``resume``/``ckpt_path`` if any; the metrics it logged go into the results."""
+    state.stage = "train"
+    results = state.results
+    resume_from = checkpoint_to_resume(cfg)
+    earlier: dict[str, float] = {}
+    if resume_from is not None:
+        results["resumed_from"] = str(resume_from)
+        # what the run measured before it stopped (a fault after its last epoch): kept where
+        # the resumed part does not measure it again, e.g. val/ when no epoch is left
+        if (state.output_dir / RESULTS_FILE).is_file():
+            earlier = read_results(state.output_dir / RESULTS_FILE).get("metrics") or {}
+    if is_post_training(cfg):  # PTQ: the calibrated model as it is, validated once
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+    else:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    startup = probes.first_step.record()
+    if startup is not None:
+        results["startup"] = startup
+        log.info("first training step %.1f s after the process started", startup["first_step_s"])
+    state.metrics.update(logged_metrics(trainer))
+    for key, value in earlier.items():
+        if key.startswith(("train/", "val/")):
+            state.metrics.setdefault(key, value)
+
+
+def evaluate_on_test_split(
+    cfg: DictConfig, task: pl.LightningModule, trainer: pl.Trainer, datamodule, state: RunState
+) -> None:
+    """The test split on the best checkpoint by the task's monitor (``test=false``: none)."""
+    state.stage = "test"
+    if not cfg.get("test", True):
+        return
+    tested = trainer.test(
+        task,
+        datamodule=datamodule,
+        ckpt_path=best_checkpoint(trainer),
+        verbose=False,
+        weights_only=True,
+    )
+    state.metrics.update({k: float(v) for k, v in tested[0].items()})
+
+
+def record_trained_model(task: pl.LightningModule, state: RunState, probes: Probes) -> None:
+    """What the trained model learned (PACT's alphas, LSQ's steps, LSQ+'s offsets by layer),
+    the task's kind and the replicas' agreement; the model back in NCHW for the stages after."""
+    results = state.results
+    if probes.replica_sync.report is not None:
+        results["distributed"] = probes.replica_sync.report
+    results["task"] = kind_of(task)
+    results.update({"alpha": {}, **learned_values(task.model)})
+    if task.channels_last:  # trained NHWC: the measuring stages and the export see NCHW
+        task.model.to(memory_format=torch.contiguous_format)
+
+
+def measure(
+    cfg: DictConfig, task: pl.LightningModule, trainer: pl.Trainer, datamodule, state: RunState
+) -> None:
+    """The stages after testing (``measuring_stages``, then W&B's per-layer table and
+    artifacts), each on its own, on global rank 0; the run's status from what they found."""
+    failure = None
+    if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
+        model, output_dir = task.model, state.output_dir
+        stages = measuring_stages(model, datamodule, trainer.strategy.root_device, cfg, output_dir)
+        stages.append(
+            dashboard_stage(state.loggers, model, datamodule.image_shape, output_dir, state.results)
+        )
+        failure = run_stages(stages, state.metrics)
+    finite = all(map(math.isfinite, state.metrics.values()))
+    state.results["status"] = STATUS_OK if finite else STATUS_DIVERGED
+    if failure is not None:
+        state.results.update(status=STATUS_FAILED, failed_stage=failure.stage, error=failure.error)
+        if failure.fault is not None:
+            state.results["error"] = fault_advice(failure.fault, state.output_dir, state.space)
+            state.results.setdefault("faults", []).append(failure.fault.record())
+
+
+def record_fault(
+    fault: StorageFault | DataFault, error: BaseException, state: RunState
+) -> StorageFault | DataFault:
+    """A fault of the storage or the data: its one line (``advice``) and its record, with every
+    metric the trainer holds kept."""
+    for key, value in logged_metrics(state.trainer).items():
+        state.metrics.setdefault(key, value)
+    if isinstance(fault, StorageFault):
+        fault.advice = fault_advice(fault, state.output_dir, state.space)
+    else:
+        fault.advice = f"{fault.line()}; restore the file, {how_to_continue(state.output_dir)}"
+    state.results.update(failed_stage=state.stage, error=fault.advice)
+    state.results.setdefault("faults", []).append(fault.record())
+    return fault
+
+
+def run(
+    cfg: DictConfig, output_dir: str | Path | None = None, components: Components | None = None
+) -> dict[str, Any]:
+    """Train, test and measure one configuration; returns the results written to results.json.
+
+    ``components``: what ``check_config`` built for this ``cfg`` (the command line's checks hand
+    them over); without them the run checks and builds them itself.
+
+    Raises ConfigError for bad input (before any work), Diverged for a NaN loss, Interrupted
+    when SIGTERM or Ctrl-C stopped training (after saving last.ckpt), StorageFault or
+    DataFault for a fault of the output folder or the data (``lowbit.storage``,
+    ``lowbit.data.faults``), StageFailed when a stage after testing failed
+    (``measuring_stages``; every stage still ran). results.json records every outcome with its
+    ``status``, and keeps the metrics measured, with ``failed_stage`` and ``error`` naming the
+    first failure. With ``resume``/``ckpt_path`` training continues from that checkpoint
+    (``lowbit.resume``). Under DDP only global rank 0 measures and records.
+    """
+    output_dir = Path(output_dir or cfg.paths.output_dir)
+    state = RunState(output_dir, new_results(cfg, output_dir))
+    started = time.time()
     results_fault: StorageFault | None = None
-    stage = "setup"  # the stage a fault of the storage stopped, as results.json names it
     warnings.filterwarnings("ignore", message=LIGHTNING_LEAFSPEC_NOTICE, category=FutureWarning)
     try:
-        if components is None:
-            components = check_config(cfg, output_dir)
-        else:  # built by the command line's checks, which could not know the run's folder
-            check_writable(output_dir)
-        restore_global_state(components.random_state)
-        space = components.space
-        compiled = compile_requested(cfg)
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        keep_freed_memory()  # reuse freed CPU buffers instead of re-faulting them each step
-        datamodule, model = components.datamodule, components.model
-        init_source = components.init_source
-        results["start"] = start_of(cfg)
-        if init_source is not None:
-            results["init"] = init_source.record()
-        quantize(cfg, model, datamodule, components.plan)
-        results["arithmetic"] = arithmetic_record(model)
-        allocation = allocation_of(cfg)
-        if allocation is not None:  # per-layer weight widths from scripts/allocate.py
-            results["allocation"] = allocation.record()
-        if components.loaded:  # ranges from the trained model, before any step
-            results["calibration"] = calibrate_from_data(cfg, model, datamodule)
-
-        task = build_task(cfg, datamodule, model)
-        if cfg.get("channels_last"):
-            task.train_channels_last()
-        if compiled:
-            task.compile_training()
-        pin_wandb_run_id(cfg, output_dir, write=is_global_zero())  # a resumed run keeps its id
-        loggers = make_loggers(cfg)
-        for logger in loggers:
-            logger.log_hyperparams(loggable_config(cfg, init_source))
-        start_dashboard(loggers)  # W&B: best-of summaries, the run's address printed now
-        callbacks = make_callbacks(cfg)
-        if not loggers:  # LearningRateMonitor refuses a Trainer without loggers (logger=none)
-            callbacks = [
-                c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)
-            ]
-        replica_sync, first_step = ReplicaSync(), FirstStepTime()
-        callbacks += [RandomState(cfg.get("seed")), replica_sync, first_step]
-        # Checkpoints are the callbacks group's business: none configured, none written.
-        saves_checkpoints = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
-        trainer = instantiate(
-            cfg.trainer,
-            logger=loggers or False,
-            callbacks=callbacks,
-            enable_checkpointing=saves_checkpoints,
-            plugins=[AtomicCheckpointIO()],  # checkpoints whole or not at all (lowbit.storage)
-        )
-        resume_from = checkpoint_to_resume(cfg)
-        earlier: dict[str, float] = {}
-        if resume_from is not None:
-            results["resumed_from"] = str(resume_from)
-            # what the run measured before it stopped (a fault after its last epoch): kept
-            # where the resumed part does not measure it again, e.g. val/ when no epoch is left
-            if (output_dir / RESULTS_FILE).is_file():
-                earlier = read_results(output_dir / RESULTS_FILE).get("metrics") or {}
-        stage = "train"
-        if is_post_training(cfg):  # PTQ: the calibrated model as it is, validated once
-            trainer.validate(task, datamodule=datamodule, verbose=False)
-        else:
-            trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        if first_step.record() is not None:
-            results["startup"] = first_step.record()
-            log.info(
-                "first training step %.1f s after the process started", first_step.first_step_s
-            )
-        metrics = results["metrics"]  # filled in place: whatever fails later, these are kept
-        metrics.update(logged_metrics(trainer))
-        for key, value in earlier.items():
-            if key.startswith(("train/", "val/")):
-                metrics.setdefault(key, value)
-        stage = "test"
-        if cfg.get("test", True):
-            tested = trainer.test(
-                task,
-                datamodule=datamodule,
-                ckpt_path=best_checkpoint(trainer),
-                verbose=False,
-                weights_only=True,
-            )
-            metrics.update({k: float(v) for k, v in tested[0].items()})
-        if replica_sync.report is not None:
-            results["distributed"] = replica_sync.report
-        results["task"] = kind_of(task)
-        # PACT's alphas, LSQ's steps, LSQ+'s offsets by layer: {"alpha": {...}, "step": {...}}
-        results.update({"alpha": {}, **learned_values(task.model)})
-        if task.channels_last:  # trained NHWC: the measuring stages and the export see NCHW
-            task.model.to(memory_format=torch.contiguous_format)
-        failure = None
-        if is_global_zero():  # other DDP processes leave measuring and recording to rank 0
-            stages = measuring_stages(
-                task.model, datamodule, trainer.strategy.root_device, cfg, output_dir
-            )
-            # W&B: the per-layer table and the files the stages wrote, as artifacts
-            stages.append(
-                dashboard_stage(loggers, task.model, datamodule.image_shape, output_dir, results)
-            )
-            failure = run_stages(stages, metrics)
-        results["status"] = (
-            STATUS_DIVERGED if not all(map(math.isfinite, metrics.values())) else STATUS_OK
-        )
-        if failure is not None:
-            results.update(status=STATUS_FAILED, failed_stage=failure.stage, error=failure.error)
-            if failure.fault is not None:
-                results["error"] = fault_advice(failure.fault, output_dir, space)
-                results.setdefault("faults", []).append(failure.fault.record())
+        parts = set_up(cfg, state, components)
+        task = training_task(cfg, parts)
+        start_tracking(cfg, state, parts.init_source)
+        probes = Probes()
+        trainer = make_trainer(cfg, state, probes)
+        train(cfg, task, trainer, parts.datamodule, state, probes)
+        evaluate_on_test_split(cfg, task, trainer, parts.datamodule, state)
+        record_trained_model(task, state, probes)
+        measure(cfg, task, trainer, parts.datamodule, state)
     except Diverged as error:
-        results.update(status=STATUS_DIVERGED, error=str(error))
+        state.results.update(status=STATUS_DIVERGED, error=str(error))
         raise
     except (KeyboardInterrupt, SystemExit) as error:  # how Lightning ends fit on SIGTERM/Ctrl-C
         stopped = Interrupted.from_exception(error, output_dir)
-        results.update(status=STATUS_INTERRUPTED, error=str(stopped))
+        state.results.update(status=STATUS_INTERRUPTED, error=str(stopped))
         raise stopped from None
-    except BaseException as error:  # bad input, a fault of the storage or a bug: recorded
+    except BaseException as error:  # bad input, a fault of the storage or the data, or a bug
         fault = storage_fault_of(error) or data_fault_of(error)
         if fault is not None:  # one line for the user, every metric measured so far kept
-            for key, value in logged_metrics(trainer).items():
-                results["metrics"].setdefault(key, value)
-            if isinstance(fault, StorageFault):
-                fault.advice = fault_advice(fault, output_dir, space)
-            else:
-                fault.advice = f"{fault.line()}; restore the file, {how_to_continue(output_dir)}"
-            results.update(failed_stage=stage, error=fault.advice)
-            results.setdefault("faults", []).append(fault.record())
-            raise fault from error
-        results["error"] = (
+            raise record_fault(fault, error, state) from error
+        state.results["error"] = (
             str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
         )
         raise
     finally:
+        results = state.results
         results["duration_s"] = round(time.time() - started, 2)
         if is_global_zero():  # one record and one W&B run per run, however many processes
-            results["wandb"] = finish_wandb(loggers, results["metrics"], results["status"])
+            results["wandb"] = finish_wandb(state.loggers, results["metrics"], results["status"])
             # a W&B service that died mid-run: the run went on without it (lowbit.tracker_guard)
-            results.setdefault("faults", []).extend(tracker_faults(loggers))
+            results.setdefault("faults", []).extend(tracker_faults(state.loggers))
             if output_dir.is_dir():
-                results_fault = write_results(output_dir, results, space)
+                results_fault = write_results(output_dir, results, state.space)
     if results_fault is not None:
         raise results_fault
-    if "failed_stage" in results:
-        raise StageFailed(results)
-    return results
+    if "failed_stage" in state.results:
+        raise StageFailed(state.results)
+    return state.results
