@@ -98,6 +98,19 @@ def run_env() -> dict[str, str]:
     return env
 
 
+def run_code(code: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS`` from the repository root, as a training child runs (``run_env``):
+    a script that wraps lowbit's functions, then runs train.py as ``python train.py`` does."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
 def run_train(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` as a user runs it, its run (or sweep) folder under ``tmp_path``
     (``run``, ``sweep``) and no experiment tracker."""

@@ -8,10 +8,8 @@ their calls (``COUNTING``), then run ``train.py`` as ``python train.py`` runs it
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import ROOT, run_env
+from conftest import run_code
 
 from lowbit.train import RESULTS_FILE
 
@@ -61,11 +59,9 @@ finally:
 
 def test_a_single_run_builds_its_data_model_and_plan_once(tmp_path):
     run_dir = tmp_path / "run"
-    completed = subprocess.run(
+    completed = run_code(
+        COUNTING,
         [
-            sys.executable,
-            "-c",
-            COUNTING,
             "quantizer=dorefa",
             "quant.wbits=4",
             "quant.abits=4",
@@ -77,11 +73,6 @@ def test_a_single_run_builds_its_data_model_and_plan_once(tmp_path):
             "logger=none",
             f"hydra.run.dir={run_dir}",
         ],
-        capture_output=True,
-        text=True,
-        env=run_env(),
-        timeout=300,
-        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(x for x in completed.stdout.splitlines() if x.startswith("COUNTS "))
