@@ -279,6 +279,8 @@ def test_multirun_sweeps_bits_and_finishes_each_wandb_run(tmp_path):
     loaded = [json.loads(path.read_text()) for path in results]
     assert sorted(r["quant"]["wbits"] for r in loaded) == [2, 4]
     assert all(r["status"] == "ok" for r in loaded)
+    # the jobs share one process: each one's start-up counts from its own start
+    assert [r["startup"]["from"] for r in loaded] == ["job start", "job start"]
     # One W&B run per job, each finished with its own summary.
     ids = {r["wandb"]["id"] for r in loaded}
     assert len(ids) == 2

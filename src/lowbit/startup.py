@@ -4,7 +4,8 @@ The start is the operating system's record of when the process began (``/proc/se
 the boot time in ``/proc/stat`` on Linux), so the figure includes the interpreter, the imports
 of torch, Lightning and Hydra, the command line's checks and every part the run builds. Where
 ``/proc`` is missing (macOS, Windows) it counts from the import of this module instead, which
-comes right after Hydra's, and says so in results.json (``startup.from``).
+comes right after Hydra's, and says so in results.json (``startup.from``); a job of a multirun
+counts from its own start (``job start``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ def process_start_time() -> float | None:
 
 class FirstStepTime(pl.Callback):
     """Records the seconds from the process's start to the first training batch of this fit
-    (``record``: what results.json keeps under ``startup``)."""
+    (``record``: what results.json keeps under ``startup``). A job of a multirun shares its
+    process with the jobs before it, so it counts from ``job_started_at``, its own start."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_started_at: float | None = None) -> None:
         started = process_start_time()
-        self.origin = "process start" if started is not None else "lowbit.startup import"
-        self.started_at = started if started is not None else IMPORTED_AT
+        if job_started_at is not None:
+            self.origin, self.started_at = "job start", job_started_at
+        elif started is not None:
+            self.origin, self.started_at = "process start", started
+        else:
+            self.origin, self.started_at = "lowbit.startup import", IMPORTED_AT
         self.first_step_s: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -72,6 +72,7 @@ from lowbit.storage import (
     space_needed,
     storage_fault_of,
 )
+from lowbit.sweep.job import in_multirun
 from lowbit.tasks.base import Diverged
 from lowbit.tracker_guard import tracker_faults
 from lowbit.tracking import check_logger_config
@@ -499,8 +500,8 @@ def start_tracking(cfg: DictConfig, state: RunState, init_source: InitSource | N
 class Probes:
     """lowbit's callbacks whose readings the record takes after training."""
 
+    first_step: FirstStepTime
     replica_sync: ReplicaSync = field(default_factory=ReplicaSync)
-    first_step: FirstStepTime = field(default_factory=FirstStepTime)
 
 
 def make_trainer(cfg: DictConfig, state: RunState, probes: Probes) -> pl.Trainer:
@@ -649,7 +650,8 @@ def run(
         parts = set_up(cfg, state, components)
         task = training_task(cfg, parts)
         start_tracking(cfg, state, parts.init_source)
-        probes = Probes()
+        # a job of a multirun shares the process with the jobs before it: timed from its start
+        probes = Probes(FirstStepTime(started if in_multirun() else None))
         trainer = make_trainer(cfg, state, probes)
         train(cfg, task, trainer, parts.datamodule, state, probes)
         evaluate_on_test_split(cfg, task, trainer, parts.datamodule, state)
