@@ -316,3 +316,20 @@ def test_a_real_disk_that_fills_mid_run_then_resume(tmp_path):
         assert json.loads((run_dir / "results.json").read_text())["status"] == "ok"
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_run_folder_removed_mid_run_leaves_the_results_on_stdout(make_cfg, monkeypatch, capsys):
+    import shutil
+
+    import lowbit.train
+
+    cfg = make_cfg("logger=none", "callbacks=none")
+    run_dir = Path(cfg.paths.output_dir)
+    # the scratch folder goes away after testing, before anything else is written
+    monkeypatch.setattr(lowbit.train, "measure", lambda *args: shutil.rmtree(run_dir))
+    lowbit.train.run(cfg)
+    captured = capsys.readouterr()
+    assert not run_dir.exists()
+    printed = [json.loads(x) for x in captured.out.splitlines() if x.startswith('{"')]
+    assert len(printed) == 1 and {"val/acc", "test/acc"} <= set(printed[0]["metrics"])
+    assert f"lowbit: error: the run folder {run_dir} is gone" in captured.err

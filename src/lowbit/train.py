@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -681,6 +682,13 @@ def run(
             results.setdefault("faults", []).extend(tracker_faults(state.loggers))
             if output_dir.is_dir():
                 results_fault = write_results(output_dir, results, state.space)
+            elif state.stage != "setup":  # the folder went away mid-run: nothing is lost
+                print(json.dumps(results, default=str, sort_keys=True), flush=True)
+                print(
+                    f"lowbit: error: the run folder {output_dir} is gone, so {RESULTS_FILE} "
+                    f"could not be written: the results are on stdout as one JSON line",
+                    file=sys.stderr,
+                )
     if results_fault is not None:
         raise results_fault
     if "failed_stage" in state.results:
