@@ -248,12 +248,9 @@ def test_alpha_decay_null_uses_the_optimizers_weight_decay():
 @pytest.mark.parametrize(
     "option, message",
     [
-        ({"alpha_init": 0}, "alpha_init: must be a number > 0, got 0"),
-        (
-            {"weight_quantizer": "lsq"},
-            "weight_quantizer: must be one of 'dorefa', 'channel_wise_abs_max', got 'lsq'",
-        ),
-        ({"alpha_lr_mult": -1}, "alpha_lr_mult: must be a number > 0, got -1"),
+        ({"alpha_init": 0}, "alpha_init must be > 0"),
+        ({"weight_quantizer": "lsq"}, "weight_quantizer='lsq' is unknown"),
+        ({"alpha_lr_mult": -1}, "alpha_lr_mult must be > 0"),
     ],
 )
 def test_bad_pact_options(option, message):
@@ -351,7 +348,5 @@ def test_alpha_calibration_takes_the_percentile_of_the_first_training_batch(modu
 def test_alpha_calibration_is_validated():
     from lowbit.errors import ConfigError
 
-    with pytest.raises(
-        ConfigError, match=r"alpha_calibration: must be null or a number in \(0, 100\], got 150"
-    ):
+    with pytest.raises(ConfigError, match="alpha_calibration must be a percentile"):
         quantize_model(SignedNet(), quantizer="pact", wbits=4, abits=4, alpha_calibration=150)

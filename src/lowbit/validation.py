@@ -531,12 +531,6 @@ def resolved_value(cfg: DictConfig, key: str) -> Any:
     return value
 
 
-def check_setting(key: str, value: Any) -> None:
-    """``value`` against ``key``'s check in ``SCHEMA``: for code that takes the same setting
-    from Python rather than from a config (a scheme's constructor)."""
-    SCHEMA[key](key, value)
-
-
 def check_values(cfg: DictConfig, imports: bool = True, plain: bool = True) -> None:
     """The checks of the composed config alone: ``validate``, ``compile`` (refused with DDP,
     for every job of a multirun) and a quantizer named. The command line runs the checks that

@@ -25,7 +25,6 @@ from lowbit.quant.modules import (
     PACTSymmetricActivation,
     Quantizer,
 )
-from lowbit.validation import check_setting
 
 
 class Scheme:
@@ -162,16 +161,22 @@ class PACT(Scheme):
         weight_quantizer: str = "dorefa",
         alpha_calibration: float | None = None,
     ):
-        # The config schema's rules (lowbit.validation.SCHEMA), one place: a config was checked
-        # by them already; a call from Python (quantize_model in a notebook) is checked here.
-        for name, value in {
-            "alpha_init": alpha_init,
-            "alpha_decay": alpha_decay,
-            "alpha_lr_mult": alpha_lr_mult,
-            "weight_quantizer": weight_quantizer,
-            "alpha_calibration": alpha_calibration,
-        }.items():
-            check_setting(f"quant.{name}", value)
+        if not alpha_init > 0:
+            raise ConfigError(f"quant.alpha_init must be > 0, got {alpha_init}")
+        if alpha_decay is not None and alpha_decay < 0:
+            raise ConfigError(f"quant.alpha_decay must be >= 0 or null, got {alpha_decay}")
+        if not alpha_lr_mult > 0:
+            raise ConfigError(f"quant.alpha_lr_mult must be > 0, got {alpha_lr_mult}")
+        if weight_quantizer not in WEIGHT_QUANTIZERS:
+            raise ConfigError(
+                f"quant.weight_quantizer={weight_quantizer!r} is unknown: "
+                f"use {' or '.join(WEIGHT_QUANTIZERS)}"
+            )
+        if alpha_calibration is not None and not 0 < alpha_calibration <= 100:
+            raise ConfigError(
+                f"quant.alpha_calibration must be a percentile in (0, 100] or null, "
+                f"got {alpha_calibration}"
+            )
         self.alpha = {
             "alpha_init": float(alpha_init),
             "alpha_decay": alpha_decay,
