@@ -88,10 +88,11 @@ def test_no_best_paths_without_an_int8_or_a_float_latency():
 # -- the export stage ---------------------------------------------------------------------------
 
 
-def exported(make_cfg, tmp_path) -> dict:
+def exported(make_cfg, tmp_path, *overrides: str) -> dict:
     """The export stage's metrics for a W4A4 PACT NIN on digits (2 val batches of 16 images),
     timed with 3 repeats on 1 thread."""
     cfg = make_cfg(
+        *overrides,
         "quantizer=pact",
         "quant.wbits=4",
         "quant.abits=4",
@@ -146,3 +147,26 @@ def test_without_openvino_the_export_stage_says_so_once_and_measures_the_rest(
     assert "openvino" not in metrics["latency/best_float_path"]
     assert metrics["latency/best_int8_path"] == "onnxruntime int8"
     assert metrics["export/top1_agreement"] >= 0.95
+
+
+def test_export_openvino_false_measures_no_openvino_and_says_nothing(make_cfg, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lowbit"):
+        metrics = exported(make_cfg, tmp_path, "export.openvino=false")
+    assert not [r for r in caplog.records if "OpenVINO" in r.getMessage()]
+    assert not [key for key in metrics if "openvino" in key]
+    assert metrics["latency/best_int8_path"] == "onnxruntime int8"
+
+
+def test_export_openvino_true_without_openvino_is_one_line_and_exit_2_before_work(
+    tmp_path, capsys, monkeypatch
+):
+    from lowbit.cli import preflight
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(SystemExit) as stopped:
+        preflight(["export.openvino=true", f"hydra.run.dir={tmp_path}/run", "logger=none"])
+    assert stopped.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("lowbit: error: export.openvino=true but openvino cannot be")
+    assert not (tmp_path / "run").exists()

@@ -240,13 +240,15 @@ def export_model(
     repeats: int = 50,
     decoding: dict[str, Any] | None = None,
     max_batches: int | None = None,
+    openvino: bool | str = "auto",
 ) -> dict[str, Any]:
     """Write model_int8.onnx and model_fp32.onnx of a trained (quantized) model into ``out_dir``
     and measure them in ONNX Runtime and, where it is installed, OpenVINO (module docstring);
     returns the metrics. ``datamodule`` must be set up. ``warmup``/``repeats``: the batch-1
     latency runs; ``decoding``: a detector's ``detection`` settings; ``max_batches``: the val
-    batches the agreement runs on (None: all). What train.py calls after training
-    (``task.model``, its datamodule, the run dir).
+    batches the agreement runs on (None: all); ``openvino``: ``export.openvino`` ("auto",
+    true, false; ``openvino_runners``). What train.py calls after training (``task.model``,
+    its datamodule, the run dir).
     """
     from lowbit.export.onnx import (
         export_fp32_onnx,
@@ -267,7 +269,7 @@ def export_model(
     )
     fp32 = export_fp32_onnx(model, shape, out_dir / FP32_FILE)
     runners = {"int8": ort_runner(int8, threads), "fp32_onnx": ort_runner(fp32, threads)}
-    openvino = openvino_runners(int8, fp32, threads)
+    openvino = openvino_runners(int8, fp32, threads, setting=openvino)
     if openvino is not None:
         runners.update(openvino.runners)
     latency = interleaved_latency(

@@ -1,9 +1,10 @@
 """OpenVINO, the second runtime: the ONNX exports compiled for its CPU plugin (optional).
 
 OpenVINO reads ONNX directly, lowbit's integer (QLinear) graphs included. Where it is
-installed (the ``deploy`` extra, which ``test`` and so ``make install`` include), each run's
-export also runs in it; the runners here are measured by ``lowbit.export.onnx_run`` beside
-ONNX Runtime's, interleaved in the same blocks:
+installed (the ``deploy`` extra, which ``test`` and so ``make install`` include) and
+``export.openvino`` is ``auto`` (the default) or ``true`` (required: refused before training
+where it is missing), each run's export also runs in it; ``lowbit.export.onnx_run`` measures
+the runners here beside ONNX Runtime's, interleaved in the same blocks:
 
 - ``openvino_int8``: ``model_int8.onnx`` at the plugin's default settings, as a user deploys it;
 - ``openvino_fp32``: ``model_fp32.onnx`` with ``INFERENCE_PRECISION_HINT=f32``;
@@ -20,6 +21,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from lowbit.errors import ConfigError
 
 if TYPE_CHECKING:  # onnxruntime loads on first use only
     from lowbit.export.onnx import Runner
@@ -40,6 +43,9 @@ class OpenVINORunners:
     default_precision: str  # "bf16", "fp32" or "fp16"
 
 
+SETTINGS = ("auto", True, False)  # export.openvino: where installed, required, never
+
+
 def openvino_missing() -> str | None:
     """Why OpenVINO cannot be used here (one line), or None when it can."""
     try:
@@ -47,6 +53,16 @@ def openvino_missing() -> str | None:
     except ImportError as error:
         return f"{PACKAGE} cannot be imported ({error}); {INSTALL_HINT} installs it"
     return None
+
+
+def check_openvino_setting(key: str, value) -> None:
+    """``export.openvino`` (``SETTINGS``); ConfigError with one line for another value, or for
+    true where OpenVINO cannot be imported: before any work, not after training."""
+    if not any(value == choice and type(value) is type(choice) for choice in SETTINGS):
+        raise ConfigError(f"{key}: must be one of 'auto', true, false, got {value!r}")
+    missing = openvino_missing() if value is True else None
+    if missing is not None:
+        raise ConfigError(f"{key}=true but {missing}")
 
 
 def compiled_runner(core, path: str | Path, threads: int, precision: str | None = None):
@@ -67,10 +83,17 @@ def compiled_runner(core, path: str | Path, threads: int, precision: str | None 
     return run, PRECISION_LABELS.get(chosen, chosen)
 
 
-def openvino_runners(int8_path: Path, fp32_path: Path, threads: int) -> OpenVINORunners | None:
-    """The runners of the module docstring, or None (and one log line why) without OpenVINO."""
+def openvino_runners(
+    int8_path: Path, fp32_path: Path, threads: int, setting: bool | str = "auto"
+) -> OpenVINORunners | None:
+    """The runners of the module docstring; None where ``setting`` (``export.openvino``) is
+    false, or is "auto" and OpenVINO is not installed (one log line says so, and why)."""
+    if setting is False:
+        return None
     missing = openvino_missing()
     if missing is not None:
+        if setting is True:  # the config check said otherwise before training
+            raise RuntimeError(f"export.openvino=true but {missing}")
         log.info("OpenVINO columns skipped: %s", missing)
         return None
     import openvino
@@ -84,4 +107,10 @@ def openvino_runners(int8_path: Path, fp32_path: Path, threads: int) -> OpenVINO
     )
 
 
-__all__ = ["OpenVINORunners", "compiled_runner", "openvino_missing", "openvino_runners"]
+__all__ = [
+    "OpenVINORunners",
+    "check_openvino_setting",
+    "compiled_runner",
+    "openvino_missing",
+    "openvino_runners",
+]
