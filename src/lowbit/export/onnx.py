@@ -254,14 +254,12 @@ def onnx_latency_table(
     paths: Mapping[str, str | Path],
     input_shape: tuple[int, ...],
     threads: int = DEFAULT_THREADS,
-    warmup: int = 10,
-    repeats: int = 50,
-    block: int = 25,
+    **timing: int,
 ) -> dict[str, dict[str, float]]:
     """Batch-1 latency of several ONNX models in ORT's default settings, measured side by side
-    (``interleaved_latency``)."""
+    by ``interleaved_latency`` (``timing``: its ``warmup``, ``repeats`` and ``block``)."""
     runners = {name: ort_runner(path, threads) for name, path in paths.items()}
-    return interleaved_latency(runners, input_shape, threads, warmup, repeats, block)
+    return interleaved_latency(runners, input_shape, threads, **timing)
 
 
 def onnx_latency_ms(
@@ -272,7 +270,8 @@ def onnx_latency_ms(
     repeats: int = 50,
 ) -> dict[str, float]:
     """{"ms": median, "min_ms", "max_ms", "threads"} of batch-1 runs of one ONNX model in ORT."""
-    return onnx_latency_table({"model": path}, input_shape, threads, warmup, repeats)["model"]
+    timing = {"warmup": warmup, "repeats": repeats}
+    return onnx_latency_table({"model": path}, input_shape, threads, **timing)["model"]
 
 
 @torch.no_grad()
