@@ -18,11 +18,14 @@ the targets of issue 6 with whether they were met):
   W4A4 NIN, plus PyTorch eager FP32 for reference. Calibration images (for ORT's quantization
   and for the inputs lowbit keeps in float) are the digits validation images. Targets: lowbit
   W8A8 int8 <= 0.35x ORT FP32, and within 10% of ORT's static QDQ.
-- ``deployed``: the same three ONNX Runtime models (FP32, ORT's static QDQ of it, lowbit's
-  integer export) for MobileNetV3-Small (224x224, 1000 classes, symmetric PACT W8A8 with
-  per-channel abs-max weights, PaddleOCR's recipe) and YOLOv3-tiny (416x416, 80 classes, the
-  same quantizer), batch 1. Both quantizations calibrate on the same random images (latency
-  does not depend on them). Targets: lowbit int8 <= 1.10x ORT's static QDQ for each.
+- ``deployed``: the same three ONNX models (FP32, ORT's static QDQ of it, lowbit's integer
+  export), in ONNX Runtime and, where it is installed, in OpenVINO (FP32 with the f32 hint,
+  its default precision: bf16 on AMX CPUs; both int8 graphs), for MobileNetV3-Small (224x224,
+  1000 classes, symmetric PACT W8A8 with per-channel abs-max weights, PaddleOCR's recipe) and
+  YOLOv3-tiny (416x416, 80 classes, the same quantizer), batch 1. Both quantizations calibrate
+  on the same random images (latency does not depend on them). Each model's best float path,
+  best lowbit int8 path and ``int8_speedup`` (best float over best int8; issue 31) are printed
+  under the table. Targets: lowbit int8 <= 1.10x ORT's static QDQ for each.
 - ``train_step``: SGD training step time (forward, loss, backward, step) of DoReFa W4A4 G32 and
   G8, PACT W4A4 and LSQ W4A4 over the FP32 step, NIN and MobileNetV3-Small (CIFAR stem, 32x32),
   batch 128, eager and compiled (``--modes``), each model's configurations of one mode
@@ -239,6 +242,48 @@ def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tup
     }
 
 
+# The deployed section's rows: runtime, precision and kind of each runner (int8 or float).
+DEPLOYED_PATHS = {
+    "ort_fp32": ("onnxruntime", "fp32", "float"),
+    "ort_static_qdq": ("onnxruntime", "int8 (ORT static QDQ)", "reference"),
+    "lowbit_int8": ("onnxruntime", "int8 (lowbit)", "int8"),
+    "openvino_fp32": ("openvino", "fp32", "float"),
+    "openvino_default": ("openvino", "{precision} (default)", "float"),
+    "openvino_static_qdq": ("openvino", "int8 (ORT static QDQ)", "reference"),
+    "openvino_lowbit_int8": ("openvino", "int8 (lowbit)", "int8"),
+}
+
+
+def path_label(key: str, entry: dict) -> str:
+    """A deployed runner's runtime and precision, e.g. "openvino bf16 (default)"."""
+    runtime, label, _ = DEPLOYED_PATHS[key]
+    return f"{runtime} {label.format(precision=entry['openvino_default_precision'])}"
+
+
+def deployed_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str | None]:
+    """ONNX Runtime's sessions of ``paths`` and, where OpenVINO is installed, its compiled
+    models of the same files (``lowbit.export.openvino_run``); with OpenVINO's default
+    precision (None without it)."""
+    from lowbit.export.onnx import ort_runner
+    from lowbit.export.openvino_run import compiled_runner, openvino_missing
+
+    runners = {name: ort_runner(path, threads) for name, path in paths.items()}
+    missing = openvino_missing()
+    if missing is not None:
+        print(f"deployed: OpenVINO rows skipped: {missing}", file=sys.stderr)
+        return runners, None
+    import openvino
+
+    core = openvino.Core()
+    runners["openvino_fp32"], _ = compiled_runner(core, paths["ort_fp32"], threads, "f32")
+    runners["openvino_default"], precision = compiled_runner(core, paths["ort_fp32"], threads)
+    for name in ("ort_static_qdq", "lowbit_int8"):
+        runners[f"openvino_{name.removeprefix('ort_')}"], _ = compiled_runner(
+            core, paths[name], threads
+        )
+    return runners, precision
+
+
 def bench_deployed(
     folder: Path,
     threads: int,
@@ -247,10 +292,14 @@ def bench_deployed(
     calibration_count: int,
     quick: bool = False,
 ) -> tuple[dict, str]:
+    """The runtime x precision table of each deployed model (module docstring): every runner
+    of a model timed in the same interleaved blocks, each over ORT FP32, over ORT's static QDQ
+    and over the model's best float path; ``best_float``/``best_int8`` name the fastest float
+    and lowbit int8 runners, and ``int8_speedup`` is best float ms over best int8 ms."""
     from lowbit.export.onnx import (
         export_fp32_onnx,
         export_int8_onnx,
-        onnx_latency_table,
+        interleaved_latency,
         ort_static_qdq,
     )
 
@@ -266,23 +315,57 @@ def bench_deployed(
                 model, shape, folder / f"{name}_int8.onnx", calibration=images
             ),
         }
-        timings = onnx_latency_table(paths, shape, threads=threads, warmup=warmup, repeats=repeats)
-        static, base = timings["ort_static_qdq"]["ms"], timings["ort_fp32"]["ms"]
+        runners, precision = deployed_runners(paths, threads)
+        timings = interleaved_latency(runners, shape, threads, warmup=warmup, repeats=repeats)
+        best = {
+            kind: min(
+                (t["ms"], key) for key, t in timings.items() if DEPLOYED_PATHS[key][2] == kind
+            )
+            for kind in ("float", "int8")
+        }
+        base, static = timings["ort_fp32"]["ms"], timings["ort_static_qdq"]["ms"]
         results[name] = {
-            key: {**t, "over_ort_fp32": t["ms"] / base, "over_ort_static_qdq": t["ms"] / static}
+            key: {
+                **t,
+                "over_ort_fp32": t["ms"] / base,
+                "over_ort_static_qdq": t["ms"] / static,
+                "over_best_float": t["ms"] / best["float"][0],
+            }
             for key, t in timings.items()
         }
-        rows += [
-            [name, key, f"{t['ms']:.3f}", f"{t['ms'] / base:.3f}", f"{t['ms'] / static:.3f}"]
-            for key, t in timings.items()
-        ]
+        results[name].update(
+            best_float=best["float"][1],
+            best_int8=best["int8"][1],
+            int8_speedup=best["float"][0] / best["int8"][0],
+            openvino_default_precision=precision,
+        )
+        for key, t in timings.items():
+            runtime, label = path_label(key, results[name]).split(" ", 1)
+            ratios = (base, static, best["float"][0])
+            rows.append(
+                [name, runtime, label, f"{t['ms']:.3f}"]
+                + [f"{t['ms'] / ratio:.3f}" for ratio in ratios]
+            )
     text = table(
         f"Deployed latency, batch 1, {threads} threads, median of {repeats} runs in "
         f"interleaved blocks",
-        ["model", "runtime", "median ms", "x ORT FP32", "x ORT static QDQ"],
+        [
+            "model",
+            "runtime",
+            "precision",
+            "median ms",
+            "x ORT FP32",
+            "x ORT static QDQ",
+            "x best float",
+        ],
         rows,
     )
-    return results, text
+    speedups = [
+        f"{name}: best float {path_label(r['best_float'], r)}, best int8 "
+        f"{path_label(r['best_int8'], r)}, int8 speedup {r['int8_speedup']:.3f}"
+        for name, r in results.items()
+    ]
+    return results, text + "\n".join(speedups) + "\n"
 
 
 # A run's defaults (conf/quant): first/last layer 8-bit and the image quantized to 8 bits too.

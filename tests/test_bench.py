@@ -46,6 +46,19 @@ def test_quick_run_of_every_section_reports_every_eager_target(capsys):
         assert entry["over_ort_fp32"] == pytest.approx(entry["ms"] / reference_ms), name
     for name in ("ort_static_qdq", "lowbit_int8_w8a8", "lowbit_int8_w4a4"):
         assert results["latency"][name]["ms"] > 0
+    # the deployed table: every runtime x precision, and int8 against the best float path (#31)
+    for model, entry in results["deployed"].items():
+        kinds = {kind: [] for kind in ("float", "int8")}
+        for key, (_, _, kind) in bench.DEPLOYED_PATHS.items():
+            if kind in kinds and key in entry:
+                kinds[kind].append((entry[key]["ms"], key))
+        if entry["openvino_default_precision"] is not None:  # OpenVINO installed
+            assert set(bench.DEPLOYED_PATHS) <= entry.keys(), model
+        assert entry["best_float"] == min(kinds["float"])[1]
+        assert entry["best_int8"] == min(kinds["int8"])[1]
+        assert entry["int8_speedup"] == pytest.approx(
+            min(kinds["float"])[0] / min(kinds["int8"])[0]
+        )
 
 
 def test_train_step_section_covers_both_models_and_every_method(capsys):

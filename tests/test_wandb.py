@@ -61,6 +61,9 @@ def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
     return done
 
 
+FLOAT_RUNTIMES = ("pytorch", "onnxruntime", "openvino")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One real run through train.py with the default stages, callbacks and logger: two
@@ -190,6 +193,10 @@ def test_the_summary_keeps_the_best_validation_score(trained):
     assert logged.summary["val/loss"]["min"] == pytest.approx(min(losses))
     assert logged.summary["status"] == "ok"
     assert logged.summary["model/size_bytes"] == results["metrics"]["model/size_bytes"]
+    # the best float path is a word beside its number, in the summary as in results.json (#31)
+    for key in ("latency/best_float_path", "latency/best_float_ms", "latency/int8_speedup"):
+        assert logged.summary[key] == results["metrics"][key], key
+    assert logged.summary["latency/best_float_path"].split()[0] in FLOAT_RUNTIMES
     assert logged.notes == NOTES  # a WandbLogger/wandb.init option passed through
 
 

@@ -289,15 +289,14 @@ def pack_costs(model: nn.Module, output_dir: Path) -> dict[str, float]:
     }
 
 
-def export_costs(
-    model: nn.Module, datamodule, cfg: DictConfig, output_dir: Path
-) -> dict[str, float]:
+def export_costs(model: nn.Module, datamodule, cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """The integer ONNX export and what it measures (``lowbit.export.onnx_run.export_model``):
-    ``latency/int8_ms`` (ONNX Runtime), ``latency/fp32_ms`` (PyTorch eager, float model),
-    ``export/top1_agreement`` (a detector: ``export/map50_int8``) on the val batches the
-    trainer validates on (``validation_batches``), timed with the ``latency`` settings. A
-    model with an op that has no integer form (a user's own layer) is one warning line: the
-    run itself succeeded."""
+    ``latency/int8_ms`` (ONNX Runtime), ``latency/fp32_ms`` (PyTorch eager, float model), the
+    OpenVINO latencies where it is installed, ``latency/best_float_ms`` with its path and
+    ``latency/int8_speedup``, ``export/top1_agreement`` (a detector: ``export/map50_int8``) on
+    the val batches the trainer validates on (``validation_batches``), timed with the
+    ``latency`` settings. A model with an op that has no integer form (a user's own layer) is
+    one warning line: the run itself succeeded."""
     settings = cfg.get("export") or {}
     if not settings.get("onnx", True):
         return {}
@@ -318,6 +317,7 @@ def export_costs(
             else None,
             # the batches the run validated on: a fast_dev_run checks the export on one batch
             max_batches=validation_batches(cfg.get("trainer"), len(datamodule.val_dataloader())),
+            openvino=settings.get("openvino", "auto"),
         )
     except UnsupportedModel as error:
         log.warning("no integer ONNX export: %s", error)
@@ -600,7 +600,10 @@ def measure(
             dashboard_stage(state.loggers, model, datamodule.image_shape, output_dir, state.results)
         )
         failure = run_stages(stages, state.metrics)
-    finite = all(map(math.isfinite, state.metrics.values()))
+    # every number finite; a few metrics are words (``latency/best_float_path``)
+    finite = all(
+        math.isfinite(value) for value in state.metrics.values() if isinstance(value, (int, float))
+    )
     state.results["status"] = STATUS_OK if finite else STATUS_DIVERGED
     if failure is not None:
         state.results.update(status=STATUS_FAILED, failed_stage=failure.stage, error=failure.error)

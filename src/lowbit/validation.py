@@ -234,6 +234,16 @@ def lightning_precisions() -> tuple[Any, ...]:
     return flatten(_PRECISION_INPUT)
 
 
+def openvino_setting(key: str, value: Any) -> None:
+    from lowbit.export.openvino_run import check_openvino_setting
+
+    check_openvino_setting(key, value)
+
+
+# auto, true or false; true asks whether OpenVINO imports (lowbit.export.openvino_run)
+OPENVINO = Check("'auto', true or false", rule=openvino_setting, imports=True)
+
+
 def lazy_choice(choices: Callable[[], tuple[Any, ...]], words: str) -> Check:
     """one_of over ``choices()``, asked only when a value is checked (no import at load)."""
     return Check(words, rule=lambda key, value: one_of(*choices())(key, value), imports=True)
@@ -322,6 +332,7 @@ SCHEMA: dict[str, Check] = {
     "detection.draw_score_threshold": PROBABILITY,
     "export.onnx": BOOLEAN,
     "export.threads": COUNT,
+    "export.openvino": OPENVINO,
     "latency.warmup": NON_NEGATIVE_COUNT,
     "latency.repeats": COUNT,
     # paths/

@@ -6,7 +6,8 @@
   baseline; ``ort_static_qdq``: ORT's own post-training quantization of it, the reference an
   integer export should match in speed.
 - ``onnx_latency_ms`` / ``onnx_latency_table`` (interleaved, for side-by-side ratios),
-  ``onnx_predict`` and ``top1_agreement`` measure what the exports do.
+  ``onnx_predict`` and ``top1_agreement`` measure what the exports do; ``interleaved_latency``
+  and ``top1_agreements`` take any runtime's ``Runner`` (OpenVINO's: ``openvino_run``).
 
 ``calibration`` in ``export_int8_onnx``: lowbit leaves the image in front of the first layer
 (and the inputs of layers the first/last policy keeps at 32 bits) unquantized, which keeps the
@@ -22,7 +23,7 @@ import io
 import statistics
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -194,9 +195,19 @@ def onnx_predict(
     return onnx_outputs(path, images, threads, batch_size)[0]
 
 
-def _timed(runner: ort.InferenceSession, feed: dict) -> float:
+# A runtime's compiled model as one function: an input batch in, the model's outputs out.
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def ort_runner(path: str | Path, threads: int = DEFAULT_THREADS) -> Runner:
+    """``session`` of the model at ``path`` as a Runner."""
+    runner = session(path, threads)
+    return lambda x: runner.run(None, {INPUT: x})
+
+
+def _timed(run: Runner, x: np.ndarray) -> float:
     start = time.perf_counter()
-    runner.run(None, feed)
+    run(x)
     return (time.perf_counter() - start) * 1000
 
 
@@ -209,35 +220,46 @@ def _summary(times: list[float], threads: int) -> dict[str, float]:
     }
 
 
-def onnx_latency_table(
-    paths: Mapping[str, str | Path],
+def interleaved_latency(
+    runners: Mapping[str, Runner],
     input_shape: tuple[int, ...],
     threads: int = DEFAULT_THREADS,
     warmup: int = 10,
     repeats: int = 50,
     block: int = 25,
 ) -> dict[str, dict[str, float]]:
-    """Batch-1 latency of several ONNX models measured side by side, in ORT's default settings.
+    """Batch-1 latency of several runners (of any runtime) measured side by side.
 
-    The models take turns in blocks of ``block`` timed runs, each block after ``warmup`` untimed
-    ones, until each has ``repeats`` timed runs: load on a shared machine hits them alike, and
-    no block is timed while another session's threads still spin (ORT's workers spin for a
-    while after each run; run-by-run alternation measured that, not the models: it made NIN's
-    FP32 graph look 4x slower than it runs alone). Returns ``onnx_latency_ms``'s dict per name.
+    The runners take turns in blocks of ``block`` timed runs, each block after ``warmup``
+    untimed ones, until each has ``repeats`` timed runs: load on a shared machine hits them
+    alike, and no block is timed while another runtime's threads still spin (ORT's workers spin
+    for a while after each run; run-by-run alternation measured that, not the models: it made
+    NIN's FP32 graph look 4x slower than it runs alone). ``threads`` is recorded, not set: each
+    runner was built with it. Returns {"ms": median, "min_ms", "max_ms", "threads"} per name.
     """
     if repeats < 1 or warmup < 0 or block < 1:
         raise ValueError("latency needs repeats >= 1, warmup >= 0 and block >= 1")
-    runners = {name: session(path, threads) for name, path in paths.items()}
     x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
-    feed = {INPUT: x}
     times: dict[str, list[float]] = {name: [] for name in runners}
     while any(len(values) < repeats for values in times.values()):
-        for name, runner in runners.items():
+        for name, run in runners.items():
             for _ in range(warmup):
-                runner.run(None, feed)
+                run(x)
             for _ in range(min(block, repeats - len(times[name]))):
-                times[name].append(_timed(runner, feed))
+                times[name].append(_timed(run, x))
     return {name: _summary(values, threads) for name, values in times.items()}
+
+
+def onnx_latency_table(
+    paths: Mapping[str, str | Path],
+    input_shape: tuple[int, ...],
+    threads: int = DEFAULT_THREADS,
+    **timing: int,
+) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of several ONNX models in ORT's default settings, measured side by side
+    by ``interleaved_latency`` (``timing``: its ``warmup``, ``repeats`` and ``block``)."""
+    runners = {name: ort_runner(path, threads) for name, path in paths.items()}
+    return interleaved_latency(runners, input_shape, threads, **timing)
 
 
 def onnx_latency_ms(
@@ -248,37 +270,46 @@ def onnx_latency_ms(
     repeats: int = 50,
 ) -> dict[str, float]:
     """{"ms": median, "min_ms", "max_ms", "threads"} of batch-1 runs of one ONNX model in ORT."""
-    return onnx_latency_table({"model": path}, input_shape, threads, warmup, repeats)["model"]
+    timing = {"warmup": warmup, "repeats": repeats}
+    return onnx_latency_table({"model": path}, input_shape, threads, **timing)["model"]
 
 
 @torch.no_grad()
+def top1_agreements(
+    model: nn.Module, runners: Mapping[str, Runner], images: torch.Tensor | Iterable
+) -> dict[str, float]:
+    """Per runner, the fraction of inputs whose argmax equals the PyTorch model's (in eval
+    mode), all in one pass over ``images``: one tensor, or an iterable of (images, labels)
+    batches (a DataLoader)."""
+    batches = [images] if torch.is_tensor(images) else (batch[0] for batch in images)
+    was_training = model.training
+    model.eval()
+    agree = dict.fromkeys(runners, 0)
+    total = 0
+    try:
+        device = next(model.parameters()).device
+        for batch in batches:
+            expected = model(batch.to(device)).argmax(1).cpu()
+            x = batch.float().cpu().numpy()
+            for name, run in runners.items():
+                actual = torch.from_numpy(run(x)[0].argmax(1))
+                agree[name] += int((expected == actual).sum())
+            total += len(batch)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("top1_agreement got no images")
+    return {name: count / total for name, count in agree.items()}
+
+
 def top1_agreement(
     model: nn.Module,
     onnx_path: str | Path,
     images: torch.Tensor | Iterable,
     threads: int = DEFAULT_THREADS,
 ) -> float:
-    """Fraction of inputs whose ORT argmax equals the PyTorch model's (in eval mode).
-
-    ``images``: one tensor, or an iterable of (images, labels) batches (a DataLoader).
-    """
-    batches = [images] if torch.is_tensor(images) else (batch[0] for batch in images)
-    runner = session(onnx_path, threads)
-    was_training = model.training
-    model.eval()
-    agree = total = 0
-    try:
-        device = next(model.parameters()).device
-        for batch in batches:
-            expected = model(batch.to(device)).argmax(1).cpu()
-            actual = runner.run(None, {INPUT: batch.float().cpu().numpy()})[0].argmax(1)
-            agree += int((expected == torch.from_numpy(actual)).sum())
-            total += len(batch)
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError("top1_agreement got no images")
-    return agree / total
+    """Fraction of inputs whose ORT argmax equals the PyTorch model's (``top1_agreements``)."""
+    return top1_agreements(model, {"ort": ort_runner(onnx_path, threads)}, images)["ort"]
 
 
 __all__ = [
@@ -287,11 +318,14 @@ __all__ = [
     "export_fp32_onnx",
     "export_int8_onnx",
     "float_model",
+    "interleaved_latency",
     "onnx_latency_ms",
     "onnx_latency_table",
     "onnx_outputs",
     "onnx_predict",
     "optimized_op_types",
+    "ort_runner",
     "ort_static_qdq",
     "top1_agreement",
+    "top1_agreements",
 ]

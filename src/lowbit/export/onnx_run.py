@@ -8,12 +8,20 @@ measures them and merges the metrics into ``results.json``:
 - ``latency/fp32_ms``: PyTorch eager, the float model (quantizers removed, BN folded), batch 1;
 - ``latency/int8_ms``: ONNX Runtime, the integer export, batch 1;
 - ``latency/fp32_onnx_ms``: ONNX Runtime, the float export, measured interleaved with int8;
-- ``latency/export_threads``: the thread count of all three (torch and ORT intra-op);
-- classification: ``export/top1_agreement``, argmax of the integer export vs the fake-quant
-  model on the val set;
-- detection: ``export/map50_int8`` and ``export/map50_fake_quant``, mAP@0.5 on the val set of
-  the integer export's heads and of the fake-quant model's, decoded by the same
-  ``lowbit.detection`` functions as the training task's (``detection_agreement``);
+- ``latency/openvino_int8_ms``, ``latency/openvino_fp32_ms``, ``latency/openvino_default_ms``
+  (with ``latency/openvino_default_precision``, bf16 where the CPU has it): the same two files
+  in OpenVINO, interleaved with ORT's runs, where OpenVINO is installed (``openvino_run``;
+  without it one log line says these are skipped and why);
+- ``latency/best_float_ms`` / ``latency/best_float_path`` and ``latency/best_int8_ms`` /
+  ``latency/best_int8_path``: the fastest float and int8 of those, with runtime and precision
+  ("openvino bf16"); ``latency/int8_speedup``: best float over best int8 (``best_paths``);
+- ``latency/export_threads``: the thread count of them all (torch, ORT and OpenVINO);
+- classification: ``export/top1_agreement`` (``export/openvino_top1_agreement``), argmax of
+  the integer export in ORT (OpenVINO) vs the fake-quant model on the val set;
+- detection: ``export/map50_int8`` (``export/map50_openvino_int8``) and
+  ``export/map50_fake_quant``, mAP@0.5 on the val set of the integer export's heads in ORT
+  (OpenVINO) and of the fake-quant model's, decoded by the same ``lowbit.detection``
+  functions as the training task's (``detection_agreement``);
 - ``export/agreement_images``: how many val images the agreement (or the two mAPs) stand on:
   the whole val set, or the batches a run validates on when its trainer limits them
   (``trainer.limit_val_batches``, ``fast_dev_run``; ``validation_batches``);
@@ -30,9 +38,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
@@ -40,6 +48,9 @@ from torch import nn
 
 from lowbit.errors import ConfigError
 from lowbit.results import PACKED_FILE, RESULTS_FILE, STATUS_OK, write_json_atomically
+
+if TYPE_CHECKING:  # onnxruntime loads on first use only
+    from lowbit.export.onnx import Runner
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 INT8_FILE, FP32_FILE = "model_int8.onnx", "model_fp32.onnx"
@@ -131,46 +142,40 @@ def torch_latency_ms(
 @torch.no_grad()
 def detection_agreement(
     model: nn.Module,
-    int8_path: Path,
+    runners: Mapping[str, Runner],
     dataloader,
-    threads: int,
     decoding: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """mAP@0.5 on ``dataloader`` of the integer export's heads and of the fake-quant model's,
-    both decoded by ``lowbit.detection`` (``decode_heads`` and ``postprocess`` with the run's
-    ``detection`` settings), as the training task decodes them."""
+    """mAP@0.5 on ``dataloader`` of each runner's heads (an integer export in a runtime) and of
+    the fake-quant model's (``"fake_quant"``), in one pass, all decoded by ``lowbit.detection``
+    (``decode_heads`` and ``postprocess`` with the run's ``detection`` settings), as the
+    training task decodes them."""
     from torchmetrics.detection import MeanAveragePrecision
 
     from lowbit.detection.decode import decode_heads, postprocess
-    from lowbit.export.onnx import INPUT, session
 
-    runner = session(int8_path, threads)
     settings = {
         key: value
         for key, value in (decoding or {}).items()
         if key in ("score_threshold", "iou_threshold", "max_detections")
     }
     metrics = {
-        "int8": MeanAveragePrecision(box_format="xyxy", iou_type="bbox"),
-        "fake_quant": MeanAveragePrecision(box_format="xyxy", iou_type="bbox"),
+        name: MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
+        for name in ("fake_quant", *runners)
     }
     anchors, strides = model.head_anchors(), model.strides
     for images, targets in dataloader:
-        heads = {
-            "fake_quant": model(images),
-            "int8": [
-                torch.from_numpy(out) for out in runner.run(None, {INPUT: images.float().numpy()})
-            ],
-        }
+        x = images.float().numpy()
+        heads = {"fake_quant": model(images)}
+        heads.update(
+            {name: [torch.from_numpy(out) for out in run(x)] for name, run in runners.items()}
+        )
         for name, outputs in heads.items():
             detections = postprocess(
                 decode_heads(outputs, anchors, strides), image_size=images.shape[-1], **settings
             )
             metrics[name].update(detections, targets)
-    return {
-        f"export/map50_{name}": max(float(metric.compute()["map_50"]), 0.0)
-        for name, metric in metrics.items()
-    }
+    return {name: max(float(metric.compute()["map_50"]), 0.0) for name, metric in metrics.items()}
 
 
 def validation_batches(trainer_settings: Any, loader_batches: int) -> int | None:
@@ -197,6 +202,35 @@ def counted(batches: Iterable, tally: list[int]) -> Iterator:
         yield batch
 
 
+# Where each latency was measured, as ``latency/best_*_path`` names it: runtime and precision.
+FLOAT_PATHS = {
+    "latency/fp32_ms": "pytorch fp32",
+    "latency/fp32_onnx_ms": "onnxruntime fp32",
+    "latency/openvino_fp32_ms": "openvino fp32",
+    "latency/openvino_default_ms": "openvino {precision}",
+}
+INT8_PATHS = {"latency/int8_ms": "onnxruntime int8", "latency/openvino_int8_ms": "openvino int8"}
+
+
+def best_paths(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The fastest float path and the fastest int8 path among the latencies in ``metrics``
+    (``FLOAT_PATHS``, ``INT8_PATHS``), and ``latency/int8_speedup``: best float ms over best
+    int8 ms (above 1: int8 is worth deploying). Empty when either kind was not measured."""
+    precision = metrics.get("latency/openvino_default_precision", "default")
+    best = {}
+    for kind, paths in (("float", FLOAT_PATHS), ("int8", INT8_PATHS)):
+        measured = [
+            (metrics[key], label.format(precision=precision))
+            for key, label in paths.items()
+            if key in metrics
+        ]
+        if not measured:
+            return {}
+        best[f"latency/best_{kind}_ms"], best[f"latency/best_{kind}_path"] = min(measured)
+    best["latency/int8_speedup"] = best["latency/best_float_ms"] / best["latency/best_int8_ms"]
+    return best
+
+
 def export_model(
     model: nn.Module,
     datamodule,
@@ -206,20 +240,25 @@ def export_model(
     repeats: int = 50,
     decoding: dict[str, Any] | None = None,
     max_batches: int | None = None,
+    openvino: bool | str = "auto",
 ) -> dict[str, Any]:
     """Write model_int8.onnx and model_fp32.onnx of a trained (quantized) model into ``out_dir``
-    and measure them (module docstring); returns the metrics. ``datamodule`` must be set up.
-    ``warmup``/``repeats``: the batch-1 latency runs; ``decoding``: a detector's ``detection``
-    settings; ``max_batches``: the val batches the agreement runs on (None: all). What train.py
-    calls after training (``task.model``, its datamodule, the run dir).
+    and measure them in ONNX Runtime and, where it is installed, OpenVINO (module docstring);
+    returns the metrics. ``datamodule`` must be set up. ``warmup``/``repeats``: the batch-1
+    latency runs; ``decoding``: a detector's ``detection`` settings; ``max_batches``: the val
+    batches the agreement runs on (None: all); ``openvino``: ``export.openvino`` ("auto",
+    true, false; ``openvino_runners``). What train.py calls after training (``task.model``,
+    its datamodule, the run dir).
     """
     from lowbit.export.onnx import (
         export_fp32_onnx,
         export_int8_onnx,
         float_model,
-        onnx_latency_table,
-        top1_agreement,
+        interleaved_latency,
+        ort_runner,
+        top1_agreements,
     )
+    from lowbit.export.openvino_run import openvino_runners
     from lowbit.export.parity import requantized_layers
 
     out_dir = Path(out_dir)
@@ -229,28 +268,35 @@ def export_model(
         model, shape, out_dir / INT8_FILE, calibration=calibration_images(datamodule)
     )
     fp32 = export_fp32_onnx(model, shape, out_dir / FP32_FILE)
-    onnx_latency = onnx_latency_table(
-        {"int8": int8, "fp32": fp32},
-        shape,
-        threads=threads,
-        warmup=warmup,
-        repeats=repeats,
-        block=max(1, min(25, repeats)),
+    runners = {"int8": ort_runner(int8, threads), "fp32_onnx": ort_runner(fp32, threads)}
+    openvino = openvino_runners(int8, fp32, threads, setting=openvino)
+    if openvino is not None:
+        runners.update(openvino.runners)
+    latency = interleaved_latency(
+        runners, shape, threads, warmup=warmup, repeats=repeats, block=max(1, min(25, repeats))
     )
     metrics = {
         "latency/fp32_ms": torch_latency_ms(float_model(model), shape, threads, warmup, repeats),
-        "latency/int8_ms": onnx_latency["int8"]["ms"],
-        "latency/fp32_onnx_ms": onnx_latency["fp32"]["ms"],
+        **{f"latency/{name}_ms": timing["ms"] for name, timing in latency.items()},
         "latency/export_threads": threads,
         "export/int8_onnx_bytes": int8.stat().st_size,
         "export/requantized_layers": len(requantized_layers(int8)),
     }
+    integer = {"int8": runners["int8"]}  # the integer graph in each runtime: its agreement
+    if openvino is not None:
+        metrics["latency/openvino_default_precision"] = openvino.default_precision
+        integer["openvino_int8"] = runners["openvino_int8"]
+    metrics.update(best_paths(metrics))
     images = [0]
     batches = counted(itertools.islice(datamodule.val_dataloader(), max_batches), images)
     if getattr(datamodule, "task", "classification") == "detection":
-        metrics.update(detection_agreement(model, int8, batches, threads, decoding))
+        found = detection_agreement(model, integer, batches, decoding)
+        metrics.update({f"export/map50_{name}": value for name, value in found.items()})
     else:
-        metrics["export/top1_agreement"] = top1_agreement(model, int8, batches, threads=threads)
+        agreement = top1_agreements(model, integer, batches)
+        metrics["export/top1_agreement"] = agreement["int8"]
+        if "openvino_int8" in agreement:
+            metrics["export/openvino_top1_agreement"] = agreement["openvino_int8"]
     metrics["export/agreement_images"] = images[0]
     return metrics
 
@@ -300,4 +346,11 @@ def parity_run(
     return layer_parity(model, path, validation_images(datamodule, images), threads)
 
 
-__all__ = ["export_model", "export_run", "finished_run_dir", "load_run_model", "parity_run"]
+__all__ = [
+    "best_paths",
+    "export_model",
+    "export_run",
+    "finished_run_dir",
+    "load_run_model",
+    "parity_run",
+]
