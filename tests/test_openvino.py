@@ -170,3 +170,26 @@ def test_export_openvino_true_without_openvino_is_one_line_and_exit_2_before_wor
     assert len(lines) == 1, lines
     assert lines[0].startswith("lowbit: error: export.openvino=true but openvino cannot be")
     assert not (tmp_path / "run").exists()
+
+
+def test_data_loader_workers_start_safely_once_openvino_is_loaded(tmp_path):
+    """A fork after OpenVINO's runtime ran crashed the process (SIGSEGV): in the suite, the
+    deployed bench's OpenVINO session followed by tests/test_data_faults.py's loader with one
+    worker; in use, a multirun's second job training with workers after the first job's export.
+    Once OpenVINO is loaded, workers start from a fork server: checked here, and that they
+    deliver (this short session alone did not crash a fork)."""
+    pytest.importorskip("openvino")
+    import openvino
+
+    from lowbit.data.base import worker_start_method
+    from lowbit.data.digits import DigitsData
+    from lowbit.export.onnx import export_fp32_onnx
+
+    path = export_fp32_onnx(torch.nn.Conv2d(3, 4, 3), (3, 8, 8), tmp_path / "conv.onnx")
+    compiled = openvino.Core().compile_model(str(path), "CPU")  # the runtime's threads run
+    compiled(torch.zeros(1, 3, 8, 8).numpy())
+    assert worker_start_method(1) == "forkserver" and worker_start_method(0) is None
+    data = DigitsData(batch_size=8, num_workers=1)
+    data.setup("fit")
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape[0] == 8 and labels.shape == (8,)

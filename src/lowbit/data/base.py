@@ -9,6 +9,7 @@ methods. Batches are always ``(float32 [B, C, H, W] normalised images, int64 [B]
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class SplitLoaders:
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_start_method(self.num_workers),
             collate_fn=collate_fn or type(self).collate_fn,
         )
 
@@ -74,6 +76,18 @@ class SplitLoaders:
             f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
             f"image_shape={self.image_shape}, batch_size={self.batch_size})"
         )
+
+
+def worker_start_method(num_workers: int) -> str | None:
+    """How data loader workers start: the platform's default (fork on Linux), or "forkserver"
+    once OpenVINO is loaded in this process. OpenVINO's runtime threads do not survive a fork:
+    a worker forked after an export's OpenVINO measurement crashed the training process with
+    SIGSEGV (the second job of a multirun, a notebook that trains after exporting). Workers of
+    a fork server start from a fresh process instead; they live for the whole fit
+    (``persistent_workers``), so their start is paid once per loader."""
+    if num_workers > 0 and "openvino" in sys.modules:
+        return "forkserver"
+    return None
 
 
 class BuiltInMemory:
