@@ -399,6 +399,11 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 LIGHTNING_LEAFSPEC_NOTICE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
+def print_results_line(results: dict[str, Any]) -> None:
+    """The results as one JSON line on stdout, where results.json cannot be written."""
+    print(json.dumps(results, default=str, sort_keys=True), flush=True)
+
+
 def write_results(
     output_dir: Path, results: dict[str, Any], space: SpaceNeeded | None
 ) -> StorageFault | None:
@@ -415,7 +420,7 @@ def write_results(
             results.update(status=STATUS_FAILED, failed_stage="results", error=fault.advice)
         if not has_storage_fault(results):
             results.setdefault("faults", []).append(fault.record())
-        print(json.dumps(results, default=str, sort_keys=True), flush=True)
+        print_results_line(results)
         return fault
 
 
@@ -669,7 +674,8 @@ def run(
         state.results.update(status=STATUS_INTERRUPTED, error=str(stopped))
         raise stopped from None
     except BaseException as error:  # bad input, a fault of the storage or the data, or a bug
-        fault = storage_fault_of(error) or data_fault_of(error)
+        # a data file's fault first: its OSError (EIO, EACCES) is the data's, not the output's
+        fault = data_fault_of(error) or storage_fault_of(error)
         if fault is not None:  # one line for the user, every metric measured so far kept
             raise record_fault(fault, error, state) from error
         state.results["error"] = (
@@ -686,7 +692,7 @@ def run(
             if output_dir.is_dir():
                 results_fault = write_results(output_dir, results, state.space)
             elif state.stage != "setup":  # the folder went away mid-run: nothing is lost
-                print(json.dumps(results, default=str, sort_keys=True), flush=True)
+                print_results_line(results)
                 print(
                     f"lowbit: error: the run folder {output_dir} is gone, so {RESULTS_FILE} "
                     f"could not be written: the results are on stdout as one JSON line",
