@@ -2,6 +2,7 @@
 
     python scripts/allocate.py RUN_DIR quantizer=lsq budget.size_kb=150 method=hessian
     python scripts/allocate.py RUN_DIR quantizer=lsq budget.bops_ratio=0.3 method=fisher
+    python scripts/allocate.py RUN_DIR quantizer=lsq 'budget.size_kb=[340,400,460]'
 
 RUN_DIR is what ``init=`` takes (a run folder, a .ckpt, a .safetensors); the other arguments are
 Hydra overrides of conf/allocate.yaml, on top of the run's own (``method``, ``widths``,
@@ -23,7 +24,7 @@ import lowbit.config  # noqa: F401  (registers the config resolvers)
 from lowbit.cli import fail
 from lowbit.errors import ConfigError
 from lowbit.measure.profile import aligned
-from lowbit.mixed.allocate import allocate, compose_for, table
+from lowbit.mixed.allocate import allocate, compose_for, table, train_command
 
 
 def main(argv: list[str]) -> None:
@@ -31,18 +32,26 @@ def main(argv: list[str]) -> None:
         fail("usage: scripts/allocate.py RUN_DIR [overrides], e.g. budget.size_kb=150")
     source, overrides = argv[0], argv[1:]
     try:
-        outcome = allocate(compose_for(source, overrides), source)
+        outcomes = allocate(compose_for(source, overrides), source)
     except ConfigError as error:
         fail(str(error))
-    measured, details = outcome.measured, outcome.allocation.details
-    print(aligned(table(outcome), text_columns=1))
-    print(
-        f"{details['method']} sensitivity in {outcome.sensitivity_seconds:.1f} s; "
-        f"packed {measured.size_bytes:,} bytes (+{measured.slack} reserved for the header), "
-        f"{measured.bops:,} BOPs ({details['bops_ratio']:.4f} of W8A8); "
-        f"allocation written to {outcome.path}"
-    )
-    print(json.dumps(outcome.summary()))
+    for outcome in outcomes:
+        measured, details = outcome.measured, outcome.allocation.details
+        print(f"budget {details['budget']}:")
+        print(aligned(table(outcome), text_columns=1))
+        print(
+            f"{details['method']} sensitivity in {outcome.sensitivity_seconds:.1f} s; "
+            f"packed {measured.size_bytes:,} bytes (+{measured.slack} reserved for the header), "
+            f"{measured.bops:,} BOPs ({details['bops_ratio']:.4f} of W8A8); "
+            f"allocation written to {outcome.path}"
+        )
+    if len(outcomes) == 1:
+        print(json.dumps(outcomes[0].summary()))
+        return
+    for outcome in outcomes:
+        print(json.dumps(outcome.summary()))
+    command = train_command([o.path for o in outcomes], outcomes[0].allocation.quantizer, source)
+    print(json.dumps({"allocations": [o.summary() for o in outcomes], "train": command}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What quantization buys and costs on NIN, measured side by side in one process.
 
-    python scripts/bench.py                     # all three sections, 2 threads
+    python scripts/bench.py                     # every section, 2 threads
+    python scripts/bench.py --sections sensitivity --threads 1   # issue 29's scoring passes
     python scripts/bench.py --sections latency --threads 1
     python scripts/bench.py --quick             # a smoke run: few repeats, small batch
     python scripts/bench.py --sections train_step --modes eager
@@ -37,6 +38,12 @@ the targets of issue 6 with whether they were met):
   compiled DoReFa W4A4G32 <= 1.05x, W4A4G8 <= 1.15x. A step target's value is the paired
   ratio (the median of the round-by-round ratios) and its verdict says "within noise" when the
   95% interval of that median straddles the bound.
+- ``sensitivity``: each of ``scripts/allocate.py``'s scoring passes (``lowbit.mixed``: hessian,
+  fisher, ablation) with the defaults of ``conf/allocate.yaml`` (scoring batches, batch size,
+  Hutchinson samples, widths) on NIN with digits (32x32), against one LSQ W4A4 QAT training
+  epoch of the same model over the digits training split (forward, loss, backward, SGD step
+  per batch of 128; no validation), interleaved round by round. Target (issue 29): every pass
+  <= 1.0x the epoch.
 
 Weights are freshly initialised: sizes and speeds do not depend on training. Timings on a shared
 machine move with its load; the ratios, measured interleaved, move much less. The exit status
@@ -66,7 +73,7 @@ from lowbit.models import NIN, MobileNetV3, YOLOv3Tiny
 from lowbit.quant import quantize_model
 
 SHAPE = (3, 32, 32)
-SECTIONS = ("size", "latency", "deployed", "train_step")
+SECTIONS = ("size", "latency", "deployed", "train_step", "sensitivity")
 BITS = dict(first_layer_bits=8, last_layer_bits=8)
 TARGETS = {  # name: (comparison, bound) - issue 6's "done when", then issue 15's
     "size_payload_over_limit_w2": ("<=", 1.02),
@@ -76,6 +83,10 @@ TARGETS = {  # name: (comparison, bound) - issue 6's "done when", then issue 15'
     "int8_w8a8_over_ort_static_qdq": ("<=", 1.10),
     "int8_mobilenetv3_small_over_ort_static_qdq": ("<=", 1.10),
     "int8_yolov3_tiny_over_ort_static_qdq": ("<=", 1.10),
+    # Issue 29: a sensitivity pass on NIN costs at most one QAT training epoch.
+    "sensitivity_hessian_over_epoch": ("<=", 1.0),
+    "sensitivity_fisher_over_epoch": ("<=", 1.0),
+    "sensitivity_ablation_over_epoch": ("<=", 1.0),
 }
 # Issue 15's "done when": NIN, batch 128, each ratio to the FP32 step of the same mode.
 TRAIN_STEP_TARGETS = {
@@ -491,6 +502,96 @@ def bench_train_step(
     return results, text + "\n".join(compile_lines) + ("\n" if compile_lines else "")
 
 
+def bench_sensitivity(threads: int, repeats: int, quick: bool = False) -> tuple[dict, str]:
+    """Seconds of one QAT epoch and of each scoring pass, round-robin, with their ratios."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from lowbit.cli import compose
+    from lowbit.mixed.allocate import scoring_batches
+    from lowbit.mixed.sensitivity import METHODS, SPLITS, layer_sensitivity
+    from lowbit.quant.convert import edge_layers, plan_quantization
+
+    torch.set_num_threads(threads)
+    defaults = compose("allocate", [])
+    batches, size = int(defaults.sensitivity.batches), int(defaults.sensitivity.batch_size)
+    samples = int(defaults.sensitivity.samples)
+    if quick:  # a smoke run: the code path, not a number
+        batches, size, samples = 1, 4, 2
+    data = DigitsData(batch_size=16 if quick else 128)
+    data.setup()
+    quant = dict(quantizer="lsq", wbits=4, abits=4, **BITS)
+    model = NIN(num_classes=10)
+    scheme, plan = plan_quantization(model, input_shape=SHAPE, **quant)
+    layers = [n for n, bits in plan.items() if n not in edge_layers(model)]
+    scored_on = {
+        "train": scoring_batches(data.train_dataloader(), batches, size),
+        "val": scoring_batches(data.val_dataloader(), batches, size),
+    }
+    trained = quantize_model(copy.deepcopy(model), input_shape=SHAPE, **quant).train()
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.01)
+    train_batches = list(data.train_dataloader())[: 1 if quick else None]
+
+    def epoch() -> None:
+        for images, labels in train_batches:
+            optimizer.zero_grad()
+            F.cross_entropy(trained(images), labels).backward()
+            optimizer.step()
+
+    def scoring(method: str):
+        def run() -> None:
+            layer_sensitivity(
+                method,
+                model,
+                scheme,
+                layers,
+                list(defaults.widths)[:2] if quick else list(defaults.widths),
+                scored_on[SPLITS[method]],
+                samples=samples,
+            )
+
+        return run
+
+    passes = {"epoch": epoch, **{method: scoring(method) for method in METHODS}}
+    seconds: dict[str, list[float]] = {name: [] for name in passes}
+    for _ in range(repeats):
+        for name, run in passes.items():
+            started = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - started)
+    epoch_s = statistics.median(seconds["epoch"])
+    results = {
+        "epoch_s": epoch_s,
+        "train_batches": len(train_batches),
+        "scoring": {"batches": batches, "batch_size": size, "samples": samples},
+    }
+    rows = [["QAT epoch (LSQ W4A4)", f"{epoch_s:.1f}", "1.00", ""]]
+    for method in METHODS:
+        ratios = [m / e for m, e in zip(seconds[method], seconds["epoch"])]
+        results[method] = {
+            "s": statistics.median(seconds[method]),
+            "over_epoch": statistics.median(ratios),
+            "ratios": ratios,
+        }
+        rows.append(
+            [
+                method,
+                f"{results[method]['s']:.1f}",
+                f"{results[method]['over_epoch']:.2f}",
+                f"{min(ratios):.2f}-{max(ratios):.2f}",
+            ]
+        )
+    text = table(
+        f"Sensitivity pass against one QAT epoch, NIN on digits, {threads} threads, median of "
+        f"{repeats} rounds; scoring: {batches} batches of {size} images, {samples} Hutchinson "
+        f"samples",
+        ["pass", "median s", "x epoch (paired)", "range"],
+        rows,
+    )
+    return results, text
+
+
 def target_values(results: dict) -> dict[str, float]:
     """Every target's measured value; step targets read the paired ratio of the first layout."""
     values = {}
@@ -511,6 +612,11 @@ def target_values(results: dict) -> dict[str, float]:
         ]
     for target, entry in step_target_entries(results).items():
         values[target] = entry["paired_ratio"]
+    for method in ("hessian", "fisher", "ablation"):
+        if method in results.get("sensitivity", {}):
+            values[f"sensitivity_{method}_over_epoch"] = results["sensitivity"][method][
+                "over_epoch"
+            ]
     return values
 
 
@@ -669,6 +775,11 @@ def main(argv: list[str] | None = None) -> int:
                 quick=args.quick,
                 models=step_model_names,
                 layouts=tuple(layouts),
+            )
+            print(text, flush=True)
+        if "sensitivity" in sections:
+            results["sensitivity"], text = bench_sensitivity(
+                args.threads, repeats=args.repeats or (1 if args.quick else 3), quick=args.quick
             )
             print(text, flush=True)
 

@@ -219,7 +219,7 @@ def fp32_run(tmp_path_factory) -> Path:
     return output_dir
 
 
-ALLOCATE = ["quantizer=lsq", "dataset.batch_size=16", "sensitivity.batches=1"]
+ALLOCATE = ["quantizer=lsq", "sensitivity.batch_size=16", "sensitivity.batches=1"]
 
 
 def allocate(args: list[str], capsys) -> tuple[int, list[str], str]:
@@ -262,12 +262,37 @@ def test_an_infeasible_budget_is_one_line_naming_the_smallest_and_exit_2(
         (["budget.size_kb=400", "widths=[2,40]"], "widths"),
         (["quantizer=fp32", "budget.size_kb=400"], "quantizer=fp32"),
         ([], "no budget given"),
+        (["budget.size_kb=[300,350]", "budget.bops_ratio=[0.3]"], "same number of values"),
+        (["budget.size_kb=[300,350]", "output=one.yaml"], "names one file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(fp32_run, capsys, args, words):
     status, out, err = allocate([str(fp32_run), "quantizer=lsq", *args], capsys)
     assert status == 2 and out == []
     assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_a_list_of_budgets_makes_one_allocation_each_from_one_scoring(fp32_run, capsys):
+    status, out, err = allocate(
+        [str(fp32_run), *ALLOCATE, "budget.size_kb=[290,340]", "method=fisher"], capsys
+    )
+    assert status == 0, err
+    last = json.loads(out[-1])
+    assert [json.loads(line) for line in out[-3:-1]] == last["allocations"]
+    files = [Path(entry["allocation"]) for entry in last["allocations"]]
+    assert [f.name for f in files] == ["lsq-fisher-sizekb290.yaml", "lsq-fisher-sizekb340.yaml"]
+    sizes = [entry["size_bytes"] for entry in last["allocations"]]
+    assert sizes[0] <= 290_000 < sizes[1] <= 340_000  # each budget met, the larger one used
+    scored = [yaml.safe_load(f.read_text())["sensitivity_seconds"] for f in files]
+    assert scored[0] == scored[1]  # one scoring pass served both
+    assert last["train"] == (
+        f"python train.py -m quant.allocation={files[0]},{files[1]} quantizer=lsq init={fp32_run}"
+    )
+    # the multirun's override parses into one job per file
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (sweep,) = OverridesParser.create().parse_overrides([last["train"].split()[3]])
+    assert [str(v) for v in sweep.sweep_iterator()] == [str(f) for f in files]
 
 
 def test_allocate_then_train_gives_the_predicted_file_within_budget(fp32_run, tmp_path, capsys):

@@ -256,6 +256,7 @@ BAD_VALUES = {
     "budget.size_kb": 0,
     "budget.bops_ratio": -0.5,
     "sensitivity.batches": 0,
+    "sensitivity.batch_size": 0,
     "sensitivity.samples": 1,
     "output": "",
     "export.openvino": "maybe",

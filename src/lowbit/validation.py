@@ -482,9 +482,11 @@ SCHEMA: dict[str, Check] = {
     # allocate.yaml: scripts/allocate.py's own keys (lowbit.mixed)
     "method": lazy_choice(sensitivity_methods, "a sensitivity method"),
     "widths": list_of(integer(minimum=1, maximum=16), increasing=True),
-    "budget.size_kb": optional(number(above=0)),
-    "budget.bops_ratio": optional(number(above=0)),
+    # a list: one allocation per value, from one scoring pass (lowbit.mixed.allocate)
+    "budget.size_kb": optional(either(number(above=0), list_of(number(above=0)))),
+    "budget.bops_ratio": optional(either(number(above=0), list_of(number(above=0)))),
     "sensitivity.batches": COUNT,
+    "sensitivity.batch_size": COUNT,
     "sensitivity.samples": integer(minimum=2),
     "output": optional(NON_EMPTY_TEXT),
 }

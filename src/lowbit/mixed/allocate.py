@@ -71,7 +71,10 @@ def compose_for(source: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(hydra_error_line(error)) from None
 
 
-def budgets_of(cfg: DictConfig) -> dict[str, float]:
+def budgets_of(cfg: DictConfig) -> list[dict[str, float]]:
+    """The budgets, one dict per allocation to make: a budget given as a list (``budget.size_kb=
+    [340,400,460]``) makes one allocation per value from one scoring pass; several lists are
+    taken pairwise and must have the same length; a number applies to every allocation."""
     budget = OmegaConf.to_container(cfg.budget, resolve=True)
     given = {key: value for key, value in budget.items() if value is not None}
     if not given:
@@ -79,7 +82,17 @@ def budgets_of(cfg: DictConfig) -> dict[str, float]:
             "no budget given: add budget.size_kb=KB (the packed file) or budget.bops_ratio=R "
             "(BOPs relative to uniform W8A8)"
         )
-    return given
+    lengths = {len(value) for value in given.values() if isinstance(value, list)}
+    if len(lengths) > 1 or 0 in lengths:
+        raise ConfigError(
+            f"budget {given}: budgets given as lists are taken pairwise, so they need the same "
+            f"number of values, at least one"
+        )
+    count = lengths.pop() if lengths else 1
+    return [
+        {key: value[i] if isinstance(value, list) else value for key, value in given.items()}
+        for i in range(count)
+    ]
 
 
 def check_widths(widths: list[int], scheme) -> list[int]:
@@ -98,13 +111,24 @@ def check_widths(widths: list[int], scheme) -> list[int]:
     return sorted(set(widths))
 
 
-def first_batches(loader, count: int) -> list:
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == count:
+def scoring_batches(loader, count: int, size: int) -> list:
+    """The first ``count`` x ``size`` images of ``loader``, in ``count`` batches of ``size``.
+
+    Scoring batches are smaller than training batches by default: a Hessian-vector product's
+    cost per image grows with the batch on this CPU (the double-backward graph of a batch of
+    128 NIN images outgrows the caches; measured by ``scripts/bench.py --sections sensitivity``),
+    so several small batches score the same images in a fraction of the time."""
+    images, labels = [], []
+    for batch_images, batch_labels in loader:
+        images.append(batch_images)
+        labels.append(batch_labels)
+        if sum(len(i) for i in images) >= count * size:
             break
-    return batches
+    images, labels = torch.cat(images), torch.cat(labels)
+    return [
+        (images[start : start + size], labels[start : start + size])
+        for start in range(0, min(len(images), count * size), size)
+    ]
 
 
 def smallest_budget(key: str, needed: float, reference: float) -> str:
@@ -195,12 +219,18 @@ def solve_within(
     return chosen, measured
 
 
-def allocate(cfg: DictConfig, source: str) -> Outcome:
-    """Everything ``scripts/allocate.py`` does between the command line and the printing."""
+def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
+    """Everything ``scripts/allocate.py`` does between the command line and the printing: one
+    outcome per budget (``budgets_of``), every budget checked before the one scoring pass."""
     check_values(cfg)
     if cfg.quant.get("allocation") is not None:
         raise ConfigError("quant.allocation is what this command writes: leave it out here")
-    budgets = budgets_of(cfg)
+    budget_sets = budgets_of(cfg)
+    if len(budget_sets) > 1 and cfg.get("output"):
+        raise ConfigError(
+            f"output={cfg.output} names one file, and {len(budget_sets)} budgets make "
+            f"{len(budget_sets)}: leave output out (each goes to RUN_DIR/allocations/)"
+        )
     init = resolve(source)  # one line if it holds no weights
     quant = quant_settings(cfg)
     if cfg.get("threads"):
@@ -219,7 +249,10 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
     datamodule.check()
     load_initial_weights(model, init.spec)
 
-    pricing = price(model, quant, plan, layers, widths, shape, scheme.name, budgets)
+    pricings = [
+        price(model, quant, plan, layers, widths, shape, scheme.name, budgets)
+        for budgets in budget_sets
+    ]
 
     datamodule.setup("fit")
     split = SPLITS[cfg.method]
@@ -230,42 +263,52 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
         scheme,
         layers,
         widths,
-        first_batches(loader, int(cfg.sensitivity.batches)),
+        scoring_batches(loader, int(cfg.sensitivity.batches), int(cfg.sensitivity.batch_size)),
         samples=int(cfg.sensitivity.samples),
         seed=int(cfg.get("seed") or 0),
     )
-    options = {
-        name: [ilp.Option(b, scores[name].by_width[b], pricing.priced[name][b]) for b in widths]
-        for name in layers
-    }
-    chosen, measured = solve_within(options, pricing, model, quant, shape, scheme.name)
-    allocation = Allocation({n: option.width for n, option in chosen.items()}, scheme.name)
-    predicted = ilp.total(chosen)
-    allocation = Allocation(
-        allocation.widths,
-        scheme.name,
-        details={
-            "method": str(cfg.method),
-            "budget": budgets,
-            "source": init.weights_file,
-            "size_bytes": measured.size_bytes,
-            "bops": measured.bops,
-            "bops_ratio": measured.bops / pricing.reference,
-            "predicted_sensitivity": predicted,
-            "sensitivity_seconds": round(seconds, 1),
-        },
-    )
-    path = Path(cfg.output) if cfg.get("output") else default_path(source, cfg, budgets)
-    write_allocation(
-        path,
-        allocation,
-        comment=(
-            f"lowbit mixed-precision allocation, written by scripts/allocate.py {source}\n"
-            f"train it: python train.py quant.allocation={path} "
-            f"quantizer={scheme.name} init={source}"
-        ),
-    )
-    return Outcome(path, allocation, scores, pricing.priced, measured, predicted, seconds, widths)
+    outcomes = []
+    for pricing in pricings:
+        options = {
+            name: [ilp.Option(b, scores[name].by_width[b], pricing.priced[name][b]) for b in widths]
+            for name in layers
+        }
+        chosen, measured = solve_within(options, pricing, model, quant, shape, scheme.name)
+        predicted = ilp.total(chosen)
+        allocation = Allocation(
+            {n: option.width for n, option in chosen.items()},
+            scheme.name,
+            details={
+                "method": str(cfg.method),
+                "budget": pricing.budgets,
+                "source": init.weights_file,
+                "size_bytes": measured.size_bytes,
+                "bops": measured.bops,
+                "bops_ratio": measured.bops / pricing.reference,
+                "predicted_sensitivity": predicted,
+                "sensitivity_seconds": round(seconds, 1),
+            },
+        )
+        path = Path(cfg.output) if cfg.get("output") else default_path(source, cfg, pricing.budgets)
+        write_allocation(
+            path,
+            allocation,
+            comment=(
+                f"lowbit mixed-precision allocation, written by scripts/allocate.py {source}\n"
+                f"train it: {train_command([path], scheme.name, source)}"
+            ),
+        )
+        outcomes.append(
+            Outcome(path, allocation, scores, pricing.priced, measured, predicted, seconds, widths)
+        )
+    return outcomes
+
+
+def train_command(paths: list[Path], quantizer: str, source: str) -> str:
+    """The command that trains the allocations: a multirun over them when there are several."""
+    files = ",".join(str(path) for path in paths)
+    multirun = "-m " if len(paths) > 1 else ""
+    return f"python train.py {multirun}quant.allocation={files} quantizer={quantizer} init={source}"
 
 
 def default_path(source: str, cfg: DictConfig, budgets: dict[str, float]) -> Path:
