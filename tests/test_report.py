@@ -674,3 +674,90 @@ def test_runs_of_different_arithmetic_never_pool(tmp_path):
     assert [c.kind for c in comparisons] == ["arithmetic"]
     fp32 = write_job(tmp_path / "f", 0, "fp32", 32, 32, acc=0.9, size=8e5, latency=5.0, seed=0)
     assert "arithmetic" not in load_runs([fp32])[0].settings
+
+
+# -- mixed precision on the fronts (#29), the latency axis and the best float path (#31) ------
+
+
+def drawn_markers(figure) -> dict[str, set[tuple[float, float]]]:
+    """The (cost, accuracy) points of a Pareto figure by marker shape: "o" for circles, "D"
+    for diamonds (a scatter keeps its marker as the path of every point)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.markers import MarkerStyle
+
+    shapes = {}
+    for name in ("o", "D"):
+        style = MarkerStyle(name)
+        shapes[name] = style.get_path().transformed(style.get_transform()).vertices
+    points: dict[str, set[tuple[float, float]]] = {name: set() for name in shapes}
+    for collection in figure.axes[0].collections:
+        if not isinstance(collection, PathCollection):
+            continue
+        (path,) = collection.get_paths()
+        (shape,) = [
+            name
+            for name, vertices in shapes.items()
+            if vertices.shape == path.vertices.shape
+            and (abs(vertices - path.vertices) < 1e-9).all()
+        ]
+        points[shape] |= {
+            (round(float(x), 6), round(float(y), 6)) for x, y in collection.get_offsets()
+        }
+    return points
+
+
+def mixed_sweep(sweep_dir: Path, mixed: bool = True) -> Path:
+    """LSQ at W2A4 and W4A4 and, with ``mixed``, one allocation between them in size, BOPs and
+    latency, more accurate than W4A4: on every front, between the two uniform points."""
+    costs = {2: (300_000, 8e6, 0.50), 4: (500_000, 16e6, 0.60)}
+    for number, (wbits, acc) in enumerate([(2, 0.80), (4, 0.90)]):
+        size, bops, latency = costs[wbits]
+        write_job(
+            sweep_dir, number, "lsq", wbits, 4, acc=acc, size=size, latency=5.0,
+            int8_latency=latency, bops=bops,
+        )  # fmt: skip
+    if mixed:
+        write_job(
+            sweep_dir, 2, "lsq", 4, 4, acc=0.92, size=400_000, latency=5.0, int8_latency=0.55,
+            bops=12e6, allocation="alloc_400kb.yaml",
+        )  # fmt: skip
+    return sweep_dir
+
+
+@pytest.mark.parametrize(
+    "cost, mixed_point",
+    [
+        ("model/size_bytes", (400_000, 0.92)),
+        ("model/bops", (12e6, 0.92)),
+        (DEPLOYED_LATENCY, (0.55, 0.92)),
+    ],
+)
+def test_mixed_runs_are_diamonds_on_the_same_fronts_as_uniform_ones(tmp_path, cost, mixed_point):
+    configurations = group_configurations(load_runs([mixed_sweep(tmp_path)]))
+    figure = pareto_figure(configurations, cost, "cost", "val/acc_best", "accuracy")
+    # Bug: the mixed configuration is a circle like the uniform ones, told apart by nothing.
+    assert drawn_markers(figure)["D"] == {mixed_point}
+    assert mixed_point not in drawn_markers(figure)["o"] and len(drawn_markers(figure)["o"]) == 2
+    assert "mixed precision (allocation)" in legend_texts(figure)
+    # One front over both kinds: the mixed point is on it, between W2A4 and W4A4.
+    (front,) = [line for line in figure.axes[0].lines if line.get_label() == "Pareto front"]
+    assert mixed_point[0] in list(front.get_xdata())
+    assert [c.name for c in pareto_front(configurations, cost, "val/acc_best")] == [
+        "lsq W2A4",
+        "lsq mixed A4",
+    ]
+    uniform = group_configurations(load_runs([mixed_sweep(tmp_path / "uniform", mixed=False)]))
+    figure = pareto_figure(uniform, cost, "cost", "val/acc_best", "accuracy")
+    assert not drawn_markers(figure)["D"]
+    assert "mixed precision (allocation)" not in legend_texts(figure)
+
+
+def test_the_tables_and_captions_mark_mixed_runs(tmp_path):
+    runs = load_runs([mixed_sweep(tmp_path / "sweep")])
+    headers, rows = table_cells(runs)
+    assert column(headers, rows, "W/A/G") == ["2/4/32", "4/4/32", "mixed/4/32"]
+    headers, rows = configuration_cells(group_configurations(runs))
+    assert column(headers, rows, "W/A/G") == ["mixed/4/32", "2/4/32", "4/4/32"]
+    page = write_report(runs, tmp_path / "out", title="mixed").html.read_text()
+    # under each of the three Pareto figures
+    assert page.count("Diamonds (1 of 3 configurations): mixed precision (allocation).") == 3

@@ -2,6 +2,8 @@
 
 Each point is a configuration (``lowbit.report.configs``): the mean over its seeds, with error
 bars of the mean's 95% confidence interval (none with one seed); the fronts join the means.
+Mixed-precision configurations (trained from an allocation) are diamonds on the same fronts as
+the uniform ones' circles.
 
 Figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot, so making a
 report neither needs a display nor changes the backend of a notebook that calls it.
@@ -39,6 +41,9 @@ QUANTIZER_COLOURS = {
 # Red is the Pareto front's, so no quantizer gets it.
 SPARE_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 BIT_NAMES = {"wbits": "W", "abits": "A", "gbits": "G"}
+# A uniform configuration's marker, and a mixed-precision one's (one weight width per layer).
+UNIFORM_MARKER, MIXED_MARKER = "o", "D"
+MIXED_LABEL = "mixed precision (allocation)"
 
 
 def quantizer_colours(runs: Sequence[Configuration]) -> dict[str, str]:
@@ -85,6 +90,7 @@ def scatter_runs(
     accuracy: str,
     colour: str,
     stand_in: bool,
+    marker: str = UNIFORM_MARKER,
 ) -> None:
     """Filled markers for a cost's own values, hollow ones for its stand-in's; error bars for
     the 95% intervals of both means."""
@@ -111,6 +117,7 @@ def scatter_runs(
         xs,
         ys,
         s=46,
+        marker=marker,
         facecolors="none" if stand_in else colour,
         edgecolors=colour,
         linewidths=1.5,
@@ -118,13 +125,15 @@ def scatter_runs(
     )
 
 
-def marker_handle(label: str, colour: str, hollow: bool = False) -> Line2D:
+def marker_handle(
+    label: str, colour: str, hollow: bool = False, marker: str = UNIFORM_MARKER
+) -> Line2D:
     """A legend entry for points drawn by ``scatter_runs`` (scatter calls carry no labels)."""
     return Line2D(
         [],
         [],
         linestyle="none",
-        marker="o",
+        marker=marker,
         markersize=7,
         color=colour,
         markerfacecolor="none" if hollow else colour,
@@ -141,8 +150,9 @@ def pareto_figure(
     accuracy_label: str,
 ) -> Figure:
     """Every configuration with a finished run as a point at its means, with 95% error bars
-    (colour: quantizer, label: W/A/G, hollow: the cost's stand-in value, with its own legend
-    entry); the front of the means as a line."""
+    (colour: quantizer, label: W/A/G, hollow: the cost's stand-in value, diamond: mixed
+    precision, each with its own legend entry); the front of the means as a line, mixed and
+    uniform configurations on one front."""
     cost = as_cost(cost)
     figure = Figure(figsize=(7.5, 4.8))
     axes = figure.add_subplot()
@@ -154,15 +164,17 @@ def pareto_figure(
     quantizers = quantizer_order({r.quantizer or "?" for r in points})
     for quantizer in quantizers:
         mine = [r for r in points if (r.quantizer or "?") == quantizer]
-        for stand_in in (False, True):
-            scatter_runs(
-                axes,
-                [r for r in mine if cost.falls_back(r) == stand_in],
-                cost,
-                accuracy,
-                colours[quantizer],
-                stand_in,
-            )
+        for mixed in (False, True):
+            for stand_in in (False, True):
+                scatter_runs(
+                    axes,
+                    [r for r in mine if r.mixed == mixed and cost.falls_back(r) == stand_in],
+                    cost,
+                    accuracy,
+                    colours[quantizer],
+                    stand_in,
+                    MIXED_MARKER if mixed else UNIFORM_MARKER,
+                )
     for run in points:
         axes.annotate(
             run.bits_label,
@@ -183,6 +195,8 @@ def pareto_figure(
         label="Pareto front",
     )
     handles = [marker_handle(q, colours[q]) for q in quantizers] + [front_line]
+    if any(r.mixed for r in points):
+        handles.append(marker_handle(MIXED_LABEL, "#444444", marker=MIXED_MARKER))
     if any(cost.falls_back(r) for r in points):
         handles.append(marker_handle(cost.fallback_label, "#444444", hollow=True))
     values = [cost.value(r) for r in points]

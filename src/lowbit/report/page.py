@@ -23,7 +23,7 @@ from lowbit.report.comparisons import (
     verdict_lines,
 )
 from lowbit.report.configs import Configuration, group_configurations, seed_counts
-from lowbit.report.figures import bits_figure, pareto_figure, png_bytes
+from lowbit.report.figures import MIXED_LABEL, bits_figure, pareto_figure, png_bytes
 from lowbit.report.runs import (
     DEPLOYED_LATENCY,
     Cost,
@@ -166,6 +166,13 @@ def stand_in_sentence(configurations: Sequence[Configuration], cost: Cost, accur
     )
 
 
+def mixed_sentence(configurations: Sequence[Configuration], cost: Cost, accuracy: str) -> str:
+    """How many points are mixed precision, so that the caption says it without the figure."""
+    points = measured_runs(configurations, cost, accuracy)
+    mixed = sum(c.mixed for c in points)
+    return f"Diamonds ({mixed} of {len(points)} configurations): {MIXED_LABEL}." if mixed else ""
+
+
 def front_caption(configurations: Sequence[Configuration], cost: str | Cost, accuracy: str) -> str:
     cost = as_cost(cost)
     front = pareto_front(configurations, cost, accuracy)
@@ -174,7 +181,17 @@ def front_caption(configurations: Sequence[Configuration], cost: str | Cost, acc
     listed = "On the Pareto front of the means (cheapest first): " + ", ".join(
         f"{c.name} ({c.metric(accuracy):.4f}, n = {c.n})" for c in front
     )
-    return ". ".join(filter(None, [listed, stand_in_sentence(configurations, cost, accuracy)]))
+    return " ".join(
+        filter(
+            None,
+            [
+                ". ".join(
+                    filter(None, [listed, stand_in_sentence(configurations, cost, accuracy)])
+                ),
+                mixed_sentence(configurations, cost, accuracy),
+            ],
+        )
+    )
 
 
 ERROR_BARS = "Points are means over seeds; error bars, their 95% confidence intervals."
@@ -283,7 +300,9 @@ def html_page(title: str, report: Report) -> str:
 Accuracy: {html.escape(accuracy_label(accuracy))}.
 Sizes are each run's packed checkpoint (bits-aware and computed in runs older than the packed
 file); latency is the int8 model's in ONNX Runtime at batch 1, or, marked as such, the fake-quant
-graph's in PyTorch float32 for runs without an int8 export; BOPs weigh each MAC by its bits.</p>
+graph's in PyTorch float32 for runs without an int8 export; BOPs weigh each MAC by its bits.
+Mixed-precision configurations (trained from an allocation) read "mixed" in their W/A/G and are
+diamonds in the figures.</p>
 <h2>Configurations</h2>
 {html_configurations(report.configurations)}
 <h2>Comparisons</h2>

@@ -57,9 +57,21 @@ class RunRecord:
         return getattr(self, kind)
 
     @property
+    def mixed(self) -> bool:
+        """Trained from an allocation file (``quant.allocation``, lowbit.mixed): its weights
+        have one width per layer."""
+        return bool(self.settings.get("allocation"))
+
+    @property
     def bits_label(self) -> str:
-        """W/A/G as in the run names' wXaYgZ, e.g. 4/4/32 ("-" for bits not recorded)."""
-        return "/".join("-" if self.bits(k) is None else str(self.bits(k)) for k in BIT_KINDS)
+        """W/A/G as in the run names' wXaYgZ, e.g. 4/4/32 ("-" for bits not recorded, "mixed"
+        for the weights of a mixed-precision run, e.g. mixed/4/32)."""
+        return "/".join(self.bits_text(k) for k in BIT_KINDS)
+
+    def bits_text(self, kind: str) -> str:
+        if kind == "wbits" and self.mixed:
+            return "mixed"
+        return "-" if self.bits(kind) is None else str(self.bits(kind))
 
 
 def varying_bit_kind(runs: Sequence[RunRecord]) -> str:

@@ -6,7 +6,8 @@ A value a run did not record is shown as "-", never filled in: ``model/bops`` (i
 operations) appears for runs whose results.json has it. The first latency column is the deployed
 one, ``latency/int8_ms``; a run without it shows its fake-quant latency there, marked with a
 dagger that a note under the table explains. Every other ``latency/*ms`` metric any run recorded
-gets its own column after it.
+gets its own column after it. A mixed-precision run's W/A/G reads "mixed" for its weights
+(mixed/4/32).
 """
 
 from __future__ import annotations
