@@ -8,8 +8,10 @@ Reads every results.json under the given folders (sweep dirs, their parent, run 
 files); runs that differ only in their seed are one configuration, wherever they are. Writes into
 ``--out`` (default: ``report/`` inside the first folder): ``index.html`` (self-contained: figures
 inline; configurations with n, mean, sd and 95% CI, each comparison's Welch verdict, the
-figures, every run), ``pareto_size.png``, ``pareto_latency.png`` (int8 latency; fake-quant
-latency, marked, for runs without an int8 export), ``pareto_bops.png``, ``accuracy_vs_bits.png``,
+figures, every run), ``pareto_size.png``, ``pareto_latency.png`` (int8 latency in the fastest
+runtime each run measured, the best float path's as a line; fake-quant latency, marked, for runs
+without an int8 export), ``pareto_bops.png`` (mixed-precision runs are diamonds on all three),
+``accuracy_vs_bits.png``,
 ``configurations.md`` (table and verdicts), ``runs.md``, ``configurations.csv`` (every metric's
 n, mean, sd, CI) and ``comparisons.csv``. No training code is imported: the report is what the
 runs recorded.

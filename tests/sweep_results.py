@@ -26,14 +26,19 @@ def write_job(
     status: str = "ok",
     model: str = "nin",
     seed: int | None = None,
-    **extra_metrics: float,
+    allocation: str | None = None,
+    **extra_metrics: float | str,
 ) -> Path:
     """One job folder ``<number>_<run name>`` with its results.json; returns the folder.
     ``seed`` None leaves the seed out, as runs did before results.json recorded it.
+    ``allocation``: a mixed-precision run trained from that allocation file (``quant.allocation``
+    and the ``allocation`` record, as lowbit.train writes them).
 
     A metric given as None is left out of results.json, as training leaves out what it did not
     measure: ``int8_latency`` in a run whose export failed, ``acc`` in a detection run."""
-    run_name = f"{model}-{quantizer}-w{wbits}a{abits}g{gbits}-digits"
+    run_name = (
+        f"{model}-{quantizer}-{'mixed' if allocation else f'w{wbits}'}a{abits}g{gbits}-digits"
+    )
     job_dir = sweep_dir / f"{number}_{run_name}"
     (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     (job_dir / ".hydra" / "overrides.yaml").write_text(f"- quant.wbits={wbits}\n")
@@ -60,6 +65,13 @@ def write_job(
         "duration_s": 12.5,
         "quant": {"quantizer": quantizer, "wbits": wbits, "abits": abits, "gbits": gbits},
     }
+    if allocation is not None:
+        payload["quant"]["allocation"] = allocation
+        payload["allocation"] = {
+            "path": allocation,
+            "quantizer": quantizer,
+            "wbits": {"features.1.0": 2, "features.2.0": 4},
+        }
     if seed is not None:
         payload["seed"] = seed
     if status != "ok":

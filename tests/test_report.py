@@ -28,8 +28,8 @@ from lowbit.report import (
     write_report,
 )
 from lowbit.report.comparisons import draw_comparisons, verdict_line, verdict_lines
-from lowbit.report.figures import bits_figure, pareto_figure
-from lowbit.report.runs import RunRecord
+from lowbit.report.figures import best_float_references, bits_figure, pareto_figure
+from lowbit.report.runs import INT8_PATHS, RunRecord
 from lowbit.report.stats import CANNOT_TELL, EXCEEDS, WITHIN, summarize, welch
 from lowbit.report.table import configuration_cells, table_cells
 
@@ -674,3 +674,213 @@ def test_runs_of_different_arithmetic_never_pool(tmp_path):
     assert [c.kind for c in comparisons] == ["arithmetic"]
     fp32 = write_job(tmp_path / "f", 0, "fp32", 32, 32, acc=0.9, size=8e5, latency=5.0, seed=0)
     assert "arithmetic" not in load_runs([fp32])[0].settings
+
+
+# -- mixed precision on the fronts (#29), the latency axis and the best float path (#31) ------
+
+
+def drawn_markers(figure) -> dict[str, set[tuple[float, float]]]:
+    """The (cost, accuracy) points of a Pareto figure by marker shape: "o" for circles, "D"
+    for diamonds (a scatter keeps its marker as the path of every point)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.markers import MarkerStyle
+
+    shapes = {}
+    for name in ("o", "D"):
+        style = MarkerStyle(name)
+        shapes[name] = style.get_path().transformed(style.get_transform()).vertices
+    points: dict[str, set[tuple[float, float]]] = {name: set() for name in shapes}
+    for collection in figure.axes[0].collections:
+        if not isinstance(collection, PathCollection):
+            continue
+        (path,) = collection.get_paths()
+        (shape,) = [
+            name
+            for name, vertices in shapes.items()
+            if vertices.shape == path.vertices.shape
+            and (abs(vertices - path.vertices) < 1e-9).all()
+        ]
+        points[shape] |= {
+            (round(float(x), 6), round(float(y), 6)) for x, y in collection.get_offsets()
+        }
+    return points
+
+
+def mixed_sweep(sweep_dir: Path, mixed: bool = True) -> Path:
+    """LSQ at W2A4 and W4A4 and, with ``mixed``, one allocation between them in size, BOPs and
+    latency, more accurate than W4A4: on every front, between the two uniform points."""
+    costs = {2: (300_000, 8e6, 0.50), 4: (500_000, 16e6, 0.60)}
+    for number, (wbits, acc) in enumerate([(2, 0.80), (4, 0.90)]):
+        size, bops, latency = costs[wbits]
+        write_job(
+            sweep_dir, number, "lsq", wbits, 4, acc=acc, size=size, latency=5.0,
+            int8_latency=latency, bops=bops,
+        )  # fmt: skip
+    if mixed:
+        write_job(
+            sweep_dir, 2, "lsq", 4, 4, acc=0.92, size=400_000, latency=5.0, int8_latency=0.55,
+            bops=12e6, allocation="alloc_400kb.yaml",
+        )  # fmt: skip
+    return sweep_dir
+
+
+@pytest.mark.parametrize(
+    "cost, mixed_point",
+    [
+        ("model/size_bytes", (400_000, 0.92)),
+        ("model/bops", (12e6, 0.92)),
+        (DEPLOYED_LATENCY, (0.55, 0.92)),
+    ],
+)
+def test_mixed_runs_are_diamonds_on_the_same_fronts_as_uniform_ones(tmp_path, cost, mixed_point):
+    configurations = group_configurations(load_runs([mixed_sweep(tmp_path)]))
+    figure = pareto_figure(configurations, cost, "cost", "val/acc_best", "accuracy")
+    # Bug: the mixed configuration is a circle like the uniform ones, told apart by nothing.
+    assert drawn_markers(figure)["D"] == {mixed_point}
+    assert mixed_point not in drawn_markers(figure)["o"] and len(drawn_markers(figure)["o"]) == 2
+    assert "mixed precision (allocation)" in legend_texts(figure)
+    # One front over both kinds: the mixed point is on it, between W2A4 and W4A4.
+    (front,) = [line for line in figure.axes[0].lines if line.get_label() == "Pareto front"]
+    assert mixed_point[0] in list(front.get_xdata())
+    assert [c.name for c in pareto_front(configurations, cost, "val/acc_best")] == [
+        "lsq W2A4",
+        "lsq mixed A4",
+    ]
+    uniform = group_configurations(load_runs([mixed_sweep(tmp_path / "uniform", mixed=False)]))
+    figure = pareto_figure(uniform, cost, "cost", "val/acc_best", "accuracy")
+    assert not drawn_markers(figure)["D"]
+    assert "mixed precision (allocation)" not in legend_texts(figure)
+
+
+def test_the_tables_and_captions_mark_mixed_runs(tmp_path):
+    runs = load_runs([mixed_sweep(tmp_path / "sweep")])
+    headers, rows = table_cells(runs)
+    assert column(headers, rows, "W/A/G") == ["2/4/32", "4/4/32", "mixed/4/32"]
+    headers, rows = configuration_cells(group_configurations(runs))
+    assert column(headers, rows, "W/A/G") == ["mixed/4/32", "2/4/32", "4/4/32"]
+    page = write_report(runs, tmp_path / "out", title="mixed").html.read_text()
+    # under each of the three Pareto figures
+    assert page.count("Diamonds (1 of 3 configurations): mixed precision (allocation).") == 3
+
+
+def deployed_sweep(sweep_dir: Path, openvino: bool = True) -> Path:
+    """DoReFa W8A8 and W4A4 with 2 seeds each and PACT W4A4 with 1, as runs record them since
+    OpenVINO (#31): int8 in ONNX Runtime and OpenVINO, the best float path with its name.
+
+    W8A8: OpenVINO is faster in both seeds (means 0.61 against 0.775; seed 1 alone is faster in
+    ORT, 0.55). W4A4: ORT is faster (0.50 against 0.70). The best float path: OpenVINO bf16 in 4
+    of the 5 runs, median 0.45 ms. ``openvino`` False: the same runs as recorded before #31."""
+    jobs = [
+        # quantizer, bits, seed, acc, ORT int8, OpenVINO int8, best float ms, its path
+        ("dorefa", 8, 0, 0.92, 1.00, 0.60, 0.40, "openvino bf16"),
+        ("dorefa", 8, 1, 0.92, 0.55, 0.62, 0.45, "openvino bf16"),
+        ("dorefa", 4, 0, 0.90, 0.50, 0.70, 0.50, "openvino bf16"),
+        ("dorefa", 4, 1, 0.90, 0.50, 0.70, 0.60, "onnxruntime fp32"),
+        ("pact", 4, 0, 0.93, 0.80, 0.65, 0.44, "openvino bf16"),
+    ]
+    for number, (quantizer, bits, seed, acc, ort, ov, best, path) in enumerate(jobs):
+        measured = {
+            "latency/openvino_int8_ms": ov,
+            "latency/best_int8_ms": min(ort, ov),
+            "latency/best_float_ms": best,
+            "latency/best_float_path": path,
+        }
+        write_job(
+            sweep_dir, number, quantizer, bits, bits, acc=acc + seed / 1000, size=1e5 * bits,
+            latency=5.0, int8_latency=ort, bops=bits * bits * 1e6, seed=seed,
+            **(measured if openvino else {}),
+        )  # fmt: skip
+    return sweep_dir
+
+
+def test_the_latency_axis_is_the_fastest_int8_runtime_named_in_table_and_caption(tmp_path):
+    runs = load_runs([deployed_sweep(tmp_path / "sweep")])
+    configurations = group_configurations(runs)
+    # Bug: the axis is ONNX Runtime's int8 latency, however much faster OpenVINO ran.
+    points = [
+        (c.name, round(DEPLOYED_LATENCY.value(c), 6), DEPLOYED_LATENCY.path(c))
+        for c in configurations
+    ]
+    assert points == [
+        ("dorefa W4A4", 0.50, "onnxruntime int8"),
+        ("dorefa W8A8", 0.61, "openvino int8"),  # the lowest mean, not each run's lowest
+        ("pact W4A4", 0.65, "openvino int8"),
+    ]
+    figure = pareto_figure(configurations, DEPLOYED_LATENCY, "latency", "val/acc_best", "acc")
+    assert drawn_points(figure)["filled"] == {(0.5, 0.9005), (0.61, 0.9205), (0.65, 0.93)}
+    headers, rows = table_cells(runs)
+    assert column(headers, rows, "latency best int8 (ms)") == [
+        "0.60",
+        "0.55",
+        "0.50",
+        "0.50",
+        "0.65",
+    ]
+    assert column(headers, rows, "int8 runtime") == [
+        "openvino",
+        "onnxruntime",
+        "onnxruntime",
+        "onnxruntime",
+        "openvino",
+    ]
+    assert column(headers, rows, "latency onnxruntime int8 (ms)")[0] == "1.00"  # each runtime's too
+    assert "latency best_int8 (ms)" not in headers  # the first column's value, not twice
+    headers, rows = configuration_cells(configurations)
+    assert column(headers, rows, "int8 runtime") == ["onnxruntime", "openvino", "openvino"]
+    page = write_report(runs, tmp_path / "out", title="deployed").html.read_text()
+    assert (
+        "On the Pareto front of the means (cheapest first): dorefa W4A4 (0.9005, n = 2, "
+        "onnxruntime int8), dorefa W8A8 (0.9205, n = 2, openvino int8), pact W4A4 (0.9300, "
+        "n = 1, openvino int8)"
+    ) in page
+
+
+def reference_lines(figure) -> list[tuple[float, str]]:
+    """The vertical lines of a figure (x, legend label): a line whose two ends share an x."""
+    return [
+        (float(line.get_xdata()[0]), line.get_label())
+        for line in figure.axes[0].lines
+        if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+    ]
+
+
+def test_the_best_float_path_is_a_reference_line_on_the_latency_figure(tmp_path):
+    configurations = group_configurations(load_runs([deployed_sweep(tmp_path / "sweep")]))
+    references = best_float_references(configurations)
+    figure = pareto_figure(
+        configurations, DEPLOYED_LATENCY, "latency", "val/acc_best", "acc", references
+    )
+    # Bug: no line, so the float path that beats every int8 point is not on the figure.
+    label = "best float (openvino bf16 in 4 of 5 runs): 0.45 ms"
+    assert reference_lines(figure) == [(0.45, label)]  # the median of the five runs
+    assert label in legend_texts(figure)
+    page = write_report(
+        load_runs([tmp_path / "sweep"]), tmp_path / "out", title="deployed"
+    ).html.read_text()
+    assert (
+        f"Grey line: {label}, the median of latency/best_float_ms over the 5 runs of "
+        "nin/digits that measured it"
+    ) in page
+    assert page.count("Grey line:") == 1  # on the latency figure only
+
+
+def test_runs_from_before_openvino_keep_the_onnx_runtime_axis_and_no_line(tmp_path):
+    runs = load_runs([deployed_sweep(tmp_path / "sweep", openvino=False)])
+    configurations = group_configurations(runs)
+    assert {DEPLOYED_LATENCY.source(c) for c in configurations} == {"latency/int8_ms"}
+    assert not best_float_references(configurations)
+    figure = pareto_figure(configurations, DEPLOYED_LATENCY, "latency", "val/acc_best", "acc")
+    assert drawn_points(figure)["filled"] == {(0.5, 0.9005), (0.775, 0.9205), (0.8, 0.93)}
+    assert not reference_lines(figure)
+    assert not any(text.startswith("best float") for text in legend_texts(figure))
+    headers, _ = table_cells(runs)
+    assert "latency int8 (ms)" in headers and "int8 runtime" not in headers
+    page = write_report(runs, tmp_path / "out", title="old").html.read_text()
+    assert "Grey line:" not in page and "onnxruntime int8)" not in page
+
+
+def test_the_report_names_int8_paths_as_the_exporter_does():
+    from lowbit.export.onnx_run import INT8_PATHS as EXPORTED
+
+    assert INT8_PATHS == EXPORTED
+    assert DEPLOYED_LATENCY.keys == tuple(EXPORTED)

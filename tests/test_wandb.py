@@ -31,8 +31,11 @@ from lowbit.tracking import check_logger_config, sweep_unique_name, wandb_logger
 from lowbit.wandb_log import (
     BEST_OF,
     LAYER_TABLE_KEY,
+    RUNTIMES_TABLE_KEY,
     final_summary,
+    log_run_outputs,
     packed_bytes_by_key,
+    update_run_summary,
 )
 
 NOTES = "a tiny PACT run for the WandB tests"
@@ -327,3 +330,56 @@ def test_detection_boxes_are_wandb_native_boxes():
     import wandb
 
     wandb.Image(torch.zeros(16, 16, 3, dtype=torch.uint8).numpy(), boxes=boxes)  # W&B accepts it
+
+
+# What a run's export measured (lowbit.export.onnx_run), in the issue's MobileNetV3-Small row (#31).
+RUNTIME_METRICS = {
+    "latency/ms": 40.0,  # the fake-quant graph's: no runtime's, not in the table
+    "latency/int8_ms": 28.2,
+    "latency/openvino_int8_ms": 16.2,
+    "latency/fp32_ms": 20.0,
+    "latency/fp32_onnx_ms": 16.3,
+    "latency/openvino_fp32_ms": 14.0,
+    "latency/openvino_default_ms": 11.1,
+    "latency/openvino_default_precision": "bf16",
+    "latency/best_float_ms": 11.1,
+    "latency/best_float_path": "openvino bf16",
+}
+RUNTIME_ROWS = [
+    {"runtime": "onnxruntime", "precision": "int8", "ms": 28.2},
+    {"runtime": "openvino", "precision": "int8", "ms": 16.2},
+    {"runtime": "pytorch", "precision": "fp32", "ms": 20.0},
+    {"runtime": "onnxruntime", "precision": "fp32", "ms": 16.3},
+    {"runtime": "openvino", "precision": "fp32", "ms": 14.0},
+    {"runtime": "openvino", "precision": "bf16", "ms": 11.1},
+]
+
+
+def test_the_runtime_x_precision_latencies_are_a_table(tmp_path):
+    """``latency/runtimes``: a row per runtime and precision the export measured, logged with the
+    per-layer table after the stages, and again when scripts/export.py measures anew."""
+    from torch import nn
+
+    logger = wandb_logger(
+        project="lowbit-tests", name="runtimes", save_dir=str(tmp_path), mode="offline"
+    )
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 3))
+    # Bug: the dashboard shows an int8 latency without the float paths that beat it.
+    log_run_outputs([logger], model, (1, 8, 8), tmp_path, {"metrics": RUNTIME_METRICS})
+    run = logger.experiment
+    folder, run_id = Path(run.dir).parent, run.id
+    run.finish()
+    assert read_table(read_offline_run(folder), RUNTIMES_TABLE_KEY) == RUNTIME_ROWS
+
+    # scripts/export.py, where OpenVINO is not installed: ONNX Runtime and PyTorch only
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps({"metrics": {}}))
+    measured = {key: RUNTIME_METRICS[key] for key in ("latency/int8_ms", "latency/fp32_onnx_ms")}
+    recorded = {"id": run_id, "project": "lowbit-tests", "mode": "offline"}
+    update_run_summary(run_dir, recorded, measured)
+    (update,) = (run_dir / "wandb").glob("offline-run-*")
+    assert read_table(read_offline_run(update), RUNTIMES_TABLE_KEY) == [
+        RUNTIME_ROWS[0],
+        RUNTIME_ROWS[3],
+    ]

@@ -7,9 +7,12 @@
   parameters, MACs, the bytes each layer takes in the packed file, the learned alpha or step)
   and the model files as artifacts of type ``model``: ``packed-<run id>``
   (model_packed.safetensors) and ``onnx-int8-<run id>`` (model_int8.onnx), each with the
-  quantization settings and the metrics as metadata.
+  quantization settings and the metrics as metadata; where the export measured latencies, the
+  table ``latency/runtimes`` (runtime, precision, ms: ONNX Runtime, PyTorch and OpenVINO, int8
+  and float, ``lowbit.export.onnx_run.runtime_latencies``).
 - At the end: the final metrics and the status in the summary; ``scripts/export.py`` later
-  reopens the same run (``update_run_summary``) to add what it measured.
+  reopens the same run (``update_run_summary``) to add what it measured, with its
+  ``latency/runtimes`` table.
 - Each of these goes through the logger's guard (``lowbit.tracker_guard``): once W&B's service
   is gone, they are skipped and the run goes on without W&B.
 - Detection runs log their first validation images with W&B's native boxes
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from lowbit.distributed import is_global_zero
-from lowbit.export.onnx_run import INT8_FILE
+from lowbit.export.onnx_run import INT8_FILE, runtime_latencies
 from lowbit.measure.summary import describe_layer
 from lowbit.quant.convert import quantizable_layers
 from lowbit.quant.functional import FULL_PRECISION
@@ -49,6 +52,8 @@ BEST_OF = {
 STEP_METRIC = "trainer/global_step"  # the x axis Lightning's WandbLogger gives every metric
 LAYER_TABLE_KEY = "model/layers"
 ALLOCATION_TABLE_KEY = "model/allocation"  # quant.allocation's weight widths (lowbit.mixed)
+RUNTIMES_TABLE_KEY = "latency/runtimes"  # runtime x precision latencies (onnx_run, #31)
+RUNTIMES_COLUMNS = ["runtime", "precision", "ms"]
 # The files a finished run holds (lowbit.train writes them) and their artifacts' name stems.
 ARTIFACT_FILES = {"packed": PACKED_FILE, "onnx-int8": INT8_FILE}
 ARTIFACT_TYPE = "model"
@@ -258,8 +263,20 @@ def log_run_outputs(
         widths = [[name, bits] for name, bits in allocation["wbits"].items()]
         allocation_table = wandb.Table(columns=["layer", "wbits"], data=widths)
         guarded(logger, run.log, {ALLOCATION_TABLE_KEY: allocation_table})
+    guarded(logger, log_runtime_table, run, results.get("metrics") or {})
     guarded(logger, log_artifacts, run, output_dir, artifact_metadata(results))
     return {}
+
+
+def log_runtime_table(run, metrics: dict[str, Any]) -> bool:
+    """The runtime x precision latencies as the table ``latency/runtimes``; False (nothing
+    logged) for a run whose export measured none."""
+    import wandb
+
+    rows = runtime_latencies(metrics)
+    if rows:
+        run.log({RUNTIMES_TABLE_KEY: wandb.Table(columns=RUNTIMES_COLUMNS, data=rows)})
+    return bool(rows)
 
 
 def dashboard_stage(
@@ -360,6 +377,7 @@ def update_run_summary(run_dir: Path, recorded: dict[str, Any], metrics: dict[st
     )
     try:
         run.summary.update(metrics)
+        log_runtime_table(run, metrics)
         results = json.loads((run_dir / RESULTS_FILE).read_text())
         # the re-exported ONNX as the next version of its artifact (an unchanged file is not)
         log_artifacts(run, run_dir, artifact_metadata(results))

@@ -15,6 +15,7 @@ measures them and merges the metrics into ``results.json``:
 - ``latency/best_float_ms`` / ``latency/best_float_path`` and ``latency/best_int8_ms`` /
   ``latency/best_int8_path``: the fastest float and int8 of those, with runtime and precision
   ("openvino bf16"); ``latency/int8_speedup``: best float over best int8 (``best_paths``);
+  the runtime x precision table of them all is ``runtime_latencies``;
 - ``latency/export_threads``: the thread count of them all (torch, ORT and OpenVINO);
 - classification: ``export/top1_agreement`` (``export/openvino_top1_agreement``), argmax of
   the integer export in ORT (OpenVINO) vs the fake-quant model on the val set;
@@ -229,6 +230,20 @@ def best_paths(metrics: Mapping[str, Any]) -> dict[str, Any]:
         best[f"latency/best_{kind}_ms"], best[f"latency/best_{kind}_path"] = min(measured)
     best["latency/int8_speedup"] = best["latency/best_float_ms"] / best["latency/best_int8_ms"]
     return best
+
+
+def runtime_latencies(metrics: Mapping[str, Any]) -> list[list[Any]]:
+    """The runtime x precision table of the latencies in ``metrics``: one row [runtime,
+    precision, ms] per path measured (``INT8_PATHS``, ``FLOAT_PATHS``; OpenVINO's default
+    precision by name, "bf16"), int8 first; W&B's ``latency/runtimes`` (lowbit.wandb_log)."""
+    precision = metrics.get("latency/openvino_default_precision", "default")
+    rows = []
+    for key, label in {**INT8_PATHS, **FLOAT_PATHS}.items():
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            runtime, kind = label.format(precision=precision).split(" ", 1)
+            rows.append([runtime, kind, float(value)])
+    return rows
 
 
 def export_model(

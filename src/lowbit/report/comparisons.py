@@ -127,7 +127,7 @@ SIZE_METRIC = "model/size_bytes"
 
 def is_mixed(configuration: Configuration) -> bool:
     """Trained from an allocation file (``quant.allocation``, lowbit.mixed)."""
-    return bool(configuration.first.settings.get("allocation"))
+    return configuration.mixed
 
 
 def mixed_pairs(configurations: Sequence[Configuration]) -> list[tuple]:

@@ -76,6 +76,11 @@ class Configuration:
         return self.first.bits_label
 
     @property
+    def mixed(self) -> bool:
+        """Trained from an allocation file: one weight width per layer (``RunRecord.mixed``)."""
+        return self.first.mixed
+
+    @property
     def ok(self) -> bool:
         """At least one finished run: the configuration has means to draw."""
         return bool(self.counted)
@@ -109,7 +114,7 @@ class Configuration:
             if self.bits(k) is not None and not (k == "gbits" and self.bits(k) == 32)
         )
         label = self.quantizer or "?"
-        if self.first.settings.get("allocation"):  # weights at its allocation's widths
+        if self.mixed:  # weights at its allocation's widths
             label += " mixed"
         if self.quantizer != FULL_PRECISION and bits:
             label += f" {bits}"

@@ -2,6 +2,9 @@
 
 Each point is a configuration (``lowbit.report.configs``): the mean over its seeds, with error
 bars of the mean's 95% confidence interval (none with one seed); the fronts join the means.
+Mixed-precision configurations (trained from an allocation) are diamonds on the same fronts as
+the uniform ones' circles. A reference line (``ReferenceLine``) marks a cost a figure's points
+are read against, such as the best float path's latency (``best_float_references``).
 
 Figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot, so making a
 report neither needs a display nor changes the backend of a notebook that calls it.
@@ -10,14 +13,18 @@ report neither needs a display nor changes the backend of a notebook that calls 
 from __future__ import annotations
 
 import io
-from collections import defaultdict
+import statistics
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from lowbit.report.configs import FULL_PRECISION, Configuration
 from lowbit.report.runs import (
+    BEST_FLOAT_LATENCY,
+    BEST_FLOAT_PATH,
     BIT_KINDS,
     Cost,
     as_cost,
@@ -39,6 +46,10 @@ QUANTIZER_COLOURS = {
 # Red is the Pareto front's, so no quantizer gets it.
 SPARE_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 BIT_NAMES = {"wbits": "W", "abits": "A", "gbits": "G"}
+# A uniform configuration's marker, and a mixed-precision one's (one weight width per layer).
+UNIFORM_MARKER, MIXED_MARKER = "o", "D"
+MIXED_LABEL = "mixed precision (allocation)"
+REFERENCE_STYLES = ("--", ":", "-.")  # one per model, when a figure holds several
 
 
 def quantizer_colours(runs: Sequence[Configuration]) -> dict[str, str]:
@@ -75,7 +86,7 @@ def half_width(configuration: Configuration, key: str | None) -> float:
 
 
 def cost_half_width(configuration: Configuration, cost: Cost) -> float:
-    return half_width(configuration, cost.fallback if cost.falls_back(configuration) else cost.key)
+    return half_width(configuration, cost.source(configuration))
 
 
 def scatter_runs(
@@ -85,6 +96,7 @@ def scatter_runs(
     accuracy: str,
     colour: str,
     stand_in: bool,
+    marker: str = UNIFORM_MARKER,
 ) -> None:
     """Filled markers for a cost's own values, hollow ones for its stand-in's; error bars for
     the 95% intervals of both means."""
@@ -111,6 +123,7 @@ def scatter_runs(
         xs,
         ys,
         s=46,
+        marker=marker,
         facecolors="none" if stand_in else colour,
         edgecolors=colour,
         linewidths=1.5,
@@ -118,13 +131,15 @@ def scatter_runs(
     )
 
 
-def marker_handle(label: str, colour: str, hollow: bool = False) -> Line2D:
+def marker_handle(
+    label: str, colour: str, hollow: bool = False, marker: str = UNIFORM_MARKER
+) -> Line2D:
     """A legend entry for points drawn by ``scatter_runs`` (scatter calls carry no labels)."""
     return Line2D(
         [],
         [],
         linestyle="none",
-        marker="o",
+        marker=marker,
         markersize=7,
         color=colour,
         markerfacecolor="none" if hollow else colour,
@@ -133,16 +148,53 @@ def marker_handle(label: str, colour: str, hollow: bool = False) -> Line2D:
     )
 
 
+@dataclass(frozen=True)
+class ReferenceLine:
+    """A cost drawn across a Pareto figure as a vertical line: ``value`` with its legend label,
+    and the runs it was taken from (for the caption)."""
+
+    value: float
+    label: str
+    runs: int
+    group: str  # whose runs: "nin/digits"
+
+
+def best_float_references(configurations: Sequence[Configuration]) -> list[ReferenceLine]:
+    """The best float path's latency (``latency/best_float_ms``) of each model and data set: the
+    median over the counted runs of its configurations that measured it, whatever their
+    quantizer (each exports the same float architecture), labelled with the path most of them
+    found fastest, e.g. "best float (openvino bf16)". None for runs made before it was recorded.
+    """
+    groups: dict[str, list] = defaultdict(list)
+    for configuration in configurations:
+        for run in configuration.counted:
+            if run.metric(BEST_FLOAT_LATENCY) is not None:
+                groups[f"{configuration.model}/{configuration.dataset}"].append(run)
+    several = len(groups) > 1 or any(c.show_model for c in configurations)
+    lines = []
+    for group, runs in sorted(groups.items()):
+        paths = Counter(str(r.metrics.get(BEST_FLOAT_PATH) or "path not recorded") for r in runs)
+        path, count = paths.most_common(1)[0]
+        if count < len(runs):  # the runs disagree on which path is fastest: say how many agree
+            path += f" in {count} of {len(runs)} runs"
+        value = statistics.median(r.metric(BEST_FLOAT_LATENCY) for r in runs)
+        label = f"best float ({path})" + (f", {group}" if several else "") + f": {value:.3g} ms"
+        lines.append(ReferenceLine(value, label, len(runs), group))
+    return lines
+
+
 def pareto_figure(
     runs: Sequence[Configuration],
     cost: str | Cost,
     cost_label: str,
     accuracy: str,
     accuracy_label: str,
+    references: Sequence[ReferenceLine] = (),
 ) -> Figure:
     """Every configuration with a finished run as a point at its means, with 95% error bars
-    (colour: quantizer, label: W/A/G, hollow: the cost's stand-in value, with its own legend
-    entry); the front of the means as a line."""
+    (colour: quantizer, label: W/A/G, hollow: the cost's stand-in value, diamond: mixed
+    precision, each with its own legend entry); the front of the means as a line, mixed and
+    uniform configurations on one front; each reference as a grey vertical line."""
     cost = as_cost(cost)
     figure = Figure(figsize=(7.5, 4.8))
     axes = figure.add_subplot()
@@ -154,15 +206,17 @@ def pareto_figure(
     quantizers = quantizer_order({r.quantizer or "?" for r in points})
     for quantizer in quantizers:
         mine = [r for r in points if (r.quantizer or "?") == quantizer]
-        for stand_in in (False, True):
-            scatter_runs(
-                axes,
-                [r for r in mine if cost.falls_back(r) == stand_in],
-                cost,
-                accuracy,
-                colours[quantizer],
-                stand_in,
-            )
+        for mixed in (False, True):
+            for stand_in in (False, True):
+                scatter_runs(
+                    axes,
+                    [r for r in mine if r.mixed == mixed and cost.falls_back(r) == stand_in],
+                    cost,
+                    accuracy,
+                    colours[quantizer],
+                    stand_in,
+                    MIXED_MARKER if mixed else UNIFORM_MARKER,
+                )
     for run in points:
         axes.annotate(
             run.bits_label,
@@ -183,9 +237,22 @@ def pareto_figure(
         label="Pareto front",
     )
     handles = [marker_handle(q, colours[q]) for q in quantizers] + [front_line]
+    if any(r.mixed for r in points):
+        handles.append(marker_handle(MIXED_LABEL, "#444444", marker=MIXED_MARKER))
     if any(cost.falls_back(r) for r in points):
         handles.append(marker_handle(cost.fallback_label, "#444444", hollow=True))
-    values = [cost.value(r) for r in points]
+    for reference, style in zip(references, REFERENCE_STYLES * len(references)):
+        handles.append(
+            axes.axvline(
+                reference.value,
+                color="#555555",
+                linestyle=style,
+                linewidth=1.2,
+                zorder=1,
+                label=reference.label,
+            )
+        )
+    values = [cost.value(r) for r in points] + [r.value for r in references]
     if max(values) > 8 * min(values):
         axes.set_xscale("log")  # sizes and BOPs from 2-bit to FP32 span over a decade
     axes.set_xlabel(cost_label)

@@ -23,7 +23,14 @@ from lowbit.report.comparisons import (
     verdict_lines,
 )
 from lowbit.report.configs import Configuration, group_configurations, seed_counts
-from lowbit.report.figures import bits_figure, pareto_figure, png_bytes
+from lowbit.report.figures import (
+    MIXED_LABEL,
+    ReferenceLine,
+    best_float_references,
+    bits_figure,
+    pareto_figure,
+    png_bytes,
+)
 from lowbit.report.runs import (
     DEPLOYED_LATENCY,
     Cost,
@@ -61,7 +68,7 @@ PARETO_PLOTS: list[tuple[str, str, str | Cost, str]] = [
         "pareto_latency",
         "Accuracy vs latency",
         DEPLOYED_LATENCY,
-        "latency, batch 1 (ms, ONNX Runtime int8 model unless marked)",
+        "latency, batch 1 (ms, int8 model in its fastest runtime unless marked)",
     ),
     (
         "pareto_bops",
@@ -166,31 +173,76 @@ def stand_in_sentence(configurations: Sequence[Configuration], cost: Cost, accur
     )
 
 
-def front_caption(configurations: Sequence[Configuration], cost: str | Cost, accuracy: str) -> str:
+def mixed_sentence(configurations: Sequence[Configuration], cost: Cost, accuracy: str) -> str:
+    """How many points are mixed precision, so that the caption says it without the figure."""
+    points = measured_runs(configurations, cost, accuracy)
+    mixed = sum(c.mixed for c in points)
+    return f"Diamonds ({mixed} of {len(points)} configurations): {MIXED_LABEL}." if mixed else ""
+
+
+def reference_sentence(references: Sequence[ReferenceLine]) -> str:
+    """What each reference line is, and over which runs its median was taken."""
+    return " ".join(
+        f"Grey line: {r.label}, the median of latency/best_float_ms over the {r.runs} "
+        f"run{'s' if r.runs != 1 else ''} of {r.group} that measured it (every configuration "
+        "of the model: each exports the same float model); the float path to beat."
+        for r in references
+    )
+
+
+def front_caption(
+    configurations: Sequence[Configuration],
+    cost: str | Cost,
+    accuracy: str,
+    references: Sequence[ReferenceLine] = (),
+) -> str:
     cost = as_cost(cost)
     front = pareto_front(configurations, cost, accuracy)
     if not front:
         return f"No finished run recorded {cost}."
+    # where the cost is the lowest of several runtimes', each point names the one it took
+    named = cost.chooses(measured_runs(configurations, cost, accuracy))
     listed = "On the Pareto front of the means (cheapest first): " + ", ".join(
-        f"{c.name} ({c.metric(accuracy):.4f}, n = {c.n})" for c in front
+        f"{c.name} ({c.metric(accuracy):.4f}, n = {c.n}"
+        + (f", {cost.path(c) or cost.fallback_label}" if named else "")
+        + ")"
+        for c in front
     )
-    return ". ".join(filter(None, [listed, stand_in_sentence(configurations, cost, accuracy)]))
+    return " ".join(
+        filter(
+            None,
+            [
+                ". ".join(
+                    filter(None, [listed, stand_in_sentence(configurations, cost, accuracy)])
+                ),
+                mixed_sentence(configurations, cost, accuracy),
+                reference_sentence(references),
+            ],
+        )
+    )
 
 
 ERROR_BARS = "Points are means over seeds; error bars, their 95% confidence intervals."
 
 
+def references_of(
+    configurations: Sequence[Configuration], cost: str | Cost, accuracy: str
+) -> list[ReferenceLine]:
+    """The reference lines of a Pareto figure: on the deployed latency's, the best float path's
+    latency of each model among its points (none for runs made before it was recorded)."""
+    if as_cost(cost) != DEPLOYED_LATENCY:
+        return []
+    return best_float_references(measured_runs(configurations, cost, accuracy))
+
+
 def make_figures(configurations: Sequence[Configuration], accuracy: str) -> list[ReportFigure]:
     label = accuracy_label(accuracy)
-    figures = [
-        ReportFigure(
-            stem,
-            title,
-            png_bytes(pareto_figure(configurations, cost, axis, accuracy, label)),
-            f"{ERROR_BARS} {front_caption(configurations, cost, accuracy)}",
-        )
-        for stem, title, cost, axis in PARETO_PLOTS
-    ]
+    figures = []
+    for stem, title, cost, axis in PARETO_PLOTS:
+        references = references_of(configurations, cost, accuracy)
+        figure = pareto_figure(configurations, cost, axis, accuracy, label, references)
+        caption = front_caption(configurations, cost, accuracy, references)
+        figures.append(ReportFigure(stem, title, png_bytes(figure), f"{ERROR_BARS} {caption}"))
     figures.append(
         ReportFigure(
             "accuracy_vs_bits",
@@ -282,8 +334,11 @@ def html_page(title: str, report: Report) -> str:
 <p>{html.escape(summary_line(runs))}; {html.escape(configurations_line(report.configurations))}.
 Accuracy: {html.escape(accuracy_label(accuracy))}.
 Sizes are each run's packed checkpoint (bits-aware and computed in runs older than the packed
-file); latency is the int8 model's in ONNX Runtime at batch 1, or, marked as such, the fake-quant
-graph's in PyTorch float32 for runs without an int8 export; BOPs weigh each MAC by its bits.</p>
+file); latency is the int8 model's at batch 1 in the fastest runtime the run measured it in
+(ONNX Runtime, or OpenVINO where it ran), or, marked as such, the fake-quant graph's in PyTorch
+float32 for runs without an int8 export; BOPs weigh each MAC by its bits. Mixed-precision
+configurations (trained from an allocation) read "mixed" in their W/A/G and are diamonds in the
+figures.</p>
 <h2>Configurations</h2>
 {html_configurations(report.configurations)}
 <h2>Comparisons</h2>

@@ -57,9 +57,21 @@ class RunRecord:
         return getattr(self, kind)
 
     @property
+    def mixed(self) -> bool:
+        """Trained from an allocation file (``quant.allocation``, lowbit.mixed): its weights
+        have one width per layer."""
+        return bool(self.settings.get("allocation"))
+
+    @property
     def bits_label(self) -> str:
-        """W/A/G as in the run names' wXaYgZ, e.g. 4/4/32 ("-" for bits not recorded)."""
-        return "/".join("-" if self.bits(k) is None else str(self.bits(k)) for k in BIT_KINDS)
+        """W/A/G as in the run names' wXaYgZ, e.g. 4/4/32 ("-" for bits not recorded, "mixed"
+        for the weights of a mixed-precision run, e.g. mixed/4/32)."""
+        return "/".join(self.bits_text(k) for k in BIT_KINDS)
+
+    def bits_text(self, kind: str) -> str:
+        if kind == "wbits" and self.mixed:
+            return "mixed"
+        return "-" if self.bits(kind) is None else str(self.bits(kind))
 
 
 def varying_bit_kind(runs: Sequence[RunRecord]) -> str:
@@ -270,36 +282,80 @@ def default_accuracy(runs: Iterable[RunRecord]) -> str:
 
 @dataclass(frozen=True)
 class Cost:
-    """What a Pareto front minimises: a metric, and for runs that lack it a stand-in metric.
+    """What a Pareto front minimises: a metric, or the lowest of several measurements of it
+    (``alternatives``: the same latency in another runtime), and for runs that have none of
+    them a stand-in metric.
 
     The stand-in exists because old runs (and runs whose int8 export failed) have no deployed
     latency; whoever draws or tables a cost asks ``falls_back`` so that stand-in values are
-    always marked as such, never mixed silently with the real ones.
+    always marked as such, never mixed silently with the real ones. ``source`` is the metric a
+    value comes from, ``path`` the name of that measurement (``names``, one per key).
     """
 
     key: str
     fallback: str | None = None
     fallback_label: str = ""
+    alternatives: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()  # of key and alternatives, in that order, e.g. "openvino int8"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key, *self.alternatives)
 
     def __str__(self) -> str:
-        return self.key if self.fallback is None else f"{self.key} (or {self.fallback})"
+        own = self.key if not self.alternatives else "lowest of " + ", ".join(self.keys)
+        return own if self.fallback is None else f"{own} (or {self.fallback})"
+
+    def chosen(self, run: RunRecord) -> str | None:
+        """The lowest of the cost's own metrics that the run has (of equal ones, the first in
+        ``keys``): for a configuration, the one with the lowest mean over its seeds."""
+        measured = [
+            (run.metric(k), i) for i, k in enumerate(self.keys) if run.metric(k) is not None
+        ]
+        return self.keys[min(measured)[1]] if measured else None
+
+    def source(self, run: RunRecord) -> str | None:
+        """The metric the run's value comes from: its chosen own metric, else the stand-in."""
+        chosen = self.chosen(run)
+        if chosen is not None or self.fallback is None:
+            return chosen
+        return self.fallback if run.metric(self.fallback) is not None else None
 
     def value(self, run: RunRecord) -> float | None:
-        measured = run.metric(self.key)
-        if measured is not None or self.fallback is None:
-            return measured
-        return run.metric(self.fallback)
+        source = self.source(run)
+        return None if source is None else run.metric(source)
 
     def falls_back(self, run: RunRecord) -> bool:
         """True when the run's value is the stand-in's, not the cost's own."""
-        return run.metric(self.key) is None and self.value(run) is not None
+        return self.chosen(run) is None and self.value(run) is not None
+
+    def path(self, run: RunRecord) -> str | None:
+        """The name of the measurement the value comes from ("openvino int8"), None for the
+        stand-in, or for a cost without names."""
+        chosen = self.chosen(run)
+        return None if chosen is None or not self.names else self.names[self.keys.index(chosen)]
+
+    def chooses(self, runs: Iterable[RunRecord]) -> bool:
+        """Whether any run measured an alternative: only then is there a choice to name."""
+        return any(run.metric(k) is not None for run in runs for k in self.alternatives)
 
 
-# The latency a deployment sees (ONNX Runtime, int8 model, batch 1); without an int8 export, the
-# fake-quant graph's PyTorch float32 latency, which says little about deployment.
+# Where each int8 latency was measured, as ``lowbit.export.onnx_run.INT8_PATHS`` names them (the
+# report imports no export code; a test keeps the two equal).
+INT8_PATHS = {"latency/int8_ms": "onnxruntime int8", "latency/openvino_int8_ms": "openvino int8"}
+# The latency a deployment sees: the fastest int8 runtime the run measured (ONNX Runtime, and
+# OpenVINO where it ran), batch 1; without an int8 export, the fake-quant graph's PyTorch float32
+# latency, which says little about deployment.
 DEPLOYED_LATENCY = Cost(
-    "latency/int8_ms", fallback="latency/ms", fallback_label="fake-quant latency (no int8 export)"
+    "latency/int8_ms",
+    fallback="latency/ms",
+    fallback_label="fake-quant latency (no int8 export)",
+    alternatives=tuple(INT8_PATHS)[1:],
+    names=tuple(INT8_PATHS.values()),
 )
+# The fastest float path a run measured, a word beside its number ("openvino bf16"): what int8
+# must beat (``lowbit.export.onnx_run.best_paths``); runs before OpenVINO have neither.
+BEST_FLOAT_LATENCY, BEST_FLOAT_PATH = "latency/best_float_ms", "latency/best_float_path"
 
 
 def as_cost(cost: str | Cost) -> Cost:

@@ -4,22 +4,31 @@ run (runs.md, the page, results_table.py --runs).
 
 A value a run did not record is shown as "-", never filled in: ``model/bops`` (issue 6's bit
 operations) appears for runs whose results.json has it. The first latency column is the deployed
-one, ``latency/int8_ms``; a run without it shows its fake-quant latency there, marked with a
-dagger that a note under the table explains. Every other ``latency/*ms`` metric any run recorded
-gets its own column after it.
+one, the int8 model's in the fastest runtime the run measured (``latency/int8_ms``, ONNX Runtime,
+and ``latency/openvino_int8_ms`` where OpenVINO ran: "latency best int8 (ms)", with an "int8
+runtime" column naming the one it took); a run without either shows its fake-quant latency
+there, marked with a dagger that a note under the table explains. Every other ``latency/*ms``
+metric any run recorded gets its own column after it. A mixed-precision run's W/A/G reads
+"mixed" for its weights (mixed/4/32).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from lowbit.report.configs import Configuration
-from lowbit.report.runs import DEPLOYED_LATENCY, Cost, RunRecord
+from lowbit.report.runs import DEPLOYED_LATENCY, INT8_PATHS, Cost, RunRecord
 from lowbit.report.stats import Summary
 
 Column = tuple[str, Callable[[RunRecord], str]]
 STAND_IN_MARK = "†"  # a dagger: the value is the cost's stand-in (see stand_in_note)
-LATENCY_HEADERS = {"latency/ms": "latency fake-quant (ms)"}
+LATENCY_HEADERS = {
+    "latency/ms": "latency fake-quant (ms)",
+    "latency/best_float_ms": "latency best float (ms)",
+}
+# The deployed column's value per run already (lowbit.export.onnx_run.best_paths): not twice.
+SHOWN_AS_DEPLOYED = "latency/best_int8_ms"
 
 
 def fmt(value: float | None, pattern: str) -> str:
@@ -30,27 +39,40 @@ def metric_column(header: str, key: str, pattern: str) -> Column:
     return header, lambda run: fmt(run.metric(key), pattern)
 
 
-def cost_column(header: str, cost: Cost, pattern: str) -> Column:
+def cost_cell(cost: Cost, pattern: str) -> Callable[[RunRecord], str]:
     """A cost's value per run; a stand-in value carries the dagger, so it is never mistaken for
     the cost's own."""
-    return (
-        header,
-        lambda run: fmt(cost.value(run), pattern) + (STAND_IN_MARK if cost.falls_back(run) else ""),
+    return lambda run: (
+        fmt(cost.value(run), pattern) + (STAND_IN_MARK if cost.falls_back(run) else "")
     )
 
 
 def latency_keys(runs: Sequence[RunRecord]) -> list[str]:
-    """The latencies recorded besides the deployed one (which has its own column), the
-    fake-quant one first."""
-    keys = {
-        k for run in runs for k in run.metrics if k.startswith("latency/") and k.endswith("ms")
-    } - {DEPLOYED_LATENCY.key}
+    """The latencies recorded besides the deployed one (which has its own column; where it is
+    the best of several runtimes, each runtime's has its own too), the fake-quant one first."""
+    keys = {k for run in runs for k in run.metrics if k.startswith("latency/") and k.endswith("ms")}
+    keys -= {SHOWN_AS_DEPLOYED}
+    if not DEPLOYED_LATENCY.chooses(runs):
+        keys -= {DEPLOYED_LATENCY.key}
     return sorted(keys, key=lambda k: (k != "latency/ms", k))
 
 
 def latency_header(key: str) -> str:
+    if key in INT8_PATHS:  # "latency onnxruntime int8 (ms)", beside the best of them
+        return f"latency {INT8_PATHS[key]} (ms)"
     kind = key.removeprefix("latency/").removesuffix("ms").strip("_")
     return LATENCY_HEADERS.get(key, f"latency {kind} (ms)")
+
+
+def deployed_columns(runs: Sequence[RunRecord], value: Callable[[Any], str]) -> list[Column]:
+    """The deployed latency's column ("latency int8 (ms)"), and where some run measured int8
+    in more than one runtime, "latency best int8 (ms)" and the runtime each value comes from."""
+    if not DEPLOYED_LATENCY.chooses(runs):
+        return [("latency int8 (ms)", value)]
+    return [
+        ("latency best int8 (ms)", value),
+        ("int8 runtime", lambda r: (DEPLOYED_LATENCY.path(r) or "-").removesuffix(" int8")),
+    ]
 
 
 def stand_in_note(runs: Sequence[RunRecord]) -> str | None:
@@ -97,7 +119,7 @@ def columns(runs: Sequence[RunRecord]) -> list[Column]:
         metric_column("size (bytes)", "model/size_bytes", "{:,.0f}"),
         metric_column("compression", "model/compression", "{:.2f}x"),
         metric_column("BOPs", "model/bops", "{:,.0f}"),
-        cost_column(latency_header(DEPLOYED_LATENCY.key), DEPLOYED_LATENCY, "{:.2f}"),
+        *deployed_columns(runs, cost_cell(DEPLOYED_LATENCY, "{:.2f}")),
         *(metric_column(latency_header(k), k, "{:.2f}") for k in latency_keys(runs)),
         ("duration (s)", lambda r: fmt(r.duration_s, "{:.0f}")),
         ("status", lambda r: r.status),
@@ -165,12 +187,9 @@ def mean_column(header: str, key: str, pattern: str) -> ConfigurationColumn:
 
 
 def deployed_latency_cell(configuration: Configuration) -> str:
-    key = (
-        DEPLOYED_LATENCY.key
-        if configuration.summary(DEPLOYED_LATENCY.key)
-        else DEPLOYED_LATENCY.fallback
-    )
-    cell = mean_cell(configuration.summary(key), "{:.2f}")
+    """The mean of the runtime with the lowest mean int8 latency (else the stand-in's)."""
+    key = DEPLOYED_LATENCY.source(configuration)
+    cell = mean_cell(configuration.summary(key) if key else None, "{:.2f}")
     return cell + (STAND_IN_MARK if DEPLOYED_LATENCY.falls_back(configuration) else "")
 
 
@@ -190,7 +209,7 @@ def configuration_columns(configurations: Sequence[Configuration]) -> list[Confi
         *(column for header, key in shown for column in spread_columns(header, key, "{:.4f}")),
         mean_column("size (bytes)", "model/size_bytes", "{:,.0f}"),
         mean_column("BOPs", "model/bops", "{:,.0f}"),
-        (latency_header(DEPLOYED_LATENCY.key), deployed_latency_cell),
+        *deployed_columns(runs, deployed_latency_cell),
         ("duration (s)", lambda c: mean_cell(c.duration, "{:.0f}")),
     ]
 
