@@ -32,7 +32,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from lowbit.export.onnx_graph import INPUT, UnsupportedModel, build_int8_graph, output_names
+from lowbit.export.onnx_graph import (
+    DEFAULT_FORMAT,
+    INPUT,
+    UnsupportedModel,
+    build_int8_graph,
+    output_names,
+)
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
 from lowbit.quant.modules import QuantConv2d, QuantLinear, conv_like
 from lowbit.storage import write_bytes_atomically
@@ -50,15 +56,18 @@ def export_int8_onnx(
     path: str | Path,
     calibration: torch.Tensor | None = None,
     opset: int = 17,
+    form: str = DEFAULT_FORMAT,
 ) -> Path:
-    """Write the integer QDQ ONNX model of ``model`` (a ``quantize_model``-ed network) to ``path``.
+    """Write the integer ONNX model of ``model`` (a ``quantize_model``-ed network) to ``path``.
 
     BatchNorm is folded, weights are int8 codes on each layer's grid with per-channel scales,
     activations are quantized with the learned/derived steps (module docstring and
-    ``lowbit.export.onnx_graph``). Raises ``UnsupportedModel`` (a ValueError, one line) for a
-    layer or quantizer without an integer form. ``model`` itself is left untouched.
+    ``lowbit.export.onnx_graph``). ``form``: ``export.format``, "qdq" (QuantizeLinear/
+    DequantizeLinear around float Conv and Gemm) or "qop" (QLinearConv, QGemm), the same
+    integers either way. Raises ``UnsupportedModel`` (a ValueError, one line) for a layer or
+    quantizer without an integer form. ``model`` itself is left untouched.
     """
-    proto = build_int8_graph(model, tuple(input_shape), calibration, opset)
+    proto = build_int8_graph(model, tuple(input_shape), calibration, opset, form)
     return save(proto, path)
 
 
