@@ -339,7 +339,7 @@ SCHEMA: dict[str, Check] = {
     "export.onnx": BOOLEAN,
     "export.threads": COUNT,
     "export.openvino": OPENVINO,
-    "export.format": lazy_choice(export_formats, "qdq or qop"),
+    "export.format": lazy_choice(export_formats, "'qdq' or 'qop'"),
     "latency.warmup": NON_NEGATIVE_COUNT,
     "latency.repeats": COUNT,
     # paths/
