@@ -1,7 +1,8 @@
 """Integer ONNX export of a lowbit model, run in ONNX Runtime (ORT) on CPU, and its references.
 
 - ``export_int8_onnx``: the fake-quant model as an integer QDQ graph (``onnx_graph`` explains the
-  mapping); ORT fuses every quantized conv into QLinearConv and runs pooling on uint8.
+  mapping), or with ``form="qop"`` as QLinearConv/QGemm; ORT fuses every quantized conv of the
+  QDQ graph into QLinearConv, runs the two as the same graph, and runs pooling on uint8.
 - ``export_fp32_onnx``: the same network in float32 (quantizers removed, BN folded), the
   baseline; ``ort_static_qdq``: ORT's own post-training quantization of it, the reference an
   integer export should match in speed.

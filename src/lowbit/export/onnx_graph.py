@@ -1,7 +1,10 @@
-"""A lowbit fake-quant model as an integer QDQ ONNX graph, written node by node.
+"""A lowbit fake-quant model as an integer ONNX graph, written node by node.
 
 The model is BN-folded (``lowbit.quant.fold_bn``) and traced with torch.fx; every layer becomes
-the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes QLinearConv):
+the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes QLinearConv), or,
+with ``form="qop"`` (``export.format``), that integer op itself: QLinearConv, and ORT's QGemm for
+a Linear (``emit_layer``). Both forms are written from the same codes, scales and int32 biases,
+and ORT runs them as the same graph. What both hold:
 
 - Weights: int8 initializers holding the layer's own integer codes, with a per-output-channel
   DequantizeLinear scale (the grid's step times BatchNorm's factor s_c). DoReFa Eq. 9 codes are
