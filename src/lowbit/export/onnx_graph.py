@@ -594,7 +594,7 @@ def emit_layer(
     x: Value,
     grid: ActivationEncoding | None,
     output: ActivationEncoding | None,
-    form: str = "qdq",
+    form: str,
 ) -> Value:
     """Conv2d/Linear from its integer contract: input codes on ``x.grid``, int8 weight codes
     with per-channel scales (``integer_weight``), an int32 bias (``integer_bias``).
@@ -615,14 +615,14 @@ def emit_layer(
         x = b.quantize(b.dequantize(x, f"{name}_in"), grid, f"{name}_in")
     if x.grid is not None:
         b.layer_inputs[name] = x.name
-    bias = layer.bias.detach().double().numpy() if layer.bias is not None else None
     if x.grid is None or (output is None and exceeds_int8(layer, name)):
         # a float layer, with the weight the layer computes with
         inputs = [
             b.dequantize(x, f"{name}_x"),
             b.constant(f"{name}_weight", effective_weight(layer).float().numpy()),
         ]
-        if bias is not None:
+        if layer.bias is not None:
+            bias = layer.bias.detach().double().numpy()
             inputs.append(b.constant(f"{name}_bias", bias.astype(np.float32)))
         return Value(float_layer_op(b, layer, name, inputs))
     if form == "qop" and output is not None:
