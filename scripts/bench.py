@@ -7,6 +7,7 @@
     python scripts/bench.py --sections train_step --modes eager
     python scripts/bench.py --sections train_step --layouts nchw    # NCHW models and batches
     python scripts/bench.py --sections train_step --layouts nchw,nhwc   # both, interleaved
+    python scripts/bench.py --sections deployed --formats qdq,qop       # both int8 forms
 
 Sections (each a table; the last line of the output is one JSON object with every number, and
 the targets of issue 6 with whether they were met):
@@ -26,7 +27,9 @@ the targets of issue 6 with whether they were met):
   YOLOv3-tiny (416x416, 80 classes, the same quantizer), batch 1. Both quantizations calibrate
   on the same random images (latency does not depend on them). Each model's best float path,
   best lowbit int8 path and ``int8_speedup`` (best float over best int8; issue 31) are printed
-  under the table. Targets: lowbit int8 <= 1.10x ORT's static QDQ for each.
+  under the table. ``--formats`` writes lowbit's graph in each ``export.format`` given (QDQ,
+  QOp) and times them in the same blocks; a graph OpenVINO cannot read has no OpenVINO row.
+  Targets: lowbit int8 (the default format) <= 1.10x ORT's static QDQ for each.
 - ``train_step``: SGD training step time (forward, loss, backward, step) of DoReFa W4A4 G32 and
   G8, PACT W4A4 and LSQ W4A4 over the FP32 step, NIN and MobileNetV3-Small (CIFAR stem, 32x32),
   batch 128, eager and compiled (``--modes``), each model's configurations of one mode
@@ -66,6 +69,7 @@ import torch
 from lowbit.allocator import keep_freed_memory
 from lowbit.data.digits import DigitsData
 from lowbit.export import save_packed
+from lowbit.export.onnx_graph import DEFAULT_FORMAT, FORMATS
 from lowbit.export.packing import header_bytes, payload_bytes
 from lowbit.measure.size import size_limit_bytes
 from lowbit.measure.step_time import LAYOUTS, training_step_ratios
@@ -254,27 +258,47 @@ def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tup
 
 
 # The deployed section's rows: runtime, precision and kind of each runner (int8 or float).
+# lowbit's int8 rows are those of the export's default format (export.format); another format
+# given to --formats adds rows named with it: lowbit_int8_qop, openvino_lowbit_int8_qop.
 DEPLOYED_PATHS = {
     "ort_fp32": ("onnxruntime", "fp32", "float"),
     "ort_static_qdq": ("onnxruntime", "int8 (ORT static QDQ)", "reference"),
-    "lowbit_int8": ("onnxruntime", "int8 (lowbit)", "int8"),
+    "lowbit_int8": ("onnxruntime", "int8 (lowbit {format})", "int8"),
     "openvino_fp32": ("openvino", "fp32", "float"),
     "openvino_default": ("openvino", "{precision} (default)", "float"),
     "openvino_static_qdq": ("openvino", "int8 (ORT static QDQ)", "reference"),
-    "openvino_lowbit_int8": ("openvino", "int8 (lowbit)", "int8"),
+    "openvino_lowbit_int8": ("openvino", "int8 (lowbit {format})", "int8"),
 }
+LOWBIT_ROWS = ("lowbit_int8", "openvino_lowbit_int8")
+
+
+def format_row(row: str, form: str) -> str:
+    """The name of lowbit's int8 ``row`` (``LOWBIT_ROWS``) in format ``form``."""
+    return row if form == DEFAULT_FORMAT else f"{row}_{form}"
+
+
+def deployed_path(key: str) -> tuple[str, str, str]:
+    """(runtime, precision, kind) of a deployed row (``DEPLOYED_PATHS``, ``format_row``)."""
+    base, _, form = key.rpartition("_")
+    if base in LOWBIT_ROWS and form in FORMATS:
+        runtime, label, kind = DEPLOYED_PATHS[base]
+    else:
+        (runtime, label, kind), form = DEPLOYED_PATHS[key], DEFAULT_FORMAT
+    return runtime, label.replace("{format}", form), kind
 
 
 def path_label(key: str, entry: dict) -> str:
     """A deployed runner's runtime and precision, e.g. "openvino bf16 (default)"."""
-    runtime, label, _ = DEPLOYED_PATHS[key]
+    runtime, label, _ = deployed_path(key)
     return f"{runtime} {label.format(precision=entry['openvino_default_precision'])}"
 
 
 def deployed_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str | None]:
     """ONNX Runtime's sessions of ``paths`` and, where OpenVINO is installed, its compiled
     models of the same files (``lowbit.export.openvino_run``); with OpenVINO's default
-    precision (None without it)."""
+    precision (None without it). A graph OpenVINO cannot read (lowbit's qop: its QLinearConv
+    reader takes per-tensor weight scales only) has no OpenVINO row, and a line says why."""
+    from lowbit.errors import one_line
     from lowbit.export.onnx import ort_runner
     from lowbit.export.openvino_run import compiled_runner, openvino_missing
 
@@ -288,10 +312,12 @@ def deployed_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str | 
     core = openvino.Core()
     runners["openvino_fp32"], _ = compiled_runner(core, paths["ort_fp32"], threads, "f32")
     runners["openvino_default"], precision = compiled_runner(core, paths["ort_fp32"], threads)
-    for name in ("ort_static_qdq", "lowbit_int8"):
-        runners[f"openvino_{name.removeprefix('ort_')}"], _ = compiled_runner(
-            core, paths[name], threads
-        )
+    for name in paths.keys() - {"ort_fp32"}:
+        row = f"openvino_{name.removeprefix('ort_')}"
+        try:
+            runners[row], _ = compiled_runner(core, paths[name], threads)
+        except RuntimeError as error:
+            print(f"deployed: {row} skipped: {one_line(error, max_lines=6)}", file=sys.stderr)
     return runners, precision
 
 
@@ -302,11 +328,13 @@ def bench_deployed(
     repeats: int,
     calibration_count: int,
     quick: bool = False,
+    formats: tuple[str, ...] = (DEFAULT_FORMAT,),
 ) -> tuple[dict, str]:
     """The runtime x precision table of each deployed model (module docstring): every runner
     of a model timed in the same interleaved blocks, each over ORT FP32, over ORT's static QDQ
     and over the model's best float path; ``best_float``/``best_int8`` name the fastest float
-    and lowbit int8 runners, and ``int8_speedup`` is best float ms over best int8 ms."""
+    and lowbit int8 runners, and ``int8_speedup`` is best float ms over best int8 ms. lowbit's
+    int8 graph is written in each of ``formats`` (``export.format``), all timed together."""
     from lowbit.export.onnx import (
         export_fp32_onnx,
         export_int8_onnx,
@@ -322,16 +350,17 @@ def bench_deployed(
         paths = {
             "ort_fp32": fp32,
             "ort_static_qdq": ort_static_qdq(fp32, images, folder / f"{name}_ort_qdq.onnx"),
-            "lowbit_int8": export_int8_onnx(
-                model, shape, folder / f"{name}_int8.onnx", calibration=images
-            ),
+            **{
+                format_row("lowbit_int8", form): export_int8_onnx(
+                    model, shape, folder / f"{name}_int8_{form}.onnx", images, form=form
+                )
+                for form in formats
+            },
         }
         runners, precision = deployed_runners(paths, threads)
         timings = interleaved_latency(runners, shape, threads, warmup=warmup, repeats=repeats)
         best = {
-            kind: min(
-                (t["ms"], key) for key, t in timings.items() if DEPLOYED_PATHS[key][2] == kind
-            )
+            kind: min((t["ms"], key) for key, t in timings.items() if deployed_path(key)[2] == kind)
             for kind in ("float", "int8")
         }
         base, static = timings["ort_fp32"]["ms"], timings["ort_static_qdq"]["ms"]
@@ -684,6 +713,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(LAYOUTS)}; several are interleaved and compared (default: nhwc, as a "
         "run trains: conf/train.yaml channels_last)",
     )
+    parser.add_argument(
+        "--formats",
+        default=DEFAULT_FORMAT,
+        help=f"deployed: lowbit's int8 graph in each of these export.format values, from "
+        f"{', '.join(FORMATS)}, timed side by side (default: {DEFAULT_FORMAT}, the export's)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     step_model_names = [m.strip() for m in (args.models or "").split(",") if m.strip()] or None
@@ -717,6 +752,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not formats or set(formats) - set(FORMATS) or len(set(formats)) != len(formats):
+        print(
+            f"bench: --formats takes distinct names from {', '.join(FORMATS)}, "
+            f"got {args.formats!r}",
+            file=sys.stderr,
+        )
+        return 2
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
@@ -739,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
     if "train_step" in sections:
         results["train_step_modes"] = modes
         results["layouts"] = layouts
+    if "deployed" in sections:
+        results["deployed_formats"] = formats
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as scratch:
         folder = Path(scratch)
         if "size" in sections:
@@ -763,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
                 repeats=repeats,
                 calibration_count=2 if args.quick else 16,
                 quick=args.quick,
+                formats=tuple(formats),
             )
             print(text, flush=True)
         if "train_step" in sections:

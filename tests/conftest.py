@@ -35,6 +35,16 @@ FAST = [
     "latency.warmup=1",
     "latency.repeats=2",
 ]
+# Detection models train on a detection set: small generated scenes keep the test quick.
+MODEL_DATA = {
+    "yolov3_tiny": [
+        "dataset=shapes_det",
+        "dataset.image_size=64",
+        "dataset.train_size=8",
+        "dataset.val_size=8",
+        "dataset.test_size=8",
+    ]
+}
 
 
 @pytest.fixture(autouse=True)

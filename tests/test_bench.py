@@ -149,3 +149,24 @@ def test_unknown_model_is_one_line_and_exit_2(capsys):
     assert bench_module().main(["--sections", "train_step", "--models", "nin,resnet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model(s) resnet" in err[0]
+
+
+def test_unknown_format_is_one_line_and_exit_2(capsys):
+    assert bench_module().main(["--sections", "deployed", "--formats", "qdq,qlinear"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--formats takes distinct names from qdq, qop" in err[0]
+
+
+def test_deployed_rows_name_the_format_of_lowbits_graph():
+    """--formats adds rows named after the format; the default format's keep their names."""
+    bench = bench_module()
+    assert bench.format_row("lowbit_int8", "qdq") == "lowbit_int8"
+    assert bench.format_row("openvino_lowbit_int8", "qop") == "openvino_lowbit_int8_qop"
+    assert bench.deployed_path("lowbit_int8") == ("onnxruntime", "int8 (lowbit qdq)", "int8")
+    assert bench.deployed_path("openvino_lowbit_int8_qop") == (
+        "openvino",
+        "int8 (lowbit qop)",
+        "int8",
+    )
+    # ORT's own QDQ quantization is not a format of lowbit's
+    assert bench.deployed_path("ort_static_qdq") == bench.DEPLOYED_PATHS["ort_static_qdq"]

@@ -89,6 +89,9 @@ def test_nin_deploys_bit_for_bit(tmp_path, digits, quantizer, bits):
     exact = [row for row in rows if row["differ"] is not None]
     assert len(exact) == 9  # the input of every conv, the image's included
     assert all(row["differ"] == 0.0 for row in exact), rows
+    # export.format=qop, QLinearConv itself: the same codes at every layer input
+    qop = export_int8_onnx(model, SHAPE, tmp_path / "qop.onnx", form="qop")
+    assert layer_parity(model, qop, images) == rows
     with torch.no_grad():
         logits = model(images).numpy()
     deployed = ort_logits(path, images)
@@ -149,6 +152,8 @@ def test_mobilenetv3_deploys_bit_for_bit(tmp_path, digits, quantizer, bits):
     rows = layer_parity(model, path, images)
     assert len(rows) == 54 and not any(row["requantized_output"] for row in rows)
     assert all(row["differ"] == 0.0 for row in rows), [r for r in rows if r["differ"]]
+    qop = export_int8_onnx(model, SHAPE, tmp_path / "qop.onnx", form="qop")  # export.format
+    assert layer_parity(model, qop, images) == rows
     # the float ops between layers in the form ORT computes as PyTorch does (onnx_graph)
     graph = onnx.load(str(path)).graph
     constants = {tensor.name for tensor in graph.initializer}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import nin_macs, nin_params
+from conftest import MODEL_DATA, nin_macs, nin_params
 from wandb_offline import read_offline_run
 
 from lowbit.cli import config_groups
@@ -46,16 +46,6 @@ DETECTION_SUMMARY_KEYS = {
 }
 QUANTIZERS = config_groups()["quantizer"]
 MODELS = config_groups()["model"]
-# Detection models train on a detection set: small generated scenes keep the test quick.
-MODEL_DATA = {
-    "yolov3_tiny": [
-        "dataset=shapes_det",
-        "dataset.image_size=64",
-        "dataset.train_size=8",
-        "dataset.val_size=8",
-        "dataset.test_size=8",
-    ]
-}
 
 
 @pytest.mark.parametrize("model", MODELS)

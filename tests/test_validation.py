@@ -260,6 +260,7 @@ BAD_VALUES = {
     "sensitivity.samples": 1,
     "output": "",
     "export.openvino": "maybe",
+    "export.format": "qlinear",
 }
 
 
@@ -324,6 +325,7 @@ PREFLIGHT_CASES = [
     (["scheduler=multistep", "scheduler.gamma=0"], "scheduler.gamma: must be a number in (0, 1]"),
     (["export.threads=0"], "export.threads: must be an integer >= 1, got 0"),
     (["export.openvino=yes"], "export.openvino: must be one of 'auto', true, false, got 'yes'"),
+    (["export.format=qlinear"], "export.format: must be one of 'qdq', 'qop', got 'qlinear'"),
     (["threads=-2"], "threads: must be null or an integer >= 1, got -2"),
     (["test=maybe"], "test: must be true or false, got 'maybe'"),
     (["callbacks.model_checkpoint.mode=best"], "callbacks.model_checkpoint.mode: must be one of"),

@@ -318,6 +318,7 @@ def export_costs(model: nn.Module, datamodule, cfg: DictConfig, output_dir: Path
             # the batches the run validated on: a fast_dev_run checks the export on one batch
             max_batches=validation_batches(cfg.get("trainer"), len(datamodule.val_dataloader())),
             openvino=settings.get("openvino", "auto"),
+            form=settings.get("format"),
         )
     except UnsupportedModel as error:
         log.warning("no integer ONNX export: %s", error)

@@ -244,6 +244,12 @@ def openvino_setting(key: str, value: Any) -> None:
 OPENVINO = Check("'auto', true or false", rule=openvino_setting, imports=True)
 
 
+def export_formats() -> tuple[str, ...]:
+    from lowbit.export.onnx_graph import FORMATS
+
+    return FORMATS
+
+
 def lazy_choice(choices: Callable[[], tuple[Any, ...]], words: str) -> Check:
     """one_of over ``choices()``, asked only when a value is checked (no import at load)."""
     return Check(words, rule=lambda key, value: one_of(*choices())(key, value), imports=True)
@@ -333,6 +339,7 @@ SCHEMA: dict[str, Check] = {
     "export.onnx": BOOLEAN,
     "export.threads": COUNT,
     "export.openvino": OPENVINO,
+    "export.format": lazy_choice(export_formats, "'qdq' or 'qop'"),
     "latency.warmup": NON_NEGATIVE_COUNT,
     "latency.repeats": COUNT,
     # paths/

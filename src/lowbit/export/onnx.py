@@ -1,7 +1,8 @@
 """Integer ONNX export of a lowbit model, run in ONNX Runtime (ORT) on CPU, and its references.
 
 - ``export_int8_onnx``: the fake-quant model as an integer QDQ graph (``onnx_graph`` explains the
-  mapping); ORT fuses every quantized conv into QLinearConv and runs pooling on uint8.
+  mapping), or with ``form="qop"`` as QLinearConv/QGemm; ORT fuses every quantized conv of the
+  QDQ graph into QLinearConv, runs the two as the same graph, and runs pooling on uint8.
 - ``export_fp32_onnx``: the same network in float32 (quantizers removed, BN folded), the
   baseline; ``ort_static_qdq``: ORT's own post-training quantization of it, the reference an
   integer export should match in speed.
@@ -32,7 +33,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from lowbit.export.onnx_graph import INPUT, UnsupportedModel, build_int8_graph, output_names
+from lowbit.export.onnx_graph import (
+    DEFAULT_FORMAT,
+    INPUT,
+    UnsupportedModel,
+    build_int8_graph,
+    output_names,
+)
 from lowbit.quant.fold import FoldedQuantConv2d, fold_bn
 from lowbit.quant.modules import QuantConv2d, QuantLinear, conv_like
 from lowbit.storage import write_bytes_atomically
@@ -50,15 +57,18 @@ def export_int8_onnx(
     path: str | Path,
     calibration: torch.Tensor | None = None,
     opset: int = 17,
+    form: str = DEFAULT_FORMAT,
 ) -> Path:
-    """Write the integer QDQ ONNX model of ``model`` (a ``quantize_model``-ed network) to ``path``.
+    """Write the integer ONNX model of ``model`` (a ``quantize_model``-ed network) to ``path``.
 
     BatchNorm is folded, weights are int8 codes on each layer's grid with per-channel scales,
     activations are quantized with the learned/derived steps (module docstring and
-    ``lowbit.export.onnx_graph``). Raises ``UnsupportedModel`` (a ValueError, one line) for a
-    layer or quantizer without an integer form. ``model`` itself is left untouched.
+    ``lowbit.export.onnx_graph``). ``form``: ``export.format``, "qdq" (QuantizeLinear/
+    DequantizeLinear around float Conv and Gemm) or "qop" (QLinearConv, QGemm), the same
+    integers either way. Raises ``UnsupportedModel`` (a ValueError, one line) for a layer or
+    quantizer without an integer form. ``model`` itself is left untouched.
     """
-    proto = build_int8_graph(model, tuple(input_shape), calibration, opset)
+    proto = build_int8_graph(model, tuple(input_shape), calibration, opset, form)
     return save(proto, path)
 
 

@@ -1,7 +1,10 @@
-"""A lowbit fake-quant model as an integer QDQ ONNX graph, written node by node.
+"""A lowbit fake-quant model as an integer ONNX graph, written node by node.
 
 The model is BN-folded (``lowbit.quant.fold_bn``) and traced with torch.fx; every layer becomes
-the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes QLinearConv):
+the pattern ONNX Runtime fuses into an integer kernel (DQ -> Conv -> Q becomes QLinearConv), or,
+with ``form="qop"`` (``export.format``), that integer op itself: QLinearConv, and ORT's QGemm for
+a Linear (``emit_layer``). Both forms are written from the same codes, scales and int32 biases,
+and ORT runs them as the same graph. What both hold:
 
 - Weights: int8 initializers holding the layer's own integer codes, with a per-output-channel
   DequantizeLinear scale (the grid's step times BatchNorm's factor s_c). DoReFa Eq. 9 codes are
@@ -69,6 +72,11 @@ INPUT, OUTPUT = "input", "logits"
 REQUANTIZED_KEY, LAYER_INPUTS_KEY = "lowbit.requantized", "lowbit.layer_inputs"
 INT8_MAX = 127
 UINT8_SHIFT = 128
+# export.format: how each integer layer is written (``emit_layer``). qdq: float Conv/Gemm between
+# DequantizeLinear and QuantizeLinear, which runtimes fuse; qop: the integer op itself.
+FORMATS = ("qdq", "qop")
+DEFAULT_FORMAT = "qdq"  # conf/train.yaml's export.format: measured, docs/export.md
+MICROSOFT = "com.microsoft"  # the domain of ORT's contrib ops (QGemm)
 
 
 class UnsupportedModel(ValueError):
@@ -279,7 +287,10 @@ class Builder:
         """Q (and, where the grid clips tighter than the integer type saturates, an int Clip)."""
         scale = self.constant(f"{name}_q_scale", np.float32(grid.q_scale))
         zero = self.constant(f"{name}_zero_point", grid.numpy_type(grid.zero_point))
-        q = self.node("QuantizeLinear", [x, scale, zero], f"{name}_q")
+        return self.clip(self.node("QuantizeLinear", [x, scale, zero], f"{name}_q"), grid, name)
+
+    def clip(self, q: str, grid: ActivationEncoding, name: str) -> Value:
+        """Codes ``q`` on ``grid``: an integer Clip where the grid is tighter than saturation."""
         if (grid.lo, grid.hi) != grid.saturation:
             lo = self.constant(f"{name}_lo", grid.numpy_type(grid.lo))
             hi = self.constant(f"{name}_hi", grid.numpy_type(grid.hi))
@@ -436,13 +447,17 @@ def build_int8_graph(
     input_shape: tuple[int, ...],
     calibration: torch.Tensor | None = None,
     opset: int = 17,
+    form: str = DEFAULT_FORMAT,
 ) -> onnx.ModelProto:
-    """The integer QDQ ONNX model of ``model`` (module docstring); UnsupportedModel if it cannot.
+    """The integer ONNX model of ``model`` (module docstring); UnsupportedModel if it cannot.
+    ``form``: ``export.format`` (``FORMATS``), how each integer layer is written (``emit_layer``).
 
     With ``calibration`` images, float inputs of layers are quantized (``calibrated_grid``) and
     layer outputs that no quantizer reads are requantized (``plan_requantization``); the
     model's metadata ``lowbit.requantized`` names those layers.
     """
+    if form not in FORMATS:
+        raise ValueError(f"form must be one of {', '.join(FORMATS)}, got {form!r}")
     folded = fold_bn(model).float().cpu()
     check_layers(folded)
     gm = trace(folded)
@@ -514,8 +529,12 @@ def build_int8_graph(
                 modules[node.target],
                 env[node.args[0]],
                 direct.get(node),
-                fused=node in points or node in requantized,
+                points.get(node, requantized.get(node)),
+                form,
             )
+            if value.grid is not None:  # its output's Q written with it (a qop integer op)
+                env[node] = value
+                continue
         elif node.op == "call_module" and node.target in unobserved:
             value = env[node.args[0]]
         elif node.op == "call_module" and node.target in requantizers:
@@ -543,12 +562,14 @@ def build_int8_graph(
         initializer=b.initializers,
     )
     opsets = [helper.make_opsetid("", opset)]
+    if any(node.domain == MICROSOFT for node in b.nodes):
+        opsets.append(helper.make_opsetid(MICROSOFT, 1))
     # The oldest IR version that carries the opset: runtimes older than the onnx package read it.
     proto = helper.make_model(
         graph,
         opset_imports=opsets,
         producer_name="lowbit",
-        ir_version=helper.find_min_ir_version_for(opsets),
+        ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True),
     )
     helper.set_model_props(
         proto,
@@ -572,66 +593,133 @@ def emit_layer(
     layer: nn.Module,
     x: Value,
     grid: ActivationEncoding | None,
-    fused: bool,
+    output: ActivationEncoding | None,
+    form: str,
 ) -> Value:
-    """Conv2d/Linear: DQ(x) and DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, float output.
+    """Conv2d/Linear from its integer contract: input codes on ``x.grid``, int8 weight codes
+    with per-channel scales (``integer_weight``), an int32 bias (``integer_bias``).
 
-    ``fused``: a Q follows (the layer runs as an integer kernel). A layer with a float output
-    whose exact codes exceed int8 (an 8-bit DoReFa classifier) keeps its exact float weight:
-    ORT would fuse a DQ -> Gemm into an int8 QGemm, and a float output gains nothing from it.
+    ``output``: the grid a Q puts the layer's output on (the layer runs as an integer kernel),
+    None for a float output. ``form`` (``export.format``, ``FORMATS``) writes that contract as
+    - ``qdq``: DQ(x), DQ(int8 weight) [+ DQ(int32 bias)] -> Conv/Gemm, a float output; the
+      caller writes the output's Q, and ORT fuses DQ -> Conv -> Q into QLinearConv;
+    - ``qop``: where ``output`` is given, one QLinearConv (a Linear: com.microsoft's QGemm, what
+      ORT fuses DQ -> Gemm -> Q into) from codes to codes, with the integer Clip of a k < 8 bit
+      grid; a layer with a float output is written as in ``qdq``.
+    A layer with a float output whose exact codes exceed int8 (an 8-bit DoReFa classifier)
+    keeps its exact float weight: ORT would fuse a DQ -> Gemm into an int8 QGemm, and a float
+    output gains nothing from it.
     """
     name = node.target
     if grid is not None:  # a Q that could not be hoisted: right at the layer's input
         x = b.quantize(b.dequantize(x, f"{name}_in"), grid, f"{name}_in")
     if x.grid is not None:
         b.layer_inputs[name] = x.name
-    x_float = b.dequantize(x, f"{name}_x")
-    bias = layer.bias.detach().double().numpy() if layer.bias is not None else None
-    if x.grid is None or (not fused and exceeds_int8(layer, name)):
+    if x.grid is None or (output is None and exceeds_int8(layer, name)):
         # a float layer, with the weight the layer computes with
-        inputs = [x_float, b.constant(f"{name}_weight", effective_weight(layer).float().numpy())]
-        if bias is not None:
-            inputs.append(b.constant(f"{name}_bias", bias.astype(np.float32)))
-    else:
-        weight = integer_weight(layer, name)
-        codes = b.constant(f"{name}_weight_codes", weight.codes)
-        w_scale = b.constant(f"{name}_weight_scale", weight.scale)
-        w_zero = b.constant(
-            f"{name}_weight_zero_point", np.zeros_like(weight.codes, shape=weight.scale.shape)
-        )
         inputs = [
-            x_float,
-            b.node("DequantizeLinear", [codes, w_scale, w_zero], f"{name}_weight_dq", axis=0),
+            b.dequantize(x, f"{name}_x"),
+            b.constant(f"{name}_weight", effective_weight(layer).float().numpy()),
         ]
-        if bias is not None:
-            b_scale = (np.float32(x.grid.dq_scale) * weight.scale).astype(np.float32)
-            b_codes = np.round(bias / b_scale.astype(np.float64))
-            if np.abs(b_codes).max(initial=0) >= 2**31:
-                raise UnsupportedModel(
-                    f"{name}: the bias does not fit int32 at the scale input_scale * weight_scale"
-                )
-            inputs.append(
-                b.node(
-                    "DequantizeLinear",
-                    [
-                        b.constant(f"{name}_bias_codes", b_codes.astype(np.int32)),
-                        b.constant(f"{name}_bias_scale", b_scale),
-                        b.constant(f"{name}_bias_zero_point", np.zeros(b_scale.shape, np.int32)),
-                    ],
-                    f"{name}_bias_dq",
-                    axis=0,
-                )
+        if layer.bias is not None:
+            bias = layer.bias.detach().double().numpy()
+            inputs.append(b.constant(f"{name}_bias", bias.astype(np.float32)))
+        return Value(float_layer_op(b, layer, name, inputs))
+    if form == "qop" and output is not None:
+        return emit_qlinear_layer(b, layer, name, x, output)
+    x_float = b.dequantize(x, f"{name}_x")
+    weight = integer_weight(layer, name)
+    codes, w_scale, w_zero = weight_constants(b, name, weight)
+    inputs = [
+        x_float,
+        b.node("DequantizeLinear", [codes, w_scale, w_zero], f"{name}_weight_dq", axis=0),
+    ]
+    found = integer_bias(layer, x.grid, weight, name)
+    if found is not None:
+        b_codes, b_scale = found
+        inputs.append(
+            b.node(
+                "DequantizeLinear",
+                [
+                    b.constant(f"{name}_bias_codes", b_codes),
+                    b.constant(f"{name}_bias_scale", b_scale),
+                    b.constant(f"{name}_bias_zero_point", np.zeros(b_scale.shape, np.int32)),
+                ],
+                f"{name}_bias_dq",
+                axis=0,
             )
-    if isinstance(layer, nn.Conv2d):
-        attributes = dict(
-            kernel_shape=pair(layer.kernel_size),
-            strides=pair(layer.stride),
-            pads=pair(layer.padding) * 2,
-            dilations=pair(layer.dilation),
-            group=layer.groups,
         )
-        return Value(b.node("Conv", inputs, name, **attributes))
-    return Value(b.node("Gemm", inputs, name, transB=1))
+    return Value(float_layer_op(b, layer, name, inputs))
+
+
+def emit_qlinear_layer(
+    b: Builder, layer: nn.Module, name: str, x: Value, output: ActivationEncoding
+) -> Value:
+    """The ``qop`` form of an integer layer (``emit_layer``): QLinearConv or QGemm on the codes
+    of ``x``, the same weight codes, scales and int32 bias as the ``qdq`` form's, requantized
+    onto ``output`` (its q_scale; ``x``'s dq_scale on the input side, as the DQ carries it)."""
+    weight = integer_weight(layer, name)
+    x_scale = b.constant(f"{name}_x_scale", np.float32(x.grid.dq_scale))
+    x_zero = b.constant(f"{name}_x_zero_point", x.grid.numpy_type(x.grid.zero_point))
+    codes, w_scale, w_zero = weight_constants(b, name, weight)
+    y_scale = b.constant(f"{name}_y_scale", np.float32(output.q_scale))
+    y_zero = b.constant(f"{name}_y_zero_point", output.numpy_type(output.zero_point))
+    found = integer_bias(layer, x.grid, weight, name)
+    b_codes = b.constant(f"{name}_bias_codes", found[0]) if found is not None else ""
+    if isinstance(layer, nn.Conv2d):
+        inputs = [x.name, x_scale, x_zero, codes, w_scale, w_zero, y_scale, y_zero]
+        q = b.node(
+            "QLinearConv", inputs + ([b_codes] if b_codes else []), name, **conv_attributes(layer)
+        )
+    else:  # QLinearMatMul has no bias; QGemm is ORT's integer Gemm (com.microsoft)
+        inputs = [x.name, x_scale, x_zero, codes, w_scale, w_zero, b_codes, y_scale, y_zero]
+        q = b.node("QGemm", inputs, name, domain=MICROSOFT, transB=1)
+    return b.clip(q, output, name)
+
+
+def weight_constants(b: Builder, name: str, weight: IntegerWeight) -> tuple[str, str, str]:
+    """The initializers of a layer's int8 weight codes, their per-channel scales and zero points."""
+    codes = b.constant(f"{name}_weight_codes", weight.codes)
+    scale = b.constant(f"{name}_weight_scale", weight.scale)
+    zero = b.constant(
+        f"{name}_weight_zero_point", np.zeros_like(weight.codes, shape=weight.scale.shape)
+    )
+    return codes, scale, zero
+
+
+def integer_bias(
+    layer: nn.Module, x_grid: ActivationEncoding, weight: IntegerWeight, where: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int32 codes, per-channel scale) of the layer's bias on the grid input_scale x
+    weight_scale that QLinearConv requires, rounded half to even as the model's integer
+    evaluation rounds it (``lowbit.quant.integer``); None without a bias."""
+    if layer.bias is None:
+        return None
+    bias = layer.bias.detach().double().numpy()
+    scale = (np.float32(x_grid.dq_scale) * weight.scale).astype(np.float32)
+    codes = np.round(bias / scale.astype(np.float64))
+    if np.abs(codes).max(initial=0) >= 2**31:
+        raise UnsupportedModel(
+            f"{where}: the bias does not fit int32 at the scale input_scale * weight_scale"
+        )
+    return codes.astype(np.int32), scale
+
+
+def conv_attributes(layer: nn.Conv2d) -> dict:
+    return dict(
+        kernel_shape=pair(layer.kernel_size),
+        strides=pair(layer.stride),
+        pads=pair(layer.padding) * 2,
+        dilations=pair(layer.dilation),
+        group=layer.groups,
+    )
+
+
+def float_layer_op(b: Builder, layer: nn.Module, name: str, inputs: list[str]) -> str:
+    """Conv (a Conv2d) or Gemm (a Linear) of float ``inputs``: x, weight [, bias]."""
+    if isinstance(layer, nn.Conv2d):
+        return b.node("Conv", inputs, name, **conv_attributes(layer))
+    return b.node("Gemm", inputs, name, transB=1)
 
 
 def emit_integer_pass(b: Builder, node: torch.fx.Node, modules, x: Value) -> Value:

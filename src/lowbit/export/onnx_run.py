@@ -256,14 +256,16 @@ def export_model(
     decoding: dict[str, Any] | None = None,
     max_batches: int | None = None,
     openvino: bool | str = "auto",
+    form: str | None = None,
 ) -> dict[str, Any]:
     """Write model_int8.onnx and model_fp32.onnx of a trained (quantized) model into ``out_dir``
     and measure them in ONNX Runtime and, where it is installed, OpenVINO (module docstring);
     returns the metrics. ``datamodule`` must be set up. ``warmup``/``repeats``: the batch-1
     latency runs; ``decoding``: a detector's ``detection`` settings; ``max_batches``: the val
     batches the agreement runs on (None: all); ``openvino``: ``export.openvino`` ("auto",
-    true, false; ``openvino_runners``). What train.py calls after training (``task.model``,
-    its datamodule, the run dir).
+    true, false; ``openvino_runners``); ``form``: ``export.format`` of model_int8.onnx ("qdq",
+    "qop"; None: ``onnx_graph.DEFAULT_FORMAT``). What train.py calls after training
+    (``task.model``, its datamodule, the run dir).
     """
     from lowbit.export.onnx import (
         export_fp32_onnx,
@@ -273,6 +275,7 @@ def export_model(
         ort_runner,
         top1_agreements,
     )
+    from lowbit.export.onnx_graph import DEFAULT_FORMAT
     from lowbit.export.openvino_run import openvino_runners
     from lowbit.export.parity import requantized_layers
 
@@ -280,7 +283,11 @@ def export_model(
     model = model.eval()
     shape = tuple(datamodule.image_shape)
     int8 = export_int8_onnx(
-        model, shape, out_dir / INT8_FILE, calibration=calibration_images(datamodule)
+        model,
+        shape,
+        out_dir / INT8_FILE,
+        calibration=calibration_images(datamodule),
+        form=form or DEFAULT_FORMAT,
     )
     fp32 = export_fp32_onnx(model, shape, out_dir / FP32_FILE)
     runners = {"int8": ort_runner(int8, threads), "fp32_onnx": ort_runner(fp32, threads)}
@@ -300,7 +307,8 @@ def export_model(
     integer = {"int8": runners["int8"]}  # the integer graph in each runtime: its agreement
     if openvino is not None:
         metrics["latency/openvino_default_precision"] = openvino.default_precision
-        integer["openvino_int8"] = runners["openvino_int8"]
+        if "openvino_int8" in runners:
+            integer["openvino_int8"] = runners["openvino_int8"]
     metrics.update(best_paths(metrics))
     images = [0]
     batches = counted(itertools.islice(datamodule.val_dataloader(), max_batches), images)
@@ -326,7 +334,9 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
     model, datamodule, cfg = load_run_model(run_dir)
     detection = cfg.get("detection")
     decoding = OmegaConf.to_container(detection, resolve=True) if detection else None
-    metrics = export_model(model, datamodule, run_dir, threads, decoding=decoding)
+    metrics = export_model(
+        model, datamodule, run_dir, threads, decoding=decoding, form=format_of(cfg)
+    )
     if write:
         path = run_dir / RESULTS_FILE
         results = json.loads(path.read_text())
@@ -334,6 +344,11 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
         results["exported_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json_atomically(path, results)
     return metrics
+
+
+def format_of(cfg) -> str | None:
+    """The run's ``export.format``; None (the default) for a run that recorded none."""
+    return (cfg.get("export") or {}).get("format")
 
 
 PARITY_IMAGES = 256
@@ -353,10 +368,14 @@ def parity_run(
     from lowbit.export.parity import layer_parity
 
     run_dir = finished_run_dir(run_dir)
-    model, datamodule, _ = load_run_model(run_dir)
+    model, datamodule, cfg = load_run_model(run_dir)
     shape = tuple(datamodule.image_shape)
     path = export_int8_onnx(
-        model, shape, run_dir / INT8_FILE, calibration=calibration_images(datamodule)
+        model,
+        shape,
+        run_dir / INT8_FILE,
+        calibration=calibration_images(datamodule),
+        form=format_of(cfg),
     )
     return layer_parity(model, path, validation_images(datamodule, images), threads)
 
