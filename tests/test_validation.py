@@ -326,6 +326,7 @@ PREFLIGHT_CASES = [
     (["export.threads=0"], "export.threads: must be an integer >= 1, got 0"),
     (["export.openvino=yes"], "export.openvino: must be one of 'auto', true, false, got 'yes'"),
     (["export.format=qlinear"], "export.format: must be one of 'qdq', 'qop', got 'qlinear'"),
+    (["export.openvino=true", "export.format=qop"], "export.openvino=true cannot read"),
     (["threads=-2"], "threads: must be null or an integer >= 1, got -2"),
     (["test=maybe"], "test: must be true or false, got 'maybe'"),
     (["callbacks.model_checkpoint.mode=best"], "callbacks.model_checkpoint.mode: must be one of"),

@@ -561,8 +561,21 @@ def check_values(cfg: DictConfig, imports: bool = True, plain: bool = True) -> N
     validate(cfg, imports, plain)
     if plain:
         compile_requested(cfg)
+        openvino_reads_the_format(cfg)
         if not (cfg.get("quant") or {}).get("quantizer"):
             raise ConfigError("quant.quantizer is missing: choose a method with quantizer=NAME")
+
+
+def openvino_reads_the_format(cfg: DictConfig) -> None:
+    """OpenVINO asked for by name (``export.openvino=true``) reads lowbit's int8 graph only in
+    the QDQ form: its QLinearConv reader (2026.4) takes per-output-channel weight scales along
+    the wrong axis (docs/export.md), so ``qop`` with ``true`` would measure nothing it asked."""
+    export = cfg.get("export") or {}
+    if export.get("openvino") is True and export.get("format") == "qop":
+        raise ConfigError(
+            "export.openvino=true cannot read export.format=qop (OpenVINO reads lowbit's int8 "
+            "graph in the qdq form only): use export.format=qdq, or export.openvino=auto"
+        )
 
 
 def validate(cfg: DictConfig, imports: bool = True, plain: bool = True) -> None:
