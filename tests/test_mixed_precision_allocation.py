@@ -283,8 +283,13 @@ def test_a_list_of_budgets_makes_one_allocation_each_from_one_scoring(fp32_run, 
     assert [f.name for f in files] == ["lsq-fisher-sizekb290.yaml", "lsq-fisher-sizekb340.yaml"]
     sizes = [entry["size_bytes"] for entry in last["allocations"]]
     assert sizes[0] <= 290_000 < sizes[1] <= 340_000  # each budget met, the larger one used
-    scored = [yaml.safe_load(f.read_text())["sensitivity_seconds"] for f in files]
-    assert scored[0] == scored[1]  # one scoring pass served both
+    written = [yaml.safe_load(f.read_text()) for f in files]
+    # one scoring pass served both, and each file keeps the scores it was chosen from
+    assert written[0]["sensitivity_seconds"] == written[1]["sensitivity_seconds"]
+    assert written[0]["scores"] == written[1]["scores"]
+    assert set(written[0]["scores"]) == set(written[0]["overrides"])
+    for name, score in written[0]["scores"].items():
+        assert set(score["by_width"]) == {2, 3, 4, 6, 8}, name
     assert last["train"] == (
         f"python train.py -m quant.allocation={files[0]},{files[1]} quantizer=lsq init={fp32_run}"
     )

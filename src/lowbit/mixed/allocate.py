@@ -287,6 +287,7 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
                 "bops_ratio": measured.bops / pricing.reference,
                 "predicted_sensitivity": predicted,
                 "sensitivity_seconds": round(seconds, 1),
+                "scores": scores_record(scores),
             },
         )
         path = Path(cfg.output) if cfg.get("output") else default_path(source, cfg, pricing.budgets)
@@ -302,6 +303,19 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
             Outcome(path, allocation, scores, pricing.priced, measured, predicted, seconds, widths)
         )
     return outcomes
+
+
+def scores_record(scores: dict[str, LayerSensitivity]) -> dict[str, dict[str, Any]]:
+    """Each layer's score by width (and the Hutchinson trace with its standard error), as the
+    allocation file keeps them: what the choice was made from, for the ranking checks in
+    docs/mixed_precision.md and for anyone who asks why a layer got its width."""
+    record = {}
+    for name, score in scores.items():
+        entry: dict[str, Any] = {"by_width": {b: float(v) for b, v in score.by_width.items()}}
+        if score.trace is not None:
+            entry["trace"], entry["trace_se"] = float(score.trace), float(score.trace_se)
+        record[name] = entry
+    return record
 
 
 def train_command(paths: list[Path], quantizer: str, source: str) -> str:
