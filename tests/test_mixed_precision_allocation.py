@@ -415,6 +415,38 @@ def test_the_report_marks_a_mixed_run_apart_from_the_uniform_ones():
     ]
 
 
+def test_the_report_pools_the_seeds_of_one_allocation_recipe_whatever_their_files():
+    """Each seed's source model has its own allocation file: the seeds of one method and budget
+    are one configuration, another budget is another."""
+    from lowbit.report.configs import group_configurations
+    from lowbit.report.runs import run_from_results
+
+    def payload(budget: float, seed: int) -> dict:
+        file = f"fp32-s{seed}/allocations/lsq-hessian-sizekb{budget:g}.yaml"
+        return {
+            "status": "ok",
+            "model": "nin",
+            "dataset": "digits",
+            "seed": seed,
+            "quant": {**LSQ_QUANT, "allocation": file},
+            "metrics": {"val/acc_best": 0.9},
+            "allocation": {
+                "path": file,
+                "wbits": {"features.1.0": 2 + seed},
+                "method": "hessian",
+                "budget": {"size_kb": budget},
+            },
+        }
+
+    runs = [run_from_results(payload(b, s)) for b in (340, 400) for s in (0, 1, 2)]
+    configurations = group_configurations(runs)
+    assert sorted(c.name for c in configurations) == [
+        "lsq mixed A4 (allocation=hessian size_kb=340)",
+        "lsq mixed A4 (allocation=hessian size_kb=400)",
+    ]
+    assert [len(c.counted) for c in configurations] == [3, 3]
+
+
 def test_the_report_judges_each_mixed_run_against_the_uniform_one_nearest_in_size():
     from lowbit.report.comparisons import draw_comparisons
     from lowbit.report.configs import group_configurations

@@ -204,6 +204,20 @@ def arithmetic_settings(quantizer: str | None, version: Any) -> dict[str, Any]:
     return {"arithmetic": int(version) if version is not None else 1}
 
 
+def allocation_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A mixed-precision run's allocation as a setting: the recipe that made it (method and
+    budget, ``scripts/allocate.py``) where the allocation file recorded one, else its path.
+    Each seed's source model gets its own allocation file, so seeds of one recipe are one
+    configuration; allocations of the same budget by different methods are two."""
+    record = payload.get("allocation")
+    if not isinstance(record, Mapping) or "method" not in record:
+        return {}  # not mixed, or a file written by hand: quant.allocation (its path) stays
+    budget = record.get("budget") or {}
+    terms = [str(record["method"])]
+    terms += [f"{key}={value:g}" for key, value in sorted(budget.items()) if value is not None]
+    return {"allocation": " ".join(terms)}
+
+
 def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None) -> RunRecord:
     """A RunRecord from a results.json payload (keys it lacks stay None: nothing is guessed);
     ``results_dir``, the folder the file is in, is where an old run's seed is looked up."""
@@ -230,6 +244,7 @@ def run_from_results(payload: Mapping[str, Any], results_dir: Path | None = None
         settings=recorded_settings(
             {
                 **quant,
+                **allocation_settings(payload),
                 **training_settings(config),
                 **start_settings(payload),
                 **arithmetic_settings(
