@@ -481,9 +481,10 @@ SCHEMA: dict[str, Check] = {
     "callbacks.bits_summary._target_": TARGET,
     # allocate.yaml: scripts/allocate.py's own keys (lowbit.mixed)
     "method": lazy_choice(sensitivity_methods, "a sensitivity method"),
-    "widths": list_of(integer(minimum=1, maximum=16), increasing=True),
+    "widths": list_of(either(integer(minimum=1, maximum=16), one_of(32)), increasing=True),
     "budget.size_kb": optional(number(above=0)),
     "budget.bops_ratio": optional(number(above=0)),
+    "budget.latency_ms": optional(number(above=0)),
     "sensitivity.batches": COUNT,
     "sensitivity.samples": integer(minimum=2),
     "output": optional(NON_EMPTY_TEXT),
