@@ -53,8 +53,9 @@ def main(argv: list[str]) -> None:
             f"latency: {latency.fixed_ms:.3f} ms for the rest of the model + {layers:.3f} ms in "
             f"the allocated layers + {between:.3f} ms between layers next to a float one = "
             f"{outcome.latency_ms:.3f} ms predicted (ONNX Runtime, batch 1, {latency.threads} "
-            f"threads; the all-int8 model took {latency.model_int8_ms:.3f} ms; measured in "
-            f"{latency.seconds:.1f} s)"
+            f"threads; the all-int8 model took {latency.model_int8_ms:.3f} ms, the all-float one "
+            f"{latency.model_float_ms:.3f} ms, float times scaled by {latency.float_scale:.3f} "
+            f"to meet it; measured in {latency.seconds:.1f} s)"
         )
     print(json.dumps(outcome.summary()))
 

@@ -387,16 +387,16 @@ def default_path(source: str, cfg: DictConfig, budgets: dict[str, float]) -> Pat
 
 
 def table(outcome: Outcome) -> list[list[str]]:
-    """The per-layer table: sensitivity at each width, the layer's int8 and float times (a
-    latency budget), the chosen width, its bytes and BOPs."""
+    """The per-layer table: sensitivity at each width, the layer's int8 and (scaled) float
+    times that a latency budget prices, the chosen width, its bytes and BOPs."""
     hessian = any(score.trace is not None for score in outcome.scores.values())
-    timed = outcome.latency.layers if outcome.latency is not None else None
+    latency = outcome.latency
     header = [
         "layer",
         "weights",
         *(["trace", "+-se"] if hessian else []),
         *(f"s@{b}" for b in outcome.widths),
-        *(["int8_ms", "float_ms"] if timed else []),
+        *(["int8_ms", "float_ms"] if latency is not None else []),
         "wbits",
         "bytes",
         "BOPs",
@@ -411,7 +411,11 @@ def table(outcome: Outcome) -> list[list[str]]:
                 f"{score.params:,}",
                 *([f"{score.trace:.4g}", f"{score.trace_se:.2g}"] if hessian else []),
                 *(f"{score.by_width[b]:.3g}" for b in outcome.widths),
-                *([f"{timed[name].int8_ms:.3f}", f"{timed[name].float_ms:.3f}"] if timed else []),
+                *(
+                    [f"{latency.cost(name, 8):.3f}", f"{latency.cost(name, FULL_PRECISION):.3f}"]
+                    if latency is not None
+                    else []
+                ),
                 str(chosen),
                 f"{cost[costs.SIZE]:,}",
                 f"{cost[costs.BOPS]:,}",
