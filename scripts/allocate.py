@@ -47,6 +47,8 @@ def main(argv: list[str]) -> None:
     latency = outcome.latency
     if latency is not None:
         widths = outcome.allocation.widths
+        parts = ", ".join(f"{j.producer}>{j.consumer} {j.ms:.3f}" for j in latency.junctions)
+        print(f"between layers, ms, charged once where either is float: {parts or 'none'}")
         between = latency.junction_cost(widths)
         layers = outcome.latency_ms - latency.fixed_ms - between
         print(

@@ -22,21 +22,21 @@ float on this project's CPU.
 - Junctions: the ops on uint8 between one layer's output Q and the next layer's input (the
   k-bit clip, max pooling), where a chain of one-input ops joins the two. ORT runs them in NHWC
   between two integer convs, but in NCHW where a float layer is on either side, and its NCHW
-  uint8 max pooling is slow (measured on NIN: 0.4 ms, as long as the conv before it). A junction
+  uint8 max pooling is slow (on NIN slower than a conv; docs/mixed_precision.md). A junction
   is cut out alone too (it then runs in NCHW) and charged once when either of its layers is
   float; in NHWC its time is part of ``fixed_ms``. A junction next to a layer that is not
   allocated and not an int8 kernel (a float-output classifier) is in NCHW whatever the
   allocation: in ``fixed_ms``, not modelled.
 - Each cut runs on the codes it holds in the model when the model runs on the timer's input
-  (``timing_input``; max pooling's time depends on the values: on uniformly random codes it
-  took half as long). Both whole exports and every cut are timed side by side by
-  ``interleaved_latency``, the timer of a run's ``latency/int8_ms``, with the run's
-  ``export.threads`` and ``latency.warmup``/``repeats``: medians.
+  (``timing_input``): max pooling's time depends on the values it compares. Both whole
+  exports and every cut are timed side by side by ``interleaved_latency``, the timer of a
+  run's ``latency/int8_ms``, with the run's ``export.threads`` and
+  ``latency.warmup``/``repeats``: medians.
 - ``fixed_ms`` is the whole int8 model's time less the allocated layers' int8 times: the rest of
   the model (edge layers, pooling, clips, layout changes). A float layer runs slower in the
-  graph than alone (on NIN the all-float model took about 10% more than its cuts add up to),
-  so every float time is scaled by one factor, ``float_scale``, that predicts the all-float
-  model at its measured time.
+  graph than alone (NIN's all-float model took longer than its cuts add up to), so every float
+  time is scaled by one factor, ``float_scale``, that predicts the all-float model at its
+  measured time.
 - An allocation is predicted at ``fixed_ms`` + each allocated layer's time at its width + the
   junctions next to a float layer (``LatencyTable.predicted``): exact at the all-int8 and the
   all-float allocations, and off in between by what no cut holds, chiefly the layout changes
