@@ -390,6 +390,7 @@ def test_an_infeasible_budget_is_one_line_naming_the_smallest_and_exit_2(
         (["budget.size_kb=400", "widths=[2,40]"], "widths"),
         (["budget.size_kb=400", "widths=[32]"], "at least one below 32"),
         (["budget.latency_ms=5", "widths=[2,12,32]"], "re-rounded onto int8"),
+        (["budget.latency_ms=5", "quant.abits=32"], "quant.abits<=8"),
         (["quantizer=fp32", "budget.size_kb=400"], "quantizer=fp32"),
         ([], "no budget given"),
     ],

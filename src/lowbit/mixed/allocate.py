@@ -321,6 +321,12 @@ def allocate(cfg: DictConfig, source: str) -> Outcome:
 
     latency = None
     if "latency_ms" in budgets:
+        wide = sorted({plan[n].abits for n in layers if plan[n].abits > INT8_KERNEL_BITS})
+        if wide:
+            raise ConfigError(
+                f"budget.latency_ms prices ONNX Runtime's int8 kernels, whose inputs are 8-bit "
+                f"codes: allocated layers have abits {wide}; use quant.abits<={INT8_KERNEL_BITS}"
+            )
         latency = measure_latency(cfg, model, quant, layers, widths, shape, datamodule)
     pricing = price(model, quant, plan, layers, widths, shape, scheme.name, budgets, latency)
 
