@@ -1,11 +1,13 @@
 """Mixed-precision allocation (issue #29): the milp allocator against brute force, sensitivity
-estimates against exact values, costs against the packer and count_bops, and the user's path:
+estimates against exact values, costs against the packer and count_bops, each layer's int8 and
+float time in ONNX Runtime (structure and consistency, never a speed), and the user's path:
 scripts/allocate.py on a trained run, then train.py quant.allocation=FILE."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,14 @@ from torch import nn
 
 from lowbit.cli import preflight
 from lowbit.errors import ConfigError
+from lowbit.export.onnx import optimized_op_types
 from lowbit.export.packing import pack_codes, packed_code_bytes, save_packed
 from lowbit.measure.complexity import count_bops
 from lowbit.mixed import costs, ilp
 from lowbit.mixed.allocation import Allocation, with_allocation
+from lowbit.mixed.latency import layer_latency
 from lowbit.mixed.sensitivity import hutchinson_traces, layer_sensitivity
-from lowbit.models.nin import NIN
+from lowbit.models.nin import NIN, conv_bn_relu
 from lowbit.quant.convert import edge_layers, plan_quantization, quantize_model
 from lowbit.quant.schemes import LSQ
 from lowbit.results import PACKED_FILE
@@ -96,6 +100,62 @@ def test_an_infeasible_budget_names_the_cheapest_allocation():
         ilp.solve(options, {"size": least - 1})
     assert error.value.smallest == least
     assert ilp.solve(options, {"size": least})  # exactly the cheapest fits
+
+
+def brute_force_linked(options, links, limit: float) -> tuple[float, float] | None:
+    """(least sensitivity, least time) over every allocation within ``limit`` in "ms", a link
+    charged once when any of its (layer, width) pairs is chosen."""
+    best, fastest = None, None
+    for combination in itertools.product(*options.values()):
+        pairs = {(name, o.width) for name, o in zip(options, combination)}
+        ms = sum(o.costs["ms"] for o in combination)
+        ms += sum(link.costs["ms"] for link in links if pairs & set(link.when))
+        fastest = ms if fastest is None else min(fastest, ms)
+        if ms <= limit:
+            value = sum(o.sensitivity for o in combination)
+            best = value if best is None else min(best, value)
+    return best, fastest
+
+
+def test_a_latency_problem_with_a_junction_gets_its_known_optimum():
+    # int8 (8) takes 1 ms, float (32) 2 ms and scores 0; float on either side of the junction
+    # between a and b adds 5 ms, once. In 8 ms one layer can be float: a, which saves more.
+    options = {
+        "a": [ilp.Option(8, 1.0, {"ms": 1}), ilp.Option(32, 0.0, {"ms": 2})],
+        "b": [ilp.Option(8, 0.5, {"ms": 1}), ilp.Option(32, 0.0, {"ms": 2})],
+    }
+    links = [ilp.Link((("a", 32), ("b", 32)), {"ms": 5})]
+    chosen = ilp.solve(options, {"ms": 8}, links)
+    assert {name: o.width for name, o in chosen.items()} == {"a": 32, "b": 8}
+    assert ilp.total(chosen, "ms", links) == 8
+    assert ilp.total(chosen) == pytest.approx(0.5)
+    assert ilp.cheapest(options, "ms", links) == 2
+    with pytest.raises(ilp.Infeasible):
+        ilp.solve(options, {"ms": 1.5}, links)
+    # without the junction both would fit (4 ms) and score 0: the link is what stops it
+    assert ilp.total(ilp.solve(options, {"ms": 8})) == 0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_milp_optimum_with_links_is_brute_force_s(seed):
+    rng = np.random.default_rng(seed)
+    options = {
+        f"l{i}": [
+            ilp.Option(8, float(rng.random()), {"ms": float(rng.random())}),
+            ilp.Option(32, 0.0, {"ms": float(rng.random() * 2)}),
+        ]
+        for i in range(4)
+    }
+    links = [
+        ilp.Link(((f"l{i}", 32), (f"l{i + 1}", 32)), {"ms": float(rng.random())}) for i in range(3)
+    ]
+    _, fastest = brute_force_linked(options, links, np.inf)
+    assert ilp.cheapest(options, "ms", links) == pytest.approx(fastest)
+    limit = fastest + float(rng.random()) * 2
+    chosen = ilp.solve(options, {"ms": limit}, links)
+    assert ilp.total(chosen, "ms", links) <= limit + 1e-9
+    best, _ = brute_force_linked(options, links, limit)
+    assert ilp.total(chosen) == pytest.approx(best, abs=1e-12)
 
 
 # -- sensitivity --------------------------------------------------------------------------------
@@ -173,6 +233,14 @@ def test_each_method_scores_every_width_and_leaves_the_model_as_it_was(method):
     assert model.training and all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("method", ["hessian", "fisher", "ablation"])
+def test_float_weights_score_0_in_every_method(method):
+    scores, _ = layer_sensitivity(
+        method, Tiny(), LSQ(), ["conv", "fc"], [2, 32], tiny_batches(), samples=2
+    )
+    assert all(score.by_width[32] == 0 for score in scores.values())
+
+
 # -- costs ---------------------------------------------------------------------------------------
 
 
@@ -207,6 +275,66 @@ def test_each_layer_s_bytes_and_bops_are_the_packer_s_and_count_bops(uniform, tm
     assert measured.size_bytes == (tmp_path / "m.safetensors").stat().st_size
     assert measured.bops == sum(bops.values())
     assert 0 <= measured.slack < 8 + 22 * len(packed)
+
+
+@pytest.mark.parametrize("quantizer", ["lsq", "pact", "dorefa"])
+def test_a_float_layer_s_bytes_and_bops_are_the_packer_s_and_count_bops(quantizer, tmp_path):
+    torch.manual_seed(0)
+    model = NIN()
+    quant = {**LSQ_QUANT, "quantizer": quantizer}
+    _, plan = plan_quantization(model, input_shape=SHAPE, **quant)
+    layers = [name for name in plan if name not in edge_layers(model)]
+    widths = dict(zip(layers, itertools.cycle([32, 3])))
+    priced = costs.width_costs(model, plan, layers, [3, 32], SHAPE)
+    quantized = quantize_model(
+        NIN(), input_shape=SHAPE, **with_allocation(quant, Allocation(widths, quantizer))
+    )
+    packed = packed_bytes_by_key(save_packed(quantized, tmp_path / "m.safetensors"))
+    bops = count_bops(quantized, SHAPE)
+    for name, bits in widths.items():
+        assert packed[f"{name}.weight"] == priced[name][bits][costs.SIZE]
+        assert bops[name] == priced[name][bits][costs.BOPS]
+
+
+# -- latency: each layer's int8 and float time in ONNX Runtime -------------------------------
+
+
+def test_each_layer_has_an_int8_and_a_float_time_and_the_prediction_adds_up():
+    torch.manual_seed(0)
+    model = nn.Sequential(  # first and last layers fixed at 8 bits, "1.0" and "3.0" allocated
+        conv_bn_relu(3, 8, 3),
+        conv_bn_relu(8, 8, 1),
+        nn.MaxPool2d(2),
+        conv_bn_relu(8, 8, 3),
+        conv_bn_relu(8, 4, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    layers = ["1.0", "3.0"]
+    images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    table = layer_latency(model, LSQ_QUANT, layers, 8, (3, 8, 8), images, 1, warmup=1, repeats=3)
+    assert set(table.layers) == set(layers) and table.threads == 1 and table.model_int8_ms > 0
+    assert all(t.int8_ms > 0 and t.float_ms > 0 for t in table.layers.values())
+    # the clip after the first layer, and the max pooling between the allocated layers; not
+    # the clip before the last layer, whose float output keeps it in NCHW anyway
+    assert [(j.producer, j.consumer, j.ends) for j in table.junctions] == [
+        ("0.0", "1.0", ("1.0",)),
+        ("1.0", "3.0", ("1.0", "3.0")),
+    ]
+    assert all(j.ms > 0 for j in table.junctions)
+    int8 = dict.fromkeys(layers, 4)
+    assert table.predicted(int8) == pytest.approx(table.model_int8_ms)  # measured there
+    assert table.float_scale > 0 and table.model_float_ms > 0
+    if table.float_scale != 1:  # 1: noise made the all-float model look faster than its parts
+        assert table.predicted(dict.fromkeys(layers, 32)) == pytest.approx(table.model_float_ms)
+    mixed = {"1.0": 4, "3.0": 32}
+    layer_ms = table.layers["1.0"].int8_ms + table.layers["3.0"].float_ms * table.float_scale
+    assert table.predicted(mixed) == pytest.approx(
+        table.fixed_ms + layer_ms + table.junctions[1].ms
+    )
+    assert table.fixed_ms == pytest.approx(
+        table.model_int8_ms - sum(t.int8_ms for t in table.layers.values())
+    )
 
 
 # -- the user's path: scripts/allocate.py, then train.py quant.allocation= ---------------------
@@ -260,6 +388,9 @@ def test_an_infeasible_budget_is_one_line_naming_the_smallest_and_exit_2(
     [
         (["method=hessain", "budget.size_kb=400"], "method"),
         (["budget.size_kb=400", "widths=[2,40]"], "widths"),
+        (["budget.size_kb=400", "widths=[32]"], "at least one below 32"),
+        (["budget.latency_ms=5", "widths=[2,12,32]"], "re-rounded onto int8"),
+        (["budget.latency_ms=5", "quant.abits=32"], "quant.abits<=8"),
         (["quantizer=fp32", "budget.size_kb=400"], "quantizer=fp32"),
         ([], "no budget given"),
         (["budget.size_kb=[300,350]", "budget.bops_ratio=[0.3]"], "same number of values"),
@@ -300,6 +431,16 @@ def test_a_list_of_budgets_makes_one_allocation_each_from_one_scoring(fp32_run, 
     assert [str(v) for v in sweep.sweep_iterator()] == [str(f) for f in files]
 
 
+def test_the_same_command_scores_the_same_images(fp32_run, tmp_path, capsys):
+    files = [tmp_path / "first.yaml", tmp_path / "second.yaml"]
+    for file in files:
+        args = [*ALLOCATE, "budget.size_kb=300", "method=fisher", f"output={file}"]
+        status, _, err = allocate([str(fp32_run), *args], capsys)
+        assert status == 0, err
+    first, second = (yaml.safe_load(f.read_text())["scores"] for f in files)
+    assert first == second
+
+
 def test_allocate_then_train_gives_the_predicted_file_within_budget(fp32_run, tmp_path, capsys):
     file = tmp_path / "allocation.yaml"
     status, out, err = allocate(
@@ -337,6 +478,61 @@ def test_allocate_then_train_gives_the_predicted_file_within_budget(fp32_run, tm
     assert results["metrics"]["model/size_bytes"] == summary["size_bytes"]
     assert (ptq / PACKED_FILE).stat().st_size == summary["size_bytes"]
     assert results["metrics"]["model/bops"] == summary["bops"]
+
+
+LATENCY = ["widths=[2,8,32]", "export.threads=1", "latency.warmup=1", "latency.repeats=3"]
+
+
+def test_an_infeasible_latency_budget_is_one_line_naming_the_fastest_and_exit_2(fp32_run, capsys):
+    status, out, err = allocate(
+        [str(fp32_run), *ALLOCATE, *LATENCY, "budget.latency_ms=0.001"], capsys
+    )
+    assert status == 2 and out == []
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
+        "lowbit: error: budget.latency_ms=0.001 is below the fastest allocation's latency_ms="
+    )
+    assert float(line.rsplit(">=", 1)[1]) > 0.001
+
+
+def test_a_float_allocation_by_latency_adds_up_then_trains_packs_and_exports(
+    fp32_run, tmp_path, capsys
+):
+    file = tmp_path / "allocation.yaml"
+    args = [*ALLOCATE, *LATENCY, "budget.latency_ms=1000", "method=fisher", f"output={file}"]
+    status, out, err = allocate([str(fp32_run), *args], capsys)
+    assert status == 0, err
+    summary = json.loads(out[-1])
+    assert summary["latency_ms"] <= 1000
+    header, *rows = [line.split() for line in out if line.startswith(("layer ", "features."))]
+    at = header.index("int8_ms")
+    assert header[at : at + 3] == ["int8_ms", "float_ms", "wbits"]
+    assert all(float(row[at]) > 0 and float(row[at + 1]) > 0 for row in rows)
+    # float scores 0 at every layer: a budget this large keeps every allocated layer float
+    widths = {
+        name: bits["wbits"] for name, bits in yaml.safe_load(file.read_text())["overrides"].items()
+    }
+    assert set(widths.values()) == {32} and {row[0] for row in rows} == set(widths)
+    (line,) = [line for line in out if line.startswith("latency: ")]
+    fixed, layers, between, predicted = map(float, re.findall(r"(-?[0-9.]+) ms", line)[:4])
+    assert fixed + layers + between == pytest.approx(predicted, abs=2e-3)
+    assert layers == pytest.approx(sum(float(row[at + 1]) for row in rows), abs=1e-2)
+    assert predicted == pytest.approx(summary["latency_ms"], abs=1e-3)
+
+    ptq = tmp_path / "ptq"
+    overrides = [*FAST, "logger=none", "quantizer=lsq", "trainer.max_epochs=0"]
+    overrides += ["export.openvino=false", "export.threads=1"]
+    cfg = compose_config([*overrides, f"init={fp32_run}", f"quant.allocation={file}"], ptq)
+    results = run(cfg, ptq)
+    assert results["allocation"]["wbits"] == widths
+    assert results["allocation"]["latency_ms"] == summary["latency_ms"]
+    assert results["metrics"]["model/size_bytes"] == summary["size_bytes"]
+    assert (ptq / PACKED_FILE).stat().st_size == summary["size_bytes"]
+    assert results["metrics"]["model/bops"] == summary["bops"]
+    assert results["metrics"]["latency/int8_ms"] > 0
+    ops = optimized_op_types(ptq / "model_int8.onnx", tmp_path / "optimized.onnx")
+    # the first conv on int8; every allocated layer float, and the float-output classifier
+    assert ops.count("QLinearConv") == 1
 
 
 @pytest.mark.parametrize(

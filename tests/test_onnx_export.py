@@ -168,6 +168,24 @@ def test_integer_convs_survive_ort_fusion(tmp_path):
     assert not any(op in ("Conv", "FusedConv") for op in ops[:-6])
 
 
+def test_a_layer_with_float_weights_runs_float_between_integer_layers(tmp_path):
+    """wbits=32 on a middle layer (an allocation's float width, lowbit.mixed): the export writes
+    it float between the DQ of its input and the Q of its output, and ONNX Runtime runs it float
+    (its WeightBiasQuantization would put a float weight behind a per-tensor DQ on int8), as
+    the model computes it."""
+    model = unbiased_with_gains(nin("pact", 4, overrides={"features.4.0": {"wbits": 32}}))
+    path = export_int8_onnx(model, SHAPE, tmp_path / "int8.onnx")
+    ops = optimized_op_types(path, tmp_path / "optimized.onnx")
+    assert ops.count("QLinearConv") == 6  # 7 between quantizers (above) less the float one
+    middle = ops[ops.index("MaxPool") + 1 : ops.index("QuantizeLinear", ops.index("MaxPool"))]
+    assert "Conv" in middle and "QLinearConv" not in middle
+    x = structured_inputs()
+    with torch.no_grad():
+        expected = model(x)
+    per_input = (onnx_predict(path, x) - expected).abs().amax(1) / expected.abs().max()
+    assert per_input.median() <= 1e-5  # as the all-integer export above
+
+
 @pytest.fixture(scope="module")
 def digits():
     data = DigitsData()

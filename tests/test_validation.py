@@ -255,6 +255,7 @@ BAD_VALUES = {
     "widths": [4, 2],
     "budget.size_kb": 0,
     "budget.bops_ratio": -0.5,
+    "budget.latency_ms": 0,
     "sensitivity.batches": 0,
     "sensitivity.batch_size": 0,
     "sensitivity.samples": 1,

@@ -488,10 +488,11 @@ SCHEMA: dict[str, Check] = {
     "callbacks.bits_summary._target_": TARGET,
     # allocate.yaml: scripts/allocate.py's own keys (lowbit.mixed)
     "method": lazy_choice(sensitivity_methods, "a sensitivity method"),
-    "widths": list_of(integer(minimum=1, maximum=16), increasing=True),
+    "widths": list_of(either(integer(minimum=1, maximum=16), one_of(32)), increasing=True),
     # a list: one allocation per value, from one scoring pass (lowbit.mixed.allocate)
     "budget.size_kb": optional(either(number(above=0), list_of(number(above=0)))),
     "budget.bops_ratio": optional(either(number(above=0), list_of(number(above=0)))),
+    "budget.latency_ms": optional(either(number(above=0), list_of(number(above=0)))),
     "sensitivity.batches": COUNT,
     "sensitivity.batch_size": COUNT,
     "sensitivity.samples": integer(minimum=2),

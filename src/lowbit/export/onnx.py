@@ -230,6 +230,11 @@ def _summary(times: list[float], threads: int) -> dict[str, float]:
     }
 
 
+def timing_input(input_shape: tuple[int, ...]) -> np.ndarray:
+    """The batch-1 input every latency here is timed on: standard normal values, seed 0."""
+    return np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+
+
 def interleaved_latency(
     runners: Mapping[str, Runner],
     input_shape: tuple[int, ...],
@@ -249,7 +254,7 @@ def interleaved_latency(
     """
     if repeats < 1 or warmup < 0 or block < 1:
         raise ValueError("latency needs repeats >= 1, warmup >= 0 and block >= 1")
-    x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+    x = timing_input(input_shape)
     times: dict[str, list[float]] = {name: [] for name in runners}
     while any(len(values) < repeats for values in times.values()):
         for name, run in runners.items():
@@ -336,6 +341,7 @@ __all__ = [
     "optimized_op_types",
     "ort_runner",
     "ort_static_qdq",
+    "timing_input",
     "top1_agreement",
     "top1_agreements",
 ]

@@ -35,6 +35,10 @@ and ORT runs them as the same graph. What both hold:
   layer (a conv before hard-swish or a residual sum) is requantized on 8 bits so that its conv
   runs on integers (``plan_requantization``); a layer whose output reaches no other layer (the
   classifier, a detector's heads) keeps a float output.
+- A layer whose input is quantized but whose weight the model keeps float (``wbits=32`` in
+  ``quant.overrides`` or an allocation) is a float Conv/Gemm between the DQ of its input and
+  the Q of its output (``keeps_float_weight``): ONNX Runtime runs a float kernel there, what
+  the model computes; a mixed-precision allocation chooses it where float runs faster.
 """
 
 from __future__ import annotations
@@ -197,6 +201,25 @@ def effective_weight(layer: nn.Module) -> torch.Tensor:
         ).detach()
 
 
+def keeps_float_weight(layer: nn.Module, where: str) -> bool:
+    """Whether the model quantizes the layer's input but keeps its weight float (``wbits=32``
+    by ``quant.overrides`` or an allocation, ``lowbit.mixed``): the weight quantizer states no
+    grid. Such a layer is written float between its DQ and the next Q (DQ -> Conv -> Q), as the
+    model computes it (``lowbit.quant.integer`` evaluates it in float), and ONNX Runtime runs a
+    float kernel there. Layers kept float whole (the first/last policy at 32 bits) have a float
+    input: calibration images put them on integers (``integer_weight``).
+
+    ONNX Runtime (1.21 on) quantizes the float weight of a Conv/Gemm whose input comes from a
+    per-tensor DQ onto per-tensor int8 (its WeightBiasQuantization transformer): neither the
+    model's arithmetic nor float. So the DQ in front of such a layer is written per channel,
+    the same step on every channel, which that transformer leaves alone."""
+    source = layer.source if isinstance(layer, FoldedQuantConv2d) else layer
+    quantizer = getattr(source, "input_quantizer", None)
+    if quantizer is None or not quantizer.is_active:
+        return False
+    return grid_codes(source, source.weight.detach().float(), where) is None
+
+
 def exceeds_int8(layer: nn.Module, where: str) -> bool:
     """Whether the layer's exact integer codes need more than int8 (8-bit DoReFa: 255 odd
     levels); such a layer with a float output keeps its exact weight in float."""
@@ -297,13 +320,21 @@ class Builder:
             q = self.node("Clip", [q, lo, hi], f"{name}_clip")
         return Value(q, grid)
 
-    def dequantize(self, value: Value, name: str) -> str:
+    def dequantize(self, value: Value, name: str, channels: int | None = None) -> str:
+        """DQ of integers on their grid; ``channels``: written per channel (axis 1, the same
+        step on each), which ONNX Runtime's WeightBiasQuantization leaves alone
+        (``keeps_float_weight``)."""
         if value.grid is None:
             return value.name
         grid = value.grid
-        scale = self.constant(f"{name}_dq_scale", np.float32(grid.dq_scale))
-        zero = self.constant(f"{name}_dq_zero_point", grid.numpy_type(grid.zero_point))
-        return self.node("DequantizeLinear", [value.name, scale, zero], f"{name}_dq")
+        scale, zero = np.float32(grid.dq_scale), grid.numpy_type(grid.zero_point)
+        attributes = {}
+        if channels is not None:
+            scale, zero = np.full(channels, scale), np.full(channels, zero)
+            attributes["axis"] = 1
+        scale = self.constant(f"{name}_dq_scale", scale)
+        zero = self.constant(f"{name}_dq_zero_point", zero)
+        return self.node("DequantizeLinear", [value.name, scale, zero], f"{name}_dq", **attributes)
 
 
 def pair(value) -> list[int]:
@@ -609,16 +640,19 @@ def emit_layer(
     A layer with a float output whose exact codes exceed int8 (an 8-bit DoReFa classifier)
     keeps its exact float weight: ORT would fuse a DQ -> Gemm into an int8 QGemm, and a float
     output gains nothing from it.
+    A layer with a float weight (``keeps_float_weight``) is float whether or not a Q follows.
     """
     name = node.target
     if grid is not None:  # a Q that could not be hoisted: right at the layer's input
         x = b.quantize(b.dequantize(x, f"{name}_in"), grid, f"{name}_in")
     if x.grid is not None:
         b.layer_inputs[name] = x.name
-    if x.grid is None or (output is None and exceeds_int8(layer, name)):
+    float_weight = keeps_float_weight(layer, name)
+    if x.grid is None or float_weight or (output is None and exceeds_int8(layer, name)):
         # a float layer, with the weight the layer computes with
+        channels = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
         inputs = [
-            b.dequantize(x, f"{name}_x"),
+            b.dequantize(x, f"{name}_x", channels if float_weight else None),
             b.constant(f"{name}_weight", effective_weight(layer).float().numpy()),
         ]
         if layer.bias is not None:

@@ -346,9 +346,12 @@ def export_run(run_dir: str | Path, threads: int = THREADS, write: bool = True) 
     return metrics
 
 
-def format_of(cfg) -> str | None:
-    """The run's ``export.format``; None (the default) for a run that recorded none."""
-    return (cfg.get("export") or {}).get("format")
+def format_of(cfg) -> str:
+    """The run's ``export.format``; for a run that recorded none, ``qdq``: the only form lowbit
+    wrote before the key existed."""
+    from lowbit.export.onnx_graph import DEFAULT_FORMAT
+
+    return (cfg.get("export") or {}).get("format") or DEFAULT_FORMAT
 
 
 PARITY_IMAGES = 256

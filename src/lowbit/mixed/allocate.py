@@ -4,6 +4,9 @@ The config is conf/allocate.yaml: the source run's own overrides (its model, dat
 then the command line's. The model is built as that run built it and loaded from it as
 ``init=RUN_DIR`` loads it; the run's quantizer plan (``quant.*``) says which layers are
 allocated: every quantized layer except the first and the last, whose bits stay as configured.
+A width is one of the quantizer's or 32, float weights (``lowbit.mixed.costs``). With
+``budget.latency_ms`` each allocated layer's int8 and float times are measured in ONNX Runtime
+first (``lowbit.mixed.latency``), with the run's ``export.threads`` and ``latency.*``.
 Every check runs before the model is scored; bad input is one ConfigError line.
 """
 
@@ -16,13 +19,16 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import seed_everything
 from torch import nn
 
+from lowbit.bit_widths import FULL_PRECISION
 from lowbit.build import build_datamodule, build_model, kind_of, quant_settings
 from lowbit.cli import compose, merge_overrides
 from lowbit.errors import ConfigError
 from lowbit.mixed import costs, ilp
 from lowbit.mixed.allocation import Allocation, write_allocation
+from lowbit.mixed.latency import INT8_KERNEL_BITS, LatencyTable, layer_latency
 from lowbit.mixed.sensitivity import SPLITS, LayerSensitivity, layer_sensitivity
 from lowbit.overrides import hydra_error_line, override_key
 from lowbit.pretrained import load_initial_weights, resolve
@@ -31,7 +37,8 @@ from lowbit.resume import saved_overrides
 from lowbit.validation import check_values
 
 CONFIG = "allocate"
-BUDGETS = {"size_kb": costs.SIZE, "bops_ratio": costs.BOPS}  # budget key -> cost it limits
+# budget key -> the cost it limits
+BUDGETS = {"size_kb": costs.SIZE, "bops_ratio": costs.BOPS, "latency_ms": costs.LATENCY}
 # A source run's overrides that say how it started or where it went, not what it is.
 NOT_INHERITED = ("init", "resume", "ckpt_path", "quant.allocation")
 MAX_REPACKS = 4  # re-solves when the packed header outgrows the predicted one
@@ -42,17 +49,24 @@ class Outcome:
     path: Path
     allocation: Allocation
     scores: dict[str, LayerSensitivity]
-    width_costs: dict[str, dict[int, dict[str, int]]]
+    width_costs: dict[str, dict[int, dict[str, float]]]
     measured: costs.Measured
     predicted_sensitivity: float
     sensitivity_seconds: float
     widths: list[int]
+    latency: LatencyTable | None = None  # budget.latency_ms only
+
+    @property
+    def latency_ms(self) -> float | None:
+        """The predicted ONNX Runtime latency of the allocation (``LatencyTable.predicted``)."""
+        return None if self.latency is None else self.latency.predicted(self.allocation.widths)
 
     def summary(self) -> dict[str, Any]:
         return {
             "allocation": str(self.path),
             "size_bytes": self.measured.size_bytes,
             "bops": self.measured.bops,
+            **({"latency_ms": self.latency_ms} if self.latency is not None else {}),
             "predicted_sensitivity": self.predicted_sensitivity,
         }
 
@@ -79,8 +93,8 @@ def budgets_of(cfg: DictConfig) -> list[dict[str, float]]:
     given = {key: value for key, value in budget.items() if value is not None}
     if not given:
         raise ConfigError(
-            "no budget given: add budget.size_kb=KB (the packed file) or budget.bops_ratio=R "
-            "(BOPs relative to uniform W8A8)"
+            "no budget given: add budget.size_kb=KB (the packed file), budget.bops_ratio=R "
+            "(BOPs relative to uniform W8A8) or budget.latency_ms=MS (ONNX Runtime, batch 1)"
         )
     lengths = {len(value) for value in given.values() if isinstance(value, list)}
     if len(lengths) > 1 or 0 in lengths:
@@ -95,20 +109,36 @@ def budgets_of(cfg: DictConfig) -> list[dict[str, float]]:
     ]
 
 
-def check_widths(widths: list[int], scheme) -> list[int]:
-    unknown = [b for b in widths if b not in scheme.weight_bits]
-    if unknown or not widths:
-        allowed = sorted(scheme.weight_bits)
-        if not allowed:
-            raise ConfigError(
-                f"quantizer={scheme.name} keeps every weight float: choose a quantizer with "
-                f"weight widths to allocate, such as quantizer=lsq"
-            )
+def check_widths(widths: list[int], scheme, budgets: dict[str, float]) -> list[int]:
+    """The candidate widths, sorted: the quantizer's weight widths or 32 (float weights), at
+    least one below 32; under a latency budget none of 9-16, which no ONNX Runtime kernel runs
+    as trained (``lowbit.mixed.latency``)."""
+    allowed = sorted(scheme.weight_bits)
+    if not allowed:
+        raise ConfigError(
+            f"quantizer={scheme.name} keeps every weight float: choose a quantizer with "
+            f"weight widths to allocate, such as quantizer=lsq"
+        )
+    unknown = [b for b in widths if b not in scheme.weight_bits and b != FULL_PRECISION]
+    if unknown or not any(b != FULL_PRECISION for b in widths):
         raise ConfigError(
             f"widths={widths}: quantizer={scheme.name} takes weight widths "
-            f"{allowed[0]}-{allowed[-1]}"
+            f"{allowed[0]}-{allowed[-1]} and {FULL_PRECISION} (float weights), "
+            f"at least one below {FULL_PRECISION}"
+        )
+    between = sorted({b for b in widths if INT8_KERNEL_BITS < b < FULL_PRECISION})
+    if "latency_ms" in budgets and between:
+        raise ConfigError(
+            f"widths={widths} with budget.latency_ms: ONNX Runtime runs widths <= "
+            f"{INT8_KERNEL_BITS} on int8 kernels and {FULL_PRECISION} on float ones; "
+            f"{between} would be re-rounded onto int8 by the export: leave them out"
         )
     return sorted(set(widths))
+
+
+def integer_widest(widths: list[int]) -> int:
+    """The widest width below 32: where the rest of the model's costs are measured."""
+    return max(b for b in widths if b != FULL_PRECISION)
 
 
 def scoring_batches(loader, count: int, size: int) -> list:
@@ -135,7 +165,64 @@ def smallest_budget(key: str, needed: float, reference: float) -> str:
     """The least value of budget ``key`` that an allocation meets, rounded up, in its units."""
     if key == "size_kb":
         return f"{math.ceil(needed / 100) / 10:g}"
+    if key == "latency_ms":
+        return f"{math.ceil(needed * 1000) / 1000:g}"
     return f"{math.ceil(needed / reference * 10_000) / 10_000:g}"
+
+
+def cheapest_words(key: str, widths: list[int], latency: LatencyTable | None) -> str:
+    """What the cheapest allocation under budget ``key`` is, in words."""
+    if key != "latency_ms":
+        return f"every allocated layer at {widths[0]} bits"
+    kernels = "int8 and float layers" if FULL_PRECISION in widths else "every allocated layer int8"
+    threads = latency.threads if latency is not None else "?"
+    return f"{kernels}; ONNX Runtime, export.threads={threads}, as measured now"
+
+
+def junction_links(latency: LatencyTable | None, widths: list[int]) -> list[ilp.Link]:
+    """The latency table's junctions as the allocator's links: their time, charged once when
+    a layer on either side is float (``lowbit.mixed.latency``)."""
+    if latency is None or FULL_PRECISION not in widths:
+        return []
+    return [
+        ilp.Link(
+            tuple((end, FULL_PRECISION) for end in junction.ends), {costs.LATENCY: junction.ms}
+        )
+        for junction in latency.junctions
+    ]
+
+
+def measure_latency(
+    cfg: DictConfig,
+    model: nn.Module,
+    quant: dict[str, Any],
+    layers: list[str],
+    widths: list[int],
+    shape: tuple[int, ...],
+    datamodule,
+) -> LatencyTable:
+    """Each allocated layer's int8 and float time (``lowbit.mixed.latency``), timed as a run
+    times its export: ``export.threads`` threads, ``latency.warmup`` and ``latency.repeats``,
+    the export's calibration images."""
+    from lowbit.export.onnx_graph import UnsupportedModel
+    from lowbit.export.onnx_run import THREADS, calibration_images
+
+    export = cfg.get("export") or {}
+    timing = cfg.get("latency") or {}
+    try:
+        return layer_latency(
+            model,
+            quant,
+            layers,
+            max(b for b in widths if b <= INT8_KERNEL_BITS),
+            shape,
+            calibration_images(datamodule),
+            threads=int(export.get("threads", THREADS)),
+            warmup=int(timing.get("warmup", 10)),
+            repeats=int(timing.get("repeats", 50)),
+        )
+    except UnsupportedModel as error:
+        raise ConfigError(f"budget.latency_ms needs the integer ONNX export: {error}") from None
 
 
 @dataclass
@@ -143,11 +230,12 @@ class Pricing:
     """The costs of an allocation problem: each allocated layer's at each width, the rest of the
     model's (``fixed``), the budgets' limits by cost, and the W8A8 BOPs ``bops_ratio`` scales."""
 
-    priced: dict[str, dict[int, dict[str, int]]]
-    fixed: dict[str, int]
+    priced: dict[str, dict[int, dict[str, float]]]
+    fixed: dict[str, float]
     limits: dict[str, float]
     budgets: dict[str, float]
     reference: int
+    links: list[ilp.Link]
 
 
 def price(
@@ -159,34 +247,46 @@ def price(
     shape: tuple[int, ...],
     quantizer: str,
     budgets: dict[str, float],
+    latency: LatencyTable | None = None,
 ) -> Pricing:
     """Every width's cost, and ConfigError naming the smallest budget when no allocation fits:
-    measured before any scoring."""
-    priced = costs.width_costs(model, plan, layers, widths, shape)
+    measured before any scoring. Bytes and BOPs besides the allocated layers' are measured at
+    the widest width below 32 (``lowbit.mixed.costs``); time, with ``latency``, is its table's."""
+    priced: dict[str, dict[int, dict[str, float]]] = costs.width_costs(
+        model, plan, layers, widths, shape
+    )
     reference = costs.reference_bops(model, shape)
-    widest = Allocation({name: widths[-1] for name in layers}, quantizer)
-    at_widest = costs.measure(model, quant, widest, shape)
+    widest = integer_widest(widths)
+    at_widest = costs.measure(
+        model, quant, Allocation(dict.fromkeys(layers, widest), quantizer), shape
+    )
     fixed = {  # what the model costs besides the allocated layers' codes
         costs.SIZE: at_widest.size_bytes + at_widest.slack,
         costs.BOPS: at_widest.bops,
     }
     for name in layers:
         for cost in fixed:
-            fixed[cost] -= priced[name][widths[-1]][cost]
-    limits = {
-        BUDGETS[key]: value * (1000 if key == "size_kb" else reference)
-        for key, value in budgets.items()
-    }
+            fixed[cost] -= priced[name][widest][cost]
+    if latency is not None:
+        fixed[costs.LATENCY] = latency.fixed_ms
+        for name in layers:
+            for b in widths:
+                priced[name][b][costs.LATENCY] = latency.cost(name, b)
+    scale = {"size_kb": 1000, "bops_ratio": reference, "latency_ms": 1}
+    limits = {BUDGETS[key]: value * scale[key] for key, value in budgets.items()}
+    links = junction_links(latency, widths)
+    free = {name: [ilp.Option(b, 0.0, priced[name][b]) for b in widths] for name in layers}
     for key, value in budgets.items():  # before any scoring: is there an allocation at all?
         cost = BUDGETS[key]
-        least = fixed[cost] + sum(min(c[cost] for c in priced[name].values()) for name in layers)
+        least = fixed[cost] + ilp.cheapest(free, cost, links)
         if least > limits[cost]:
             shown = smallest_budget(key, least, reference)
+            which = "fastest" if key == "latency_ms" else "smallest"
             raise ConfigError(
-                f"budget.{key}={value:g} is below the smallest allocation's {key}={shown} "
-                f"(every allocated layer at {widths[0]} bits): use budget.{key}>={shown}"
+                f"budget.{key}={value:g} is below the {which} allocation's {key}={shown} "
+                f"({cheapest_words(key, widths, latency)}): use budget.{key}>={shown}"
             )
-    return Pricing(priced, fixed, limits, budgets, reference)
+    return Pricing(priced, fixed, limits, budgets, reference, links)
 
 
 def solve_within(
@@ -203,7 +303,7 @@ def solve_within(
     room = {cost: limit - fixed[cost] for cost, limit in limits.items()}
     for _ in range(MAX_REPACKS):
         try:
-            chosen = ilp.solve(options, room)
+            chosen = ilp.solve(options, room, pricing.links)
         except ilp.Infeasible:  # each budget alone is met (checked above): not both
             raise ConfigError(
                 f"budget {budgets}: each budget alone has allocations, but none meets all"
@@ -235,26 +335,38 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
     quant = quant_settings(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    # the same command scores the same images: the loader's shuffle draws from the seed
+    seed_everything(int(cfg.get("seed") or 0), workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     if kind_of(model) != "classification":
         raise ConfigError("scripts/allocate.py scores classification models (cross-entropy)")
     shape = datamodule.image_shape
     scheme, plan = plan_quantization(model, input_shape=shape, **quant)
-    widths = check_widths(list(cfg.widths), scheme)
+    any_latency = {"latency_ms": 0.0} if any("latency_ms" in b for b in budget_sets) else {}
+    widths = check_widths(list(cfg.widths), scheme, any_latency)
     edges = edge_layers(model)
     layers = [n for n, bits in plan.items() if n not in edges and not bits.is_full_precision]
     if not layers:
         raise ConfigError("no layer to allocate: every quantized layer is a first or last layer")
     datamodule.check()
     load_initial_weights(model, init.spec)
+    datamodule.setup("fit")
 
+    latency = None
+    if any_latency:
+        wide = sorted({plan[n].abits for n in layers if plan[n].abits > INT8_KERNEL_BITS})
+        if wide:
+            raise ConfigError(
+                f"budget.latency_ms prices ONNX Runtime's int8 kernels, whose inputs are 8-bit "
+                f"codes: allocated layers have abits {wide}; use quant.abits<={INT8_KERNEL_BITS}"
+            )
+        latency = measure_latency(cfg, model, quant, layers, widths, shape, datamodule)
     pricings = [
-        price(model, quant, plan, layers, widths, shape, scheme.name, budgets)
+        price(model, quant, plan, layers, widths, shape, scheme.name, budgets, latency)
         for budgets in budget_sets
     ]
 
-    datamodule.setup("fit")
     split = SPLITS[cfg.method]
     loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
     scores, seconds = layer_sensitivity(
@@ -274,9 +386,16 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
             for name in layers
         }
         chosen, measured = solve_within(options, pricing, model, quant, shape, scheme.name)
+        widths_chosen = {n: option.width for n, option in chosen.items()}
         predicted = ilp.total(chosen)
+        timing = {}
+        if latency is not None:
+            timing = {
+                "latency_ms": latency.predicted(widths_chosen),
+                "latency_threads": latency.threads,
+            }
         allocation = Allocation(
-            {n: option.width for n, option in chosen.items()},
+            widths_chosen,
             scheme.name,
             details={
                 "method": str(cfg.method),
@@ -285,6 +404,7 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
                 "size_bytes": measured.size_bytes,
                 "bops": measured.bops,
                 "bops_ratio": measured.bops / pricing.reference,
+                **timing,
                 "predicted_sensitivity": predicted,
                 "sensitivity_seconds": round(seconds, 1),
                 "scores": scores_record(scores),
@@ -300,7 +420,17 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
             ),
         )
         outcomes.append(
-            Outcome(path, allocation, scores, pricing.priced, measured, predicted, seconds, widths)
+            Outcome(
+                path,
+                allocation,
+                scores,
+                pricing.priced,
+                measured,
+                predicted,
+                seconds,
+                widths,
+                latency,
+            )
         )
     return outcomes
 
@@ -333,13 +463,16 @@ def default_path(source: str, cfg: DictConfig, budgets: dict[str, float]) -> Pat
 
 
 def table(outcome: Outcome) -> list[list[str]]:
-    """The per-layer table: sensitivity at each width, the chosen width, its bytes and BOPs."""
+    """The per-layer table: sensitivity at each width, the layer's int8 and (scaled) float
+    times that a latency budget prices, the chosen width, its bytes and BOPs."""
     hessian = any(score.trace is not None for score in outcome.scores.values())
+    latency = outcome.latency
     header = [
         "layer",
         "weights",
         *(["trace", "+-se"] if hessian else []),
         *(f"s@{b}" for b in outcome.widths),
+        *(["int8_ms", "float_ms"] if latency is not None else []),
         "wbits",
         "bytes",
         "BOPs",
@@ -354,6 +487,11 @@ def table(outcome: Outcome) -> list[list[str]]:
                 f"{score.params:,}",
                 *([f"{score.trace:.4g}", f"{score.trace_se:.2g}"] if hessian else []),
                 *(f"{score.by_width[b]:.3g}" for b in outcome.widths),
+                *(
+                    [f"{latency.cost(name, 8):.3f}", f"{latency.cost(name, FULL_PRECISION):.3f}"]
+                    if latency is not None
+                    else []
+                ),
                 str(chosen),
                 f"{cost[costs.SIZE]:,}",
                 f"{cost[costs.BOPS]:,}",

@@ -13,6 +13,15 @@ QAT run writes stays within it.
 BOPs: MACs x wbits x abits per layer (``lowbit.measure.complexity``), the abits of the run's
 plan; ``BOPS_REFERENCE_BITS`` squared per MAC is the uniform W8A8 model that ``bops_ratio``
 is relative to.
+
+Width 32 keeps a layer's weights float: 4 bytes a weight, the float32 tensor the packer writes
+for a layer it does not quantize, and MACs x 32 x abits BOPs, as ``count_bops`` counts a float
+weight. A float layer's weight also drops its grid from the file (the scale, per channel or in
+the header); the rest of the file is measured at the widest integer width, so it keeps those
+bytes and a float layer's price is an upper bound by them (the size printed is measured).
+
+Time (``budget.latency_ms``): each layer's int8 and float time in ONNX Runtime, measured by
+``lowbit.mixed.latency``.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from lowbit.measure.complexity import count_bops, count_macs
 from lowbit.mixed.allocation import Allocation, with_allocation
 from lowbit.quant.convert import LayerBits, quantize_model
 
-SIZE, BOPS = "size_bytes", "bops"
+SIZE, BOPS, LATENCY = "size_bytes", "bops", "latency_ms"
 BOPS_REFERENCE_BITS = 8
 SCALE_CHARS = 22  # repr of a positive float32 as a double: 17 digits, '.', 'e-05' at most
 HEADER_ALIGNMENT = 8  # safetensors pads its header to a multiple of 8 bytes

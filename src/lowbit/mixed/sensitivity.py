@@ -4,7 +4,9 @@ width: the scores the allocator (``lowbit.mixed.ilp``) sums and minimises.
 Three methods, chosen by name (``METHODS``), all on the float model in eval mode (BatchNorm on
 its running statistics), all on the same perturbation dW_b = Q_b(W) - Q_ref(W): the run's own
 weight quantizer at b bits, as it starts QAT from these weights (LSQ: its initial step), less
-the same quantizer at ``REFERENCE_BITS``. For grids that approximate W (LSQ, abs-max) Q_ref(W)
+the same quantizer at ``REFERENCE_BITS``. Width 32 keeps the layer's weights float: dW_32 = 0,
+so it scores 0 in every method (its cost is the float layer's bytes, BOPs and time,
+``lowbit.mixed.costs``). For grids that approximate W (LSQ, abs-max) Q_ref(W)
 is W; DoReFa's Eq. 9 maps W onto tanh(W) / max|tanh(W)| first, which no width undoes, so its
 scores measure the rounding in those normalised units, a rescaled W:
 
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.bit_widths import FULL_PRECISION
 from lowbit.quant.schemes import Scheme
 
 REFERENCE_BITS = 16  # Q_ref: the widest grid lowbit's quantizers take; LSQ's is W itself here
@@ -74,12 +77,17 @@ class Rounding:
 def roundings(
     scheme: Scheme, weights: dict[str, torch.Tensor], widths: list[int]
 ) -> dict[str, Rounding]:
-    """Q_ref(W) and dW_b = Q_b(W) - Q_ref(W) by layer (module docstring)."""
+    """Q_ref(W) and dW_b = Q_b(W) - Q_ref(W) by layer (module docstring); dW_32 = 0."""
     reference_bits = min(REFERENCE_BITS, max(scheme.weight_bits))
     result = {}
     for name, weight in weights.items():
         reference = quantized_weight(scheme, weight, reference_bits)
-        deltas = {b: quantized_weight(scheme, weight, b) - reference for b in widths}
+        deltas = {
+            b: torch.zeros_like(reference)
+            if b == FULL_PRECISION
+            else quantized_weight(scheme, weight, b) - reference
+            for b in widths
+        }
         result[name] = Rounding(reference, deltas)
     return result
 
