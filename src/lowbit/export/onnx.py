@@ -167,9 +167,13 @@ def save(proto: onnx.ModelProto, path: str | Path) -> Path:
 
 
 def session(
-    path: str | Path, threads: int = DEFAULT_THREADS, optimized_path: str | Path | None = None
+    path: str | Path,
+    threads: int = DEFAULT_THREADS,
+    optimized_path: str | Path | None = None,
+    profile_prefix: str | Path | None = None,
 ) -> ort.InferenceSession:
-    """A CPU InferenceSession with all graph optimizations and ``threads`` intra-op threads."""
+    """A CPU InferenceSession with all graph optimizations and ``threads`` intra-op threads;
+    ``profile_prefix``: ORT's profiler on, its JSON written there by ``end_profiling()``."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
@@ -178,6 +182,9 @@ def session(
     options.log_severity_level = 3  # no warning about hardware-specific optimized graphs
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -67,13 +67,30 @@ def check_openvino_setting(key: str, value) -> None:
         raise ConfigError(f"{key}=true but {missing}")
 
 
-def compiled_runner(core, path: str | Path, threads: int, precision: str | None = None):
-    """(Runner, the precision its float ops run in) of the ONNX model at ``path`` on the CPU
-    plugin; ``precision``: the ``INFERENCE_PRECISION_HINT`` (None: the plugin's default)."""
+def compiled_model(
+    core, path: str | Path, threads: int, precision: str | None = None, perf_count: bool = False
+):
+    """The ONNX model at ``path`` compiled for batch-1 latency on the CPU plugin (module
+    docstring); ``precision``: the ``INFERENCE_PRECISION_HINT`` (None: the plugin's default);
+    ``perf_count``: per-node counters on (``get_profiling_info``; scripts/deployed_profile.py)."""
     config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    if perf_count:
+        config["PERF_COUNT"] = True
+    return core.compile_model(core.read_model(str(path)), "CPU", config)
+
+
+def chosen_precision(compiled) -> str:
+    """The precision a compiled model's float ops run in: "bf16", "fp32" or "fp16"."""
+    chosen = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return PRECISION_LABELS.get(chosen, chosen)
+
+
+def compiled_runner(core, path: str | Path, threads: int, precision: str | None = None):
+    """(Runner, the precision its float ops run in) of the ONNX model at ``path`` on the CPU
+    plugin (``compiled_model``)."""
+    compiled = compiled_model(core, path, threads, precision)
     request = compiled.create_infer_request()
     outputs = compiled.outputs
 
@@ -81,8 +98,7 @@ def compiled_runner(core, path: str | Path, threads: int, precision: str | None 
         result = request.infer({0: x})
         return [result[output] for output in outputs]
 
-    chosen = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    return run, PRECISION_LABELS.get(chosen, chosen)
+    return run, chosen_precision(compiled)
 
 
 def openvino_runners(
@@ -118,6 +134,8 @@ def openvino_runners(
 __all__ = [
     "OpenVINORunners",
     "check_openvino_setting",
+    "chosen_precision",
+    "compiled_model",
     "compiled_runner",
     "openvino_missing",
     "openvino_runners",
