@@ -56,8 +56,20 @@ def tiny_model(make_cfg, model: str, quantizer: str):
     return network.eval(), datamodule
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("quantizer", config_groups()["quantizer"])
+def model_quantizer_cases() -> list:
+    """Every quantizer on NIN and each model with LSQ in the default suite; the rest of the
+    matrix is slow (``make test-slow``): ``qop`` is not the default form, and the default
+    ``qdq`` export runs for every model and quantizer in the end-to-end runs (test_train.py)."""
+    cases = []
+    for model in MODELS:
+        for quantizer in config_groups()["quantizer"]:
+            default = model == "nin" or quantizer == "lsq"
+            marks = () if default else (pytest.mark.slow,)
+            cases.append(pytest.param(model, quantizer, marks=marks, id=f"{quantizer}-{model}"))
+    return cases
+
+
+@pytest.mark.parametrize("model, quantizer", model_quantizer_cases())
 def test_every_model_and_quantizer_exports_both_forms_with_the_same_integers(
     make_cfg, tmp_path, model, quantizer
 ):
