@@ -25,10 +25,14 @@ the targets of issue 6 with whether they were met):
   its default precision: bf16 on AMX CPUs; both int8 graphs), for MobileNetV3-Small (224x224,
   1000 classes, symmetric PACT W8A8 with per-channel abs-max weights, PaddleOCR's recipe) and
   YOLOv3-tiny (416x416, 80 classes, the same quantizer), batch 1. Both quantizations calibrate
-  on the same random images (latency does not depend on them). Each model's best float path,
-  best lowbit int8 path and ``int8_speedup`` (best float over best int8; issue 31) are printed
-  under the table. ``--formats`` writes lowbit's graph in each ``export.format`` given (QDQ,
-  QOp) and times them in the same blocks; a graph OpenVINO cannot read has no OpenVINO row.
+  on the same random images (latency does not depend on them). A model's rows take turns in
+  10 rounds of interleaved blocks; each row's "paired x best float" is the median of the
+  round-by-round ratios of its round median to the best float path's, with the 95% interval of
+  that median (as ``train_step``'s). Each model's best float path, best lowbit int8 path and
+  ``int8_speedup`` (best float over best int8; issue 31), plain and paired with its interval,
+  are printed under the table. ``--formats`` writes lowbit's graph in each ``export.format``
+  given (QDQ, QOp) and times them in the same blocks; a graph OpenVINO cannot read has no
+  OpenVINO row.
   Targets: lowbit int8 (the default format) <= 1.10x ORT's static QDQ for each.
 - ``train_step``: SGD training step time (forward, loss, backward, step) of DoReFa W4A4 G32 and
   G8, PACT W4A4 and LSQ W4A4 over the FP32 step, NIN and MobileNetV3-Small (CIFAR stem, 32x32),
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -72,7 +77,7 @@ from lowbit.export import save_packed
 from lowbit.export.onnx_graph import DEFAULT_FORMAT, FORMATS
 from lowbit.export.packing import header_bytes, payload_bytes
 from lowbit.measure.size import size_limit_bytes
-from lowbit.measure.step_time import LAYOUTS, training_step_ratios
+from lowbit.measure.step_time import LAYOUTS, paired_ratio, training_step_ratios
 from lowbit.models import NIN, MobileNetV3, YOLOv3Tiny
 from lowbit.quant import quantize_model
 
@@ -204,7 +209,9 @@ def bench_latency(
     }
     timings = onnx_latency_table(paths, SHAPE, threads=threads, warmup=warmup, repeats=repeats)
     base = timings["ort_fp32"]["ms"]
-    results = {name: {**t, "over_ort_fp32": t["ms"] / base} for name, t in timings.items()}
+    results = {  # each round's times stay out of the JSON line
+        name: {**without_rounds(t), "over_ort_fp32": t["ms"] / base} for name, t in timings.items()
+    }
     results["torch_eager_fp32"] = {
         "ms": torch_fp32_ms(threads, warmup, repeats),
         "threads": threads,
@@ -270,6 +277,9 @@ DEPLOYED_PATHS = {
     "openvino_lowbit_int8": ("openvino", "int8 (lowbit {format})", "int8"),
 }
 LOWBIT_ROWS = ("lowbit_int8", "openvino_lowbit_int8")
+# Rounds of the deployed section's interleaved blocks: a paired ratio's 95% interval needs six
+# or more (lowbit.measure.step_time.median_interval); of ten it is the 2nd to the 9th.
+DEPLOYED_ROUNDS = 10
 
 
 def format_row(row: str, form: str) -> str:
@@ -321,6 +331,12 @@ def deployed_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str | 
     return runners, precision
 
 
+def without_rounds(timing: dict) -> dict:
+    """A runner's timing (``interleaved_latency``) without each round's times: the JSON line
+    keeps the summaries."""
+    return {key: value for key, value in timing.items() if key != "rounds_ms"}
+
+
 def bench_deployed(
     folder: Path,
     threads: int,
@@ -331,9 +347,12 @@ def bench_deployed(
     formats: tuple[str, ...] = (DEFAULT_FORMAT,),
 ) -> tuple[dict, str]:
     """The runtime x precision table of each deployed model (module docstring): every runner
-    of a model timed in the same interleaved blocks, each over ORT FP32, over ORT's static QDQ
-    and over the model's best float path; ``best_float``/``best_int8`` name the fastest float
-    and lowbit int8 runners, and ``int8_speedup`` is best float ms over best int8 ms. lowbit's
+    of a model timed round-robin in the same interleaved blocks (``DEPLOYED_ROUNDS`` rounds),
+    each over ORT FP32, over ORT's static QDQ and over the model's best float path, the last
+    also paired (``paired_over_best_float``: median and 95% interval of the round-by-round
+    ratios of round medians, ``paired_ratio``); ``best_float``/``best_int8`` name the fastest
+    float and lowbit int8 runners, ``int8_speedup`` is best float ms over best int8 ms, and
+    ``int8_speedup_paired`` (``_interval``, ``_coverage``) the same ratio paired. lowbit's
     int8 graph is written in each of ``formats`` (``export.format``), all timed together."""
     from lowbit.export.onnx import (
         export_fp32_onnx,
@@ -342,7 +361,8 @@ def bench_deployed(
         ort_static_qdq,
     )
 
-    results, rows = {}, []
+    results, rows, coverages = {}, [], set()
+    block = max(1, math.ceil(repeats / DEPLOYED_ROUNDS))
     for name, (model, shape) in deployed_models(quick).items():
         model.eval()
         images = torch.randn(calibration_count, *shape, generator=torch.Generator().manual_seed(0))
@@ -358,37 +378,53 @@ def bench_deployed(
             },
         }
         runners, precision = deployed_runners(paths, threads)
-        timings = interleaved_latency(runners, shape, threads, warmup=warmup, repeats=repeats)
+        timings = interleaved_latency(
+            runners, shape, threads, warmup=warmup, repeats=repeats, block=block
+        )
         best = {
             kind: min((t["ms"], key) for key, t in timings.items() if deployed_path(key)[2] == kind)
             for kind in ("float", "int8")
         }
         base, static = timings["ort_fp32"]["ms"], timings["ort_static_qdq"]["ms"]
+        # every runner's rounds are the same rounds: ratios of their medians are paired
+        rounds = {key: [statistics.median(r) for r in t["rounds_ms"]] for key, t in timings.items()}
+        best_float = rounds[best["float"][1]]
         results[name] = {
             key: {
-                **t,
+                **without_rounds(t),
                 "over_ort_fp32": t["ms"] / base,
                 "over_ort_static_qdq": t["ms"] / static,
                 "over_best_float": t["ms"] / best["float"][0],
+                "paired_over_best_float": paired_ratio(rounds[key], best_float),
             }
             for key, t in timings.items()
         }
+        speedup = paired_ratio(best_float, rounds[best["int8"][1]])
         results[name].update(
             best_float=best["float"][1],
             best_int8=best["int8"][1],
             int8_speedup=best["float"][0] / best["int8"][0],
+            int8_speedup_paired=speedup["median"],
+            int8_speedup_interval=speedup["interval"],
+            int8_speedup_coverage=speedup["coverage"],
+            rounds=len(best_float),
             openvino_default_precision=precision,
         )
+        coverages.add(speedup["coverage"])
         for key, t in timings.items():
             runtime, label = path_label(key, results[name]).split(" ", 1)
             ratios = (base, static, best["float"][0])
+            paired = results[name][key]["paired_over_best_float"]
             rows.append(
                 [name, runtime, label, f"{t['ms']:.3f}"]
                 + [f"{t['ms'] / ratio:.3f}" for ratio in ratios]
+                + [with_interval(paired["median"], paired["interval"])]
             )
+    coverage = "/".join(f"{c:.0%}" for c in sorted(coverages))
     text = table(
         f"Deployed latency, batch 1, {threads} threads, median of {repeats} runs in "
-        f"interleaved blocks",
+        f"{math.ceil(repeats / block)} interleaved rounds; paired: median of the round-by-round "
+        f"ratios of round medians [{coverage} interval of that median]",
         [
             "model",
             "runtime",
@@ -397,15 +433,30 @@ def bench_deployed(
             "x ORT FP32",
             "x ORT static QDQ",
             "x best float",
+            "paired x best float",
         ],
         rows,
     )
     speedups = [
         f"{name}: best float {path_label(r['best_float'], r)}, best int8 "
-        f"{path_label(r['best_int8'], r)}, int8 speedup {r['int8_speedup']:.3f}"
+        f"{path_label(r['best_int8'], r)}, int8 speedup {r['int8_speedup']:.3f}, paired "
+        f"{with_interval(r['int8_speedup_paired'], r['int8_speedup_interval'])}: "
+        f"{faster(r['int8_speedup_interval'])}"
         for name, r in results.items()
     ]
     return results, text + "\n".join(speedups) + "\n"
+
+
+def with_interval(value: float, interval: list[float]) -> str:
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def faster(speedup_interval: list[float]) -> str:
+    """Which path is faster, by the interval of the paired best-float-over-int8 ratio."""
+    low, high = speedup_interval
+    if low > 1:
+        return "int8 is faster"
+    return "the float path is faster" if high < 1 else "within noise"
 
 
 # A run's defaults (conf/quant): first/last layer 8-bit and the image quantized to 8 bits too.

@@ -59,6 +59,16 @@ def test_quick_run_of_every_section_reports_every_eager_target(capsys):
         assert entry["int8_speedup"] == pytest.approx(
             min(kinds["float"])[0] / min(kinds["int8"])[0]
         )
+        # paired: the median of the round-by-round ratios, inside its interval (#31)
+        assert entry["rounds"] == 3  # --quick: 3 repeats, one run per round
+        assert entry[entry["best_float"]]["paired_over_best_float"]["interval"] == [1.0, 1.0]
+        for key in bench.DEPLOYED_PATHS.keys() & entry.keys():
+            paired = entry[key]["paired_over_best_float"]
+            assert paired["interval"][0] <= paired["median"] <= paired["interval"][1], key
+            assert "rounds_ms" not in entry[key]  # each round's times stay out of the JSON
+        low, high = entry["int8_speedup_interval"]
+        assert low <= entry["int8_speedup_paired"] <= high
+        assert 0 < entry["int8_speedup_coverage"] < 1
 
 
 def test_train_step_section_covers_both_models_and_every_method(capsys):

@@ -257,19 +257,23 @@ def interleaved_latency(
     alike, and no block is timed while another runtime's threads still spin (ORT's workers spin
     for a while after each run; run-by-run alternation measured that, not the models: it made
     NIN's FP32 graph look 4x slower than it runs alone). ``threads`` is recorded, not set: each
-    runner was built with it. Returns {"ms": median, "min_ms", "max_ms", "threads"} per name.
+    runner was built with it. Returns {"ms": median, "min_ms", "max_ms", "threads",
+    "rounds_ms"} per name; ``rounds_ms`` holds each round's block of times, the same rounds for
+    every runner, so two runners can be compared round by round (paired).
     """
     if repeats < 1 or warmup < 0 or block < 1:
         raise ValueError("latency needs repeats >= 1, warmup >= 0 and block >= 1")
     x = timing_input(input_shape)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    while any(len(values) < repeats for values in times.values()):
+    rounds: dict[str, list[list[float]]] = {name: [] for name in runners}
+    for start in range(0, repeats, block):
         for name, run in runners.items():
             for _ in range(warmup):
                 run(x)
-            for _ in range(min(block, repeats - len(times[name]))):
-                times[name].append(_timed(run, x))
-    return {name: _summary(values, threads) for name, values in times.items()}
+            rounds[name].append([_timed(run, x) for _ in range(min(block, repeats - start))])
+    return {
+        name: {**_summary([t for r in blocks for t in r], threads), "rounds_ms": blocks}
+        for name, blocks in rounds.items()
+    }
 
 
 def onnx_latency_table(
@@ -293,7 +297,8 @@ def onnx_latency_ms(
 ) -> dict[str, float]:
     """{"ms": median, "min_ms", "max_ms", "threads"} of batch-1 runs of one ONNX model in ORT."""
     timing = {"warmup": warmup, "repeats": repeats}
-    return onnx_latency_table({"model": path}, input_shape, threads, **timing)["model"]
+    measured = onnx_latency_table({"model": path}, input_shape, threads, **timing)["model"]
+    return {key: value for key, value in measured.items() if key != "rounds_ms"}
 
 
 @torch.no_grad()

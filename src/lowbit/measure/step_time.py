@@ -58,10 +58,11 @@ def median_interval(
     return ordered[k - 1], ordered[n - k], 1 - 2 * below
 
 
-def _paired(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, Any]:
+def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, Any]:
     """Median and 95% interval of the per-round ratios (``median_interval``; ``coverage`` is
-    below 0.95 under six rounds): each round timed both steps back to back, so a slow stretch
-    of the machine divides out of each ratio."""
+    below 0.95 under six rounds): each round timed both back to back, so a slow stretch of the
+    machine divides out of each ratio. The training step's ratios and the deployed latency
+    table's (``scripts/bench.py``) both come from here."""
     ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
     low, high, coverage = median_interval(ratios)
     return {"median": statistics.median(ratios), "interval": [low, high], "coverage": coverage}
@@ -171,7 +172,7 @@ def training_step_ratios(
         reference = key(baseline, layout)
         for config_name in configs:
             name = key(config_name, layout)
-            paired = _paired(times[name], times[reference])
+            paired = paired_ratio(times[name], times[reference])
             results[name] = {
                 "ms": medians[name],
                 "ratio": 1.0 if name == reference else medians[name] / medians[reference],
@@ -194,7 +195,7 @@ def training_step_ratios(
                     else {}
                 ),
                 **(
-                    {"over_first_layout": _paired(times[name], times[config_name])}
+                    {"over_first_layout": paired_ratio(times[name], times[config_name])}
                     if layout != layouts[0]
                     else {}
                 ),
