@@ -26,16 +26,7 @@ def tiny_model() -> nn.Module:
         nn.ReLU(),
         nn.Conv2d(8, 16, 1),
     )
-    return quantize_model(
-        net,
-        input_shape=SHAPE,
-        quantizer="pact_symmetric",
-        wbits=8,
-        abits=8,
-        gbits=32,
-        weight_quantizer="channel_wise_abs_max",
-        alpha_init=6.0,
-    )
+    return quantize_model(net, input_shape=SHAPE, **load_script("bench").DEPLOYED_QUANT)
 
 
 def test_each_conv_layer_has_a_row_with_time_in_int8_and_both_float_precisions(tmp_path):

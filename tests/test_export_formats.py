@@ -26,12 +26,8 @@ INTEGER_OPS = {"QLinearConv", "QGemm"}  # what ORT fuses an integer layer of a Q
 MODELS = [model for model in config_groups()["model"] if model != "mobilenetv3_large"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# ONNX Runtime and torch on one thread each: the suite shares two cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def requantized_float_layers(graph: onnx.GraphProto) -> list[str]:

@@ -586,20 +586,26 @@ def test_a_qat_run_of_an_allocation_packs_within_its_budget(fp32_run, tmp_path, 
     assert abs(results["metrics"]["model/size_bytes"] - json.loads(out[-1])["size_bytes"]) < 64
 
 
+def mixed_payload(allocation: str | None, seed: int, record: dict | None) -> dict:
+    """A results.json of an LSQ NIN run, trained from ``allocation`` (its ``record``) or not."""
+    return {
+        "status": "ok",
+        "model": "nin",
+        "dataset": "digits",
+        "seed": seed,
+        "quant": {**LSQ_QUANT, "allocation": allocation},
+        "metrics": {"val/acc_best": 0.9},
+        **({"allocation": record} if record else {}),
+    }
+
+
 def test_the_report_marks_a_mixed_run_apart_from_the_uniform_ones():
     from lowbit.report.configs import group_configurations
     from lowbit.report.runs import run_from_results
 
     def payload(allocation: str | None, seed: int) -> dict:
-        return {
-            "status": "ok",
-            "model": "nin",
-            "dataset": "digits",
-            "seed": seed,
-            "quant": {**LSQ_QUANT, "allocation": allocation},
-            "metrics": {"val/acc_best": 0.9},
-            **({"allocation": {"wbits": {"features.1.0": 2}}} if allocation else {}),
-        }
+        record = {"wbits": {"features.1.0": 2}} if allocation else None
+        return mixed_payload(allocation, seed, record)
 
     runs = [run_from_results(payload(a, s)) for a in (None, "h.yaml", "f.yaml") for s in (0, 1)]
     assert [r.wbits for r in runs] == [4, 4, None, None, None, None]
@@ -619,20 +625,13 @@ def test_the_report_pools_the_seeds_of_one_allocation_recipe_whatever_their_file
 
     def payload(budget: float, seed: int) -> dict:
         file = f"fp32-s{seed}/allocations/lsq-hessian-sizekb{budget:g}.yaml"
-        return {
-            "status": "ok",
-            "model": "nin",
-            "dataset": "digits",
-            "seed": seed,
-            "quant": {**LSQ_QUANT, "allocation": file},
-            "metrics": {"val/acc_best": 0.9},
-            "allocation": {
-                "path": file,
-                "wbits": {"features.1.0": 2 + seed},
-                "method": "hessian",
-                "budget": {"size_kb": budget},
-            },
+        record = {
+            "path": file,
+            "wbits": {"features.1.0": 2 + seed},
+            "method": "hessian",
+            "budget": {"size_kb": budget},
         }
+        return mixed_payload(file, seed, record)
 
     runs = [run_from_results(payload(b, s)) for b in (340, 400) for s in (0, 1, 2)]
     configurations = group_configurations(runs)

@@ -39,12 +39,8 @@ SHAPE = (3, 16, 16)
 ROOT = CONFIG_DIR.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# ONNX Runtime and torch on one thread each: the suite shares two cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def nin(quantizer: str, bits: int, seed: int = 0, **options) -> nn.Module:
