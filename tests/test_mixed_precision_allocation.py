@@ -5,6 +5,7 @@ scripts/allocate.py on a trained run, then train.py quant.allocation=FILE."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import re
@@ -424,6 +425,16 @@ def test_a_list_of_budgets_makes_one_allocation_each_from_one_scoring(fp32_run, 
     assert last["train"] == (
         f"python train.py -m quant.allocation={files[0]},{files[1]} quantizer=lsq init={fp32_run}"
     )
+    # scripts/allocations_table.py: one row per file, by budget, with every layer's width
+    table = load_script("allocations_table")
+    assert table.main([str(f) for f in reversed(files)]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [row["budget_size_kb"] for row in rows] == ["290", "340"]
+    for row, entry, body in zip(rows, last["allocations"], written):
+        assert int(row["size_bytes"]) == entry["size_bytes"]
+        assert {n: int(row[n]) for n in body["overrides"]} == {
+            n: bits["wbits"] for n, bits in body["overrides"].items()
+        }
     # the multirun's override parses into one job per file
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
