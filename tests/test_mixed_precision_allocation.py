@@ -217,6 +217,29 @@ def test_hutchinson_traces_agree_with_the_exact_hessian_within_their_standard_er
         assert abs(mean - exact) < 4 * error, (name, mean, exact, error)
 
 
+def test_the_hessian_runs_through_mobilenet_gates_and_puts_them_back():
+    """torch cannot differentiate hardsigmoid's or hardswish's backward: the Hessian pass swaps
+    them for the same functions in clamps, which give the same outputs, and puts them back."""
+    from lowbit.mixed.sensitivity import twice_differentiable
+    from lowbit.models import MobileNetV3
+
+    torch.manual_seed(0)
+    model = MobileNetV3("small", num_classes=10, stem="cifar").eval()
+    images, labels = torch.randn(4, *SHAPE), torch.randint(0, 10, (4,))
+    kinds = [type(m) for m in model.modules()]
+    with torch.no_grad(), twice_differentiable(model):
+        assert nn.Hardswish not in {type(m) for m in model.modules()}
+        swapped = model(images)
+    assert [type(m) for m in model.modules()] == kinds
+    with torch.no_grad():
+        assert torch.allclose(swapped, model(images), atol=1e-5)
+    layers = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)][1:4]
+    scores, _ = layer_sensitivity(
+        "hessian", model, LSQ(), layers, [2, 8], [(images, labels)], samples=2
+    )
+    assert all(score.trace is not None for score in scores.values())
+
+
 @pytest.mark.parametrize("method", ["hessian", "fisher", "ablation"])
 def test_each_method_scores_every_width_and_leaves_the_model_as_it_was(method):
     model, batches = Tiny(), tiny_batches()

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +115,43 @@ def rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
 
 
+class ClampHardsigmoid(nn.Module):
+    """hardsigmoid(x) = clamp(x + 3, 0, 6) / 6, written with ops autograd differentiates twice:
+    torch has no derivative of ``hardsigmoid_backward`` (MobileNetV3's gates)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x + 3, 0, 6) / 6
+
+
+class ClampHardswish(nn.Module):
+    """hardswish(x) = x * clamp(x + 3, 0, 6) / 6 (as ``ClampHardsigmoid``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.clamp(x + 3, 0, 6) / 6
+
+
+TWICE_DIFFERENTIABLE = {nn.Hardsigmoid: ClampHardsigmoid, nn.Hardswish: ClampHardswish}
+
+
+@contextmanager
+def twice_differentiable(model: nn.Module) -> Iterator[None]:
+    """The model with every activation whose backward torch cannot differentiate swapped for
+    the same function in clamps (``TWICE_DIFFERENTIABLE``), put back after: the double
+    backward of Hessian-vector products runs through them."""
+    swapped = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            replacement = TWICE_DIFFERENTIABLE.get(type(child))
+            if replacement is not None:
+                swapped.append((parent, name, child))
+                setattr(parent, name, replacement())
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
 def hutchinson_traces(
     model: nn.Module,
     weights: dict[str, nn.Parameter],
@@ -143,7 +181,8 @@ def hutchinson_traces(
 
 def hessian(probe: Probe) -> dict[str, LayerSensitivity]:
     model, weights, rounded = probe.model, probe.weights, probe.rounded
-    traces = hutchinson_traces(model, weights, probe.batches, probe.samples, probe.seed)
+    with twice_differentiable(model):
+        traces = hutchinson_traces(model, weights, probe.batches, probe.samples, probe.seed)
     result = {}
     for name, weight in weights.items():
         trace, error = traces[name]
