@@ -8,14 +8,13 @@ be 30x slower), so the file stays fast.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 from onnx import numpy_helper
 from torch import nn
 
@@ -328,41 +327,25 @@ def test_export_run_writes_models_and_merges_metrics(tmp_path):
     ],
     ids=["missing", "unfinished"],
 )
-def test_script_refuses_bad_run_dirs_with_one_line(tmp_path, setup, words):
+def test_script_refuses_bad_run_dirs_with_one_line(tmp_path, capsys, setup, words):
     run_dir = tmp_path / "run"
     setup(run_dir)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "export.py"), str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2
-    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert done.stdout == ""
+    with pytest.raises(SystemExit) as stopped:  # in-process: the command line's main
+        load_script("export").main([str(run_dir)])
+    assert stopped.value.code == 2
+    out, err = capsys.readouterr()
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert out == ""
 
 
-def test_parity_script_prints_each_layer_and_a_json_line(tmp_path):
+def test_parity_script_prints_each_layer_and_a_json_line(tmp_path, capsys):
     torch.manual_seed(0)
     model = quantize_model(
         NIN(num_classes=10), input_shape=(3, 32, 32), quantizer="pact", wbits=4, abits=4, gbits=32
     )
     finished_run(tmp_path, model)
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "export.py"),
-            "--parity",
-            "--threads",
-            "1",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
+    load_script("export").main(["--parity", "--images", "16", "--threads", "1", str(tmp_path)])
+    lines = capsys.readouterr().out.strip().splitlines()
     rows = json.loads(lines[-1])["parity"]
     quantized = [
         name for name, module in model.named_modules() if getattr(module, "abits", 32) < 32
@@ -379,7 +362,7 @@ def test_parity_script_prints_each_layer_and_a_json_line(tmp_path):
     assert len(lines) == len(rows) + 2  # header, one line per layer, the JSON line
 
 
-def test_parity_summary_writes_one_csv_row_per_run(tmp_path):
+def test_parity_summary_writes_one_csv_row_per_run(tmp_path, capsys):
     import csv
     import io
 
@@ -395,17 +378,14 @@ def test_parity_summary_writes_one_csv_row_per_run(tmp_path):
     )
     model.train()(torch.rand(8, 3, 32, 32))  # the image range, from a training batch
     finished_run(tmp_path, model.eval(), input_bits=8)
-    script = ROOT / "scripts" / "parity_summary.py"
-    command = [sys.executable, str(script), "--images", "8", "--threads", "1", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    (row,) = list(csv.DictReader(io.StringIO(done.stdout)))
+    script = load_script("parity_summary")  # in-process: the command line's main
+    script.main(["--images", "8", "--threads", "1", str(tmp_path)])
+    (row,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["integer_layers"] == "9" and row["layers_differing"] == "0"
     assert row["images"] == "8" and int(row["codes_compared"]) > 0
-    missing = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True
-    )
-    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as stopped:
+        script.main([str(tmp_path / "nope")])
+    assert stopped.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
