@@ -27,6 +27,7 @@ from lowbit.cli import fail
 from lowbit.errors import ConfigError
 from lowbit.measure.profile import aligned
 from lowbit.mixed.allocate import allocate, compose_for, table, train_command
+from lowbit.mixed.sensitivity import uncertain_traces
 
 
 def main(argv: list[str]) -> None:
@@ -60,6 +61,14 @@ def print_outcome(outcome, several: bool) -> None:
         f"{measured.bops:,} BOPs ({details['bops_ratio']:.4f} of W8A8); "
         f"allocation written to {outcome.path}"
     )
+    uncertain = uncertain_traces(outcome.scores)
+    if uncertain:
+        named = ", ".join(uncertain[:3]) + (", ..." if len(uncertain) > 3 else "")
+        print(
+            f"note: {len(uncertain)} of {len(outcome.scores)} layers have a trace within 2 "
+            f"standard errors of 0 ({named}): their scores are noise; more "
+            f"sensitivity.samples or sensitivity.batches narrow them"
+        )
     latency = outcome.latency
     if latency is not None:
         widths = outcome.allocation.widths

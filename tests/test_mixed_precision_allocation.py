@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 
@@ -215,6 +216,19 @@ def test_hutchinson_traces_agree_with_the_exact_hessian_within_their_standard_er
         mean, error = estimated[name]
         assert 0 < error < abs(exact)
         assert abs(mean - exact) < 4 * error, (name, mean, exact, error)
+
+
+def test_traces_within_two_standard_errors_of_zero_are_named_uncertain():
+    from lowbit.mixed.sensitivity import LayerSensitivity, uncertain_traces
+
+    scores = {
+        "clear": LayerSensitivity("clear", 9, {2: 1.0}, trace=10.0, trace_se=1.0),
+        "noise": LayerSensitivity("noise", 9, {2: 0.1}, trace=1.0, trace_se=1.0),
+        "negative": LayerSensitivity("negative", 9, {2: 0.0}, trace=-3.0, trace_se=2.0),
+        "one_sample": LayerSensitivity("one_sample", 9, {2: 1.0}, trace=1.0, trace_se=math.nan),
+        "fisher": LayerSensitivity("fisher", 9, {2: 1.0}),
+    }
+    assert uncertain_traces(scores) == ["noise", "negative"]
 
 
 def test_the_hessian_runs_through_mobilenet_gates_and_puts_them_back():

@@ -238,6 +238,20 @@ def ablation(probe: Probe) -> dict[str, LayerSensitivity]:
     return result
 
 
+def uncertain_traces(scores: dict[str, LayerSensitivity], z: float = 2.0) -> list[str]:
+    """The layers whose Hutchinson trace is within ``z`` standard errors of 0: their scores
+    are the estimate's noise (a trace below 0 scores 0, so the allocator gives such a layer the
+    narrowest width at no cost). More ``sensitivity.samples`` or ``batches`` narrow them."""
+    return [
+        name
+        for name, score in scores.items()
+        if score.trace is not None
+        and score.trace_se is not None
+        and math.isfinite(score.trace_se)
+        and abs(score.trace) < z * score.trace_se
+    ]
+
+
 METHODS: dict[str, Callable[[Probe], dict[str, LayerSensitivity]]] = {
     "hessian": hessian,
     "fisher": fisher,
