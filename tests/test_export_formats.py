@@ -53,13 +53,14 @@ def tiny_model(make_cfg, model: str, quantizer: str):
 
 
 def model_quantizer_cases() -> list:
-    """Every quantizer on NIN and each model with LSQ in the default suite; the rest of the
-    matrix is slow (``make test-slow``): ``qop`` is not the default form, and the default
-    ``qdq`` export runs for every model and quantizer in the end-to-end runs (test_train.py)."""
+    """NIN with DoReFa, PACT and LSQ (the three rounding schemes: tanh-normalised, clipped,
+    learned step) and each model with LSQ in the default suite; the rest of the matrix is slow
+    (``make test-slow``): ``qop`` is not the default form, and the default ``qdq`` export runs
+    for every model and quantizer in the end-to-end runs (test_train.py)."""
     cases = []
     for model in MODELS:
         for quantizer in config_groups()["quantizer"]:
-            default = model == "nin" or quantizer == "lsq"
+            default = quantizer == "lsq" or (model == "nin" and quantizer in ("dorefa", "pact"))
             marks = () if default else (pytest.mark.slow,)
             cases.append(pytest.param(model, quantizer, marks=marks, id=f"{quantizer}-{model}"))
     return cases
