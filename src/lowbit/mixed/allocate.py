@@ -13,7 +13,7 @@ Every check runs before the model is scored; bad input is one ConfigError line.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def budgets_of(cfg: DictConfig) -> list[dict[str, float]]:
     ]
 
 
-def check_widths(widths: list[int], scheme, budgets: dict[str, float]) -> list[int]:
+def check_widths(widths: list[int], scheme, latency_budget: bool) -> list[int]:
     """The candidate widths, sorted: the quantizer's weight widths or 32 (float weights), at
     least one below 32; under a latency budget none of 9-16, which no ONNX Runtime kernel runs
     as trained (``lowbit.mixed.latency``)."""
@@ -127,7 +127,7 @@ def check_widths(widths: list[int], scheme, budgets: dict[str, float]) -> list[i
             f"at least one below {FULL_PRECISION}"
         )
     between = sorted({b for b in widths if INT8_KERNEL_BITS < b < FULL_PRECISION})
-    if "latency_ms" in budgets and between:
+    if latency_budget and between:
         raise ConfigError(
             f"widths={widths} with budget.latency_ms: ONNX Runtime runs widths <= "
             f"{INT8_KERNEL_BITS} on int8 kernels and {FULL_PRECISION} on float ones; "
@@ -214,7 +214,7 @@ def measure_latency(
             model,
             quant,
             layers,
-            max(b for b in widths if b <= INT8_KERNEL_BITS),
+            integer_widest(widths),  # widths 9-16 are refused under a latency budget
             shape,
             calibration_images(datamodule),
             threads=int(export.get("threads", THREADS)),
@@ -225,17 +225,21 @@ def measure_latency(
         raise ConfigError(f"budget.latency_ms needs the integer ONNX export: {error}") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pricing:
     """The costs of an allocation problem: each allocated layer's at each width, the rest of the
-    model's (``fixed``), the budgets' limits by cost, and the W8A8 BOPs ``bops_ratio`` scales."""
+    model's (``fixed``), the W8A8 BOPs ``bops_ratio`` scales, the links between layers that a
+    latency budget charges, and, once ``within`` set them, the budgets and their limits by
+    cost."""
 
     priced: dict[str, dict[int, dict[str, float]]]
     fixed: dict[str, float]
-    limits: dict[str, float]
-    budgets: dict[str, float]
     reference: int
     links: list[ilp.Link]
+    widths: list[int]
+    latency: LatencyTable | None
+    budgets: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)
 
 
 def price(
@@ -246,12 +250,11 @@ def price(
     widths: list[int],
     shape: tuple[int, ...],
     quantizer: str,
-    budgets: dict[str, float],
     latency: LatencyTable | None = None,
 ) -> Pricing:
-    """Every width's cost, and ConfigError naming the smallest budget when no allocation fits:
-    measured before any scoring. Bytes and BOPs besides the allocated layers' are measured at
-    the widest width below 32 (``lowbit.mixed.costs``); time, with ``latency``, is its table's."""
+    """Every width's cost, whatever the budget: measured once before any scoring. Bytes and
+    BOPs besides the allocated layers' are measured at the widest width below 32
+    (``lowbit.mixed.costs``); time, with ``latency``, is its table's."""
     priced: dict[str, dict[int, dict[str, float]]] = costs.width_costs(
         model, plan, layers, widths, shape
     )
@@ -272,21 +275,31 @@ def price(
         for name in layers:
             for b in widths:
                 priced[name][b][costs.LATENCY] = latency.cost(name, b)
-    scale = {"size_kb": 1000, "bops_ratio": reference, "latency_ms": 1}
-    limits = {BUDGETS[key]: value * scale[key] for key, value in budgets.items()}
     links = junction_links(latency, widths)
-    free = {name: [ilp.Option(b, 0.0, priced[name][b]) for b in widths] for name in layers}
-    for key, value in budgets.items():  # before any scoring: is there an allocation at all?
+    return Pricing(priced, fixed, reference, links, widths, latency)
+
+
+def within(pricing: Pricing, budgets: dict[str, float]) -> Pricing:
+    """``pricing`` under ``budgets``, their limits in its units; ConfigError naming the smallest
+    budget when no allocation fits (before any scoring)."""
+    scale = {"size_kb": 1000, "bops_ratio": pricing.reference, "latency_ms": 1}
+    limits = {BUDGETS[key]: value * scale[key] for key, value in budgets.items()}
+    free = {
+        name: [ilp.Option(b, 0.0, by_width[b]) for b in pricing.widths]
+        for name, by_width in pricing.priced.items()
+    }
+    for key, value in budgets.items():  # is there an allocation at all?
         cost = BUDGETS[key]
-        least = fixed[cost] + ilp.cheapest(free, cost, links)
+        least = pricing.fixed[cost] + ilp.cheapest(free, cost, pricing.links)
         if least > limits[cost]:
-            shown = smallest_budget(key, least, reference)
+            shown = smallest_budget(key, least, pricing.reference)
             which = "fastest" if key == "latency_ms" else "smallest"
+            words = cheapest_words(key, pricing.widths, pricing.latency)
             raise ConfigError(
                 f"budget.{key}={value:g} is below the {which} allocation's {key}={shown} "
-                f"({cheapest_words(key, widths, latency)}): use budget.{key}>={shown}"
+                f"({words}): use budget.{key}>={shown}"
             )
-    return Pricing(priced, fixed, limits, budgets, reference, links)
+    return replace(pricing, budgets=budgets, limits=limits)
 
 
 def solve_within(
@@ -343,7 +356,7 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
         raise ConfigError("scripts/allocate.py scores classification models (cross-entropy)")
     shape = datamodule.image_shape
     scheme, plan = plan_quantization(model, input_shape=shape, **quant)
-    any_latency = {"latency_ms": 0.0} if any("latency_ms" in b for b in budget_sets) else {}
+    any_latency = any("latency_ms" in budgets for budgets in budget_sets)
     widths = check_widths(list(cfg.widths), scheme, any_latency)
     edges = edge_layers(model)
     layers = [n for n, bits in plan.items() if n not in edges and not bits.is_full_precision]
@@ -362,10 +375,8 @@ def allocate(cfg: DictConfig, source: str) -> list[Outcome]:
                 f"codes: allocated layers have abits {wide}; use quant.abits<={INT8_KERNEL_BITS}"
             )
         latency = measure_latency(cfg, model, quant, layers, widths, shape, datamodule)
-    pricings = [
-        price(model, quant, plan, layers, widths, shape, scheme.name, budgets, latency)
-        for budgets in budget_sets
-    ]
+    pricing = price(model, quant, plan, layers, widths, shape, scheme.name, latency)
+    pricings = [within(pricing, budgets) for budgets in budget_sets]
 
     split = SPLITS[cfg.method]
     loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
