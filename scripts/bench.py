@@ -249,10 +249,13 @@ DEPLOYED_QUANT = dict(
 )
 
 
-def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
+def deployed_models(
+    quick: bool = False, requantize_outputs: bool = True
+) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
     """The deployed section's networks, quantized W8A8 as their presets train them (a quick
-    smoke run uses smaller images)."""
-    quant = dict(**DEPLOYED_QUANT, **BITS)
+    smoke run uses smaller images); ``requantize_outputs``: ``quant.requantize_outputs``, the
+    same weights either way."""
+    quant = dict(**DEPLOYED_QUANT, **BITS, requantize_outputs=requantize_outputs)
     mobilenet_side, yolo_side = (64, 128) if quick else (224, 416)
     torch.manual_seed(0)
     mobilenet = MobileNetV3("small", num_classes=1000)
@@ -269,18 +272,27 @@ def deployed_models(quick: bool = False) -> dict[str, tuple[torch.nn.Module, tup
 
 
 # The deployed section's rows: runtime, precision and kind of each runner (int8 or float).
-# lowbit's int8 rows are those of the export's default format (export.format); another format
-# given to --formats adds rows named with it: lowbit_int8_qop, openvino_lowbit_int8_qop.
+# lowbit's ONNX Runtime row is the export's default format (export.format); another format given
+# to --formats adds a row named with it (lowbit_int8_qop). OpenVINO runs lowbit's integers in its
+# own form, as the export does (lowbit.export.openvino_form), whatever the format. The
+# float_outputs rows are the same weights trained without output requantizers
+# (quant.requantize_outputs=false; docs/export.md, "Two contracts").
 DEPLOYED_PATHS = {
     "ort_fp32": ("onnxruntime", "fp32", "float"),
     "ort_static_qdq": ("onnxruntime", "int8 (ORT static QDQ)", "reference"),
     "lowbit_int8": ("onnxruntime", "int8 (lowbit {format})", "int8"),
+    "lowbit_int8_float_outputs": ("onnxruntime", "int8 (lowbit qdq, float outputs)", "int8"),
     "openvino_fp32": ("openvino", "fp32", "float"),
     "openvino_default": ("openvino", "{precision} (default)", "float"),
     "openvino_static_qdq": ("openvino", "int8 (ORT static QDQ)", "reference"),
-    "openvino_lowbit_int8": ("openvino", "int8 (lowbit {format})", "int8"),
+    "openvino_lowbit_int8": ("openvino", "int8 (lowbit, OpenVINO's form)", "int8"),
+    "openvino_lowbit_int8_float_outputs": (
+        "openvino",
+        "int8 (lowbit, OpenVINO's form, float outputs)",
+        "int8",
+    ),
 }
-LOWBIT_ROWS = ("lowbit_int8", "openvino_lowbit_int8")
+LOWBIT_ROWS = ("lowbit_int8",)
 # Rounds of the deployed section's interleaved blocks: a paired ratio's 95% interval needs six
 # or more (lowbit.measure.step_time.median_interval); of ten it is the 2nd to the 9th.
 DEPLOYED_ROUNDS = 10
@@ -307,11 +319,13 @@ def path_label(key: str, entry: dict) -> str:
     return f"{runtime} {label.format(precision=entry['openvino_default_precision'])}"
 
 
-def deployed_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str | None]:
+def deployed_runners(
+    paths: dict[str, Path], threads: int, openvino_paths: dict[str, Path]
+) -> tuple[dict, str | None]:
     """ONNX Runtime's sessions of ``paths`` and, where OpenVINO is installed, its compiled
-    models of the same files (``lowbit.export.openvino_run``); with OpenVINO's default
-    precision (None without it). A graph OpenVINO cannot read (lowbit's qop: its QLinearConv
-    reader takes per-tensor weight scales only) has no OpenVINO row, and a line says why."""
+    models (``lowbit.export.openvino_run``) of the float file and ORT's static QDQ file, and of
+    ``openvino_paths`` (lowbit's integers in OpenVINO's form, by row); with OpenVINO's default
+    precision (None without it). A graph OpenVINO cannot read has no row, and a line says why."""
     from lowbit.errors import one_line
     from lowbit.export.onnx import ort_runner
     from lowbit.export.openvino_run import compiled_runner, openvino_missing
@@ -326,10 +340,10 @@ def deployed_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str | 
     core = openvino.Core()
     runners["openvino_fp32"], _ = compiled_runner(core, paths["ort_fp32"], threads, "f32")
     runners["openvino_default"], precision = compiled_runner(core, paths["ort_fp32"], threads)
-    for name in paths.keys() - {"ort_fp32"}:
-        row = f"openvino_{name.removeprefix('ort_')}"
+    files = {"openvino_static_qdq": paths["ort_static_qdq"], **openvino_paths}
+    for row, path in files.items():
         try:
-            runners[row], _ = compiled_runner(core, paths[name], threads)
+            runners[row], _ = compiled_runner(core, path, threads)
         except RuntimeError as error:
             print(f"deployed: {row} skipped: {one_line(error, max_lines=6)}", file=sys.stderr)
     return runners, precision
@@ -364,9 +378,11 @@ def bench_deployed(
         interleaved_latency,
         ort_static_qdq,
     )
+    from lowbit.export.openvino_form import write_openvino_form
 
     results, rows, coverages = {}, [], set()
     block = max(1, math.ceil(repeats / DEPLOYED_ROUNDS))
+    float_outputs = deployed_models(quick, requantize_outputs=False)
     for name, (model, shape) in deployed_models(quick).items():
         model.eval()
         images = torch.randn(calibration_count, *shape, generator=torch.Generator().manual_seed(0))
@@ -380,8 +396,20 @@ def bench_deployed(
                 )
                 for form in formats
             },
+            "lowbit_int8_float_outputs": export_int8_onnx(
+                float_outputs[name][0].eval(), shape, folder / f"{name}_int8_fo.onnx", images
+            ),
         }
-        runners, precision = deployed_runners(paths, threads)
+        qdq = paths.get(format_row("lowbit_int8", "qdq")) or export_int8_onnx(
+            model, shape, folder / f"{name}_int8_qdq.onnx", images, form="qdq"
+        )
+        openvino_paths = {
+            "openvino_lowbit_int8": write_openvino_form(qdq, folder / f"{name}_int8_ov.onnx"),
+            "openvino_lowbit_int8_float_outputs": write_openvino_form(
+                paths["lowbit_int8_float_outputs"], folder / f"{name}_int8_fo_ov.onnx"
+            ),
+        }
+        runners, precision = deployed_runners(paths, threads, openvino_paths)
         timings = interleaved_latency(
             runners, shape, threads, warmup=warmup, repeats=repeats, block=block
         )

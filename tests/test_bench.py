@@ -171,12 +171,15 @@ def test_deployed_rows_name_the_format_of_lowbits_graph():
     """--formats adds rows named after the format; the default format's keep their names."""
     bench = bench_module()
     assert bench.format_row("lowbit_int8", "qdq") == "lowbit_int8"
-    assert bench.format_row("openvino_lowbit_int8", "qop") == "openvino_lowbit_int8_qop"
+    assert bench.format_row("lowbit_int8", "qop") == "lowbit_int8_qop"
     assert bench.deployed_path("lowbit_int8") == ("onnxruntime", "int8 (lowbit qdq)", "int8")
-    assert bench.deployed_path("openvino_lowbit_int8_qop") == (
+    assert bench.deployed_path("lowbit_int8_qop") == ("onnxruntime", "int8 (lowbit qop)", "int8")
+    # OpenVINO runs lowbit's integers in its own form whatever the format (openvino_form)
+    assert bench.deployed_path("openvino_lowbit_int8") == (
         "openvino",
-        "int8 (lowbit qop)",
+        "int8 (lowbit, OpenVINO's form)",
         "int8",
     )
+    assert bench.deployed_path("lowbit_int8_float_outputs")[2] == "int8"
     # ORT's own QDQ quantization is not a format of lowbit's
     assert bench.deployed_path("ort_static_qdq") == bench.DEPLOYED_PATHS["ort_static_qdq"]

@@ -150,6 +150,7 @@ BAD_VALUES = {
     "quant.input_bits": 12,
     "quant.overrides": ["a"],
     "quant.signed_inputs": "sometimes",
+    "quant.requantize_outputs": "maybe",
     "quant.act_scale": 0,
     "quant.alpha_init": -1,
     "quant.alpha_decay": -1e-4,

@@ -136,9 +136,10 @@ def quantize(
 ) -> nn.Module:
     """``model`` with its layers swapped for the ``quant`` node's quantized ones, in place;
     ``planned``: the plan ``quantization_plan`` made for this model, applied as it is."""
+    settings = quant_settings(cfg)
     if planned is None:
-        return quantize_model(model, input_shape=datamodule.image_shape, **quant_settings(cfg))
-    return apply_plan(model, *planned)
+        return quantize_model(model, input_shape=datamodule.image_shape, **settings)
+    return apply_plan(model, *planned, requantize_outputs=settings.get("requantize_outputs", True))
 
 
 def build_quantized_model(cfg: DictConfig, datamodule) -> nn.Module:

@@ -376,6 +376,7 @@ SCHEMA: dict[str, Check] = {
     # a file from scripts/allocate.py: per-layer weight widths (lowbit.mixed.allocation)
     "quant.allocation": Check("null or an allocation file", rule=check_allocation),
     "quant.signed_inputs": lazy_choice(signed_input_modes, "auto or never"),
+    "quant.requantize_outputs": BOOLEAN,  # lowbit.quant.integer.use_integer_arithmetic
     "quant.act_scale": number(above=0),
     "quant.alpha_init": number(above=0),
     "quant.alpha_decay": optional(number(at_least=0)),

@@ -69,6 +69,7 @@ from lowbit.quant.graph import (
     passes_through,
 )
 from lowbit.quant.graph import trace as trace_graph
+from lowbit.quant.integer import requantizes_outputs
 from lowbit.quant.modules import OutputRequantizer, QuantizedLayer, Quantizer
 
 INPUT, OUTPUT = "input", "logits"
@@ -534,7 +535,13 @@ def build_int8_graph(
         )
         if own is not None and own.grid() is not None:
             points[node] = quantizer_grid(own, f"{node.target}.output_quantizer")
-    requantized = plan_requantization(gm, grids, points, observed_outputs)
+    # a model trained without output requantizers (quant.requantize_outputs=false) hands those
+    # outputs on in float, and so does its graph
+    requantized = (
+        plan_requantization(gm, grids, points, observed_outputs)
+        if requantizes_outputs(model)
+        else {}
+    )
     names = output_names(len(results))
     b = Builder()
     b.names.update({INPUT, *names})

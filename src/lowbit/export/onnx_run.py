@@ -9,9 +9,10 @@ measures them and merges the metrics into ``results.json``:
 - ``latency/int8_ms``: ONNX Runtime, the integer export, batch 1;
 - ``latency/fp32_onnx_ms``: ONNX Runtime, the float export, measured interleaved with int8;
 - ``latency/openvino_int8_ms``, ``latency/openvino_fp32_ms``, ``latency/openvino_default_ms``
-  (with ``latency/openvino_default_precision``, bf16 where the CPU has it): the same two files
-  in OpenVINO, interleaved with ORT's runs, where OpenVINO is installed (``openvino_run``;
-  without it one log line says these are skipped and why);
+  (with ``latency/openvino_default_precision``, bf16 where the CPU has it): in OpenVINO,
+  interleaved with ORT's runs, where OpenVINO is installed (``openvino_run``; without it one
+  log line says these are skipped and why), the float file and ``model_int8_openvino.onnx``,
+  the same integer codes in the form OpenVINO fuses best (``openvino_form``);
 - ``latency/best_float_ms`` / ``latency/best_float_path`` and ``latency/best_int8_ms`` /
   ``latency/best_int8_path``: the fastest float and int8 of those, with runtime and precision
   ("openvino bf16"); ``latency/int8_speedup``: best float over best int8 (``best_paths``);
@@ -276,7 +277,8 @@ def export_model(
         top1_agreements,
     )
     from lowbit.export.onnx_graph import DEFAULT_FORMAT
-    from lowbit.export.openvino_run import openvino_runners
+    from lowbit.export.openvino_form import OPENVINO_INT8_FILE, write_openvino_form
+    from lowbit.export.openvino_run import openvino_runners, openvino_wanted
     from lowbit.export.parity import requantized_layers
 
     out_dir = Path(out_dir)
@@ -291,7 +293,16 @@ def export_model(
     )
     fp32 = export_fp32_onnx(model, shape, out_dir / FP32_FILE)
     runners = {"int8": ort_runner(int8, threads), "fp32_onnx": ort_runner(fp32, threads)}
-    openvino = openvino_runners(int8, fp32, threads, setting=openvino)
+    if openvino_wanted(openvino):  # the same integers in OpenVINO's form (openvino_form)
+        qdq = int8 if (form or DEFAULT_FORMAT) == "qdq" else None
+        if qdq is None:
+            qdq = export_int8_onnx(
+                model, shape, out_dir / OPENVINO_INT8_FILE, calibration_images(datamodule)
+            )
+        int8_for_openvino = write_openvino_form(qdq, out_dir / OPENVINO_INT8_FILE)
+    else:
+        int8_for_openvino = int8
+    openvino = openvino_runners(int8_for_openvino, fp32, threads, setting=openvino)
     if openvino is not None:
         runners.update(openvino.runners)
     latency = interleaved_latency(

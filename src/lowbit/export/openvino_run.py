@@ -6,9 +6,10 @@ installed (the ``deploy`` extra, which ``test`` and so ``make install`` include)
 where it is missing), each run's export also runs in it; ``lowbit.export.onnx_run`` measures
 the runners here beside ONNX Runtime's, interleaved in the same blocks:
 
-- ``openvino_int8``: ``model_int8.onnx`` at the plugin's default settings, as a user deploys it
-  (left out, with one log line, where OpenVINO cannot read it: its QLinearConv reader takes
-  per-tensor weight scales only, and ``export.format=qop`` writes them per channel);
+- ``openvino_int8``: ``model_int8_openvino.onnx``, the integer graph's codes in OpenVINO's form
+  (``lowbit.export.openvino_form``; from the ``qdq`` graph whatever ``export.format`` is: its
+  QLinearConv reader takes per-tensor weight scales only), at the plugin's default settings,
+  as a user deploys it (left out, with one log line, where OpenVINO cannot read it);
 - ``openvino_fp32``: ``model_fp32.onnx`` with ``INFERENCE_PRECISION_HINT=f32``;
 - ``openvino_default``: ``model_fp32.onnx`` at the plugin's default precision: bf16 on CPUs
   with AMX or AVX-512 BF16, f32 elsewhere (``default_precision`` says which it chose).
@@ -101,6 +102,12 @@ def compiled_runner(core, path: str | Path, threads: int, precision: str | None 
     return run, chosen_precision(compiled)
 
 
+def openvino_wanted(setting: bool | str) -> bool:
+    """Whether ``export.openvino`` (``SETTINGS``) runs OpenVINO here: true, or "auto" where it
+    is installed."""
+    return setting is True or (setting == "auto" and openvino_missing() is None)
+
+
 def openvino_runners(
     int8_path: Path, fp32_path: Path, threads: int, setting: bool | str = "auto"
 ) -> OpenVINORunners | None:
@@ -139,4 +146,5 @@ __all__ = [
     "compiled_runner",
     "openvino_missing",
     "openvino_runners",
+    "openvino_wanted",
 ]

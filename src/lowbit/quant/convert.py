@@ -243,12 +243,18 @@ def plan_quantization(
     signed_inputs: str = "auto",
     input_shape: tuple[int, ...] | None = None,
     input_bits: int = FULL_PRECISION,
+    requantize_outputs: bool = True,
     **options: Any,
 ) -> QuantizationPlan:
     """Every check of a quantization request, without touching the model: (scheme, plan).
 
-    The arguments are those of ``quantize_model`` (the ``quant`` config node).
+    The arguments are those of ``quantize_model`` (the ``quant`` config node);
+    ``requantize_outputs`` is checked here and applied by ``apply_plan``.
     """
+    if not isinstance(requantize_outputs, bool):
+        raise ConfigError(
+            f"quant.requantize_outputs must be true or false, got {requantize_outputs!r}"
+        )
     scheme = make_scheme(quantizer, options)
     if signed_inputs not in SIGNED_INPUT_MODES:
         raise ConfigError(
@@ -309,11 +315,19 @@ def quantize_model(model: nn.Module, **quant: Any) -> nn.Module:
     ``overrides``, and the method's own options (e.g. ``act_scale``);
     ``input_shape`` (C, H, W) turns on the signed-input probe (``signed_inputs="never"`` keeps
     it off). ``integer_arithmetic`` (default True): evaluation computes what the integer ONNX
-    graph computes, bit for bit (``lowbit.quant.integer``). Every check runs before the
-    model is touched; the policy is in this module's docstring.
+    graph computes, bit for bit (``lowbit.quant.integer``); ``requantize_outputs`` (default
+    True; ``quant.requantize_outputs``): whether layer outputs no input quantizer reads are
+    requantized on 8 bits in training and in the export (``use_integer_arithmetic``). Every
+    check runs before the model is touched; the policy is in this module's docstring.
     """
     integer = quant.pop("integer_arithmetic", True)
-    return apply_plan(model, *plan_quantization(model, **quant), integer_arithmetic=integer)
+    requantize = quant.get("requantize_outputs", True)
+    return apply_plan(
+        model,
+        *plan_quantization(model, **quant),
+        integer_arithmetic=integer,
+        requantize_outputs=requantize,
+    )
 
 
 def apply_plan(
@@ -321,6 +335,7 @@ def apply_plan(
     scheme: Scheme,
     plan: Mapping[str, LayerBits],
     integer_arithmetic: bool = True,
+    requantize_outputs: bool = True,
 ) -> nn.Module:
     """Swap ``model``'s layers for the quantized ones ``plan_quantization`` planned, in place.
 
@@ -344,5 +359,5 @@ def apply_plan(
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, new)
     if integer_arithmetic:
-        use_integer_arithmetic(model)
+        use_integer_arithmetic(model, requantize=requantize_outputs)
     return model

@@ -179,11 +179,33 @@ def folded_batchnorm_node(node: torch.fx.Node, modules: dict[str, nn.Module]):
     return bn_node
 
 
+# The attribute ``use_integer_arithmetic`` sets on a model: whether its outputs that no input
+# quantizer reads are requantized (``quant.requantize_outputs``); the export reads it
+# (``requantizes_outputs``).
+REQUANTIZES_OUTPUTS = "lowbit_requantizes_outputs"
+
+
+def requantizes_outputs(model: nn.Module) -> bool:
+    """Whether the integer export requantizes ``model``'s layer outputs that no input
+    quantizer reads: with the model's own ``OutputRequantizer``s, or, for a model that never
+    went through ``use_integer_arithmetic``, calibrated by the export (the arithmetic before
+    issue #27). False after ``use_integer_arithmetic(model, requantize=False)``: those outputs
+    stay float, in training as in the graph."""
+    return getattr(model, REQUANTIZES_OUTPUTS, True)
+
+
 def use_integer_arithmetic(model: nn.Module, requantize: bool = True) -> list[str]:
     """Make ``model``'s evaluation integer (module docstring), after giving the outputs that
-    need one an ``OutputRequantizer`` (``requantize_outputs``; ``requantize=False`` leaves them
-    float, and the export calibrates them on its own); returns the layers that compute in
-    integers. A model torch.fx cannot trace keeps float evaluation, with one log line."""
+    need one an ``OutputRequantizer`` (``requantize_outputs``); returns the layers that compute
+    in integers. A model torch.fx cannot trace keeps float evaluation, with one log line.
+
+    ``requantize=False`` (``quant.requantize_outputs=false``) gives them none: a conv before
+    hard-swish, leaky ReLU, a residual sum or squeeze-excite's product hands on its float
+    output, as the papers' fake quantization does, and the export writes it so (DQ -> Conv ->
+    activation -> Q, no Q between). OpenVINO fuses that whole chain into its int8 conv; ONNX
+    Runtime runs such a conv in float, and its codes agree with evaluation to float rounding
+    rather than bit for bit (docs/export.md, "Two contracts")."""
+    setattr(model, REQUANTIZES_OUTPUTS, requantize)
     candidates = integer_input_layers(model)
     if not candidates:
         return []
@@ -389,6 +411,7 @@ __all__ = [
     "float_arithmetic",
     "integer_layers",
     "requantization",
+    "requantizes_outputs",
     "use_integer_arithmetic",
     "worst_case_bounds",
 ]

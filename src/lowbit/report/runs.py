@@ -163,12 +163,21 @@ def training_settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return flat
 
 
+# Keys added to lowbit after runs were made whose default is not null, with the value that keeps
+# what those runs did: at that value they are left out, as null is.
+OLD_BEHAVIOUR = {"requantize_outputs": True}
+
+
 def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The settings without those set to null: a key added to lowbit after a run was made is
     missing from that run's config, and a new key's null default keeps the old behaviour (e.g.
     ``trainer.gradient_clip_val``), so null and missing are one setting, and the runs before and
-    after the key pool their seeds."""
-    return {key: value for key, value in settings.items() if value is not None}
+    after the key pool their seeds. A key in ``OLD_BEHAVIOUR`` at its value is left out too."""
+    return {
+        key: value
+        for key, value in settings.items()
+        if value is not None and not (key in OLD_BEHAVIOUR and OLD_BEHAVIOUR[key] == value)
+    }
 
 
 def start_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
