@@ -136,6 +136,11 @@ def test_the_export_stage_measures_openvino_beside_onnxruntime(make_cfg, tmp_pat
     assert metrics["export/agreement_images"] == 32
     assert metrics["export/top1_agreement"] >= 0.95
     assert metrics["export/openvino_top1_agreement"] == metrics["export/top1_agreement"]
+    # each one's accuracy from the same pass: equal answers, equal accuracy
+    accuracy = {k: metrics[f"export/top1_acc_{k}"] for k in ("fake_quant", "int8", "openvino_int8")}
+    assert 0 <= accuracy["fake_quant"] <= 1
+    if metrics["export/top1_agreement"] == 1.0:
+        assert accuracy["int8"] == accuracy["fake_quant"] == accuracy["openvino_int8"]
 
 
 def test_with_the_qop_format_openvino_runs_its_own_form_of_the_same_integers(

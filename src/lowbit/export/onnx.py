@@ -308,25 +308,41 @@ def top1_agreements(
     """Per runner, the fraction of inputs whose argmax equals the PyTorch model's (in eval
     mode), all in one pass over ``images``: one tensor, or an iterable of (images, labels)
     batches (a DataLoader)."""
-    batches = [images] if torch.is_tensor(images) else (batch[0] for batch in images)
+    return top1_agreements_and_accuracies(model, runners, images)[0]
+
+
+def top1_agreements_and_accuracies(
+    model: nn.Module, runners: Mapping[str, Runner], images: torch.Tensor | Iterable
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``top1_agreements`` and, from the same pass, each runner's top-1 accuracy and the
+    PyTorch model's (``"fake_quant"``); the accuracies are {} where ``images`` has no labels
+    (one tensor)."""
+    labelled = not torch.is_tensor(images)
+    batches = (batch[:2] for batch in images) if labelled else [(images, None)]
     was_training = model.training
     model.eval()
     agree = dict.fromkeys(runners, 0)
+    correct = dict.fromkeys(["fake_quant", *runners], 0)
     total = 0
     try:
         device = next(model.parameters()).device
-        for batch in batches:
+        for batch, labels in batches:
             expected = model(batch.to(device)).argmax(1).cpu()
             x = batch.float().cpu().numpy()
+            answers = {"fake_quant": expected}
             for name, run in runners.items():
-                actual = torch.from_numpy(run(x)[0].argmax(1))
-                agree[name] += int((expected == actual).sum())
+                answers[name] = torch.from_numpy(run(x)[0].argmax(1))
+                agree[name] += int((expected == answers[name]).sum())
+            if labels is not None:
+                for name, answer in answers.items():
+                    correct[name] += int((answer == labels.cpu()).sum())
             total += len(batch)
     finally:
         model.train(was_training)
     if total == 0:
         raise ValueError("top1_agreement got no images")
-    return {name: count / total for name, count in agree.items()}
+    agreements = {name: count / total for name, count in agree.items()}
+    return agreements, ({name: c / total for name, c in correct.items()} if labelled else {})
 
 
 def top1_agreement(
@@ -356,4 +372,5 @@ __all__ = [
     "timing_input",
     "top1_agreement",
     "top1_agreements",
+    "top1_agreements_and_accuracies",
 ]

@@ -19,7 +19,10 @@ measures them and merges the metrics into ``results.json``:
   the runtime x precision table of them all is ``runtime_latencies``;
 - ``latency/export_threads``: the thread count of them all (torch, ORT and OpenVINO);
 - classification: ``export/top1_agreement`` (``export/openvino_top1_agreement``), argmax of
-  the integer export in ORT (OpenVINO) vs the fake-quant model on the val set;
+  the integer export in ORT (OpenVINO) vs the fake-quant model on the val set, and from the
+  same pass ``export/top1_acc_int8`` (``export/top1_acc_openvino_int8``) and
+  ``export/top1_acc_fake_quant``, each one's top-1 accuracy: what deployment does to the
+  accuracy, where the agreement says how many answers changed;
 - detection: ``export/map50_int8`` (``export/map50_openvino_int8``) and
   ``export/map50_fake_quant``, mAP@0.5 on the val set of the integer export's heads in ORT
   (OpenVINO) and of the fake-quant model's, decoded by the same ``lowbit.detection``
@@ -274,7 +277,7 @@ def export_model(
         float_model,
         interleaved_latency,
         ort_runner,
-        top1_agreements,
+        top1_agreements_and_accuracies,
     )
     from lowbit.export.onnx_graph import DEFAULT_FORMAT
     from lowbit.export.openvino_form import OPENVINO_INT8_FILE, write_openvino_form
@@ -327,10 +330,11 @@ def export_model(
         found = detection_agreement(model, integer, batches, decoding)
         metrics.update({f"export/map50_{name}": value for name, value in found.items()})
     else:
-        agreement = top1_agreements(model, integer, batches)
+        agreement, accuracy = top1_agreements_and_accuracies(model, integer, batches)
         metrics["export/top1_agreement"] = agreement["int8"]
         if "openvino_int8" in agreement:
             metrics["export/openvino_top1_agreement"] = agreement["openvino_int8"]
+        metrics.update({f"export/top1_acc_{name}": value for name, value in accuracy.items()})
     metrics["export/agreement_images"] = images[0]
     return metrics
 
