@@ -2,17 +2,22 @@
 
     python scripts/deployed_profile.py --model mobilenetv3_small
     python scripts/deployed_profile.py --model yolov3_tiny --out docs/results/deployed_profile
+    python scripts/deployed_profile.py --float-outputs --out docs/results/deployed_profile
+    python scripts/deployed_profile.py --ort-form      # the int8 graph as written for ORT
 
 Builds the model as ``scripts/bench.py --sections deployed`` does (W8A8, fresh weights: speed
-does not depend on them), writes lowbit's int8 ONNX (``export.format``'s default) and the float
-ONNX, and runs both with per-node counters on:
+does not depend on them; ``--float-outputs``: without output requantizers,
+``quant.requantize_outputs=false``), writes lowbit's int8 ONNX (``export.format``'s default),
+its OpenVINO form (``lowbit.export.openvino_form``) and the float ONNX, and runs them with
+per-node counters on:
 
 - OpenVINO's CPU plugin, each model compiled as the export measures it (``lowbit.export.
-  openvino_run.compiled_model``) with ``PERF_COUNT`` on: the int8 graph at the plugin's
-  defaults, the float graph at its default precision (bf16 on CPUs with AMX or AVX-512 BF16)
-  and with the f32 hint. ``get_profiling_info()`` gives each executed node's time, kernel
-  (exec type, such as ``brgconv_avx512_amx_I8``) and type after each run.
-- ONNX Runtime (``lowbit.export.onnx.session`` with its profiler on): both graphs, by op type.
+  openvino_run.compiled_model``) with ``PERF_COUNT`` on: the int8 graph in OpenVINO's form at
+  the plugin's defaults, the float graph at its default precision (bf16 on CPUs with AMX or
+  AVX-512 BF16) and with the f32 hint. ``get_profiling_info()`` gives each executed node's
+  time, kernel (exec type, such as ``brgconv_avx512_amx_I8``) and type after each run.
+- ONNX Runtime (``lowbit.export.onnx.session`` with its profiler on): the int8 graph (its own
+  form) and the float graph, by op type.
 
 The five take turns in blocks of ``--block`` runs after ``--warmup`` untimed runs each, so a
 loaded machine slows them alike; every figure is a median over the ``--repeats`` runs.
@@ -51,6 +56,7 @@ import onnx
 import torch
 
 from lowbit.export.onnx import INPUT, export_fp32_onnx, export_int8_onnx, session
+from lowbit.export.openvino_form import write_openvino_form
 from lowbit.export.openvino_run import chosen_precision, compiled_model, openvino_missing
 
 MODELS = ("mobilenetv3_small", "yolov3_tiny")
@@ -364,9 +370,11 @@ def profile(
     repeats: int = 50,
     block: int = 10,
     calibration_count: int = 16,
+    openvino_form: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """The three tables of a quantized ``model`` (module docstring): {"layers", "kinds",
-    "ops"}; the ONNX files and ORT's profiles are written into ``folder``."""
+    "ops"}; the ONNX files and ORT's profiles are written into ``folder``. ``openvino_form``
+    False: OpenVINO runs the int8 graph as written for ONNX Runtime (``--ort-form``)."""
     import openvino
 
     model.eval()
@@ -376,9 +384,13 @@ def profile(
     int8 = export_int8_onnx(model, input_shape, folder / "int8.onnx", images)
     fp32 = export_fp32_onnx(model, input_shape, folder / "fp32.onnx")
     layers = layers_of(int8, fp32)
+    # OpenVINO runs the same integers in its own form, as the export stage gives them to it
+    int8_openvino = (
+        write_openvino_form(int8, folder / "int8_openvino.onnx") if openvino_form else int8
+    )
     core = openvino.Core()
     openvino_profiles = {
-        "int8": OpenVINOProfile(core, int8, threads, None, 0, layers),
+        "int8": OpenVINOProfile(core, int8_openvino, threads, None, 0, layers),
         "default": OpenVINOProfile(core, fp32, threads, None, 1, layers),
         "fp32": OpenVINOProfile(core, fp32, threads, "f32", 1, layers),
     }
@@ -420,6 +432,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs per turn")
     parser.add_argument("--block", type=int, default=10, help="runs per turn (default 10)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the three CSV files")
+    parser.add_argument(
+        "--float-outputs",
+        action="store_true",
+        help="the model without output requantizers (quant.requantize_outputs=false); the CSV "
+        "files' names end in _float_outputs",
+    )
+    parser.add_argument(
+        "--ort-form",
+        action="store_true",
+        help="OpenVINO runs the int8 graph in ONNX Runtime's form, as the export gave it to "
+        "OpenVINO before its own form (lowbit.export.openvino_form) existed",
+    )
     args = parser.parse_args(argv)
     if min(args.threads, args.repeats, args.block) < 1 or args.warmup < 0:
         print(
@@ -434,10 +458,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from bench import deployed_models  # scripts/bench.py, beside this file
 
-    model, shape = deployed_models()[args.model]
+    model, shape = deployed_models(requantize_outputs=not args.float_outputs)[args.model]
     with tempfile.TemporaryDirectory(prefix="lowbit-profile-") as scratch:
         tables = profile(
-            model, shape, Path(scratch), args.threads, args.warmup, args.repeats, args.block
+            model,
+            shape,
+            Path(scratch),
+            args.threads,
+            args.warmup,
+            args.repeats,
+            args.block,
+            openvino_form=not args.ort_form,
         )
     titles = {
         "layers": f"OpenVINO per layer, {args.model} {shape}, batch 1, {args.threads} threads, "
@@ -450,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         names = {"layers": "openvino_layers", "kinds": "openvino_kinds", "ops": "onnxruntime_ops"}
         for key, rows in tables.items():
-            write_csv(args.out / f"{args.model}_{names[key]}.csv", rows)
+            suffix = "_float_outputs" if args.float_outputs else ""
+            write_csv(args.out / f"{args.model}_{names[key]}{suffix}.csv", rows)
     print(json.dumps({"model": args.model, "threads": args.threads, **tables}))
     return 0
 
