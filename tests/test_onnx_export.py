@@ -406,3 +406,23 @@ def test_the_export_agreement_runs_on_the_batches_the_trainer_validates_on(train
     from lowbit.export.onnx_run import validation_batches
 
     assert validation_batches(trainer, loader_batches=40) == expected
+
+
+def test_agreements_and_accuracies_come_from_one_pass_and_need_labels():
+    """A runner that answers class 0 for everything against a model that answers the label:
+    its agreement and its accuracy, and none without labels."""
+    from lowbit.export.onnx import top1_agreements_and_accuracies
+
+    labels = torch.tensor([0, 1, 2, 0])
+    images = nn.functional.one_hot(labels, 3).float()  # the model reads the label off the input
+    model = nn.Identity()
+    model.register_parameter("unused", nn.Parameter(torch.zeros(1)))  # a device to run on
+    always_zero = lambda x: [np.eye(3, dtype=np.float32)[np.zeros(len(x), dtype=int)]]  # noqa: E731
+    agreement, accuracy = top1_agreements_and_accuracies(
+        model, {"int8": always_zero}, [(images[:2], labels[:2]), (images[2:], labels[2:])]
+    )
+    assert agreement == {"int8": 0.5}
+    assert accuracy == {"fake_quant": 1.0, "int8": 0.5}
+    assert top1_agreements_and_accuracies(model, {"int8": always_zero}, images)[1] == {}
+    unlabelled = [(images[:2], labels[:2]), (images[2:], None)]
+    assert top1_agreements_and_accuracies(model, {"int8": always_zero}, unlabelled)[1] == {}

@@ -121,10 +121,10 @@ def test_the_run_address_is_printed_when_the_run_starts(trained):
 
 def test_the_packed_model_and_the_int8_onnx_are_artifacts(trained):
     logged, run_dir, results = trained["logged"], trained["run_dir"], trained["results"]
-    for stem, file_name in (
-        ("packed", "model_packed.safetensors"),
-        ("onnx-int8", "model_int8.onnx"),
-    ):
+    openvino = (run_dir / "model_int8_openvino.onnx").is_file()  # where OpenVINO is installed
+    files = [("packed", "model_packed.safetensors"), ("onnx-int8", "model_int8.onnx")]
+    files += [("onnx-int8-openvino", "model_int8_openvino.onnx")] if openvino else []
+    for stem, file_name in files:
         artifact = logged.artifact(f"{stem}-{logged.run_id}")
         assert artifact.type == "model"
         entry = artifact.files[file_name]
@@ -139,8 +139,7 @@ def test_the_packed_model_and_the_int8_onnx_are_artifacts(trained):
         )
     # The checkpoints stay local unless logger.wandb.log_model asks for them.
     assert {a.name for a in logged.artifacts if a.type == "model"} == {
-        f"packed-{logged.run_id}",
-        f"onnx-int8-{logged.run_id}",
+        f"{stem}-{logged.run_id}" for stem, _ in files
     }
 
 

@@ -6,10 +6,11 @@
 - After the stages: the per-layer table ``model/layers`` (kind, W/A/G bits, signedness,
   parameters, MACs, the bytes each layer takes in the packed file, the learned alpha or step)
   and the model files as artifacts of type ``model``: ``packed-<run id>``
-  (model_packed.safetensors) and ``onnx-int8-<run id>`` (model_int8.onnx), each with the
-  quantization settings and the metrics as metadata; where the export measured latencies, the
-  table ``latency/runtimes`` (runtime, precision, ms: ONNX Runtime, PyTorch and OpenVINO, int8
-  and float, ``lowbit.export.onnx_run.runtime_latencies``).
+  (model_packed.safetensors), ``onnx-int8-<run id>`` (model_int8.onnx) and, where OpenVINO
+  ran, ``onnx-int8-openvino-<run id>`` (model_int8_openvino.onnx, the same integers in
+  OpenVINO's form), each with the quantization settings and the metrics as metadata; where
+  the export measured latencies, the table ``latency/runtimes`` (runtime, precision, ms: ONNX
+  Runtime, PyTorch and OpenVINO, int8 and float, ``lowbit.export.onnx_run.runtime_latencies``).
 - At the end: the final metrics and the status in the summary; ``scripts/export.py`` later
   reopens the same run (``update_run_summary``) to add what it measured, with its
   ``latency/runtimes`` table.
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from lowbit.distributed import is_global_zero
-from lowbit.export.onnx_run import INT8_FILE, runtime_latencies
+from lowbit.export.onnx_run import INT8_FILE, OPENVINO_INT8_FILE, runtime_latencies
 from lowbit.measure.summary import describe_layer
 from lowbit.quant.convert import quantizable_layers
 from lowbit.quant.functional import FULL_PRECISION
@@ -55,7 +56,11 @@ ALLOCATION_TABLE_KEY = "model/allocation"  # quant.allocation's weight widths (l
 RUNTIMES_TABLE_KEY = "latency/runtimes"  # runtime x precision latencies (onnx_run, #31)
 RUNTIMES_COLUMNS = ["runtime", "precision", "ms"]
 # The files a finished run holds (lowbit.train writes them) and their artifacts' name stems.
-ARTIFACT_FILES = {"packed": PACKED_FILE, "onnx-int8": INT8_FILE}
+ARTIFACT_FILES = {
+    "packed": PACKED_FILE,
+    "onnx-int8": INT8_FILE,
+    "onnx-int8-openvino": OPENVINO_INT8_FILE,  # written where OpenVINO ran (openvino_form)
+}
 ARTIFACT_TYPE = "model"
 SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file opens with its JSON header's length
 

@@ -315,15 +315,14 @@ def top1_agreements_and_accuracies(
     model: nn.Module, runners: Mapping[str, Runner], images: torch.Tensor | Iterable
 ) -> tuple[dict[str, float], dict[str, float]]:
     """``top1_agreements`` and, from the same pass, each runner's top-1 accuracy and the
-    PyTorch model's (``"fake_quant"``); the accuracies are {} where ``images`` has no labels
-    (one tensor)."""
-    labelled = not torch.is_tensor(images)
-    batches = (batch[:2] for batch in images) if labelled else [(images, None)]
+    PyTorch model's (``"fake_quant"``); the accuracies are {} unless every batch has labels
+    (one tensor has none)."""
+    batches = [(images, None)] if torch.is_tensor(images) else (batch[:2] for batch in images)
     was_training = model.training
     model.eval()
     agree = dict.fromkeys(runners, 0)
     correct = dict.fromkeys(["fake_quant", *runners], 0)
-    total = 0
+    total, labelled_total = 0, 0
     try:
         device = next(model.parameters()).device
         for batch, labels in batches:
@@ -336,13 +335,16 @@ def top1_agreements_and_accuracies(
             if labels is not None:
                 for name, answer in answers.items():
                     correct[name] += int((answer == labels.cpu()).sum())
+                labelled_total += len(batch)
             total += len(batch)
     finally:
         model.train(was_training)
     if total == 0:
         raise ValueError("top1_agreement got no images")
     agreements = {name: count / total for name, count in agree.items()}
-    return agreements, ({name: c / total for name, c in correct.items()} if labelled else {})
+    if labelled_total < total:  # a batch without labels: no accuracy stands on all images
+        return agreements, {}
+    return agreements, {name: count / total for name, count in correct.items()}
 
 
 def top1_agreement(

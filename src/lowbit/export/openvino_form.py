@@ -21,8 +21,9 @@ apart. ``openvino_form`` rewrites the graph, exactly:
 
 Both cost ONNX Runtime time (its int8 activations run 2-4x slower, measured in
 docs/results/openvino_forms/), so the export writes this form as a second file for OpenVINO
-(``OPENVINO_INT8_FILE``) beside ``model_int8.onnx``. Where a graph holds a pattern the rewrite
-does not know, ``NotExact`` says which node, and nothing is written.
+(``lowbit.export.onnx_run.OPENVINO_INT8_FILE``, model_int8_openvino.onnx) beside
+``model_int8.onnx``. Where a graph holds a pattern the rewrite does not know, ``NotExact`` says
+which node, and nothing is written.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-OPENVINO_INT8_FILE = "model_int8_openvino.onnx"
 # integer ops that pass codes through unchanged: a uint8 constant input of theirs is a code too
 CODE_OPS = frozenset({"Clip", "MaxPool", "Pad", "Resize", "Concat", "Identity"})
 SYMMETRIC_ZERO_POINT = 128  # a symmetric grid's zero point, written as uint8 for ONNX Runtime
@@ -160,7 +160,6 @@ def write_openvino_form(qdq_path: str | Path, out_path: str | Path) -> Path:
 
 
 __all__ = [
-    "OPENVINO_INT8_FILE",
     "NotExact",
     "float_clips",
     "openvino_form",
