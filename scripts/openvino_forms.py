@@ -190,20 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chosen = args.model or list(MODELS)
     rows = []
+    timing = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats}
+    timing["block"] = args.block
     float_outputs = deployed_models(args.quick, requantize_outputs=False)
     with tempfile.TemporaryDirectory() as scratch:
         for name, (model, shape) in deployed_models(args.quick).items():
             if name in chosen:
-                rows += measure_model(
-                    name,
-                    {"requantized": model, "float_outputs": float_outputs[name][0]},
-                    shape,
-                    Path(scratch),
-                    args.threads,
-                    args.warmup,
-                    args.repeats,
-                    args.block,
-                )
+                models = {"requantized": model, "float_outputs": float_outputs[name][0]}
+                rows += measure_model(name, models, shape, Path(scratch), **timing)
     for row in rows:
         print(
             f"{row['model']:18s} {row['runtime']:11s} {row['graph']:28s} "
