@@ -50,6 +50,7 @@ from lowbit.export.openvino_form import (
     NotExact,
     float_clips,
     openvino_form,
+    outputs_op_by_op,
     signed_grids,
     write_openvino_form,
 )
@@ -67,22 +68,10 @@ REWRITES: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
 }
 
 
-def op_by_op(path: Path, images: np.ndarray) -> list[np.ndarray]:
-    """The graph's outputs in ONNX Runtime with its graph optimizations off: every op as ONNX
-    defines it, none fused (with its fusions, ORT runs a conv whose Q a float Clip precedes in
-    float, and such a conv's codes can differ at a rounding tie)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: images})
-
-
 def same_codes(reference: Path, rewritten: Path, shape: tuple[int, ...]) -> bool:
     """Whether both graphs give the same outputs, op by op, bit for bit, on 4 images."""
     images = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1)).numpy()
-    want, got = op_by_op(reference, images), op_by_op(rewritten, images)
+    want, got = outputs_op_by_op(reference, images), outputs_op_by_op(rewritten, images)
     return all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
 
 

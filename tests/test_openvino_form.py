@@ -14,7 +14,13 @@ from lowbit.build import build_datamodule, build_quantized_model
 from lowbit.export.onnx import export_int8_onnx, ort_runner
 from lowbit.export.onnx_graph import REQUANTIZED_KEY
 from lowbit.export.onnx_run import calibration_images
-from lowbit.export.openvino_form import NotExact, float_clips, openvino_form, signed_grids
+from lowbit.export.openvino_form import (
+    NotExact,
+    float_clips,
+    openvino_form,
+    outputs_op_by_op,
+    signed_grids,
+)
 from lowbit.quant.modules import OutputRequantizer
 from lowbit.report.runs import recorded_settings
 
@@ -38,22 +44,6 @@ def observed_model(make_cfg, model: str, *overrides: str):
     with torch.no_grad():
         network.train()(next(iter(datamodule.train_dataloader()))[0])
     return network.eval(), datamodule
-
-
-def op_by_op(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    """``model``'s outputs for ``x`` in ONNX Runtime with its graph optimizations off: every op
-    as ONNX defines it, none fused. The rewrites are exact under those semantics; with its
-    fusions, ORT computes a conv whose Q a float Clip now precedes in float, not as QLinearConv,
-    and such a conv's codes can differ at a rounding tie (the OpenVINO form is not for ORT)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, {session.get_inputs()[0].name: x})
 
 
 def activation_zero_points(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -85,8 +75,8 @@ def test_openvinos_form_computes_the_graphs_codes_bit_for_bit(
     rewritten = openvino_form(graph)
     onnx.save(rewritten, str(tmp_path / "openvino.onnx"))
     images = next(iter(datamodule.val_dataloader()))[0][:4].numpy()
-    want = op_by_op(graph, images)
-    got = op_by_op(rewritten, images)
+    want = outputs_op_by_op(graph, images)
+    got = outputs_op_by_op(rewritten, images)
     assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
     # what changed: no symmetric grid left on uint8, no integer Clip after a Q
     symmetric_before = [
@@ -169,9 +159,9 @@ def test_the_float_clip_and_the_signed_grid_keep_every_code_at_the_bounds_and_ti
     +-0.7, the ties half a step off each code) gives the same dequantized value."""
     model = quantize_clip_graph()
     x = np.arange(-2.0, 2.0, 0.005, dtype=np.float32)
-    want = op_by_op(model, x)[0]
+    want = outputs_op_by_op(model, x)[0]
     for rewrite in (float_clips, signed_grids, openvino_form):
-        got = op_by_op(rewrite(model), x)[0]
+        got = outputs_op_by_op(rewrite(model), x)[0]
         assert np.array_equal(want, got), rewrite.__name__
     assert want.min() == pytest.approx(-0.7) and want.max() == pytest.approx(0.7)
 

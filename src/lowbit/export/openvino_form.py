@@ -152,6 +152,21 @@ def openvino_form(model: onnx.ModelProto) -> onnx.ModelProto:
     return rewritten
 
 
+def outputs_op_by_op(model: onnx.ModelProto | str | Path, x: np.ndarray) -> list[np.ndarray]:
+    """``model``'s outputs for ``x`` in ONNX Runtime with its graph optimizations off: every op
+    as ONNX defines it, none fused. The check of this module's rewrites: with its fusions, ORT
+    runs a conv whose Q a float Clip now precedes in float rather than as QLinearConv, and such
+    a conv's codes can differ at a rounding tie (this form is not for ORT)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
 def write_openvino_form(qdq_path: str | Path, out_path: str | Path) -> Path:
     """Write the ``qdq`` graph at ``qdq_path`` in OpenVINO's form to ``out_path``."""
     out_path = Path(out_path)
@@ -163,6 +178,7 @@ __all__ = [
     "NotExact",
     "float_clips",
     "openvino_form",
+    "outputs_op_by_op",
     "signed_grids",
     "write_openvino_form",
 ]
