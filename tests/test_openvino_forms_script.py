@@ -20,6 +20,7 @@ def forms_script():
     return module
 
 
+@pytest.mark.slow  # 6.5 s; tests/test_openvino_form.py checks the rewrites in the default suite
 def test_a_quick_run_times_every_graph_and_checks_each_rewrite(capsys):
     """YOLOv3-tiny at 128 pixels, one timed run each: every graph in OpenVINO, the ORT-side
     ones in ONNX Runtime, every rewrite checked op by op (a changed output raises NotExact)."""

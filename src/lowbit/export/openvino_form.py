@@ -57,7 +57,10 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 def signed_grids(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with each symmetric activation grid as int8, zero point 0."""
-    model = _copy(model)
+    return _signed_grids_in_place(_copy(model))
+
+
+def _signed_grids_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     constants = {tensor.name: tensor for tensor in model.graph.initializer}
 
     def value(name: str) -> np.ndarray:
@@ -104,7 +107,10 @@ def signed_grids(model: onnx.ModelProto) -> onnx.ModelProto:
 def float_clips(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with each integer Clip right after a QuantizeLinear (its only reader)
     written as a float Clip before it."""
-    model = _copy(model)
+    return _float_clips_in_place(_copy(model))
+
+
+def _float_clips_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     constants = {tensor.name: tensor for tensor in model.graph.initializer}
     consumers = _consumers(model)
     producers = {name: node for node in model.graph.node for name in node.output}
@@ -147,7 +153,7 @@ def float_clips(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def openvino_form(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (a ``qdq`` graph) in OpenVINO's form (module docstring); checked by onnx."""
-    rewritten = float_clips(signed_grids(model))
+    rewritten = _float_clips_in_place(_signed_grids_in_place(_copy(model)))
     onnx.checker.check_model(rewritten)
     return rewritten
 
